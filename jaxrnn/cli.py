@@ -1,0 +1,159 @@
+"""`jaxrnn train | sample | bench`: argparse -> Config -> library calls; user errors -> one line, exit 2.
+
+stdout carries results only; progress, logs and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from jaxrnn.config import DTYPES, MODELS, PRECISIONS, PRESETS, Config
+from jaxrnn.errors import JaxrnnError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors end with the project's one-line form and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"jaxrnn: error: {message}; see '{self.prog} --help'\n")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be a positive integer")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a positive finite number")
+    return v
+
+
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be 0 or more")
+    return v
+
+
+# flag -> (Config field, type, help); defaults come from the preset, else from Config().
+TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--model": ("model", str, f"{{{','.join(MODELS)}}}: the chapter's model (default scratch)"),
+    "--epochs": ("epochs", _positive_int, "training epochs (default 100)"),
+    "--hidden": ("hidden", _positive_int, "hidden units (default 32)"),
+    "--batch-size": ("batch_size", _positive_int, "windows per batch (default 1024)"),
+    "--num-steps": ("num_steps", _positive_int, "time steps per window (default 32)"),
+    "--lr": ("lr", _positive_float, "SGD learning rate (default 1)"),
+    "--clip": ("clip", _positive_float, "global gradient-norm clip (default 1)"),
+    "--seed": ("seed", _non_negative_int, "seed of the init and the data order (default 0)"),
+    "--data": ("data", str, "corpus file (default: The Time Machine from $JAXRNN_DATA_DIR, the cache or d2l)"),
+    "--num-train": ("num_train", _positive_int, "training windows (default 10000)"),
+    "--num-val": ("num_val", _positive_int, "validation windows (default 5000)"),
+    "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10)"),
+    "--unroll": ("unroll", _positive_int, "lax.scan unroll of the recurrence (default 32)"),
+    "--precision": ("precision", str, f"matmul precision {{{','.join(PRECISIONS)}}} (default highest)"),
+    "--dtype": ("dtype", str, f"compute dtype {{{','.join(DTYPES)}}} (default float32)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jaxrnn", description="Character-level RNN language models in JAX (d2l's RNN chapters).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model and write a run directory")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
+    for flag, (_, typ, text) in TRAIN_FLAGS.items():
+        kw: dict[str, Any] = {"choices": MODELS} if flag == "--model" else {}
+        t.add_argument(flag, type=typ, default=None, help=text, **kw)
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
+    t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    t.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
+
+    s = sub.add_parser("sample", help="print text from a trained run")
+    s.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
+    s.add_argument("--prefix", default="time traveller", help="warm-up text (default 'time traveller')")
+    s.add_argument("--num-preds", type=int, default=50, help="characters to generate (default 50)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
+    s.add_argument("--seed", type=_non_negative_int, default=0, help="seed for sampling (default 0)")
+    s.add_argument("--step", type=_positive_int, default=None, help="epoch of the checkpoint (default latest)")
+
+    b = sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch")
+    from jaxrnn.bench import add_arguments
+
+    add_arguments(b)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    base = PRESETS[args.preset] if args.preset else Config()
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
+    return base.replace(**{k: v for k, v in given.items() if v is not None})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxrnn import run
+
+    cfg = config_from_args(args)
+    out = args.out or os.path.join("runs", f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def progress(r: dict[str, Any]) -> None:
+        run.log(f"epoch {r['epoch']}/{cfg.epochs}  train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}  "
+                f"{r['tokens_per_s'] / 1e3:.0f}k tok/s")
+
+    run.log(f"jaxrnn: training {cfg.model} into {out}")
+    trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
+    text = trained.predict("time traveller", 50)
+    print(f"perplexity {trained.history[-1]['val_ppl']:.1f}, '{text}'", flush=True)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from jaxrnn import run
+
+    if args.num_preds < 0:
+        raise JaxrnnError(f"--num-preds must be >= 0, got {args.num_preds}; pass 0 or more")
+    if not args.prefix:
+        raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
+    trained = run.load(args.run, args.step)
+    print(trained.predict(args.prefix, args.num_preds, args.temperature, args.seed), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "sample":
+            return cmd_sample(args)
+        from jaxrnn.bench import main as bench_main
+
+        return bench_main(args)
+    except JaxrnnError as e:
+        print(f"jaxrnn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxrnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

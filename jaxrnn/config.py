@@ -1,0 +1,106 @@
+"""One typed configuration shared by the CLI and the Python API; its defaults are the seed config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jaxrnn.errors import ConfigError
+
+MODELS = ("scratch", "concise")
+PRECISIONS = ("highest", "high", "default")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Saved as `config.json` in every run and checkpoint."""
+
+    model: str = "scratch"  # 'scratch': pure-function tanh RNN; 'concise': nn.scan over nn.SimpleCell
+    epochs: int = 100
+    hidden: int = 32
+    batch_size: int = 1024
+    num_steps: int = 32
+    lr: float = 1.0
+    clip: float = 1.0
+    seed: int = 0
+    sigma: float = 0.01  # std of the scratch model's normal init (d2l's sigma)
+    num_train: int = 10000  # windows used for training (d2l's TimeMachine default)
+    num_val: int = 5000  # the next windows, used for validation
+    save_every: int = 10  # epochs per compiled chunk and between checkpoints
+    unroll: int = 32  # lax.scan unroll of the recurrence; clipped to num_steps
+    precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
+    dtype: str = "float32"  # compute dtype of the recurrence and head; params stay float32
+    data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build from a saved dict, refusing keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; remove them or upgrade jaxrnn")
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        """Write config.json atomically (write a temp file, then rename)."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}; pass a config.json written by jaxrnn") from None
+
+
+def validate(cfg: Config) -> None:
+    """Refuse settings that cannot train, with a message that says which flag to fix."""
+    if cfg.model not in MODELS:
+        raise ConfigError(f"--model {cfg.model!r} is unknown; use one of {', '.join(MODELS)}")
+    positive_ints = {
+        "epochs": "--epochs",
+        "hidden": "--hidden",
+        "batch_size": "--batch-size",
+        "num_steps": "--num-steps",
+        "num_train": "--num-train",
+        "num_val": "--num-val",
+        "save_every": "--save-every",
+        "unroll": "--unroll",
+    }
+    for name, flag in positive_ints.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"{flag} must be a positive integer, got {v!r}; pass a value >= 1")
+    for name, flag in {"lr": "--lr", "clip": "--clip", "sigma": "--sigma"}.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(f"{flag} must be a positive finite number, got {v!r}; pass a value > 0")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"--precision {cfg.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"--dtype {cfg.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
+
+
+PRESETS: dict[str, Config] = {
+    "d2l-scratch": Config(model="scratch"),
+    "d2l-concise": Config(model="concise"),
+}

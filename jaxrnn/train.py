@@ -1,0 +1,173 @@
+"""Loss, the jitted train step, and the fit loop.
+
+Two paths share one step function: the fused path compiles a whole chunk of epochs (data order,
+batches, steps, validation) as one program and fetches metrics once per chunk; the per-step path
+calls the jitted step from Python once per batch, as the chapters do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array, lax
+
+from jaxrnn.config import Config
+from jaxrnn.data import Corpus, batch_plan, chunk_plan
+from jaxrnn.models import LanguageModel, Params
+
+
+class TrainState(NamedTuple):
+    params: Params
+    opt_state: Any
+    step: Array  # int32 scalar: optimizer steps taken
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """Global-norm clipping then SGD: clipping lives in the optimizer so every path gets it."""
+    return optax.chain(optax.clip_by_global_norm(cfg.clip), optax.sgd(cfg.lr))
+
+
+def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    params = model.init(jax.random.key(seed))
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array) -> tuple[Array, Array]:
+    """Summed cross-entropy over the real (unmasked) windows' tokens, and how many tokens that is."""
+    x_BxT, y_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
+    logits_BxTxV, _ = model.forward(params, x_BxT, model.init_state(x_BxT.shape[0]))
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
+    w_B = mask_B.astype(ce_BxT.dtype)
+    return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1]
+
+
+def perplexity(loss: float) -> float:
+    """exp of a token-weighted mean cross-entropy (inf where it overflows)."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The jitted functions of one (model, optimizer) pair. Windows live on the device; batches are
+    gathered inside the compiled code from index plans made in numpy."""
+
+    model: LanguageModel
+    tx: optax.GradientTransformation
+
+    def step(self, state: TrainState, windows: Array, idx_B: Array, mask_B: Array) -> tuple[TrainState, Array]:
+        """One SGD step on the mean loss of one batch; returns the new state and (loss sum, tokens)."""
+        batch = windows[idx_B]
+
+        def mean_loss(p):
+            s, n = loss_sum(self.model, p, batch, mask_B)
+            return s / n, (s, n)
+
+        grads, sn = jax.grad(mean_loss, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), jnp.stack(sn)
+
+    def evaluate(self, params: Params, windows: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
+        """Token-weighted mean loss over the windows a batch plan covers."""
+
+        def body(acc, b):
+            s, n = loss_sum(self.model, params, windows[b[0]], b[1])
+            return acc + jnp.stack([s, n]), None
+
+        acc, _ = lax.scan(body, jnp.zeros(2), (idx_NxB, mask_NxB))
+        return acc[0] / acc[1]
+
+    def epoch(self, state: TrainState, train: Array, idx_NxB: Array, mask_NxB: Array) -> tuple[TrainState, Array]:
+        def body(st, b):
+            return self.step(st, train, b[0], b[1])
+
+        state, sn_Nx2 = lax.scan(body, state, (idx_NxB, mask_NxB))
+        return state, sn_Nx2[:, 0].sum() / sn_Nx2[:, 1].sum()
+
+    def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
+              val_idx: Array, val_mask: Array) -> tuple[TrainState, Array]:
+        """Several epochs, each with its validation, as one program; returns per-epoch [train, val] losses."""
+
+        def body(st, plan):
+            st, train_loss = self.epoch(st, train, plan[0], plan[1])
+            return st, jnp.stack([train_loss, self.evaluate(st.params, val, val_idx, val_mask)])
+
+        return lax.scan(body, state, (idx_ExNxB, mask_ExNxB))
+
+    @property
+    def jitted(self) -> dict[str, Callable]:
+        return {
+            "step": jax.jit(self.step, donate_argnums=0),
+            "evaluate": jax.jit(self.evaluate),
+            "chunk": jax.jit(self.chunk, donate_argnums=0),
+        }
+
+
+def epoch_record(epoch: int, train_loss: float, val_loss: float, seconds: float, tokens: int) -> dict[str, Any]:
+    """One line of metrics.jsonl."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_ppl": perplexity(train_loss),
+        "val_loss": val_loss,
+        "val_ppl": perplexity(val_loss),
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else None,
+    }
+
+
+def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) cut into pieces of at most `size` epochs."""
+    for a in range(start, stop, size):
+        yield a, min(a + size, stop)
+
+
+def fit(
+    cfg: Config,
+    corpus: Corpus,
+    model: LanguageModel,
+    state: TrainState | None = None,
+    start_epoch: int = 0,
+    per_step: bool = False,
+    on_chunk: Callable[[TrainState, list[dict[str, Any]]], None] | None = None,
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Train from `start_epoch` to `cfg.epochs`; `on_chunk(state, records)` runs after every chunk of
+    `cfg.save_every` epochs (metrics, checkpoints). Returns the final state and all epoch records."""
+    tx = make_optimizer(cfg)
+    fns = Steps(model, tx).jitted
+    if state is None:
+        state = init_state(model, tx, cfg.seed)
+    train, val = jnp.asarray(corpus.train), jnp.asarray(corpus.val)
+    val_idx, val_mask = (jnp.asarray(a) for a in batch_plan(np.arange(len(corpus.val)), cfg.batch_size))
+    tokens_per_epoch = len(corpus.train) * cfg.num_steps
+    history: list[dict[str, Any]] = []
+    with jax.default_matmul_precision(cfg.precision):
+        for a, b in chunks(start_epoch, cfg.epochs, cfg.save_every):
+            idx, mask = chunk_plan(cfg.seed, a, b - a, len(corpus.train), cfg.batch_size)
+            t0 = time.perf_counter()
+            if per_step:
+                losses = []
+                for e in range(b - a):
+                    sn = jnp.zeros(2)
+                    for i in range(idx.shape[1]):
+                        state, sn_i = fns["step"](state, train, idx[e, i], mask[e, i])
+                        sn = sn + sn_i
+                    losses.append([sn[0] / sn[1], fns["evaluate"](state.params, val, val_idx, val_mask)])
+                losses = np.asarray(jax.device_get(losses), np.float64)
+            else:
+                state, losses = fns["chunk"](state, train, val, idx, mask, val_idx, val_mask)
+                losses = np.asarray(jax.device_get(losses), np.float64)
+            seconds = (time.perf_counter() - t0) / (b - a)
+            records = [epoch_record(a + e + 1, *map(float, losses[e]), seconds, tokens_per_epoch) for e in range(b - a)]
+            history += records
+            if on_chunk is not None:
+                on_chunk(state, records)
+    return state, history
