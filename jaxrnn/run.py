@@ -22,7 +22,7 @@ from jaxrnn.data import Corpus, Vocab, load_corpus
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.sample import predict
-from jaxrnn.train import TrainState, fit, init_state, make_optimizer
+from jaxrnn.training import TrainState, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
