@@ -43,7 +43,8 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
         logits, h = model.forward(params, tok_B[:, None], h)
         return (h, logits[:, 0]), tok_B
 
-    _, toks_NxB = lax.scan(emit, (h, logits_BxV), jax.random.split(key, num_preds), unroll=unroll)
+    keys = None if greedy else jax.random.split(key, num_preds)  # greedy decoding draws no keys
+    _, toks_NxB = lax.scan(emit, (h, logits_BxV), keys, length=num_preds, unroll=unroll)
     return toks_NxB.T
 
 

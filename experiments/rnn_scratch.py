@@ -1,0 +1,129 @@
+"""d2l 1.0 section 9.5, "Recurrent Neural Network Implementation from Scratch", on jaxrnn.
+
+Prints what the chapter shows, in its order: the RNN's and the LM's shape checks, the gradient norm
+before and after clipping, the untrained model's text, one line of perplexities per epoch, then the
+final perplexity and text. Results go to stdout, progress notes to stderr. Run from the repo root:
+
+    JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/rnn_scratch.py [--epochs 100] [--hidden 32]
+        [--per-step] [--out RUN_DIR] [--plot ppl.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxrnn
+from jaxrnn.cells import rnn_init, rnn_scan
+from jaxrnn.sample import predict
+from jaxrnn.training import loss_sum
+
+
+def check_len(a: Any, n: int, name: str) -> None:
+    """d2l's check_len, printing what it checked."""
+    if len(a) != n:
+        raise AssertionError(f"{name}: length {len(a)} != expected length {n}")
+    print(f"check_len ok: len({name}) == {n}")
+
+
+def check_shape(a: Any, shape: tuple[int, ...], name: str) -> None:
+    """d2l's check_shape, printing what it checked."""
+    if tuple(a.shape) != shape:
+        raise AssertionError(f"{name}: shape {tuple(a.shape)} != expected shape {shape}")
+    print(f"check_shape ok: {name}.shape == {shape}")
+
+
+def plot(history: list[dict[str, Any]], path: str) -> None:
+    """d2l's board as a saved figure: train and validation perplexity per epoch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed; not writing {path}", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, style in (("train_ppl", "-"), ("val_ppl", "--")):
+        ax.plot([r["epoch"] for r in history], [r[key] for r in history], style, label=key)
+    ax.set(xlabel="epoch", ylabel="perplexity")
+    ax.legend()
+    fig.savefig(path, bbox_inches="tight")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, help="training epochs (default: the seed config's 100)")
+    p.add_argument("--hidden", type=int, help="hidden units (default: the seed config's 32)")
+    p.add_argument("--per-step", action="store_true", help="the chapter's loop: one jitted call per batch")
+    p.add_argument("--out", metavar="RUN_DIR", help="also write a run directory (config, metrics, checkpoints)")
+    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")
+    args = p.parse_args(argv)
+    try:
+        given = {"epochs": args.epochs, "hidden": args.hidden}
+        cfg = jaxrnn.Config(model="scratch", **{k: v for k, v in given.items() if v is not None})
+        corpus = jaxrnn.load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
+    except jaxrnn.JaxrnnError as e:
+        p.exit(2, f"error: {e}\n")
+    vocab, model = corpus.vocab, jaxrnn.build_model(cfg, len(corpus.vocab))
+    params = jax.jit(model.init)(jax.random.key(cfg.seed))  # the init that training starts from
+
+    # 9.5.1 The RNN alone: 2 sequences of 100 one-hot steps of 16 inputs, 32 hidden units.
+    batch_size, num_inputs, num_hiddens, num_steps = 2, 16, 32, 100
+
+    @jax.jit
+    def rnn_outputs(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        k_init, k_x = jax.random.split(key)
+        X = jax.nn.one_hot(jax.random.randint(k_x, (num_steps, batch_size), 0, num_inputs), num_inputs)
+        return rnn_scan(rnn_init(k_init, num_inputs, num_hiddens), jnp.zeros((batch_size, num_hiddens)), X)
+
+    state, outputs = rnn_outputs(jax.random.key(0))
+    check_len(outputs, num_steps, "outputs")
+    check_shape(outputs[0], (batch_size, num_hiddens), "outputs[0]")
+    check_shape(state, (batch_size, num_hiddens), "state")
+
+    # 9.5.2 The LM: one-hot inputs are time-major, the logits are (batch, steps, vocab).
+    check_shape(jax.nn.one_hot(jnp.arange(10).reshape((2, 5)).T, 28), (5, 2, 28), "one_hot(X.T, 28)")
+    tokens = jnp.ones((batch_size, num_steps), jnp.int32)
+    logits, _ = jax.eval_shape(model.forward, params, tokens, model.init_state(batch_size))  # traced, not compiled
+    check_shape(logits, (batch_size, num_steps, len(vocab)), "logits")
+
+    # 9.5.3 Gradient clipping at theta = 1 (training clips the same way, at cfg.clip), on one batch.
+    @jax.jit
+    def grad_norms(params: Any, batch: jax.Array, theta: float) -> tuple[jax.Array, jax.Array]:
+        grads = jax.grad(lambda p: jnp.divide(*loss_sum(model, p, batch, jnp.ones(len(batch), bool))))(params)
+        clipped, _ = optax.clip_by_global_norm(theta).update(grads, optax.EmptyState())
+        return optax.global_norm(grads), optax.global_norm(clipped)
+
+    before, after = grad_norms(params, jnp.asarray(corpus.train[: cfg.batch_size]), 1.0)
+    print(f"grad_norm before clipping {float(before):.4f}, after clipping (theta=1) {float(after):.4f}")
+
+    # Decoding before training (random text), 9.5.4 training, 9.5.5 decoding after.
+    print(repr(predict(model, params, vocab, "it has", 20)))
+
+    def progress(r: dict[str, Any]) -> None:
+        print(f"epoch {r['epoch']}, train_ppl {r['train_ppl']:.2f}, val_ppl {r['val_ppl']:.2f}", flush=True)
+
+    print(f"training {cfg.model} for {cfg.epochs} epochs ({'per-step' if args.per_step else 'fused'})", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        trained = jaxrnn.train(cfg, args.out, corpus=corpus, per_step=args.per_step, progress=progress)
+    except jaxrnn.JaxrnnError as e:
+        p.exit(2, f"error: {e}\n")
+    print(f"trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"perplexity {trained.history[-1]['val_ppl']:.1f}")
+    print(repr(trained.predict("time traveller", 20)))
+    if args.plot:
+        plot(trained.history, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

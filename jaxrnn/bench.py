@@ -1,0 +1,333 @@
+"""`jaxrnn bench`: jaxrnn against the chapters' way in JAX (`d2l-way`) and PyTorch, as ratios in one run.
+
+Cases: `seed-train` (the seed config), `large-train` (a big tanh RNN: train tokens/s), `decode-1` and
+`decode-256` (greedy, 1000 new characters for 1 and 256 prompts). Every row has `case, impl, cell,
+backend, wall_s, compile_s, tokens_per_s, val_ppl` (null where it does not apply); wall_s excludes
+compilation. torch rows appear when torch is installed (`pip install 'jaxrnn[bench]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrnn import cells
+from jaxrnn.config import Config
+from jaxrnn.data import Corpus, batch_plan, epoch_order, load_corpus
+from jaxrnn.models import build_model
+from jaxrnn.sample import generate
+from jaxrnn.training import fit, init_state, make_optimizer, perplexity
+
+CASES = ("seed-train", "large-train", "decode-1", "decode-256")
+IMPLS = ("jaxrnn-scratch", "jaxrnn-concise", "d2l-way", "torch")
+DECODE_CHARS = 1000
+PROMPT = "time traveller"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="reduced cases (10 epochs, fewer steps); ratios still hold")
+    p.add_argument("--json-out", metavar="FILE", help="also write the rows as a JSON list")
+    p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run (default all)")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations (default all)")
+    p.add_argument("--data", metavar="FILE", help="corpus (default The Time Machine)")
+
+
+def row(case: str, impl: str, wall_s: float | None, compile_s: float | None, tokens_per_s: float | None,
+        val_ppl: float | None = None, cell: str = "rnn", backend: str | None = None) -> dict[str, Any]:
+    return {"case": case, "impl": impl, "cell": cell, "backend": backend or jax.default_backend(),
+            "wall_s": wall_s, "compile_s": compile_s, "tokens_per_s": tokens_per_s, "val_ppl": val_ppl}
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- jaxrnn: fused training, jitted decoding
+
+def jaxrnn_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
+    """Time `fit` (the fused path `jaxrnn train` uses); compilation is timed apart by `fit` itself."""
+    timings: dict[str, float] = {}
+    _, history = fit(cfg, corpus, build_model(cfg, len(corpus.vocab)), timings=timings)
+    tokens = cfg.epochs * len(corpus.train) * cfg.num_steps
+    val = history[-1]["val_ppl"] if case == "seed-train" else None
+    return row(case, f"jaxrnn-{cfg.model}", timings["train_s"], timings["compile_s"], tokens / timings["train_s"], val)
+
+
+def _time_calls(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
+    """(first call's seconds, median of `reps` later calls): the first compiles."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def jaxrnn_decode(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
+    model = build_model(cfg, len(corpus.vocab))
+    params = model.init(jax.random.key(cfg.seed))
+    prompts = [corpus.vocab.encode(PROMPT)] * batch
+    with jax.default_matmul_precision(cfg.precision):
+        first, wall = _time_calls(lambda: generate(model, params, prompts, DECODE_CHARS), reps)
+    return row(case, f"jaxrnn-{cfg.model}", wall, first - wall, batch * DECODE_CHARS / wall)
+
+
+# ---------------------------------------------------------------- d2l-way: the chapters' loop in JAX
+
+def _d2l_forward(params: dict, X_BxT: jax.Array, V: int) -> jax.Array:
+    """d2l's RNNLMScratch: one-hot inputs, the chapter's rnn_step in a scan, outputs stacked, head."""
+    h0 = jnp.zeros((X_BxT.shape[0], params["rnn"]["W_hh"].shape[0]))
+    _, hs_TxBxH = cells.rnn_scan(params["rnn"], h0, jax.nn.one_hot(X_BxT.T, V))
+    return (hs_TxBxH @ params["head"]["W_hq"] + params["head"]["b_q"]).swapaxes(0, 1)
+
+
+def d2l_way_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
+    """A Python loop over numpy batches calling a jitted loss-and-grad, the optax update applied eagerly,
+    the loss read back each step (d2l's board), and validation batch by batch: the chapters' way."""
+    V = len(corpus.vocab)
+    model = build_model(cfg.replace(model="scratch"), V)
+    tx = make_optimizer(cfg)
+    state = init_state(model, tx, cfg.seed)
+    params, opt_state = state.params, state.opt_state
+
+    def loss(p, X, Y):
+        return optax.softmax_cross_entropy_with_integer_labels(_d2l_forward(p, X, V), Y).mean()
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    eval_loss = jax.jit(loss)
+    t_compile = time.perf_counter()
+    w0 = corpus.train[: cfg.batch_size]
+    jax.block_until_ready(value_and_grad(params, w0[:, :-1], w0[:, 1:]))
+    jax.block_until_ready(eval_loss(params, w0[:, :-1], w0[:, 1:]))
+    compile_s = time.perf_counter() - t_compile
+    t0 = time.perf_counter()
+    val_ppl = None
+    for epoch in range(cfg.epochs):
+        order = epoch_order(cfg.seed, epoch, len(corpus.train))
+        for i in range(0, len(order), cfg.batch_size):
+            w = corpus.train[order[i:i + cfg.batch_size]]
+            l, grads = value_and_grad(params, w[:, :-1], w[:, 1:])
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            float(l)
+        if case == "seed-train":
+            tot = sum(float(eval_loss(params, w[:, :-1], w[:, 1:])) * len(w)
+                      for w in (corpus.val[i:i + cfg.batch_size] for i in range(0, len(corpus.val), cfg.batch_size)))
+            val_ppl = perplexity(tot / len(corpus.val))
+    wall = time.perf_counter() - t0
+    tokens = cfg.epochs * len(corpus.train) * cfg.num_steps
+    return row(case, "d2l-way", wall, compile_s, tokens / wall, val_ppl)
+
+
+def d2l_way_decode(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
+    """d2l's predict: one jitted call per character, the argmax read back to Python each time."""
+    V = len(corpus.vocab)
+    model = build_model(cfg.replace(model="scratch"), V)
+    params = model.init(jax.random.key(cfg.seed))
+
+    @jax.jit
+    def step(p, h, X):
+        h = cells.rnn_step(p["rnn"], h, jax.nn.one_hot(X, V))
+        return h, h @ p["head"]["W_hq"] + p["head"]["b_q"]
+
+    prompt = corpus.vocab.encode(PROMPT)
+
+    def predict() -> list:
+        h = jnp.zeros((batch, cfg.hidden))
+        out = [np.full(batch, prompt[0])]
+        for i in range(len(prompt) + DECODE_CHARS - 1):
+            h, Y = step(params, h, jnp.asarray(out[-1]))
+            out.append(np.full(batch, prompt[i + 1]) if i < len(prompt) - 1 else np.asarray(Y.argmax(-1)))
+        return out
+
+    first, wall = _time_calls(predict, reps)
+    return row(case, "d2l-way", wall, max(first - wall, 0.0), batch * DECODE_CHARS / wall)
+
+
+# ---------------------------------------------------------------- torch: nn.RNN written well
+
+def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
+    """PyTorch `nn.RNN` with data on the device, `clip_grad_norm_`, no host sync (cuDNN on GPU)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "gpu" if dev.type == "cuda" else "cpu"
+    V = len(corpus.vocab)
+    torch.manual_seed(cfg.seed)
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.RNN(V, cfg.hidden)
+            self.head = nn.Linear(cfg.hidden, V)
+
+        def forward(self, x_BxT, h=None):
+            hs, h = self.rnn(F.one_hot(x_BxT.T, V).float(), h)
+            return self.head(hs), h  # [T, B, V]
+
+    model = LM().to(dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if case.startswith("decode"):
+        prompt = torch.tensor(corpus.vocab.encode(PROMPT), device=dev).long().repeat(batch, 1)
+
+        @torch.no_grad()
+        def predict():
+            logits, h = model(prompt)
+            tok, out = logits[-1].argmax(-1), []
+            for _ in range(DECODE_CHARS):
+                out.append(tok)
+                logits, h = model(tok[:, None], h)
+                tok = logits[-1].argmax(-1)
+            return torch.stack(out, 1).cpu()
+
+        t0 = time.perf_counter()
+        predict()
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            predict()
+            times.append(time.perf_counter() - t0)
+        wall = statistics.median(times)
+        return row(case, "torch", wall, first - wall, batch * DECODE_CHARS / wall, backend=backend)
+
+    train = torch.tensor(corpus.train, device=dev).long()
+    val = torch.tensor(corpus.val, device=dev).long()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+
+    def step(w):
+        logits, _ = model(w[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, V), w[:, 1:].T.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip, foreach=True)
+        opt.step()
+
+    def epoch():
+        perm = torch.randperm(len(train), device=dev)
+        for i in range(0, len(train), cfg.batch_size):
+            step(train[perm[i:i + cfg.batch_size]])
+
+    t0 = time.perf_counter()
+    step(train[: cfg.batch_size])  # warm-up: allocator, cuDNN plans
+    sync()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(cfg.epochs):
+        epoch()
+    sync()
+    wall = time.perf_counter() - t0
+    val_ppl = None
+    if case == "seed-train":
+        with torch.no_grad():
+            tot = sum(F.cross_entropy(model(w[:, :-1])[0].reshape(-1, V), w[:, 1:].T.reshape(-1), reduction="sum").item()
+                      for w in val.split(cfg.batch_size))
+        val_ppl = perplexity(tot / val[:, 1:].numel())
+    return row(case, "torch", wall, compile_s, cfg.epochs * len(train) * cfg.num_steps / wall, val_ppl, backend=backend)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the suite
+
+def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
+    """The config each case trains or decodes with, and its repetition count."""
+    if case == "seed-train":
+        return Config(epochs=10 if quick else 100), 0
+    if case == "large-train":
+        hidden, batch, steps = (1024, 128, 256) if on_gpu else (256, 64, 128)
+        iters = (10 if quick else 40) if not on_gpu else (20 if quick else 100)
+        return Config(hidden=hidden, batch_size=batch, num_steps=steps, num_train=batch * iters, num_val=batch,
+                      epochs=2, save_every=1, unroll=8), 0
+    return Config(), 3 if quick else 10
+
+
+def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
+    on_gpu = jax.default_backend() == "gpu"
+    have_torch = torch_available()
+    if "torch" in args.impls and not have_torch:
+        log("torch is not installed: no torch rows (pip install 'jaxrnn[bench]')")
+    rows: list[dict[str, Any]] = []
+    corpora: dict[int, Corpus] = {}
+    for case in args.cases:
+        cfg, reps = case_configs(case, args.quick, on_gpu)
+        key = cfg.num_steps
+        if key not in corpora:
+            corpora[key] = load_corpus(args.data, cfg.num_steps, 10000, 5000)
+        corpus = corpora[key]
+        if case == "large-train":
+            corpus = Corpus(corpus.vocab, corpus.tokens, corpus.train[: cfg.num_train], corpus.val[: cfg.num_val],
+                            corpus.path, corpus.sha1)
+        batch = 256 if case == "decode-256" else 1
+        for impl in args.impls:
+            if impl == "torch" and not have_torch:
+                continue
+            log(f"{case} {impl} ...")
+            if impl.startswith("jaxrnn-"):
+                c = cfg.replace(model=impl.split("-")[1])
+                r = jaxrnn_train(case, c, corpus) if case.endswith("train") else jaxrnn_decode(case, c, corpus, batch, reps)
+            elif impl == "d2l-way":
+                r = d2l_way_train(case, cfg, corpus) if case.endswith("train") else d2l_way_decode(case, cfg, corpus, batch, reps)
+            else:
+                r = torch_rows(case, cfg, corpus, batch, reps)
+            rows.append(r)
+    return rows
+
+
+def _fmt(v: Any, spec: str) -> str:
+    """`v` formatted by `spec`, or a '-' of the same width where it does not apply."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-".rjust(int(re.match(r"\d*", spec).group() or 0))
+    return format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Rows with each one's tokens/s as a ratio to the d2l-way and torch rows of the same case."""
+    head = f"{'case':<12} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
+           f"{'val_ppl':>7} {'x d2l-way':>9} {'x torch':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        base = {b["impl"]: b["tokens_per_s"] for b in rows if b["case"] == r["case"] and b["cell"] == r["cell"]}
+        ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) else None for k in ("d2l-way", "torch")]
+        lines.append(f"{r['case']:<12} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
+                     f"{_fmt(r['compile_s'], '9.2f')} {_fmt(r['tokens_per_s'], '11,.0f')} {_fmt(r['val_ppl'], '7.2f')} "
+                     f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    log(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
+        f"{'quick' if args.quick else 'full'} run")
+    rows = run_suite(args)
+    print(table(rows), flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0

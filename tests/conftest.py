@@ -1,0 +1,92 @@
+"""Shared fixtures: the corpus location, PRNG keys, the real corpus, tiny configs and float64 references."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAXRNN_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+import jax  # noqa: E402
+
+from jaxrnn.config import Config  # noqa: E402
+from jaxrnn.data import Corpus, load_corpus  # noqa: E402
+
+TINY = dict(epochs=1, hidden=16, num_train=512, num_val=256, batch_size=128, num_steps=8, save_every=1)
+
+
+@pytest.fixture
+def key() -> jax.Array:
+    """A fresh PRNG key; split it for more."""
+    return jax.random.key(0)
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Corpus:
+    """The Time Machine with d2l's defaults (num_steps 32, 10000 train and 5000 validation windows)."""
+    return load_corpus()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> Callable[..., Config]:
+    """A factory of fast configs: `tiny_cfg(epochs=2, model="concise")`."""
+    return lambda **changes: Config(**{**TINY, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> Corpus:
+    """The corpus windowed for the tiny config."""
+    return load_corpus(None, TINY["num_steps"], TINY["num_train"], TINY["num_val"])
+
+
+def np_lm_forward(p: dict[str, np.ndarray], tokens_BxT: np.ndarray, h_BxH: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d2l's RNNLMScratch in float64 numpy: one-hot -> tanh RNN loop -> linear head; (logits [B, T, V], h)."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    x_BxTxV = np.eye(p["W_xh"].shape[0])[tokens_BxT]
+    h, outs = np.asarray(h_BxH, np.float64), []
+    for t in range(tokens_BxT.shape[1]):
+        h = np.tanh(x_BxTxV[:, t] @ p["W_xh"] + h @ p["W_hh"] + p["b_h"])
+        outs.append(h @ p["W_hq"] + p["b_q"])
+    return np.stack(outs, axis=1), h
+
+
+def np_cross_entropy(logits_BxTxV: np.ndarray, y_BxT: np.ndarray) -> np.ndarray:
+    """Per-token cross-entropy from a float64 log-softmax."""
+    z = logits_BxTxV - logits_BxTxV.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, y_BxT[..., None], -1)[..., 0]
+
+
+def flat_scratch(params) -> dict[str, np.ndarray]:
+    """ScratchRNNLM params as one flat dict of float64 arrays (W_xh, W_hh, b_h, W_hq, b_q)."""
+    return {k: np.asarray(v, np.float64) for k, v in {**params["rnn"], **params["head"]}.items()}
+
+
+@pytest.fixture(scope="session")
+def ref() -> object:
+    """The float64 numpy references, as attributes: ref.lm_forward, ref.cross_entropy, ref.flat."""
+
+    class Ref:
+        lm_forward = staticmethod(np_lm_forward)
+        cross_entropy = staticmethod(np_cross_entropy)
+        flat = staticmethod(flat_scratch)
+
+    return Ref()
+
+
+def _run(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_python() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python ARGS...` in a fresh process on this checkout (cwd given), capturing text output."""
+    return _run
