@@ -6,7 +6,7 @@ model's (random) text, one line of perplexities per epoch, then the final perple
 Results go to stdout, progress notes to stderr. Run from the repo root:
 
     JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/rnn_concise.py [--epochs 100] [--hidden 32]
-        [--per-step] [--out RUN_DIR] [--plot ppl.png]
+        [--per-step] [--out RUN_DIR [--force]] [--plot ppl.png]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, help="hidden units (default: the seed config's 32)")
     p.add_argument("--per-step", action="store_true", help="the chapter's loop: one jitted call per batch")
     p.add_argument("--out", metavar="RUN_DIR", help="also write a run directory (config, metrics, checkpoints)")
+    p.add_argument("--force", action="store_true", help="overwrite the run directory if it holds a run")
     p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")
     args = p.parse_args(argv)
     try:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = jaxrnn.Config(model="concise", **{k: v for k, v in given.items() if v is not None})
         corpus = jaxrnn.load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
     except jaxrnn.JaxrnnError as e:
-        p.exit(2, f"error: {e}\n")
+        p.exit(2, f"jaxrnn: error: {e}\n")
     model = jaxrnn.build_model(cfg, len(corpus.vocab))
 
     # Before training the model predicts random text (it starts from the same init that training uses).
@@ -67,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {cfg.model} for {cfg.epochs} epochs ({'per-step' if args.per_step else 'fused'})", file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        trained = jaxrnn.train(cfg, args.out, corpus=corpus, per_step=args.per_step, progress=progress)
+        trained = jaxrnn.train(cfg, args.out, corpus=corpus, per_step=args.per_step, force=args.force,
+                               progress=progress)
     except jaxrnn.JaxrnnError as e:
-        p.exit(2, f"error: {e}\n")
+        p.exit(2, f"jaxrnn: error: {e}\n")
     print(f"trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(f"perplexity {trained.history[-1]['val_ppl']:.1f}")
     print(repr(trained.predict("time traveller", 20)))

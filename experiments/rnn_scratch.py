@@ -5,7 +5,7 @@ before and after clipping, the untrained model's text, one line of perplexities 
 final perplexity and text. Results go to stdout, progress notes to stderr. Run from the repo root:
 
     JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/rnn_scratch.py [--epochs 100] [--hidden 32]
-        [--per-step] [--out RUN_DIR] [--plot ppl.png]
+        [--per-step] [--out RUN_DIR [--force]] [--plot ppl.png]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, help="hidden units (default: the seed config's 32)")
     p.add_argument("--per-step", action="store_true", help="the chapter's loop: one jitted call per batch")
     p.add_argument("--out", metavar="RUN_DIR", help="also write a run directory (config, metrics, checkpoints)")
+    p.add_argument("--force", action="store_true", help="overwrite the run directory if it holds a run")
     p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")
     args = p.parse_args(argv)
     try:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = jaxrnn.Config(model="scratch", **{k: v for k, v in given.items() if v is not None})
         corpus = jaxrnn.load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
     except jaxrnn.JaxrnnError as e:
-        p.exit(2, f"error: {e}\n")
+        p.exit(2, f"jaxrnn: error: {e}\n")
     vocab, model = corpus.vocab, jaxrnn.build_model(cfg, len(corpus.vocab))
     params = jax.jit(model.init)(jax.random.key(cfg.seed))  # the init that training starts from
 
@@ -95,15 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     logits, _ = jax.eval_shape(model.forward, params, tokens, model.init_state(batch_size))  # traced, not compiled
     check_shape(logits, (batch_size, num_steps, len(vocab)), "logits")
 
-    # 9.5.3 Gradient clipping at theta = 1 (training clips the same way, at cfg.clip), on one batch.
+    # 9.5.3 Gradient clipping (training clips the same way, at cfg.clip): the gradients of one batch.
+    def mean_loss(params: Any, batch: jax.Array) -> jax.Array:
+        total, count = loss_sum(model, params, batch, jnp.ones(len(batch), bool))
+        return total / count
+
     @jax.jit
     def grad_norms(params: Any, batch: jax.Array, theta: float) -> tuple[jax.Array, jax.Array]:
-        grads = jax.grad(lambda p: jnp.divide(*loss_sum(model, p, batch, jnp.ones(len(batch), bool))))(params)
+        grads = jax.grad(mean_loss)(params, batch)
         clipped, _ = optax.clip_by_global_norm(theta).update(grads, optax.EmptyState())
         return optax.global_norm(grads), optax.global_norm(clipped)
 
-    before, after = grad_norms(params, jnp.asarray(corpus.train[: cfg.batch_size]), 1.0)
-    print(f"grad_norm before clipping {float(before):.4f}, after clipping (theta=1) {float(after):.4f}")
+    theta = 1.0
+    with jax.default_matmul_precision(cfg.precision):
+        before, after = grad_norms(params, jnp.asarray(corpus.train[: cfg.batch_size]), theta)
+    print(f"grad_norm before clipping {float(before):.4f}, after clipping (theta={theta:g}) {float(after):.4f}")
 
     # Decoding before training (random text), 9.5.4 training, 9.5.5 decoding after.
     print(repr(predict(model, params, vocab, "it has", 20)))
@@ -114,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {cfg.model} for {cfg.epochs} epochs ({'per-step' if args.per_step else 'fused'})", file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        trained = jaxrnn.train(cfg, args.out, corpus=corpus, per_step=args.per_step, progress=progress)
+        trained = jaxrnn.train(cfg, args.out, corpus=corpus, per_step=args.per_step, force=args.force,
+                               progress=progress)
     except jaxrnn.JaxrnnError as e:
-        p.exit(2, f"error: {e}\n")
+        p.exit(2, f"jaxrnn: error: {e}\n")
     print(f"trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(f"perplexity {trained.history[-1]['val_ppl']:.1f}")
     print(repr(trained.predict("time traveller", 20)))
