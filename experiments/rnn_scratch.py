@@ -21,6 +21,7 @@ import optax
 
 import jaxrnn
 from jaxrnn.cells import rnn_init, rnn_scan
+from jaxrnn.plots import plot_curves
 from jaxrnn.sample import predict
 from jaxrnn.training import loss_sum
 
@@ -38,24 +39,6 @@ def check_shape(a: Any, shape: tuple[int, ...], name: str) -> None:
         raise AssertionError(f"{name}: shape {tuple(a.shape)} != expected shape {shape}")
     print(f"check_shape ok: {name}.shape == {shape}")
 
-
-def plot(history: list[dict[str, Any]], path: str) -> None:
-    """d2l's board as a saved figure: train and validation perplexity per epoch."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"note: matplotlib is not installed; not writing {path}", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key, style in (("train_ppl", "-"), ("val_ppl", "--")):
-        ax.plot([r["epoch"] for r in history], [r[key] for r in history], style, label=key)
-    ax.set(xlabel="epoch", ylabel="perplexity")
-    ax.legend()
-    fig.savefig(path, bbox_inches="tight")
-    print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perplexity {trained.history[-1]['val_ppl']:.1f}")
     print(repr(trained.predict("time traveller", 20)))
     if args.plot:
-        plot(trained.history, args.plot)
+        try:
+            print(f"wrote {plot_curves({'': trained.history}, args.plot)}", file=sys.stderr)
+        except jaxrnn.JaxrnnError as e:
+            print(f"jaxrnn: warning: {e}", file=sys.stderr)
     return 0
 
 
