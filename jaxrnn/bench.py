@@ -310,13 +310,13 @@ def _fmt(v: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Rows with each one's tokens/s as a ratio to the d2l-way and torch rows of the same case."""
-    head = f"{'case':<12} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
+    head = f"{'case':<12} {'impl':<22} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
            f"{'val_ppl':>7} {'x d2l-way':>9} {'x torch':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         base = {b["impl"]: b["tokens_per_s"] for b in rows if b["case"] == r["case"] and b["cell"] == r["cell"]}
         ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) else None for k in ("d2l-way", "torch")]
-        lines.append(f"{r['case']:<12} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
+        lines.append(f"{r['case']:<12} {r['impl']:<22} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
                      f"{_fmt(r['compile_s'], '9.2f')} {_fmt(r['tokens_per_s'], '11,.0f')} {_fmt(r['val_ppl'], '7.2f')} "
                      f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}")
     return "\n".join(lines)

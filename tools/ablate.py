@@ -1,0 +1,53 @@
+"""Measure what each knob buys: train tokens/s of the fused path over a grid of unroll, matmul
+precision and compute dtype, for the seed shape and the large shape, in one process.
+
+usage: python tools/ablate.py [--shape seed|large] [--models scratch concise] [--unroll 1 8 32]
+       [--precision highest default] [--dtype float32 bfloat16] [--epochs N] [--json-out FILE]
+"""
+
+import argparse
+import json
+import sys
+
+import jax
+
+from jaxrnn.bench import case_configs, jaxrnn_train, table
+from jaxrnn.data import load_corpus
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["seed", "large"], default="seed")
+    p.add_argument("--models", nargs="+", default=["scratch", "concise"])
+    p.add_argument("--unroll", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--precision", nargs="+", default=["highest", "default"])
+    p.add_argument("--dtype", nargs="+", default=["float32"])
+    p.add_argument("--epochs", type=int, help="override the case's epochs")
+    p.add_argument("--json-out")
+    a = p.parse_args()
+    case = "seed-train" if a.shape == "seed" else "large-train"
+    base, _ = case_configs(case, quick=False, on_gpu=jax.default_backend() == "gpu")
+    if a.epochs:
+        base = base.replace(epochs=a.epochs)
+    corpus = load_corpus(None, base.num_steps, 10000, 5000)
+    if case == "large-train":
+        corpus = corpus.__class__(corpus.vocab, corpus.tokens, corpus.train[: base.num_train],
+                                  corpus.val[: base.num_val], corpus.path, corpus.sha1)
+    rows = []
+    for model in a.models:
+        for unroll in a.unroll:
+            for precision in a.precision:
+                for dtype in a.dtype:
+                    cfg = base.replace(model=model, unroll=unroll, precision=precision, dtype=dtype)
+                    r = jaxrnn_train(case, cfg, corpus)
+                    r["impl"] = f"{model} u{unroll} {precision[:4]} {dtype[:4]}"
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    rows.append(r)
+    print(table(rows))
+    if a.json_out:
+        json.dump(rows, open(a.json_out, "w"), indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
