@@ -38,14 +38,17 @@ def rnn_scan(params: RNNParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Ar
     return lax.scan(step, h_BxH, x_TxBxV)
 
 
-def rnn_unroll(params: RNNParams, h_BxH: Array, tokens_TxB: Array, unroll: int = 1) -> tuple[Array, Array]:
+def rnn_unroll(params: RNNParams, h_BxH: Array, tokens_TxB: Array, unroll: int = 1,
+               dtype: str = "float32") -> tuple[Array, Array]:
     """`rnn_scan` on one-hot tokens, computed cheaply: `one_hot(x) @ W_xh` is the row gather `W_xh[x]`,
-    done for all steps at once outside the recurrence, so each step is one [B, H] x [H, H] matmul."""
-    xw_TxBxH = params["W_xh"][tokens_TxB] + params["b_h"]
-    W_hh = params["W_hh"].astype(xw_TxBxH.dtype)
+    done for all steps at once outside the recurrence, so each step is one [B, H] x [H, H] matmul.
+    The recurrence runs in `dtype`; the gather reads float32 weights, so its gradient (a scatter-add)
+    stays float32, which is both exact and fast (bf16 scatter-adds are slow on GPUs)."""
+    xw_TxBxH = (params["W_xh"][tokens_TxB] + params["b_h"]).astype(dtype)
+    W_hh = params["W_hh"].astype(dtype)
 
     def step(h, xw):
         h = jnp.tanh(xw + h @ W_hh)
         return h, h
 
-    return lax.scan(step, h_BxH.astype(xw_TxBxH.dtype), xw_TxBxH, unroll=unroll)
+    return lax.scan(step, h_BxH.astype(dtype), xw_TxBxH, unroll=unroll)

@@ -60,9 +60,9 @@ class ScratchRNNLM:
         return jnp.zeros((batch_size, self.hidden))
 
     def forward(self, params: Params, tokens_BxT: Array, state_BxH: Array) -> tuple[Array, Array]:
-        p = _cast(params, self.dtype)
-        h_BxH, hs_TxBxH = cells.rnn_unroll(p["rnn"], state_BxH, tokens_BxT.T, self.unroll)
-        logits_TxBxV = hs_TxBxH @ p["head"]["W_hq"] + p["head"]["b_q"]
+        h_BxH, hs_TxBxH = cells.rnn_unroll(params["rnn"], state_BxH, tokens_BxT.T, self.unroll, self.dtype)
+        head = _cast(params["head"], self.dtype)
+        logits_TxBxV = hs_TxBxH @ head["W_hq"] + head["b_q"]
         return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), h_BxH.astype(jnp.float32)
 
 
