@@ -41,8 +41,9 @@ def manager(run_dir: Path, read_only: bool = False, keep: int = 3):
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: -m["val_ppl"], n=1, keep_checkpoints_without_metrics=False),
     ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
-                                           enable_async_checkpointing=False)
+    # best_fn is set only so that orbax records each step's metrics, which BestN reads; the policy decides.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["val_ppl"],
+                                           best_mode="min", create=not read_only, enable_async_checkpointing=False)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
 

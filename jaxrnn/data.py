@@ -57,7 +57,11 @@ def _download(dest: Path) -> Path:
             f"The Time Machine is not on this machine and cannot be downloaded ({e}); "
             f"put {TIMEMACHINE_NAME} in $JAXRNN_DATA_DIR or {dest.parent}, or pass --data FILE"
         ) from None
-    _checked(tmp)
+    try:
+        _checked(tmp)
+    except DataError:
+        tmp.unlink()
+        raise
     tmp.replace(dest)
     return dest
 

@@ -8,6 +8,7 @@ lengths (shorter prompts hold their state while longer ones warm up) inside one 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 
 import jax
@@ -54,6 +55,8 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
     `temperature` is 0, else sampled from softmax(logits / temperature) with the given seed."""
     if num_preds < 0:
         raise JaxrnnError(f"--num-preds must be >= 0, got {num_preds}; pass 0 or more")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise JaxrnnError(f"--temperature must be a finite number >= 0, got {temperature}; 0 decodes greedily")
     if any(len(p) == 0 for p in prompts):
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
     if num_preds == 0:

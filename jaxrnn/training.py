@@ -50,7 +50,9 @@ def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: 
 
 
 def perplexity(loss: float) -> float:
-    """exp of a token-weighted mean cross-entropy (inf where it overflows)."""
+    """exp of a token-weighted mean cross-entropy (inf where it overflows, nan for a nan loss)."""
+    if math.isnan(loss):
+        return math.nan
     return math.exp(loss) if loss < 700 else math.inf
 
 

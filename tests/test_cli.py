@@ -1,0 +1,129 @@
+"""The `jaxrnn` command line, run as a user runs it: `python -m jaxrnn.cli ...` in a fresh process.
+
+Each process pays JAX's import and compile, so the runs of one phase go in parallel and tests read their results.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from jaxrnn import checkpoint
+
+TINY_FLAGS = ["--epochs", "1", "--hidden", "16", "--num-train", "512", "--num-val", "256",
+              "--batch-size", "128", "--num-steps", "8"]
+RESULT = re.compile(r"^perplexity (\d+\.\d), '(time traveller.{50})'$")
+MODELS = ["scratch", "concise"]
+
+
+def run_all(run_python, cwd: Path, commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """Run `python -m jaxrnn.cli ARGS` for every entry at once; results by name."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {k: pool.submit(run_python, ["-m", "jaxrnn.cli", *args], cwd) for k, args in commands.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def trained(run_python, work: Path) -> dict[str, subprocess.CompletedProcess]:
+    """Phase 1: train each model (fused), scratch per-step, and the bad inputs that need no run."""
+    (work / "empty").mkdir()
+    commands = {m: ["train", "--model", m, *TINY_FLAGS, "--out", str(work / m)] for m in MODELS}
+    commands["per-step"] = ["train", "--model", "scratch", *TINY_FLAGS, "--per-step", "--out", str(work / "per-step")]
+    commands.update({name: args for name, (args, _) in BAD_INPUTS.items() if "{run}" not in args})
+    return run_all(run_python, work, commands)
+
+
+@pytest.fixture(scope="module")
+def used(run_python, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
+    """Phase 2: sample each trained run, and the bad inputs that need a run."""
+    run = str(work / "scratch")
+    commands = {f"sample-{m}": ["sample", "--run", str(work / m), "--prefix", "time traveller", "--num-preds", "50"]
+                for m in MODELS}
+    commands.update({name: [a.replace("{run}", run) for a in args]
+                     for name, (args, _) in BAD_INPUTS.items() if "{run}" in args})
+    return run_all(run_python, work, commands)
+
+
+def result_line(proc: subprocess.CompletedProcess) -> re.Match:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and proc.stdout.count("\n") == 1, proc.stdout  # nothing else on stdout
+    m = RESULT.match(proc.stdout.rstrip("\n"))
+    assert m, proc.stdout
+    return m
+
+
+@pytest.mark.parametrize("model", MODELS + ["per-step"])
+def test_train_prints_one_result_line(trained, model: str) -> None:
+    result_line(trained[model])
+    assert "Traceback" not in trained[model].stderr
+
+
+@pytest.mark.parametrize("model", MODELS + ["per-step"])
+def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
+    run = work / model
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == ("scratch" if model == "per-step" else model)
+    assert (cfg["epochs"], cfg["hidden"], cfg["num_train"], cfg["num_val"], cfg["batch_size"], cfg["num_steps"]) == \
+        (1, 16, 512, 256, 128, 8)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["epoch"] == 1
+    assert {"epoch", "train_ppl", "val_ppl"} <= records[0].keys()
+    assert f"{records[0]['val_ppl']:.1f}" == result_line(trained[model]).group(1)
+    assert checkpoint.steps(run) == [1]
+
+
+def test_per_step_trains_like_fused(trained, work: Path) -> None:
+    fused, stepped = ([json.loads(line) for line in (work / r / "metrics.jsonl").read_text().splitlines()][0]
+                      for r in ("scratch", "per-step"))
+    for k in ("train_ppl", "val_ppl"):
+        assert stepped[k] == pytest.approx(fused[k], rel=1e-5)
+    assert result_line(trained["per-step"]).group(2) == result_line(trained["scratch"]).group(2)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_sample_prints_the_training_text(trained, used, model: str) -> None:
+    text = result_line(trained[model]).group(2)
+    proc = used[f"sample-{model}"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == text + "\n"
+
+
+# name -> (arguments, what must be left as it was); {run} is the trained scratch run directory.
+BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
+    "epochs-0": (["train", "--epochs", "0"], None),
+    "lr-not-a-number": (["train", "--lr", "abc"], None),
+    "missing-data": (["train", *TINY_FLAGS, "--data", "missing.txt", "--out", "missing-data"], "missing-data"),
+    "sample-non-run": (["sample", "--run", "empty"], None),
+    "negative-num-preds": (["sample", "--run", "{run}", "--num-preds", "-1"], None),
+    "empty-prefix": (["sample", "--run", "{run}", "--prefix", ""], None),
+    "negative-temperature": (["sample", "--run", "{run}", "--temperature", "-1"], None),
+    "existing-run": (["train", *TINY_FLAGS, "--out", "{run}"], None),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line(trained, used, work: Path, name: str) -> None:
+    proc = {**trained, **used}[name]
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith("jaxrnn: error: ")
+    left_alone = BAD_INPUTS[name][1]
+    if left_alone:
+        assert not (work / left_alone).exists()  # no half-made run directory
+
+
+def test_existing_run_is_left_intact(used, work: Path) -> None:
+    """Refusing to train into a run directory leaves its metrics and checkpoints as they were."""
+    assert "--force" in used["existing-run"].stderr.splitlines()[-1]
+    assert len((work / "scratch" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert checkpoint.steps(work / "scratch") == [1]

@@ -1,0 +1,255 @@
+"""data.py against what d2l's own code makes of The Time Machine, plus corpus lookup and batching."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from jaxrnn import data
+from jaxrnn.data import UNK, Vocab, batch_plan, chunk_plan, epoch_order, find_corpus, load_corpus, preprocess, windows
+from jaxrnn.errors import DataError
+
+REF = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" / "d2l_timemachine.json").read_text())
+CHARS = [t for t in REF["idx_to_token"] if t != UNK]
+
+
+@pytest.fixture
+def real_file(corpus) -> Path:
+    return corpus.path
+
+
+# --- The Time Machine as d2l makes it ---------------------------------------------------------------
+
+
+def test_preprocess_matches_d2l(real_file: Path) -> None:
+    text = preprocess(real_file.read_text())
+    assert len(text) == REF["preprocessed_chars"]
+    assert text.startswith(REF["preprocessed_head"])
+    assert hashlib.sha1(text.encode()).hexdigest() == REF["preprocessed_sha1"]
+
+
+def test_preprocess_collapses_non_letters_and_lowercases() -> None:
+    assert preprocess("The Time-Machine, 1895!\n\nBy H. G.") == "the time machine by h g "
+
+
+def test_vocab_and_tokens_match_d2l(corpus) -> None:
+    assert list(corpus.vocab.idx_to_token) == REF["idx_to_token"]
+    assert len(corpus.vocab) == REF["vocab_size"] == 28
+    assert len(corpus.tokens) == REF["corpus_len"]
+    assert corpus.tokens[: len(REF["corpus_head"])].tolist() == REF["corpus_head"]
+    assert corpus.sha1 == data.TIMEMACHINE_SHA1
+
+
+def test_windows_match_d2l(corpus) -> None:
+    n = REF["num_steps"]
+    assert corpus.train.shape == (10000, n + 1) and corpus.val.shape == (5000, n + 1)
+    assert corpus.train[0].tolist() == REF["window_0"]
+    assert corpus.val[0].tolist() == REF["window_10000"]  # the first validation window is window 10000
+    last = REF["last_val_window_index"]
+    np.testing.assert_array_equal(corpus.val[-1], corpus.tokens[last : last + n + 1])
+
+
+def test_token_freqs_sorted_by_frequency(corpus) -> None:
+    text = preprocess(corpus.path.read_text())
+    freqs = corpus.vocab.token_freqs
+    assert dict(freqs) == collections.Counter(text)
+    counts = [c for _, c in freqs]
+    assert counts == sorted(counts, reverse=True)
+    assert [t for t, _ in freqs[:2]] == [" ", "e"]
+
+
+# --- property tests ---------------------------------------------------------------------------------
+
+
+VOCAB = Vocab.build("".join(CHARS))
+
+
+@settings(deadline=None)
+@given(st.text(alphabet=CHARS))
+def test_vocab_round_trip(text: str) -> None:
+    ids = VOCAB.encode(text)
+    assert ids.dtype == np.int32 and len(ids) == len(text)
+    assert VOCAB.decode(ids) == text
+
+
+@settings(deadline=None)
+@given(st.text(alphabet=CHARS + list("ABZ!?é0\n"), min_size=1))
+def test_unknown_chars_map_to_unk(text: str) -> None:
+    ids = VOCAB.encode(text)
+    for c, i in zip(text, ids):
+        assert VOCAB.idx_to_token[i] == (c if c in CHARS else UNK)
+    assert VOCAB.unknown_chars(text) == list(dict.fromkeys(c for c in text if c not in CHARS))
+
+
+@settings(deadline=None)
+@given(hnp.arrays(np.int32, st.integers(0, 60), elements=st.integers(0, 27)), st.integers(1, 12))
+def test_windows_are_all_slices(tokens: np.ndarray, n: int) -> None:
+    w = windows(tokens, n)
+    assert w.shape == (max(len(tokens) - n, 0), n + 1)
+    for i in range(len(w)):
+        np.testing.assert_array_equal(w[i], tokens[i : i + n + 1])
+
+
+# --- find_corpus: explicit path, then $JAXRNN_DATA_DIR, then the cache, then download ----------------
+
+
+@pytest.fixture
+def no_corpus(monkeypatch, tmp_path: Path) -> Path:
+    """Empty $JAXRNN_DATA_DIR and cache; returns the cache dir (XDG_CACHE_HOME/jaxrnn)."""
+    (tmp_path / "env").mkdir()
+    monkeypatch.setenv("JAXRNN_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "jaxrnn"
+
+
+def _offline(*args, **kwargs):
+    raise OSError("network is unreachable")
+
+
+def test_explicit_path_wins(monkeypatch, tmp_path: Path, real_file: Path) -> None:
+    mine = tmp_path / "mine.txt"
+    mine.write_text("any text at all")
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    assert find_corpus(mine) == mine  # no sha1 check on an explicit file
+
+
+def test_data_dir_before_cache(monkeypatch, no_corpus: Path, real_file: Path) -> None:
+    no_corpus.mkdir(parents=True)
+    (no_corpus / "timemachine.txt").write_text("a wrong file the lookup must not reach")
+    monkeypatch.setenv("JAXRNN_DATA_DIR", str(real_file.parent))
+    assert find_corpus() == real_file.parent / "timemachine.txt"
+
+
+def test_cache_when_data_dir_lacks_file(monkeypatch, no_corpus: Path, real_file: Path) -> None:
+    no_corpus.mkdir(parents=True)
+    shutil.copy(real_file, no_corpus / "timemachine.txt")
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    assert find_corpus() == no_corpus / "timemachine.txt"
+
+
+def test_cache_defaults_to_home(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.cache_dir() == tmp_path / ".cache" / "jaxrnn"
+
+
+def test_download_into_cache(monkeypatch, no_corpus: Path, real_file: Path, capsys) -> None:
+    urls = []
+
+    def fake_urlopen(url, timeout=None):
+        urls.append(url)
+        return io.BytesIO(real_file.read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    got = find_corpus()
+    assert got == no_corpus / "timemachine.txt" and data.sha1_of(got) == data.TIMEMACHINE_SHA1
+    assert urls == [data.TIMEMACHINE_URL]
+    assert "downloading" in capsys.readouterr().err
+    assert find_corpus() == got and len(urls) == 1  # the second lookup uses the cache
+
+
+def test_download_of_wrong_file_is_refused(monkeypatch, no_corpus: Path) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"an error page"))
+    with pytest.raises(DataError, match="sha1"):
+        find_corpus()
+    assert not (no_corpus / "timemachine.txt").exists()
+
+
+def test_refused_download_leaves_no_partial_file(monkeypatch, no_corpus: Path) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"an error page"))
+    with pytest.raises(DataError):
+        find_corpus()
+    assert not list(no_corpus.glob("*"))
+
+
+@pytest.mark.parametrize("data_dir", ["unset", "empty"])
+def test_offline_error_says_where_to_put_the_file(monkeypatch, no_corpus: Path, data_dir: str) -> None:
+    if data_dir == "unset":
+        monkeypatch.delenv("JAXRNN_DATA_DIR")
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    with pytest.raises(DataError) as e:
+        find_corpus()
+    msg = str(e.value)
+    for needed in ("timemachine.txt", "$JAXRNN_DATA_DIR", str(no_corpus), "--data"):
+        assert needed in msg
+    assert not list(no_corpus.glob("*"))  # no partial download left behind
+
+
+def test_wrong_sha1_in_data_dir(monkeypatch, no_corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "env" / "timemachine.txt").write_text("the time machine, abridged")
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    with pytest.raises(DataError, match="sha1"):
+        load_corpus()
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing", "not-utf8", "too-short", "no-letters"])
+def test_bad_corpus_files(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "corpus.txt"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-utf8":
+        path.write_bytes("the time machine ".encode() * 100 + b"\xff\xfe")
+    elif kind == "too-short":
+        path.write_text("the time traveller " * 3)  # 49 windows of 9 < 50 + 20
+    elif kind == "no-letters":
+        path.write_text("1895 -- 42!\n" * 100)
+    with pytest.raises(DataError):
+        load_corpus(path, num_steps=8, num_train=50, num_val=20)
+
+
+def test_plain_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text("Hello, World! " * 10)
+    c = load_corpus(path, num_steps=4, num_train=20, num_val=10)
+    assert c.vocab.idx_to_token == (" ", UNK, "d", "e", "h", "l", "o", "r", "w")
+    assert c.train.shape == (20, 5) and c.val.shape == (10, 5)
+    assert c.vocab.decode(c.train[0]) == "hello"
+    np.testing.assert_array_equal(c.val[0], c.tokens[20:25])
+
+
+# --- data order -------------------------------------------------------------------------------------
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
+    a = epoch_order(0, 3, 1000)
+    np.random.seed(123)  # neither global numpy state ...
+    epoch_order(0, 4, 1000)  # ... nor earlier calls change it
+    np.testing.assert_array_equal(epoch_order(0, 3, 1000), a)
+    assert np.array_equal(np.sort(a), np.arange(1000))
+    assert not np.array_equal(epoch_order(0, 4, 1000), a)
+    assert not np.array_equal(epoch_order(1, 3, 1000), a)
+    assert not np.array_equal(epoch_order(1, 3, 1000), epoch_order(0, 4, 1000))  # (seed, epoch), not seed + epoch
+
+
+def test_batch_plan_covers_every_window_once() -> None:
+    order = epoch_order(0, 0, 10000)
+    idx, mask = batch_plan(order, 1024)
+    assert idx.shape == mask.shape == (10, 1024)
+    assert mask.sum(axis=1).tolist() == [1024] * 9 + [784]
+    assert not mask[-1, 784:].any()
+    np.testing.assert_array_equal(idx[mask], order)  # in order, each index exactly once
+
+
+def test_batch_plan_exact_multiple() -> None:
+    idx, mask = batch_plan(np.arange(8), 4)
+    assert idx.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]] and mask.all()
+
+
+def test_chunk_plan_stacks_epochs() -> None:
+    idx, mask = chunk_plan(7, 2, 3, 100, 32)
+    assert idx.shape == mask.shape == (3, 4, 32)
+    for e in range(3):
+        i, m = batch_plan(epoch_order(7, 2 + e, 100), 32)
+        np.testing.assert_array_equal(idx[e], i)
+        np.testing.assert_array_equal(mask[e], m)
