@@ -81,3 +81,27 @@ def test_d2l_shape_checks(key) -> None:
     assert outputs.shape == (T, B, H) and h.shape == (B, H)  # d2l's check_shape
     h2, outputs2 = rnn_unroll(p, jnp.zeros((B, H)), X.T)
     assert outputs2.shape == (T, B, H) and h2.shape == (B, H)
+
+
+@pytest.mark.parametrize("unroll", [1, 3])
+def test_hoisted_backward_equals_autodiff(key, unroll: int) -> None:
+    """rnn_unroll's custom VJP (dW_hh as one matmul after the loop) gives autodiff's gradients of
+    the chapter's form, for the params, the initial state, and a loss on all states and the last one."""
+    k_p, k_t, k_h, k_w = jax.random.split(key, 4)
+    p = rnn_init(k_p, 11, 6, sigma=0.4)
+    toks_TxB = jax.random.randint(k_t, (7, 5), 0, 11)
+    h0 = 0.5 * jax.random.normal(k_h, (5, 6))
+    w = jax.random.normal(k_w, (7, 5, 6))
+
+    def loss(fn):
+        def f(p, h0):
+            h, hs = fn(p, h0)
+            return (hs * w).sum() + (h**2).sum()
+        return f
+
+    hoisted = loss(lambda p, h0: rnn_unroll(p, h0, toks_TxB, unroll))
+    chapter = loss(lambda p, h0: rnn_scan(p, h0, jax.nn.one_hot(toks_TxB, 11)))
+    got = jax.grad(hoisted, argnums=(0, 1))(p, h0)
+    want = jax.grad(chapter, argnums=(0, 1))(p, h0)
+    for g, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w_, rtol=1e-5, atol=1e-6)
