@@ -265,7 +265,7 @@ def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
         hidden, batch, steps = (1024, 128, 256) if on_gpu else (256, 64, 128)
         iters = (10 if quick else 40) if not on_gpu else (20 if quick else 100)
         return Config(hidden=hidden, batch_size=batch, num_steps=steps, num_train=batch * iters, num_val=batch,
-                      epochs=2, save_every=1, unroll=8), 0
+                      epochs=2, save_every=1), 0
     return Config(), 3 if quick else 10
 
 

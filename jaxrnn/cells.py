@@ -41,13 +41,15 @@ def rnn_scan(params: RNNParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Ar
 
 
 def rnn_unroll(params: RNNParams, h_BxH: Array, tokens_TxB: Array, unroll: int = 1,
-               dtype: str = "float32") -> tuple[Array, Array]:
+               dtype: str = "float32", hoisted_backward: bool = True) -> tuple[Array, Array]:
     """`rnn_scan` on one-hot tokens, computed cheaply: `one_hot(x) @ W_xh` is the row gather `W_xh[x]`,
     done for all steps at once outside the recurrence, so each step is one [B, H] x [H, H] matmul.
     The recurrence runs in `dtype`; the gather reads float32 weights, so its gradient (a scatter-add)
-    stays float32, which is both exact and fast (bf16 scatter-adds are slow on GPUs)."""
+    stays float32, which is both exact and fast (bf16 scatter-adds are slow on GPUs). With
+    `hoisted_backward` the gradient comes from `tanh_recurrence`'s VJP, else from autodiff."""
     xw_TxBxH = (params["W_xh"][tokens_TxB] + params["b_h"]).astype(dtype)
-    hs_TxBxH = tanh_recurrence(params["W_hh"].astype(dtype), h_BxH.astype(dtype), xw_TxBxH, unroll)
+    recurrence = tanh_recurrence if hoisted_backward else _recur
+    hs_TxBxH = recurrence(params["W_hh"].astype(dtype), h_BxH.astype(dtype), xw_TxBxH, unroll)
     return hs_TxBxH[-1], hs_TxBxH
 
 

@@ -32,7 +32,7 @@ class Config:
     num_train: int = 10000  # windows used for training (d2l's TimeMachine default)
     num_val: int = 5000  # the next windows, used for validation
     save_every: int = 10  # epochs per compiled chunk and between checkpoints
-    unroll: int = 8  # lax.scan unroll of the recurrence, clipped to num_steps (measured: docs/benchmarks.md)
+    unroll: int | None = None  # lax.scan unroll, clipped to num_steps; None: the measured best per backend
     precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
     dtype: str = "float32"  # compute dtype of the recurrence and head; params stay float32
     data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
@@ -86,6 +86,8 @@ def validate(cfg: Config) -> None:
     }
     for name, flag in positive_ints.items():
         v = getattr(cfg, name)
+        if name == "unroll" and v is None:
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"{flag} must be a positive integer, got {v!r}; pass a value >= 1")
     for name, flag in {"lr": "--lr", "clip": "--clip", "sigma": "--sigma"}.items():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM, build_model
+from jaxrnn.models import ConciseRNNLM, ScratchRNNLM, build_model, recurrence_plan
 
 V, H, B, T = 28, 16, 3, 7
 
@@ -109,6 +109,14 @@ def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, kind: st
 
 def test_build_model_picks_the_class(tiny_cfg) -> None:
     m = build_model(tiny_cfg(model="scratch", hidden=12, sigma=0.02, unroll=32), 28)
-    assert m == ScratchRNNLM(28, 12, 0.02, unroll=8, dtype="float32")  # unroll is clipped to num_steps
+    hoisted = jax.default_backend() != "cpu"  # small hidden on CPU: autodiff's backward (recurrence_plan)
+    assert m == ScratchRNNLM(28, 12, 0.02, unroll=8, dtype="float32", hoisted_backward=hoisted)  # clipped
     c = build_model(tiny_cfg(model="concise", hidden=12, unroll=4), 30)
     assert c == ConciseRNNLM(30, 12, unroll=4, dtype="float32")
+
+
+def test_recurrence_plan_by_backend_and_size() -> None:
+    """The measured choices: GPU hoisted/8; CPU autodiff/32 for small hidden, hoisted/1 for large."""
+    assert recurrence_plan(32, "gpu") == (True, 8)
+    assert recurrence_plan(32, "cpu") == (False, 32)
+    assert recurrence_plan(256, "cpu") == (True, 1)
