@@ -20,19 +20,24 @@ FORMAT = 1
 CHECKPOINTS = "checkpoints"
 
 
+MAX_META_BYTES = 1 << 20  # a jaxrnn meta item is a few KB; anything near this is not ours
+
+
 def _quiet() -> None:
-    """orbax logs through absl at INFO; keep stderr for what the user needs."""
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    """orbax logs through absl (INFO chatter, and an ERROR before raising on a damaged file); the
+    errors that matter reach the user as one CheckpointError line instead."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         from absl import logging as absl_logging
 
-        absl_logging.set_verbosity(absl_logging.WARNING)
+        absl_logging.set_verbosity(absl_logging.FATAL)
     except ImportError:  # absl comes with orbax; nothing to quiet without it
         pass
 
 
-def manager(run_dir: Path, read_only: bool = False, keep: int = 3):
-    """A CheckpointManager keeping the latest `keep` checkpoints and the best by validation perplexity."""
+def manager(run_dir: Path, create: bool = False, keep: int = 3):
+    """A CheckpointManager keeping the latest `keep` checkpoints and the best by validation perplexity.
+    Writes are atomic: orbax writes a temporary directory and renames it when complete."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint import checkpoint_managers as cm
 
@@ -43,69 +48,111 @@ def manager(run_dir: Path, read_only: bool = False, keep: int = 3):
     ])
     # best_fn is set only so that orbax records each step's metrics, which BestN reads; the policy decides.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["val_ppl"],
-                                           best_mode="min", create=not read_only, enable_async_checkpointing=False)
+                                           best_mode="min", create=create, cleanup_tmp_directories=create,
+                                           enable_async_checkpointing=False)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
 
 
+def _write(mgr, epoch: int, args, metrics: dict[str, float]) -> None:
+    """The one place bytes reach the disk (tests raise OSError here to stand for a full disk)."""
+    mgr.save(epoch, args=args, metrics=metrics, force=True)
+    mgr.wait_until_finished()
+
+
 def save(run_dir: Path, epoch: int, state: Any, meta: dict[str, Any], val_ppl: float) -> None:
-    """Write the checkpoint of `epoch` (complete, or not at all) and wait until it is on disk."""
+    """Write the checkpoint of `epoch`, complete or not at all; earlier checkpoints stay intact."""
     import orbax.checkpoint as ocp
 
-    mgr = manager(run_dir)
     try:
-        mgr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                meta=ocp.args.JsonSave({**meta, "format": FORMAT})),
-                 metrics={"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30}, force=True)
-        mgr.wait_until_finished()
-    finally:
-        mgr.close()
+        mgr = manager(run_dir, create=True)
+        try:
+            args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
+            _write(mgr, epoch, args, {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30})
+        finally:
+            mgr.close()
+    except Exception as e:  # a full disk or unwritable directory surfaces as OSError or orbax's wrapping of it
+        raise CheckpointError(f"cannot save the checkpoint of epoch {epoch} in {run_dir} ({type(e).__name__}: {e}); "
+                              "free disk space or make the directory writable, then resume with "
+                              f"'jaxrnn train --resume {run_dir}' (earlier checkpoints are intact)") from None
 
 
 def steps(run_dir: Path) -> list[int]:
     """The epochs that have a complete checkpoint, oldest first."""
     if not (Path(run_dir) / CHECKPOINTS).is_dir():
         return []
-    mgr = manager(run_dir, read_only=True)
+    mgr = manager(run_dir)
     try:
         return sorted(mgr.all_steps())
     finally:
         mgr.close()
 
 
-def restore_meta(run_dir: Path, epoch: int | None = None) -> tuple[int, dict[str, Any]]:
-    """(epoch, meta) of the latest checkpoint, or of `epoch`."""
-    import orbax.checkpoint as ocp
+def best_step(run_dir: Path) -> int | None:
+    """The epoch of the checkpoint with the lowest validation perplexity."""
+    mgr = manager(run_dir)
+    try:
+        return mgr.best_step()
+    finally:
+        mgr.close()
 
+
+def resolve(run_dir: Path, step: int | str | None) -> int:
+    """The checkpoint epoch that `--step` names: None is the latest, 'best' the best, else an epoch."""
     available = steps(run_dir)
     if not available:
         raise CheckpointError(f"no checkpoint in {run_dir}; pass --run with a run directory written by jaxrnn train")
-    if epoch is None:
-        epoch = available[-1]
-    elif epoch not in available:
-        raise CheckpointError(f"no checkpoint of epoch {epoch} in {run_dir}; available: {available}")
-    mgr = manager(run_dir, read_only=True)
+    if step is None:
+        return available[-1]
+    if step == "best":
+        best = best_step(run_dir)
+        return best if best is not None else available[-1]
+    if step not in available:
+        raise CheckpointError(f"no checkpoint of epoch {step} in {run_dir}; pass --step best or one of {available}")
+    return int(step)
+
+
+def _check_safe(step_dir: Path) -> None:
+    """Refuse links (they could point anywhere) and meta files far larger than jaxrnn writes."""
+    root = step_dir.resolve()
+    for p in [step_dir, *step_dir.rglob("*")]:
+        if p.is_symlink() or not p.resolve().is_relative_to(root):
+            raise CheckpointError(f"{p} is a link out of the checkpoint; refusing it. Restore from a copy "
+                                  "written by jaxrnn")
+    meta = step_dir / "meta"
+    size = sum(f.stat().st_size for f in meta.rglob("*") if f.is_file()) if meta.is_dir() else 0
+    if size > MAX_META_BYTES:
+        raise CheckpointError(f"{meta} holds {size} bytes, far more than jaxrnn writes; refusing it")
+
+
+def restore_meta(run_dir: Path, epoch: int) -> dict[str, Any]:
+    """The JSON metadata of the checkpoint of `epoch`."""
+    import orbax.checkpoint as ocp
+
+    _check_safe(Path(run_dir) / CHECKPOINTS / str(epoch))
+    mgr = manager(run_dir)
     try:
         meta = mgr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # orbax raises many types for a damaged file
+    except Exception as e:  # orbax raises many types for a damaged file (JSONDecodeError, ValueError, ...)
         raise CheckpointError(f"checkpoint {epoch} in {run_dir} is unreadable ({type(e).__name__}); "
-                              "delete it to fall back to an earlier one") from None
+                              "pass --step with an earlier epoch, or delete it") from None
     finally:
         mgr.close()
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {epoch} in {run_dir} is not a jaxrnn checkpoint of format {FORMAT}; "
                               "retrain, or use the jaxrnn version that wrote it")
-    return epoch, meta
+    return meta
 
 
 def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
     """The saved state of `epoch`, laid out like `abstract_state` (a `jax.eval_shape` tree) on this
-    machine's devices, after checking that the saved shapes are the expected ones."""
+    machine's first device, after checking that the saved shapes are the expected ones."""
     import orbax.checkpoint as ocp
 
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_state)
-    mgr = manager(run_dir, read_only=True)
+    mgr = manager(run_dir)
     try:
         saved = mgr.item_metadata(epoch)["state"]
         _check_same_tree(saved, target, run_dir, epoch)
@@ -113,8 +160,8 @@ def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
     except CheckpointError:
         raise
     except Exception as e:  # a truncated or corrupted array file
-        raise CheckpointError(f"checkpoint {epoch} in {run_dir} cannot be restored ({type(e).__name__}: {e}); "
-                              "delete it to fall back to an earlier one") from None
+        raise CheckpointError(f"checkpoint {epoch} in {run_dir} cannot be restored ({type(e).__name__}); "
+                              "pass --step with an earlier epoch, or delete it") from None
     finally:
         mgr.close()
 

@@ -1,4 +1,4 @@
-"""`jaxrnn train | sample | bench`: argparse -> Config -> library calls; user errors -> one line, exit 2.
+"""`jaxrnn train | sample | eval | bench`: argparse -> Config -> library calls; user errors -> one line, exit 2.
 
 stdout carries results only; progress, logs and warnings go to stderr.
 """
@@ -6,6 +6,7 @@ stdout carries results only; progress, logs and warnings go to stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jaxrnn.config import DTYPES, MODELS, PRECISIONS, PRESETS, Config
-from jaxrnn.errors import JaxrnnError
+from jaxrnn.errors import JaxrnnError, Stopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +55,15 @@ def _non_negative_int(s: str) -> int:
     return v
 
 
+def _step(s: str) -> int | str:
+    if s == "best":
+        return s
+    try:
+        return _positive_int(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{s!r} is neither 'best' nor a positive epoch number") from None
+
+
 # flag -> (Config field, type, help); defaults come from the preset, else from Config().
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, f"{{{','.join(MODELS)}}}: the chapter's model (default scratch)"),
@@ -83,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (_, typ, text) in TRAIN_FLAGS.items():
         kw: dict[str, Any] = {"choices": MODELS} if flag == "--model" else {}
         t.add_argument(flag, type=typ, default=None, help=text, **kw)
+    t.add_argument("--skip-nonfinite", action="store_true", default=None,
+                   help="skip steps whose loss is nan or inf instead of stopping the run")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its config")
     t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
     t.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
 
@@ -93,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-preds", type=int, default=50, help="characters to generate (default 50)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
     s.add_argument("--seed", type=_non_negative_int, default=0, help="seed for sampling (default 0)")
-    s.add_argument("--step", type=_positive_int, default=None, help="epoch of the checkpoint (default latest)")
+    s.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
+
+    e = sub.add_parser("eval", help="print perplexity and bits per character of a trained run on a file")
+    e.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
+    e.add_argument("--data", metavar="FILE", help="text file (default: the run's validation windows)")
+    e.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
 
     b = sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch")
     from jaxrnn.bench import add_arguments
@@ -105,21 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     base = PRESETS[args.preset] if args.preset else Config()
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
+    given["skip_nonfinite"] = args.skip_nonfinite
     return base.replace(**{k: v for k, v in given.items() if v is not None})
+
+
+def _refuse_with_resume(args: argparse.Namespace) -> None:
+    """--resume takes the run's saved config: settings that would change it are refused."""
+    flags = [f for f, (field, _, _) in TRAIN_FLAGS.items() if getattr(args, f[2:].replace("-", "_")) is not None]
+    flags += [f"--{n.replace('_', '-')}" for n in ("preset", "out", "skip_nonfinite") if getattr(args, n)]
+    flags += ["--force"] if args.force else []
+    if flags:
+        raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxrnn import run
 
-    cfg = config_from_args(args)
-    out = args.out or os.path.join("runs", f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-
     def progress(r: dict[str, Any]) -> None:
-        run.log(f"epoch {r['epoch']}/{cfg.epochs}  train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}  "
-                f"{r['tokens_per_s'] / 1e3:.0f}k tok/s")
+        skipped = f"  {r['skipped_steps']} steps skipped" if r["skipped_steps"] else ""
+        run.log(f"epoch {r['epoch']}  train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}  "
+                f"{r['tokens_per_s'] / 1e3:.0f}k tok/s{skipped}")
 
-    run.log(f"jaxrnn: training {cfg.model} into {out}")
-    trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
+    if args.resume:
+        _refuse_with_resume(args)
+        trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
+    else:
+        cfg = config_from_args(args)
+        out = args.out or os.path.join("runs", f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.log(f"jaxrnn: training {cfg.model} into {out}")
+        trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
     text = trained.predict("time traveller", 50)
     print(f"perplexity {trained.history[-1]['val_ppl']:.1f}, '{text}'", flush=True)
     return 0
@@ -137,6 +169,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jaxrnn import run
+    from jaxrnn.training import perplexity
+
+    loss = run.evaluate(run.load(args.run, args.step), args.data)
+    print(f"perplexity {perplexity(loss):.2f}, bpc {loss / math.log(2):.3f}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -144,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "sample":
             return cmd_sample(args)
+        if args.command == "eval":
+            return cmd_eval(args)
         from jaxrnn.bench import main as bench_main
 
         return bench_main(args)
@@ -151,8 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxrnn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("jaxrnn: interrupted", file=sys.stderr)
+        print("jaxrnn: interrupted; the last saved checkpoint is kept", file=sys.stderr)
         return 130
+    except Stopped as e:
+        where = f"; resume with 'jaxrnn train --resume {e.run_dir}'" if e.run_dir else ""
+        print(f"jaxrnn: {e}, its checkpoint saved{where}", file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Config:
     save_every: int = 10  # epochs per compiled chunk and between checkpoints
     unroll: int | None = None  # lax.scan unroll, clipped to num_steps; None: the measured best per backend
     precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
+    skip_nonfinite: bool = False  # drop updates whose loss/gradients are nan or inf instead of stopping
     dtype: str = "float32"  # compute dtype of the recurrence and head; params stay float32
     data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
 

@@ -176,6 +176,20 @@ def load_corpus(
                   hashlib.sha1(raw.encode("utf-8")).hexdigest())
 
 
+def file_windows(path: Path, vocab: Vocab, num_steps: int) -> np.ndarray:
+    """All windows of a file, preprocessed as d2l does and encoded with an existing vocab; characters
+    the vocab lacks read as <unk>, with a warning on stderr."""
+    text = preprocess(read_text(find_corpus(path)))
+    unknown = vocab.unknown_chars(text)
+    if unknown:
+        print(f"jaxrnn: warning: {len(unknown)} kinds of character in {path} are not in the vocab; read as <unk>",
+              file=sys.stderr)
+    w = windows(vocab.encode(text), num_steps)
+    if len(w) == 0:
+        raise DataError(f"{path} has fewer than {num_steps + 1} characters after preprocessing; pass a longer file")
+    return np.ascontiguousarray(w)
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled window order of one epoch: a function of (seed, epoch) only."""
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)

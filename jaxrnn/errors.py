@@ -1,4 +1,6 @@
-"""The one exception type a user is meant to see: the CLI prints it as one line and exits 2."""
+"""The exceptions a user meets: a JaxrnnError is printed by the CLI as one line, exit status 2."""
+
+import signal
 
 
 class JaxrnnError(Exception):
@@ -15,3 +17,15 @@ class ConfigError(JaxrnnError):
 
 class CheckpointError(JaxrnnError):
     """A checkpoint is missing, unreadable, or belongs to another model."""
+
+
+class RunMismatch(CheckpointError):
+    """A checkpoint that belongs to another run: another config or another vocab."""
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after saving the checkpoint of `epoch` (not an error)."""
+
+    def __init__(self, signum: int, epoch: int, run_dir: object = None) -> None:
+        self.signum, self.epoch, self.run_dir = signum, epoch, run_dir
+        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}")

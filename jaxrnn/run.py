@@ -1,36 +1,42 @@
-"""Run directories: train a config into one, and load one back to sample from.
+"""Run directories: train a config into one, resume one exactly, load one back to sample from.
 
-A run directory holds `config.json` (written before training), `metrics.jsonl` (one JSON object per
-epoch) and `checkpoints/` (orbax, every `save_every` epochs and at the end).
+A run directory holds `config.json` (written atomically before training), `metrics.jsonl` (one JSON
+object per epoch) and `checkpoints/` (orbax, every `save_every` epochs and at the end). SIGINT and
+SIGTERM stop a run at the end of the current chunk of epochs, after its checkpoint is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxrnn import checkpoint
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, Vocab, load_corpus
-from jaxrnn.errors import JaxrnnError
+from jaxrnn.data import Corpus, Vocab, batch_plan, file_windows, load_corpus
+from jaxrnn.errors import CheckpointError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.sample import predict
-from jaxrnn.training import TrainState, fit, init_state, make_optimizer
+from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class Trained:
-    """A model with its params and vocab: what `train` returns and `load` restores."""
+    """A model with its params and vocab: what `train` and `resume` return and `load` restores."""
 
     cfg: Config
     vocab: Vocab
@@ -38,6 +44,7 @@ class Trained:
     state: TrainState
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
+    epoch: int = 0  # epochs trained
 
     @property
     def params(self):
@@ -45,25 +52,58 @@ class Trained:
 
     def predict(self, prefix: str, num_preds: int = 50, temperature: float = 0.0, seed: int = 0) -> str:
         """d2l's predict: `prefix` plus `num_preds` characters, greedy unless a temperature is given."""
-        return predict(self.model, self.params, self.vocab, prefix, num_preds, temperature, seed)
+        with jax.default_matmul_precision(self.cfg.precision):
+            return predict(self.model, self.params, self.vocab, prefix, num_preds, temperature, seed)
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _prepare_dir(run_dir: Path, cfg: Config, force: bool) -> None:
-    if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
-        if not force:
-            raise JaxrnnError(f"{run_dir} already holds a run; pass --force to overwrite it or --out NEW_DIR")
-        shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
-        (run_dir / METRICS).unlink(missing_ok=True)
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[dict[str, int]]:
+    """While active, a first SIGINT/SIGTERM is recorded (training stops after the current chunk's
+    checkpoint); a second one aborts at once."""
+    caught: dict[str, int] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught["signum"] = signum
+        log(f"jaxrnn: {signal.Signals(signum).name}: stopping after this chunk's checkpoint; signal again to abort")
+
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / CONFIG)
-        (run_dir / METRICS).touch()
-    except OSError as e:
-        raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") from None
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay as they are
+        yield caught
+        return
+    try:
+        yield caught
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace a file atomically: a reader sees the old or the new text, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]:
+    """The epochs recorded in metrics.jsonl (up to epoch `upto`), each once; a half-written last
+    line, or an epoch after `upto`, is left out."""
+    path = Path(run_dir) / METRICS
+    records: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("epoch"), int) and (upto is None or r["epoch"] <= upto):
+            records[r["epoch"]] = r
+    return [records[e] for e in sorted(records)]
 
 
 def meta_of(cfg: Config, vocab: Vocab, record: dict[str, Any]) -> dict[str, Any]:
@@ -72,46 +112,137 @@ def meta_of(cfg: Config, vocab: Vocab, record: dict[str, Any]) -> dict[str, Any]
             "train_ppl": record["train_ppl"], "val_ppl": record["val_ppl"]}
 
 
-def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
-          force: bool = False, progress: Callable[[dict[str, Any]], None] | None = None) -> Trained:
-    """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints)."""
-    corpus = corpus or load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
-    model = build_model(cfg, len(corpus.vocab))
-    run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        _prepare_dir(run_dir, cfg, force)
+def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
+              start_epoch: int, history: list[dict[str, Any]], per_step: bool, progress: Progress | None) -> Trained:
+    """Train from `start_epoch`, appending metrics and saving a checkpoint after every chunk."""
+    last_saved = {"epoch": start_epoch if state is not None else None}
 
     def on_chunk(state: TrainState, records: list[dict[str, Any]]) -> None:
         for r in records:
             if progress is not None:
                 progress(r)
-        if run_dir is None:
-            return
-        with open(run_dir / METRICS, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        try:
+        if run_dir is not None:
+            try:
+                with open(run_dir / METRICS, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in records)
+            except OSError as e:
+                raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
+                                  f"'jaxrnn train --resume {run_dir}'") from None
             checkpoint.save(run_dir, records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
                             records[-1]["val_ppl"])
-        except OSError as e:
-            raise JaxrnnError(f"cannot save a checkpoint in {run_dir} ({e.strerror}); free disk space or pass "
-                              "--out with a writable directory") from None
+            last_saved["epoch"] = records[-1]["epoch"]
+        if caught:
+            raise Stopped(caught["signum"], records[-1]["epoch"], run_dir)
 
-    state, history = fit(cfg, corpus, model, per_step=per_step, on_chunk=on_chunk)
-    return Trained(cfg, corpus.vocab, model, state, history, run_dir)
+    with deferred_signals() as caught:
+        try:
+            state, new = fit(cfg, corpus, model, state, start_epoch, per_step=per_step, on_chunk=on_chunk)
+        except NonFiniteLoss as e:
+            kept = (f"the checkpoint of epoch {last_saved['epoch']} is kept" if last_saved["epoch"] is not None
+                    else "no checkpoint was saved before it")
+            raise JaxrnnError(f"{e} ({kept}); lower --lr or --clip, or pass --skip-nonfinite to skip such steps") \
+                from None
+    return Trained(cfg, corpus.vocab, model, state, history + new, run_dir, cfg.epochs)
 
 
-def load(run_dir: str | Path, epoch: int | None = None) -> Trained:
-    """Restore a run's checkpoint (the latest, or `epoch`) in any process, on this machine's devices."""
+def _prepare_dir(run_dir: Path, cfg: Config, force: bool) -> None:
+    if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
+        if not force:
+            raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
+                              "overwrite it, or --out NEW_DIR")
+        shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
+        (run_dir / METRICS).unlink(missing_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG)
+        (run_dir / METRICS).write_text("")
+    except OSError as e:
+        raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") \
+            from None
+
+
+def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
+          force: bool = False, progress: Progress | None = None) -> Trained:
+    """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints)."""
+    corpus = corpus or load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        _prepare_dir(run_dir, cfg, force)
+    model = build_model(cfg, len(corpus.vocab))
+    return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress)
+
+
+def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None
+             ) -> tuple[Config, Vocab, LanguageModel, TrainState]:
+    """Restore one checkpoint, checking it against the run's config and the corpus' vocab if given."""
+    meta = checkpoint.restore_meta(run_dir, epoch)
+    saved_cfg = Config.from_dict(meta["config"])
+    saved_vocab = Vocab(tuple(meta["vocab"]))
+    if cfg is not None and saved_cfg != cfg:
+        diff = sorted(k for k, v in cfg.to_dict().items() if meta["config"].get(k) != v)
+        raise RunMismatch(f"checkpoint {epoch} in {run_dir} was written by another run (config differs in "
+                              f"{diff}); restore the run's own config.json or start a new run with --out")
+    if vocab is not None and saved_vocab.idx_to_token != vocab.idx_to_token:
+        raise RunMismatch(f"checkpoint {epoch} in {run_dir} has another vocab than the corpus gives; "
+                              "resume with the corpus the run was trained on")
+    model = build_model(saved_cfg, len(saved_vocab))
+    abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed)._asdict())
+    state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract))
+    return saved_cfg, saved_vocab, model, state
+
+
+def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | None = None) -> Trained:
+    """Continue a run from its latest complete checkpoint with its saved config, ending with the same
+    parameters as the run left alone; a run with no checkpoint restarts from epoch 0."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
+    cfg = Config.load(run_dir / CONFIG)
+    corpus = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
+    model, state, start = build_model(cfg, len(corpus.vocab)), None, 0
+    for epoch in reversed(checkpoint.steps(run_dir)):
+        try:
+            _, _, model, state = _restore(run_dir, epoch, cfg, corpus.vocab)
+        except RunMismatch:
+            raise
+        except CheckpointError as e:
+            log(f"jaxrnn: warning: {e}; trying an earlier checkpoint")
+            continue
+        start = epoch
+        break
+    history = read_metrics(run_dir, upto=start)
+    try:
+        _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    except OSError as e:
+        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
+    if state is not None and start >= cfg.epochs:
+        log(f"jaxrnn: {run_dir} finished all {cfg.epochs} epochs already")
+        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start)
+    log(f"jaxrnn: resuming {run_dir} at epoch {start}")
+    return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress)
+
+
+def evaluate(trained: Trained, path: str | Path | None = None) -> float:
+    """Mean cross-entropy (nats per character) of a trained model on a file's windows (at stride 1,
+    d2l's preprocessing, the model's vocab; unknown characters read as <unk>), or, without a file,
+    on the run's own validation windows."""
+    cfg = trained.cfg
+    if path is None:
+        windows_ = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val).val
+    else:
+        windows_ = file_windows(Path(path), trained.vocab, cfg.num_steps)
+    steps = Steps(trained.model, make_optimizer(cfg)).jitted
+    idx, mask = batch_plan(np.arange(len(windows_)), cfg.batch_size)
+    with jax.default_matmul_precision(cfg.precision):
+        return float(steps["evaluate"](trained.params, jnp.asarray(windows_), jnp.asarray(idx), jnp.asarray(mask)))
+
+
+def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
+    """Restore a run's checkpoint (the latest, 'best', or an epoch) in any process, on this machine's
+    devices, with no other input."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise JaxrnnError(f"run directory {run_dir} does not exist; pass --run with a directory written by train")
-    epoch, meta = checkpoint.restore_meta(run_dir, epoch)
-    cfg = Config.from_dict(meta["config"])
-    vocab = Vocab(tuple(meta["vocab"]))
-    model = build_model(cfg, len(vocab))
-    tx = make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: init_state(model, tx, cfg.seed)._asdict())
-    state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract))
-    history = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()] \
-        if (run_dir / METRICS).exists() else []
-    return Trained(cfg, vocab, model, state, history, run_dir)
+    epoch = checkpoint.resolve(run_dir, step)
+    cfg, vocab, model, state = _restore(run_dir, epoch)
+    return Trained(cfg, vocab, model, state, read_metrics(run_dir, upto=epoch), run_dir, epoch)

@@ -21,7 +21,19 @@ from jax import Array, lax
 
 from jaxrnn.config import Config
 from jaxrnn.data import Corpus, batch_plan, chunk_plan
+from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
+
+
+MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
+
+
+class NonFiniteLoss(JaxrnnError):
+    """The training loss became nan or inf; `epoch` and `step` (1-based) say where."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+        super().__init__(f"the training loss became non-finite at epoch {epoch}, step {step}")
 
 
 class TrainState(NamedTuple):
@@ -31,8 +43,10 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """Global-norm clipping then SGD: clipping lives in the optimizer so every path gets it."""
-    return optax.chain(optax.clip_by_global_norm(cfg.clip), optax.sgd(cfg.lr))
+    """Global-norm clipping then SGD: clipping lives in the optimizer so every path gets it. With
+    `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite)."""
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.sgd(cfg.lr))
+    return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPS) if cfg.skip_nonfinite else tx
 
 
 def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -65,17 +79,21 @@ class Steps:
     tx: optax.GradientTransformation
 
     def step(self, state: TrainState, windows: Array, idx_B: Array, mask_B: Array) -> tuple[TrainState, Array]:
-        """One SGD step on the mean loss of one batch; returns the new state and (loss sum, tokens)."""
+        """One SGD step on the mean loss of one batch; returns the new state and [loss sum, tokens,
+        non-finite?]. A non-finite step adds nothing to the sums when the optimizer skips it."""
         batch = windows[idx_B]
 
         def mean_loss(p):
             s, n = loss_sum(self.model, p, batch, mask_B)
             return s / n, (s, n)
 
-        grads, sn = jax.grad(mean_loss, has_aux=True)(state.params)
+        grads, (s, n) = jax.grad(mean_loss, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), jnp.stack(sn)
+        bad = ~jnp.isfinite(s)
+        if isinstance(opt_state, optax.ApplyIfFiniteState):
+            s, n = jnp.where(bad, 0.0, s), jnp.where(bad, 0.0, n)
+        return TrainState(params, opt_state, state.step + 1), jnp.stack([s, n, bad.astype(s.dtype)])
 
     def evaluate(self, params: Params, windows: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
         """Token-weighted mean loss over the windows a batch plan covers."""
@@ -87,22 +105,16 @@ class Steps:
         acc, _ = lax.scan(body, jnp.zeros(2), (idx_NxB, mask_NxB))
         return acc[0] / acc[1]
 
-    def epoch(self, state: TrainState, train: Array, idx_NxB: Array, mask_NxB: Array) -> tuple[TrainState, Array]:
-        def body(st, b):
-            return self.step(st, train, b[0], b[1])
-
-        state, sn_Nx2 = lax.scan(body, state, (idx_NxB, mask_NxB))
-        return state, sn_Nx2[:, 0].sum() / sn_Nx2[:, 1].sum()
-
     def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
-              val_idx: Array, val_mask: Array) -> tuple[TrainState, Array]:
-        """Several epochs, each with its validation, as one program; returns per-epoch [train, val] losses."""
+              val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[Array, Array]]:
+        """Several epochs, each with its validation, as one program; returns every step's
+        [loss sum, tokens, non-finite?] ([E, N, 3]) and each epoch's validation loss ([E])."""
 
-        def body(st, plan):
-            st, train_loss = self.epoch(st, train, plan[0], plan[1])
-            return st, jnp.stack([train_loss, self.evaluate(st.params, val, val_idx, val_mask)])
+        def epoch(st, plan):
+            st, sn_Nx3 = lax.scan(lambda s, b: self.step(s, train, b[0], b[1]), st, plan)
+            return st, (sn_Nx3, self.evaluate(st.params, val, val_idx, val_mask))
 
-        return lax.scan(body, state, (idx_ExNxB, mask_ExNxB))
+        return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
     @property
     def jitted(self) -> dict[str, Callable]:
@@ -113,23 +125,43 @@ class Steps:
         }
 
 
-def epoch_record(epoch: int, train_loss: float, val_loss: float, seconds: float, tokens: int) -> dict[str, Any]:
-    """One line of metrics.jsonl."""
+def epoch_record(epoch: int, sn_Nx3: np.ndarray, val_loss: float, seconds: float, tokens: int) -> dict[str, Any]:
+    """One line of metrics.jsonl, from an epoch's per-step sums."""
+    s, n, bad = sn_Nx3.sum(axis=0)
+    train_loss = float(s / n) if n > 0 else math.nan
     return {
         "epoch": epoch,
         "train_loss": train_loss,
         "train_ppl": perplexity(train_loss),
         "val_loss": val_loss,
         "val_ppl": perplexity(val_loss),
+        "skipped_steps": int(bad),
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
     }
 
 
 def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) cut into pieces of at most `size` epochs."""
-    for a in range(start, stop, size):
-        yield a, min(a + size, stop)
+    """[start, stop) cut at the multiples of `size`, so a resumed run compiles the same chunks."""
+    a = start
+    while a < stop:
+        b = min((a // size + 1) * size, stop)
+        yield a, b
+        a = b
+
+
+def check_finite(first_epoch: int, sn_ExNx3: np.ndarray, val_E: np.ndarray, skipping: bool) -> None:
+    """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped),
+    or at the first epoch whose validation loss is not finite."""
+    E, N, _ = sn_ExNx3.shape
+    bad = np.argwhere(sn_ExNx3[:, :, 2] > 0) if not skipping else np.zeros((0, 2), int)
+    bad_val = np.flatnonzero(~np.isfinite(val_E))
+    if len(bad):
+        e, i = bad[0]
+        raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e) * N + i + 1)
+    if len(bad_val):
+        e = bad_val[0]
+        raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e + 1) * N)
 
 
 def fit(
@@ -143,7 +175,9 @@ def fit(
     timings: dict[str, float] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train from `start_epoch` to `cfg.epochs`; `on_chunk(state, records)` runs after every chunk of
-    `cfg.save_every` epochs (metrics, checkpoints). Returns the final state and all epoch records.
+    epochs that ends at a multiple of `cfg.save_every` or at the end (metrics, checkpoints). Returns
+    the final state and the new epoch records. Raises NonFiniteLoss, before `on_chunk`, for a chunk
+    in which the loss stopped being finite.
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
@@ -168,20 +202,21 @@ def fit(
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if per_step:
-                losses = []
+                sn, vals = [], []
                 for e in range(b - a):
-                    sn = jnp.zeros(2)
                     for i in range(idx.shape[1]):
                         state, sn_i = fns["step"](state, train, idx[e, i], mask[e, i])
-                        sn = sn + sn_i
-                    losses.append([sn[0] / sn[1], fns["evaluate"](state.params, val, val_idx, val_mask)])
-                losses = np.asarray(jax.device_get(losses), np.float64)
+                        sn.append(sn_i)
+                    vals.append(fns["evaluate"](state.params, val, val_idx, val_mask))
+                sn_ExNx3, val_E = jnp.stack(sn).reshape(b - a, idx.shape[1], 3), jnp.stack(vals)
             else:
-                state, losses = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
-                losses = np.asarray(jax.device_get(losses), np.float64)
+                state, (sn_ExNx3, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
+            sn_ExNx3, val_E = (np.asarray(x, np.float64) for x in jax.device_get((sn_ExNx3, val_E)))
             timings["train_s"] += time.perf_counter() - t0
+            check_finite(a, sn_ExNx3, val_E, cfg.skip_nonfinite)
             seconds = (time.perf_counter() - t0) / (b - a)
-            records = [epoch_record(a + e + 1, *map(float, losses[e]), seconds, tokens_per_epoch) for e in range(b - a)]
+            records = [epoch_record(a + e + 1, sn_ExNx3[e], float(val_E[e]), seconds, tokens_per_epoch)
+                       for e in range(b - a)]
             history += records
             if on_chunk is not None:
                 on_chunk(state, records)

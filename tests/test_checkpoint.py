@@ -66,12 +66,12 @@ def test_steps_lists_saved_epochs(trained) -> None:
 
 
 def test_load_an_earlier_epoch(trained) -> None:
-    first = jaxrnn.load(trained.run_dir, epoch=1)
+    first = jaxrnn.load(trained.run_dir, step=1)
     assert int(first.state.step) == 4  # 512 windows in batches of 128
     assert int(jaxrnn.load(trained.run_dir).state.step) == 8
     assert not np.array_equal(first.params["rnn"]["W_hh"], trained.params["rnn"]["W_hh"])
-    with pytest.raises(CheckpointError, match="available"):
-        jaxrnn.load(trained.run_dir, epoch=7)
+    with pytest.raises(CheckpointError, match="no checkpoint of epoch 7"):
+        jaxrnn.load(trained.run_dir, step=7)
 
 
 @pytest.mark.parametrize("other", [ScratchRNNLM(28, 8), ConciseRNNLM(28, 16)], ids=["hidden-8", "concise"])
@@ -100,11 +100,12 @@ def save_epochs(run_dir: Path, val_ppls: list[float]) -> None:
 def test_keeps_the_latest_three(tmp_path: Path) -> None:
     save_epochs(tmp_path, [9.0, 8.0, 7.0, 6.0, 5.0])
     assert checkpoint.steps(tmp_path) == [3, 4, 5]
-    epoch, meta = checkpoint.restore_meta(tmp_path)
-    assert epoch == 5 and meta == {"epoch": 5, "format": checkpoint.FORMAT}
+    epoch = checkpoint.resolve(tmp_path, None)
+    assert epoch == 5 and checkpoint.restore_meta(tmp_path, epoch) == {"epoch": 5, "format": checkpoint.FORMAT}
 
 
 def test_keeps_the_best_by_val_ppl_too(tmp_path: Path) -> None:
     """The lowest val_ppl survives three newer checkpoints (orbax must record each step's metrics for BestN)."""
     save_epochs(tmp_path, [9.0, 1.5, 8.0, 7.0, 6.0, 5.0])
     assert checkpoint.steps(tmp_path) == [2, 4, 5, 6]
+    assert checkpoint.resolve(tmp_path, "best") == 2 and checkpoint.resolve(tmp_path, None) == 6
