@@ -178,8 +178,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def enable_compile_cache() -> None:
+    """Keep compiled programs in the user cache (`~/.cache/jaxrnn/xla`) so a rerun of the same config
+    skips XLA compilation; `JAXRNN_COMPILE_CACHE=0` turns it off, and a cache the user configured for
+    JAX (JAX_COMPILATION_CACHE_DIR) is left alone."""
+    if os.environ.get("JAXRNN_COMPILE_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    from jaxrnn.data import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_compile_cache()
     try:
         if args.command == "train":
             return cmd_train(args)
