@@ -25,7 +25,7 @@ import optax
 
 from jaxrnn import cells
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, batch_plan, epoch_order, load_corpus
+from jaxrnn.data import Corpus, epoch_order, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
 from jaxrnn.training import fit, init_state, make_optimizer, perplexity
@@ -121,10 +121,10 @@ def d2l_way_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
         order = epoch_order(cfg.seed, epoch, len(corpus.train))
         for i in range(0, len(order), cfg.batch_size):
             w = corpus.train[order[i:i + cfg.batch_size]]
-            l, grads = value_and_grad(params, w[:, :-1], w[:, 1:])
+            loss_value, grads = value_and_grad(params, w[:, :-1], w[:, 1:])
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            float(l)
+            float(loss_value)
         if case == "seed-train":
             tot = sum(float(eval_loss(params, w[:, :-1], w[:, 1:])) * len(w)
                       for w in (corpus.val[i:i + cfg.batch_size] for i in range(0, len(corpus.val), cfg.batch_size)))
@@ -241,8 +241,8 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
     val_ppl = None
     if case == "seed-train":
         with torch.no_grad():
-            tot = sum(F.cross_entropy(model(w[:, :-1])[0].reshape(-1, V), w[:, 1:].T.reshape(-1), reduction="sum").item()
-                      for w in val.split(cfg.batch_size))
+            tot = sum(F.cross_entropy(model(w[:, :-1])[0].reshape(-1, V), w[:, 1:].T.reshape(-1),
+                                      reduction="sum").item() for w in val.split(cfg.batch_size))
         val_ppl = perplexity(tot / val[:, 1:].numel())
     return row(case, "torch", wall, compile_s, cfg.epochs * len(train) * cfg.num_steps / wall, val_ppl, backend=backend)
 
@@ -290,11 +290,12 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
             if impl == "torch" and not have_torch:
                 continue
             log(f"{case} {impl} ...")
+            training = case.endswith("train")
             if impl.startswith("jaxrnn-"):
                 c = cfg.replace(model=impl.split("-")[1])
-                r = jaxrnn_train(case, c, corpus) if case.endswith("train") else jaxrnn_decode(case, c, corpus, batch, reps)
+                r = jaxrnn_train(case, c, corpus) if training else jaxrnn_decode(case, c, corpus, batch, reps)
             elif impl == "d2l-way":
-                r = d2l_way_train(case, cfg, corpus) if case.endswith("train") else d2l_way_decode(case, cfg, corpus, batch, reps)
+                r = d2l_way_train(case, cfg, corpus) if training else d2l_way_decode(case, cfg, corpus, batch, reps)
             else:
                 r = torch_rows(case, cfg, corpus, batch, reps)
             rows.append(r)

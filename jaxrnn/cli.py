@@ -78,7 +78,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--num-train": ("num_train", _positive_int, "training windows (default 10000)"),
     "--num-val": ("num_val", _positive_int, "validation windows (default 5000)"),
     "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10)"),
-    "--unroll": ("unroll", _positive_int, "lax.scan unroll of the recurrence (default: 32 on CPU, 8 on GPU/TPU, as measured)"),
+    "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
     "--precision": ("precision", str, f"matmul precision {{{','.join(PRECISIONS)}}} (default highest)"),
     "--dtype": ("dtype", str, f"compute dtype {{{','.join(DTYPES)}}} (default float32)"),
 }

@@ -24,7 +24,6 @@ from jaxrnn.data import Corpus, batch_plan, chunk_plan
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 
-
 MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
 
 
