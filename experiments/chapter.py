@@ -54,7 +54,7 @@ def train_and_report(cfg: jaxrnn.Config, corpus: jaxrnn.Corpus, args: argparse.N
     except jaxrnn.JaxrnnError as e:
         fail(e)
     print(f"trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    print(f"perplexity {trained.history[-1]['val_ppl']:.1f}")
+    print(f"perplexity {trained.val_ppl:.1f}")
     print(repr(trained.predict("time traveller", 20)))
     if args.plot:
         try:

@@ -8,6 +8,7 @@ model it names, and restores `state` against that model's abstract shapes on thi
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,18 @@ def resolve(run_dir: Path, step: int | str | None) -> int:
     return int(step)
 
 
+def set_aside(run_dir: Path, epoch: int) -> Path:
+    """Move a damaged checkpoint out of the manager's sight (into RUN_DIR/damaged/), so that its epoch
+    can be saved again; nothing is deleted."""
+    dest = Path(run_dir) / "damaged" / str(epoch)
+    n = 1
+    while dest.exists():
+        dest, n = Path(run_dir) / "damaged" / f"{epoch}.{n}", n + 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / CHECKPOINTS / str(epoch)).rename(dest)
+    return dest
+
+
 def _check_safe(step_dir: Path) -> None:
     """Refuse links (they could point anywhere) and meta files far larger than jaxrnn writes."""
     root = step_dir.resolve()
@@ -160,16 +173,66 @@ def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
     except CheckpointError:
         raise
     except Exception as e:  # a truncated or corrupted array file
+        _mute_stray_tracebacks()
         raise CheckpointError(f"checkpoint {epoch} in {run_dir} cannot be restored ({type(e).__name__}); "
                               "pass --step with an earlier epoch, or delete it") from None
     finally:
         mgr.close()
 
 
+class _DropClosedLoopTracebacks:
+    """A stderr that drops 'RuntimeError: Event loop is closed' tracebacks and passes all else."""
+
+    HEAD, TAIL = "Traceback (most recent call last):", "RuntimeError: Event loop is closed"
+
+    def __init__(self, stream) -> None:
+        self.stream, self.partial, self.block = stream, "", []
+
+    def write(self, text: str) -> int:
+        *lines, self.partial = (self.partial + text).split("\n")
+        for line in lines:
+            if self.block and line.startswith(" "):
+                self.block.append(line)
+            elif line == self.TAIL and self.block:
+                self.block = []
+            elif line == self.HEAD:
+                self._release()
+                self.block = [line]
+            else:
+                self._release()
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def _release(self) -> None:
+        if self.block:
+            self.stream.write("\n".join(self.block) + "\n")
+            self.block = []
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _mute_stray_tracebacks() -> None:
+    """After a failed restore, tensorstore's threads still complete reads into orbax's closed asyncio
+    loop; each raises 'RuntimeError: Event loop is closed' in a native callback, which Python prints
+    to sys.stderr at any time until exit. Filter exactly those out, so the user sees one line."""
+    if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
+        sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+
+
 def _check_same_tree(saved: Any, target: Any, run_dir: Path, epoch: int) -> None:
+    def name(k: Any) -> str:  # orbax saves a namedtuple's fields as dict keys: compare names only
+        for attr in ("name", "key", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
     def shapes(tree):
         leaves = jax.tree_util.tree_leaves_with_path(tree)
-        return {jax.tree_util.keystr(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+        return {"/".join(map(name, p)): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
     got, want = shapes(saved), shapes(target)
     if got != want:

@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.log(f"jaxrnn: training {cfg.model} into {out}")
         trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
     text = trained.predict("time traveller", 50)
-    print(f"perplexity {trained.history[-1]['val_ppl']:.1f}, '{text}'", flush=True)
+    print(f"perplexity {trained.val_ppl:.1f}, '{text}'", flush=True)
     return 0
 
 

@@ -45,10 +45,20 @@ class Trained:
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
     epoch: int = 0  # epochs trained
+    saved_val_ppl: float | None = None  # from the checkpoint, for a run whose metrics.jsonl is gone
 
     @property
     def params(self):
         return self.state.params
+
+    @property
+    def val_ppl(self) -> float:
+        """The validation perplexity after the last epoch trained."""
+        if self.history and self.history[-1]["epoch"] == self.epoch:
+            return self.history[-1]["val_ppl"]
+        if self.saved_val_ppl is None:
+            raise JaxrnnError("this run has no validation perplexity recorded; run 'jaxrnn eval --run RUN_DIR'")
+        return self.saved_val_ppl
 
     def predict(self, prefix: str, num_preds: int = 50, temperature: float = 0.0, seed: int = 0) -> str:
         """d2l's predict: `prefix` plus `num_preds` characters, greedy unless a temperature is given."""
@@ -140,8 +150,9 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
         except NonFiniteLoss as e:
             kept = (f"the checkpoint of epoch {last_saved['epoch']} is kept" if last_saved["epoch"] is not None
                     else "no checkpoint was saved before it")
-            raise JaxrnnError(f"{e} ({kept}); lower --lr or --clip, or pass --skip-nonfinite to skip such steps") \
-                from None
+            advice = "lower --lr or --clip" + ("" if cfg.skip_nonfinite else
+                                                 ", or pass --skip-nonfinite to skip such steps")
+            raise JaxrnnError(f"{e} ({kept}); {advice}") from None
     return Trained(cfg, corpus.vocab, model, state, history + new, run_dir, cfg.epochs)
 
 
@@ -151,6 +162,7 @@ def _prepare_dir(run_dir: Path, cfg: Config, force: bool) -> None:
             raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
                               "overwrite it, or --out NEW_DIR")
         shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(run_dir / "damaged", ignore_errors=True)
         (run_dir / METRICS).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +175,10 @@ def _prepare_dir(run_dir: Path, cfg: Config, force: bool) -> None:
 
 def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
           force: bool = False, progress: Progress | None = None) -> Trained:
-    """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints)."""
+    """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints).
+    A relative `cfg.data` is made absolute, so the run resumes from any working directory."""
+    if cfg.data is not None:
+        cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
     corpus = corpus or load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
@@ -173,7 +188,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
 
 
 def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None
-             ) -> tuple[Config, Vocab, LanguageModel, TrainState]:
+             ) -> tuple[Config, Vocab, LanguageModel, TrainState, float]:
     """Restore one checkpoint, checking it against the run's config and the corpus' vocab if given."""
     meta = checkpoint.restore_meta(run_dir, epoch)
     saved_cfg = Config.from_dict(meta["config"])
@@ -188,7 +203,7 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
     model = build_model(saved_cfg, len(saved_vocab))
     abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed)._asdict())
     state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract))
-    return saved_cfg, saved_vocab, model, state
+    return saved_cfg, saved_vocab, model, state, float(meta["val_ppl"])
 
 
 def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | None = None) -> Trained:
@@ -199,14 +214,14 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
         raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
     cfg = Config.load(run_dir / CONFIG)
     corpus = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
-    model, state, start = build_model(cfg, len(corpus.vocab)), None, 0
+    model, state, start, val_ppl = build_model(cfg, len(corpus.vocab)), None, 0, None
     for epoch in reversed(checkpoint.steps(run_dir)):
         try:
-            _, _, model, state = _restore(run_dir, epoch, cfg, corpus.vocab)
+            _, _, model, state, val_ppl = _restore(run_dir, epoch, cfg, corpus.vocab)
         except RunMismatch:
             raise
         except CheckpointError as e:
-            log(f"jaxrnn: warning: {e}; trying an earlier checkpoint")
+            log(f"jaxrnn: warning: {e}; moved it to {checkpoint.set_aside(run_dir, epoch)}, trying an earlier one")
             continue
         start = epoch
         break
@@ -217,7 +232,7 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
         raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
     if state is not None and start >= cfg.epochs:
         log(f"jaxrnn: {run_dir} finished all {cfg.epochs} epochs already")
-        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start)
+        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl)
     log(f"jaxrnn: resuming {run_dir} at epoch {start}")
     return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress)
 
@@ -244,5 +259,5 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
     if not run_dir.is_dir():
         raise JaxrnnError(f"run directory {run_dir} does not exist; pass --run with a directory written by train")
     epoch = checkpoint.resolve(run_dir, step)
-    cfg, vocab, model, state = _restore(run_dir, epoch)
-    return Trained(cfg, vocab, model, state, read_metrics(run_dir, upto=epoch), run_dir, epoch)
+    cfg, vocab, model, state, val_ppl = _restore(run_dir, epoch)
+    return Trained(cfg, vocab, model, state, read_metrics(run_dir, upto=epoch), run_dir, epoch, val_ppl)

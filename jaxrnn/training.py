@@ -28,11 +28,11 @@ MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped bef
 
 
 class NonFiniteLoss(JaxrnnError):
-    """The training loss became nan or inf; `epoch` and `step` (1-based) say where."""
+    """The training or validation loss became nan or inf; `epoch` and `step` (1-based) say where."""
 
-    def __init__(self, epoch: int, step: int) -> None:
-        self.epoch, self.step = epoch, step
-        super().__init__(f"the training loss became non-finite at epoch {epoch}, step {step}")
+    def __init__(self, epoch: int, step: int, which: str = "training") -> None:
+        self.epoch, self.step, self.which = epoch, step, which
+        super().__init__(f"the {which} loss became non-finite at epoch {epoch}, step {step}")
 
 
 class TrainState(NamedTuple):
@@ -160,7 +160,7 @@ def check_finite(first_epoch: int, sn_ExNx3: np.ndarray, val_E: np.ndarray, skip
         raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e) * N + i + 1)
     if len(bad_val):
         e = bad_val[0]
-        raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e + 1) * N)
+        raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e + 1) * N, "validation")
 
 
 def fit(
