@@ -77,14 +77,29 @@ def ref() -> SimpleNamespace:
     return SimpleNamespace(lm_forward=np_lm_forward, cross_entropy=np_cross_entropy, flat=flat_scratch)
 
 
-def _run(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+def _child_env() -> dict[str, str]:
     # The checkout goes first on PYTHONPATH: a child process in another cwd imports this code, whatever is installed.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _run(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=_child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _start(args: Sequence[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=_child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="session")
 def run_python() -> Callable[..., subprocess.CompletedProcess]:
     """Run `python ARGS...` in a fresh process on this checkout (cwd given), capturing text output."""
     return _run
+
+
+@pytest.fixture(scope="session")
+def start_python() -> Callable[..., subprocess.Popen]:
+    """Start `python ARGS...` like run_python but without waiting: a Popen (text pipes) to signal or kill."""
+    return _start
