@@ -4,7 +4,7 @@ Runs `--epochs` epochs of a config (the seed config by default) as one fused chu
 `jax.profiler.trace`, then reads the Perfetto trace it writes and prints the kernels by total time,
 how many kernels one optimizer step launches, and the busy fraction of the device.
 
-usage: python tools/profile.py [--model scratch|concise] [--hidden 32 --batch-size 1024 --num-steps 32]
+usage: python tools/profile_chunk.py [--model scratch|concise] [--hidden 32 --batch-size 1024 --num-steps 32]
        [--epochs 2] [--out DIR]
 """
 
