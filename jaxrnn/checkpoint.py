@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def manager(run_dir: Path, create: bool = False, keep: int = 3):
     from orbax.checkpoint import checkpoint_managers as cm
 
     _quiet()
+    _mute_stray_tracebacks()
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: -m["val_ppl"], n=1, keep_checkpoints_without_metrics=False),
@@ -173,7 +175,6 @@ def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
     except CheckpointError:
         raise
     except Exception as e:  # a truncated or corrupted array file
-        _mute_stray_tracebacks()
         raise CheckpointError(f"checkpoint {epoch} in {run_dir} cannot be restored ({type(e).__name__}); "
                               "pass --step with an earlier epoch, or delete it") from None
     finally:
@@ -187,20 +188,19 @@ class _DropClosedLoopTracebacks:
 
     def __init__(self, stream) -> None:
         self.stream, self.partial, self.block = stream, "", []
+        self.lock = threading.Lock()  # several threads print these tracebacks at once
 
     def write(self, text: str) -> int:
-        *lines, self.partial = (self.partial + text).split("\n")
-        for line in lines:
-            if self.block and line.startswith(" "):
-                self.block.append(line)
-            elif line == self.TAIL and self.block:
-                self.block = []
-            elif line == self.HEAD:
-                self._release()
-                self.block = [line]
-            else:
-                self._release()
-                self.stream.write(line + "\n")
+        with self.lock:
+            *lines, self.partial = (self.partial + text).split("\n")
+            for line in lines:
+                if line == self.HEAD or (self.block and line.startswith((" ", "\t"))):
+                    self.block.append(line)
+                elif line == self.TAIL:  # ends one traceback, or several interleaved ones
+                    self.block = []
+                else:
+                    self._release()
+                    self.stream.write(line + "\n")
         return len(text)
 
     def _release(self) -> None:
@@ -216,9 +216,10 @@ class _DropClosedLoopTracebacks:
 
 
 def _mute_stray_tracebacks() -> None:
-    """After a failed restore, tensorstore's threads still complete reads into orbax's closed asyncio
-    loop; each raises 'RuntimeError: Event loop is closed' in a native callback, which Python prints
-    to sys.stderr at any time until exit. Filter exactly those out, so the user sees one line."""
+    """When a restore fails on a damaged array file, tensorstore's threads still complete reads into
+    orbax's closed asyncio loop; each raises 'RuntimeError: Event loop is closed' in a native callback,
+    which Python prints to sys.stderr at any moment from then on. Installed before any checkpoint
+    work, this filter drops exactly those tracebacks, so the user sees jaxrnn's one line."""
     if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
         sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
 
