@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -73,12 +74,14 @@ def log(msg: str) -> None:
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[dict[str, int]]:
     """While active, a first SIGINT/SIGTERM is recorded (training stops after the current chunk's
-    checkpoint); a second one aborts at once."""
+    checkpoint); a second one exits at once with 128 + signum. Raising KeyboardInterrupt instead is
+    not reliable: when it lands inside jax's GC callback it is printed and swallowed."""
     caught: dict[str, int] = {}
 
     def handler(signum: int, frame: Any) -> None:
-        if caught:
-            raise KeyboardInterrupt
+        if caught:  # abort now, as kill -9 would: saves are atomic and resume cuts metrics back
+            log("jaxrnn: interrupted; the last saved checkpoint is kept")
+            os._exit(128 + signum)
         caught["signum"] = signum
         log(f"jaxrnn: {signal.Signals(signum).name}: stopping after this chunk's checkpoint; signal again to abort")
 

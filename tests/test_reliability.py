@@ -385,10 +385,6 @@ def test_second_sigint_exits_130_and_keeps_the_last_checkpoint(slow_stopped, ref
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="BUG (intermittent, so not strict): run.deferred_signals' handler raises "
-                   "KeyboardInterrupt on the second signal wherever Python runs; when that is jax's gc callback "
-                   "(_xla_gc_callback) the exception is 'ignored': a traceback on stderr and no abort (the chunk "
-                   "finishes and the run stops as after one signal). ~1 run in 4 here")
 def test_second_sigint_aborts_at_once_without_a_traceback(slow_stopped) -> None:
     """Each double SIGINT aborts at once ('interrupted', before the first checkpoint) with no traceback."""
     for name in TWICE:
