@@ -9,6 +9,7 @@ compilation. torch rows appear when torch is installed (`pip install 'jaxrnn[ben
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -269,6 +270,11 @@ def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
     return Config(), 3 if quick else 10
 
 
+def first_windows(corpus: Corpus, cfg: Config) -> Corpus:
+    """The corpus cut down to the config's first `num_train` and `num_val` windows."""
+    return dataclasses.replace(corpus, train=corpus.train[: cfg.num_train], val=corpus.val[: cfg.num_val])
+
+
 def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
     on_gpu = jax.default_backend() == "gpu"
     have_torch = torch_available()
@@ -283,8 +289,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
             corpora[key] = load_corpus(args.data, cfg.num_steps, 10000, 5000)
         corpus = corpora[key]
         if case == "large-train":
-            corpus = Corpus(corpus.vocab, corpus.tokens, corpus.train[: cfg.num_train], corpus.val[: cfg.num_val],
-                            corpus.path, corpus.sha1)
+            corpus = first_windows(corpus, cfg)
         batch = 256 if case == "decode-256" else 1
         for impl in args.impls:
             if impl == "torch" and not have_torch:

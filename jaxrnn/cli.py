@@ -25,34 +25,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"jaxrnn: error: {message}; see '{self.prog} --help'\n")
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be a positive integer")
-    return v
+def _number(cast: Any, ok: Any, what: str, need: str) -> Any:
+    """An argparse type: `cast` the text (else '... is not {what}'), then require `ok` (else '{need}')."""
+
+    def parse(s: str):
+        try:
+            v = cast(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {what}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{s!r} must be {need}")
+        return v
+
+    return parse
 
 
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{s!r} must be a positive finite number")
-    return v
-
-
-def _non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be 0 or more")
-    return v
+_positive_int = _number(int, lambda v: v > 0, "an integer", "a positive integer")
+_positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a positive finite number")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer", "0 or more")
 
 
 def _step(s: str) -> int | str:

@@ -11,7 +11,7 @@ import sys
 
 import jax
 
-from jaxrnn.bench import case_configs, jaxrnn_train, table
+from jaxrnn.bench import case_configs, first_windows, jaxrnn_train, table
 from jaxrnn.data import load_corpus
 
 
@@ -31,8 +31,7 @@ def main() -> int:
         base = base.replace(epochs=a.epochs)
     corpus = load_corpus(None, base.num_steps, 10000, 5000)
     if case == "large-train":
-        corpus = corpus.__class__(corpus.vocab, corpus.tokens, corpus.train[: base.num_train],
-                                  corpus.val[: base.num_val], corpus.path, corpus.sha1)
+        corpus = first_windows(corpus, base)
     rows = []
     for model in a.models:
         for unroll in a.unroll:
