@@ -29,6 +29,8 @@ def _quiet() -> None:
     """orbax logs through absl (INFO chatter, and an ERROR before raising on a damaged file); the
     errors that matter reach the user as one CheckpointError line instead."""
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # a failed restore leaves orbax's asyncio futures unretrieved; asyncio logs each with a traceback
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         from absl import logging as absl_logging
 
@@ -185,6 +187,7 @@ class _DropClosedLoopTracebacks:
     """A stderr that drops 'RuntimeError: Event loop is closed' tracebacks and passes all else."""
 
     HEAD, TAIL = "Traceback (most recent call last):", "RuntimeError: Event loop is closed"
+    FRAMES = ("asyncio/base_events.py", "self._check_closed()", "raise RuntimeError('Event loop is closed')")
 
     def __init__(self, stream) -> None:
         self.stream, self.partial, self.block = stream, "", []
@@ -194,10 +197,13 @@ class _DropClosedLoopTracebacks:
         with self.lock:
             *lines, self.partial = (self.partial + text).split("\n")
             for line in lines:
-                if line == self.HEAD or (self.block and line.startswith((" ", "\t"))):
-                    self.block.append(line)
-                elif line == self.TAIL:  # ends one traceback, or several interleaved ones
+                # Threads print these in fragments that can interleave mid-line, so match by substring.
+                if self.TAIL in line:  # ends one traceback, or several interleaved ones
                     self.block = []
+                elif self.HEAD in line or (self.block and line.startswith((" ", "\t"))):
+                    self.block.append(line)
+                elif line.startswith(" ") and any(f in line for f in self.FRAMES):
+                    continue  # a frame of a traceback whose block another thread's TAIL already closed
                 else:
                     self._release()
                     self.stream.write(line + "\n")
