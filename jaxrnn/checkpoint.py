@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -183,51 +182,20 @@ def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
         mgr.close()
 
 
-class _DropClosedLoopTracebacks:
-    """A stderr that drops 'RuntimeError: Event loop is closed' tracebacks and passes all else."""
-
-    HEAD, TAIL = "Traceback (most recent call last):", "RuntimeError: Event loop is closed"
-    FRAMES = ("asyncio/base_events.py", "self._check_closed()", "raise RuntimeError('Event loop is closed')")
-
-    def __init__(self, stream) -> None:
-        self.stream, self.partial, self.block = stream, "", []
-        self.lock = threading.Lock()  # several threads print these tracebacks at once
-
-    def write(self, text: str) -> int:
-        with self.lock:
-            *lines, self.partial = (self.partial + text).split("\n")
-            for line in lines:
-                # Threads print these in fragments that can interleave mid-line, so match by substring.
-                if self.TAIL in line:  # ends one traceback, or several interleaved ones
-                    self.block = []
-                elif self.HEAD in line or (self.block and line.startswith((" ", "\t"))):
-                    self.block.append(line)
-                elif line.startswith(" ") and any(f in line for f in self.FRAMES):
-                    continue  # a frame of a traceback whose block another thread's TAIL already closed
-                else:
-                    self._release()
-                    self.stream.write(line + "\n")
-        return len(text)
-
-    def _release(self) -> None:
-        if self.block:
-            self.stream.write("\n".join(self.block) + "\n")
-            self.block = []
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
+def _drop_closed_loop_errors(unraisable: Any, _default=sys.unraisablehook) -> None:
+    """sys.unraisablehook that drops orbax's 'Event loop is closed' errors and passes all else on."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return
+    _default(unraisable)
 
 
 def _mute_stray_tracebacks() -> None:
     """When a restore fails on a damaged array file, tensorstore's threads still complete reads into
     orbax's closed asyncio loop; each raises 'RuntimeError: Event loop is closed' in a native callback,
-    which Python prints to sys.stderr at any moment from then on. Installed before any checkpoint
-    work, this filter drops exactly those tracebacks, so the user sees jaxrnn's one line."""
-    if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
-        sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+    which Python reports as an unraisable exception at any moment from then on. Installed before any
+    checkpoint work, this hook drops exactly those, so the user sees jaxrnn's one line."""
+    sys.unraisablehook = _drop_closed_loop_errors
 
 
 def _check_same_tree(saved: Any, target: Any, run_dir: Path, epoch: int) -> None:

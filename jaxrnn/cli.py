@@ -71,6 +71,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
     "--precision": ("precision", str, f"matmul precision {{{','.join(PRECISIONS)}}} (default highest)"),
     "--dtype": ("dtype", str, f"compute dtype {{{','.join(DTYPES)}}} (default float32)"),
+    "--devices": ("devices", _positive_int, "data-parallel devices (default all; on a CPU one per core)"),
 }
 
 
@@ -128,6 +129,13 @@ def _refuse_with_resume(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxrnn import run
+    from jaxrnn.parallel import use_cpu_cores
+
+    if args.resume:
+        _refuse_with_resume(args)
+    saved = os.path.join(args.resume, run.CONFIG) if args.resume else None
+    cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
+    use_cpu_cores(cfg.devices, cfg.batch_size)  # before JAX starts its CPU backend
 
     def progress(r: dict[str, Any]) -> None:
         skipped = f"  {r['skipped_steps']} steps skipped" if r["skipped_steps"] else ""
@@ -135,10 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{r['tokens_per_s'] / 1e3:.0f}k tok/s{skipped}")
 
     if args.resume:
-        _refuse_with_resume(args)
         trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
     else:
-        cfg = config_from_args(args)
         out = args.out or os.path.join("runs", f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         run.log(f"jaxrnn: training {cfg.model} into {out}")
         trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
@@ -193,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             return cmd_eval(args)
         from jaxrnn.bench import main as bench_main
+        from jaxrnn.parallel import use_cpu_cores
 
+        use_cpu_cores(None, 64)  # every case's batch size is a multiple of 64
         return bench_main(args)
     except JaxrnnError as e:
         print(f"jaxrnn: error: {e}", file=sys.stderr)

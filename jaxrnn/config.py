@@ -36,6 +36,7 @@ class Config:
     precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
     skip_nonfinite: bool = False  # drop updates whose loss/gradients are nan or inf instead of stopping
     dtype: str = "float32"  # compute dtype of the recurrence and head; params stay float32
+    devices: int | None = None  # data-parallel devices; None: all local ones (parallel.py)
     data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
 
     def __post_init__(self) -> None:
@@ -84,10 +85,11 @@ def validate(cfg: Config) -> None:
         "num_val": "--num-val",
         "save_every": "--save-every",
         "unroll": "--unroll",
+        "devices": "--devices",
     }
     for name, flag in positive_ints.items():
         v = getattr(cfg, name)
-        if name == "unroll" and v is None:
+        if name in ("unroll", "devices") and v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"{flag} must be a positive integer, got {v!r}; pass a value >= 1")

@@ -249,7 +249,7 @@ def evaluate(trained: Trained, path: str | Path | None = None) -> float:
         windows_ = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val).val
     else:
         windows_ = file_windows(Path(path), trained.vocab, cfg.num_steps)
-    steps = Steps(trained.model, make_optimizer(cfg)).jitted
+    steps = Steps(trained.model, make_optimizer(cfg)).jitted()
     idx, mask = batch_plan(np.arange(len(windows_)), cfg.batch_size)
     with jax.default_matmul_precision(cfg.precision):
         return float(steps["evaluate"](trained.params, jnp.asarray(windows_), jnp.asarray(idx), jnp.asarray(mask)))

@@ -23,6 +23,7 @@ from jaxrnn.config import Config
 from jaxrnn.data import Corpus, batch_plan, chunk_plan
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
+from jaxrnn.parallel import Layout, layout
 
 MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
 
@@ -49,8 +50,15 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
 
 
 def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    params = model.init(jax.random.key(seed))
-    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+    """Params from `seed` and a fresh optimizer state, made by one compiled call (run eagerly, the
+    initialisers' many small ops would each compile, which costs most of a second)."""
+
+    @jax.jit
+    def init(key: Array) -> TrainState:
+        params = model.init(key)
+        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+    return init(jax.random.key(seed))
 
 
 def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array) -> tuple[Array, Array]:
@@ -115,12 +123,18 @@ class Steps:
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
-    @property
-    def jitted(self) -> dict[str, Callable]:
+    def jitted(self, lay: Layout | None = None) -> dict[str, Callable]:
+        """The jitted functions; with a layout, batch plans are split over its devices and everything
+        else is replicated, so XLA all-reduces the gradients (parallel.py)."""
+        if lay is None:
+            return {"step": jax.jit(self.step, donate_argnums=0), "evaluate": jax.jit(self.evaluate),
+                    "chunk": jax.jit(self.chunk, donate_argnums=0)}
+        R, b = lay.replicated, lay.batched
         return {
-            "step": jax.jit(self.step, donate_argnums=0),
-            "evaluate": jax.jit(self.evaluate),
-            "chunk": jax.jit(self.chunk, donate_argnums=0),
+            "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1)), out_shardings=(R, R)),
+            "evaluate": jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
+            "chunk": jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
+                             out_shardings=(R, R)),
         }
 
 
@@ -181,11 +195,12 @@ def fit(
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
     tx = make_optimizer(cfg)
-    fns = Steps(model, tx).jitted
+    lay = layout(cfg.devices, cfg.batch_size)
+    fns = Steps(model, tx).jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)
-    train, val = jnp.asarray(corpus.train), jnp.asarray(corpus.val)
-    val_idx, val_mask = (jnp.asarray(a) for a in batch_plan(np.arange(len(corpus.val)), cfg.batch_size))
+    state, train, val = jax.device_put((state, corpus.train, corpus.val), lay.replicated)
+    val_idx, val_mask = jax.device_put(batch_plan(np.arange(len(corpus.val)), cfg.batch_size), lay.batched(2))
     tokens_per_epoch = len(corpus.train) * cfg.num_steps
     history: list[dict[str, Any]] = []
     compiled: dict[int, Callable] = {}  # chunk length -> executable
@@ -194,7 +209,8 @@ def fit(
     timings.setdefault("train_s", 0.0)
     with jax.default_matmul_precision(cfg.precision):
         for a, b in chunks(start_epoch, cfg.epochs, cfg.save_every):
-            idx, mask = chunk_plan(cfg.seed, a, b - a, len(corpus.train), cfg.batch_size)
+            idx, mask = jax.device_put(chunk_plan(cfg.seed, a, b - a, len(corpus.train), cfg.batch_size),
+                                       lay.batched(3))
             if not per_step and b - a not in compiled:
                 t0 = time.perf_counter()
                 compiled[b - a] = fns["chunk"].lower(state, train, val, idx, mask, val_idx, val_mask).compile()

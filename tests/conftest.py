@@ -17,8 +17,12 @@ os.environ.setdefault("JAXRNN_DATA_DIR", str(Path(__file__).resolve().parents[2]
 
 import jax  # noqa: E402
 
+from jaxrnn import parallel  # noqa: E402
 from jaxrnn.config import Config  # noqa: E402
 from jaxrnn.data import Corpus, load_corpus  # noqa: E402
+
+# One CPU device per core, as the CLI makes them, so that in-process runs and CLI runs agree bit for bit.
+parallel.use_cpu_cores(None, 1024)
 
 # unroll=1 halves compile times; the unrolled recurrence is checked against unroll=1 in test_cells/test_models.
 TINY = dict(epochs=1, hidden=16, num_train=512, num_val=256, batch_size=128, num_steps=8, save_every=1, unroll=1)

@@ -593,10 +593,6 @@ def test_damaged_array_files_are_refused(commands, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="BUG (intermittent, so not strict): a failed restore of truncated array "
-                   "files leaves tensorstore reads pending on orbax's closed asyncio loop; their 'Traceback ... "
-                   "RuntimeError: Event loop is closed' reaches stderr. checkpoint._mute_stray_tracebacks filters "
-                   "them only once installed, after the failure: ~1 run in 8 under load still shows one")
 def test_damaged_array_files_error_is_one_clean_line_every_time(commands, run_python, tmp_path: Path) -> None:
     """The refusal of truncated array files is one clean line, in 16 tries, 3 at once (load widens the race)."""
     run_dir = commands["truncated-state"].paths["{run:truncated-state}"]
