@@ -46,7 +46,7 @@ def train_and_report(cfg: jaxrnn.Config, corpus: jaxrnn.Corpus, args: argparse.N
     def progress(r: dict[str, Any]) -> None:
         print(f"epoch {r['epoch']}, train_ppl {r['train_ppl']:.2f}, val_ppl {r['val_ppl']:.2f}", flush=True)
 
-    print(f"training {cfg.model} for {cfg.epochs} epochs ({'per-step' if args.per_step else 'fused'})", file=sys.stderr)
+    print(f"training {cfg.name} for {cfg.epochs} epochs ({'per-step' if args.per_step else 'fused'})", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         trained = jaxrnn.train(cfg, args.out, corpus=corpus, per_step=args.per_step, force=args.force,

@@ -63,7 +63,7 @@ def jaxrnn_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
     _, history = fit(cfg, corpus, build_model(cfg, len(corpus.vocab)), timings=timings)
     tokens = cfg.epochs * len(corpus.train) * cfg.num_steps
     val = history[-1]["val_ppl"] if case == "seed-train" else None
-    return row(case, f"jaxrnn-{cfg.model}", timings["train_s"], timings["compile_s"], tokens / timings["train_s"], val)
+    return row(case, f"jaxrnn-{cfg.name}", timings["train_s"], timings["compile_s"], tokens / timings["train_s"], val)
 
 
 def _time_calls(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def jaxrnn_decode(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int)
     prompts = [corpus.vocab.encode(PROMPT)] * batch
     with jax.default_matmul_precision(cfg.precision):
         first, wall = _time_calls(lambda: generate(model, params, prompts, DECODE_CHARS), reps)
-    return row(case, f"jaxrnn-{cfg.model}", wall, first - wall, batch * DECODE_CHARS / wall)
+    return row(case, f"jaxrnn-{cfg.name}", wall, first - wall, batch * DECODE_CHARS / wall)
 
 
 # ---------------------------------------------------------------- d2l-way: the chapters' loop in JAX

@@ -1,36 +1,65 @@
-"""The scratch tanh RNN as pure functions over a params pytree (d2l's RNNScratch).
+"""Recurrent cells as pure functions over a params pytree: d2l's tanh RNN, LSTM and GRU.
 
-`rnn_step` is the chapter's cell as written; `rnn_unroll` is the same recurrence with the one-hot
-product done as a row gather and the input projection of every step hoisted out of the loop.
+`rnn_step` is the chapter's tanh cell as written (one-hot input times `W_xh`). `rnn_unroll` runs any
+cell over a sequence of token ids cheaply: `one_hot(x) @ W_xh` is the row gather `W_xh[x]`, done for
+every step at once outside the recurrence, so each step is one [B, H] x [H, G*H] matmul and the
+gate nonlinearities.
+
+Every cell has the same parameters: `W_xh [V, G*H]`, `W_hh [H, G*H]` and `b_h [G*H]`, the G gates'
+matrices side by side (one matmul per step, not G), in PyTorch's and Flax's order: LSTM i, f, g, o;
+GRU r, z, n. The GRU has two forms. `after` (the default, Flax's and cuDNN's) applies the reset gate
+to `h W_hn + b_hn`, so it has a second bias `b_hn [H]`; `before` is d2l's (`(r * h) W_hn`), which
+needs a second matmul per step. The LSTM state is `(h, c)`; the others' is `h`.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-RNNParams = dict[str, Array]  # W_xh [V, H], W_hh [H, H], b_h [H]
+CellParams = dict[str, Array]  # W_xh [V, G*H], W_hh [H, G*H], b_h [G*H], and the GRU's b_hn [H]
+State = Any  # h [B, H], or (h, c) for the LSTM
+CELLS = ("rnn", "lstm", "gru")
+GRU_RESETS = ("after", "before")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
-def rnn_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01) -> RNNParams:
-    """Normal(0, sigma) weights and zero bias, as in d2l's RNNScratch."""
+def cell_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01, cell: str = "rnn",
+              gru_reset: str = "after") -> CellParams:
+    """Normal(0, sigma) weights and zero biases, as d2l's scratch cells."""
     k_xh, k_hh = jax.random.split(key)
-    return {
-        "W_xh": sigma * jax.random.normal(k_xh, (num_inputs, num_hiddens)),
-        "W_hh": sigma * jax.random.normal(k_hh, (num_hiddens, num_hiddens)),
-        "b_h": jnp.zeros(num_hiddens),
+    width = GATES[cell] * num_hiddens
+    params = {
+        "W_xh": sigma * jax.random.normal(k_xh, (num_inputs, width)),
+        "W_hh": sigma * jax.random.normal(k_hh, (num_hiddens, width)),
+        "b_h": jnp.zeros(width),
     }
+    if cell == "gru" and gru_reset == "after":
+        params["b_hn"] = jnp.zeros(num_hiddens)
+    return params
 
 
-def rnn_step(params: RNNParams, h_BxH: Array, x_BxV: Array) -> Array:
+def rnn_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01) -> CellParams:
+    """d2l's RNNScratch parameters: the tanh cell of `cell_init`."""
+    return cell_init(key, num_inputs, num_hiddens, sigma)
+
+
+def zero_state(cell: str, batch_size: int, num_hiddens: int, dtype: Any = jnp.float32) -> State:
+    h = jnp.zeros((batch_size, num_hiddens), dtype)
+    return (h, h) if cell == "lstm" else h
+
+
+def rnn_step(params: CellParams, h_BxH: Array, x_BxV: Array) -> Array:
     """One tanh step: h' = tanh(x W_xh + h W_hh + b_h)."""
     return jnp.tanh(x_BxV @ params["W_xh"] + h_BxH @ params["W_hh"] + params["b_h"])
 
 
-def rnn_scan(params: RNNParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Array]:
+def rnn_scan(params: CellParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Array]:
     """The chapter's loop over time as a `lax.scan` of `rnn_step`; returns (last h, all h [T, B, H])."""
 
     def step(h, x):
@@ -40,17 +69,63 @@ def rnn_scan(params: RNNParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Ar
     return lax.scan(step, h_BxH, x_TxBxV)
 
 
-def rnn_unroll(params: RNNParams, h_BxH: Array, tokens_TxB: Array, unroll: int = 1,
-               dtype: str = "float32", hoisted_backward: bool = True) -> tuple[Array, Array]:
-    """`rnn_scan` on one-hot tokens, computed cheaply: `one_hot(x) @ W_xh` is the row gather `W_xh[x]`,
-    done for all steps at once outside the recurrence, so each step is one [B, H] x [H, H] matmul.
-    The recurrence runs in `dtype`; the gather reads float32 weights, so its gradient (a scatter-add)
-    stays float32, which is both exact and fast (bf16 scatter-adds are slow on GPUs). With
-    `hoisted_backward` the gradient comes from `tanh_recurrence`'s VJP, else from autodiff."""
-    xw_TxBxH = (params["W_xh"][tokens_TxB] + params["b_h"]).astype(dtype)
-    recurrence = tanh_recurrence if hoisted_backward else _recur
-    hs_TxBxH = recurrence(params["W_hh"].astype(dtype), h_BxH.astype(dtype), xw_TxBxH, unroll)
-    return hs_TxBxH[-1], hs_TxBxH
+# Each step maps (params, state, xw) to (state, h), where xw = x W_xh + b_h was computed beforehand.
+
+def _tanh_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
+    h = jnp.tanh(xw + h @ p["W_hh"])
+    return h, h
+
+
+def _lstm_step(p: CellParams, state: tuple[Array, Array], xw: Array) -> tuple[tuple[Array, Array], Array]:
+    h, c = state
+    i, f, g, o = jnp.split(xw + h @ p["W_hh"], 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+
+def _gru_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
+    """Flax's and cuDNN's GRU: n = tanh(x W_xn + b_n + r * (h W_hn + b_hn))."""
+    x_r, x_z, x_n = jnp.split(xw, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(h @ p["W_hh"], 3, axis=-1)
+    r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+    h = (1 - z) * jnp.tanh(x_n + r * (h_n + p["b_hn"])) + z * h
+    return h, h
+
+
+def _gru_d2l_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
+    """d2l's GRU: n = tanh(x W_xn + (r * h) W_hn + b_n)."""
+    H = h.shape[-1]
+    x_rz, x_n = xw[..., : 2 * H], xw[..., 2 * H:]
+    r, z = jnp.split(jax.nn.sigmoid(x_rz + h @ p["W_hh"][:, : 2 * H]), 2, axis=-1)
+    h = (1 - z) * jnp.tanh(x_n + (r * h) @ p["W_hh"][:, 2 * H:]) + z * h
+    return h, h
+
+
+def cell_step(cell: str, gru_reset: str = "after") -> Callable[[CellParams, State, Array], tuple[State, Array]]:
+    """The step function of a cell: (params, state, xw) -> (state, h)."""
+    if cell == "gru":
+        return _gru_step if gru_reset == "after" else _gru_d2l_step
+    return {"rnn": _tanh_step, "lstm": _lstm_step}[cell]
+
+
+def rnn_unroll(params: CellParams, state: State, tokens_TxB: Array, unroll: int = 1, dtype: str = "float32",
+               hoisted_backward: bool = True, cell: str = "rnn", gru_reset: str = "after") -> tuple[State, Array]:
+    """Run a cell over one-hot tokens, computed cheaply; returns (last state, all h [T, B, H]).
+
+    `one_hot(x) @ W_xh` is the row gather `W_xh[x]`, done for all steps at once outside the
+    recurrence. The recurrence runs in `dtype`; the gather reads float32 weights, so its gradient
+    (a scatter-add) stays float32, which is both exact and fast (bf16 scatter-adds are slow on
+    GPUs). The tanh cell with `hoisted_backward` takes its gradient from `tanh_recurrence`'s VJP;
+    every other case from autodiff."""
+    xw_TxBxGH = (params["W_xh"][tokens_TxB] + params["b_h"]).astype(dtype)
+    state = jax.tree.map(lambda a: a.astype(dtype), state)
+    if cell == "rnn" and hoisted_backward:
+        hs_TxBxH = tanh_recurrence(params["W_hh"].astype(dtype), state, xw_TxBxGH, unroll)
+        return hs_TxBxH[-1], hs_TxBxH
+    recurrent = {k: v.astype(dtype) for k, v in params.items() if k in ("W_hh", "b_hn")}
+    step = functools.partial(cell_step(cell, gru_reset), recurrent)
+    return lax.scan(step, state, xw_TxBxGH, unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -64,11 +139,7 @@ def tanh_recurrence(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array, unroll: int = 1
 
 
 def _recur(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array, unroll: int) -> Array:
-    def step(h, xw):
-        h = jnp.tanh(xw + h @ W_hh)
-        return h, h
-
-    return lax.scan(step, h0_BxH, xw_TxBxH, unroll=unroll)[1]
+    return lax.scan(functools.partial(_tanh_step, {"W_hh": W_hh}), h0_BxH, xw_TxBxH, unroll=unroll)[1]
 
 
 def _recur_fwd(W_hh, h0_BxH, xw_TxBxH, unroll):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jaxrnn.config import DTYPES, MODELS, PRECISIONS, PRESETS, Config
+from jaxrnn.config import CELLS, DTYPES, GRU_RESETS, IMPLS, MODELS, PRECISIONS, PRESETS, Config
 from jaxrnn.errors import JaxrnnError, Stopped
 
 
@@ -56,7 +56,11 @@ def _step(s: str) -> int | str:
 
 # flag -> (Config field, type, help); defaults come from the preset, else from Config().
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--model": ("model", str, f"{{{','.join(MODELS)}}}: the chapter's model (default scratch)"),
+    "--model": ("model", str, "the chapters' names: scratch is --cell rnn --impl scratch, concise --impl flax"),
+    "--cell": ("cell", str, "recurrent cell: tanh rnn, lstm or gru (default rnn)"),
+    "--impl": ("impl", str, "scratch: pure functions; flax: nn.scan over Flax's cell (default scratch)"),
+    "--gru-reset": ("gru_reset", str, "scratch GRU: reset gate 'after' the matmul as Flax/cuDNN (default) "
+                    "or 'before' as d2l"),
     "--epochs": ("epochs", _positive_int, "training epochs (default 100)"),
     "--hidden": ("hidden", _positive_int, "hidden units (default 32)"),
     "--batch-size": ("batch_size", _positive_int, "windows per batch (default 1024)"),
@@ -69,8 +73,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--num-val": ("num_val", _positive_int, "validation windows (default 5000)"),
     "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10)"),
     "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
-    "--precision": ("precision", str, f"matmul precision {{{','.join(PRECISIONS)}}} (default highest)"),
-    "--dtype": ("dtype", str, f"compute dtype {{{','.join(DTYPES)}}} (default float32)"),
+    "--precision": ("precision", str, "matmul precision (default highest: true float32)"),
+    "--dtype": ("dtype", str, "compute dtype (default float32)"),
     "--devices": ("devices", _positive_int, "data-parallel devices (default all; on a CPU one per core)"),
 }
 
@@ -82,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and write a run directory")
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
     for flag, (_, typ, text) in TRAIN_FLAGS.items():
-        kw: dict[str, Any] = {"choices": MODELS} if flag == "--model" else {}
+        choices = {"--model": MODELS, "--cell": CELLS, "--impl": IMPLS, "--gru-reset": GRU_RESETS,
+                   "--precision": PRECISIONS, "--dtype": DTYPES}.get(flag)
+        kw: dict[str, Any] = {"choices": list(choices)} if choices else {}
         t.add_argument(flag, type=typ, default=None, help=text, **kw)
     t.add_argument("--skip-nonfinite", action="store_true", default=None,
                    help="skip steps whose loss is nan or inf instead of stopping the run")
@@ -145,8 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
     else:
-        out = args.out or os.path.join("runs", f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run.log(f"jaxrnn: training {cfg.model} into {out}")
+        out = args.out or os.path.join("runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.log(f"jaxrnn: training {cfg.name} into {out}")
         trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
     text = trained.predict("time traveller", 50)
     print(f"perplexity {trained.val_ppl:.1f}, '{text}'", flush=True)

@@ -11,7 +11,10 @@ from typing import Any
 
 from jaxrnn.errors import ConfigError
 
-MODELS = ("scratch", "concise")
+MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
+CELLS = ("rnn", "lstm", "gru")
+IMPLS = ("scratch", "flax")
+GRU_RESETS = ("after", "before")
 PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
 
@@ -20,7 +23,11 @@ DTYPES = ("float32", "bfloat16")
 class Config:
     """Everything that defines a run. Saved as `config.json` in every run and checkpoint."""
 
-    model: str = "scratch"  # 'scratch': pure-function tanh RNN; 'concise': nn.scan over nn.SimpleCell
+    cell: str | None = None  # 'rnn' (tanh), 'lstm' or 'gru'; None: 'rnn', or what `model` names
+    impl: str | None = None  # 'scratch' (pure functions) or 'flax' (nn.scan over Flax's cell); None: 'scratch'
+    model: str | None = None  # the chapters' names, read into cell and impl and not kept: 'scratch' is
+    #                           rnn/scratch, 'concise' rnn/flax; a cell or impl that contradicts it is refused
+    gru_reset: str = "after"  # scratch GRU: reset gate on (h W_hn + b_hn) as Flax/cuDNN, or 'before' as d2l
     epochs: int = 100
     hidden: int = 32
     batch_size: int = 1024
@@ -40,14 +47,28 @@ class Config:
     data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
 
     def __post_init__(self) -> None:
+        cell, impl = resolve_model(self.model, self.cell, self.impl)
+        object.__setattr__(self, "cell", cell)
+        object.__setattr__(self, "impl", impl)
+        object.__setattr__(self, "model", None)
         validate(self)
 
+    @property
+    def name(self) -> str:
+        """'scratch' or 'concise' for the chapters' models, else e.g. 'lstm-flax'."""
+        chapters = {v: k for k, v in MODELS.items()}
+        return chapters.get((self.cell, self.impl), f"{self.cell}-{self.impl}")
+
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); `model=` replaces the cell and impl."""
+        if changes.get("model") is not None:
+            changes = {"cell": None, "impl": None, **changes}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        del d["model"]  # always None: read into cell and impl
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -72,10 +93,29 @@ class Config:
             raise ConfigError(f"cannot read config {path}: {e}; pass a config.json written by jaxrnn") from None
 
 
+def resolve_model(model: str | None, cell: str | None, impl: str | None) -> tuple[str, str]:
+    """(cell, impl) from the chapters' `model` name and/or explicit ones; a contradiction is refused."""
+    if model is None:
+        return cell or "rnn", impl or "scratch"
+    if model not in MODELS:
+        raise ConfigError(f"--model {model!r} is unknown; use one of {', '.join(MODELS)}")
+    want_cell, want_impl = MODELS[model]
+    for flag, given, want in (("--cell", cell, want_cell), ("--impl", impl, want_impl)):
+        if given is not None and given != want:
+            raise ConfigError(f"--model {model} means --cell {want_cell} --impl {want_impl}, not {flag} {given}; "
+                              f"drop --model or {flag}")
+    return want_cell, want_impl
+
+
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot train, with a message that says which flag to fix."""
-    if cfg.model not in MODELS:
-        raise ConfigError(f"--model {cfg.model!r} is unknown; use one of {', '.join(MODELS)}")
+    for flag, v, allowed in (("--cell", cfg.cell, CELLS), ("--impl", cfg.impl, IMPLS),
+                             ("--gru-reset", cfg.gru_reset, GRU_RESETS)):
+        if v not in allowed:
+            raise ConfigError(f"{flag} {v!r} is unknown; use one of {', '.join(allowed)}")
+    if cfg.gru_reset != "after" and (cfg.cell, cfg.impl) != ("gru", "scratch"):
+        raise ConfigError(f"--gru-reset {cfg.gru_reset} applies to --cell gru --impl scratch only "
+                          "(Flax's GRUCell resets after the matmul); drop --gru-reset")
     positive_ints = {
         "epochs": "--epochs",
         "hidden": "--hidden",
@@ -108,4 +148,7 @@ def validate(cfg: Config) -> None:
 PRESETS: dict[str, Config] = {
     "d2l-scratch": Config(model="scratch"),
     "d2l-concise": Config(model="concise"),
+    # d2l's LSTM and GRU sections (10.1, 10.2): the scratch cells, hidden 32, SGD lr 4, 50 epochs
+    "d2l-lstm": Config(cell="lstm", impl="scratch", lr=4.0, epochs=50),
+    "d2l-gru": Config(cell="gru", impl="scratch", gru_reset="before", lr=4.0, epochs=50),
 }

@@ -31,7 +31,8 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
         h, last = carry
         logits, h_new = model.forward(params, prompts_BxP[:, t, None], h)
         live = (t < lengths_B)[:, None]
-        return (jnp.where(live, h_new, h), jnp.where(live, logits[:, 0], last)), None
+        h = jax.tree.map(lambda new, old: jnp.where(live, new, old), h_new, h)
+        return (h, jnp.where(live, logits[:, 0], last)), None
 
     (h, logits_BxV), _ = lax.scan(warm, (model.init_state(B), logits_BxV), jnp.arange(P))
 

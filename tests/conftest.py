@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAXRNN_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from jaxrnn import parallel  # noqa: E402
 from jaxrnn.config import Config  # noqa: E402
@@ -75,10 +76,29 @@ def flat_scratch(params) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in {**params["rnn"], **params["head"]}.items()}
 
 
+def as_flax(cell: str, p: dict) -> dict:
+    """A scratch LM's weights in the Flax twin's layout. Flax puts the LSTM's bias on the hidden
+    side and the GRU's r, z, n biases on the input side; sums are what count."""
+    r = p["rnn"]
+    head = {"kernel": p["head"]["W_hq"], "bias": p["head"]["b_q"]}
+    if cell == "rnn":
+        return {"rnn": {"i": {"kernel": r["W_xh"], "bias": r["b_h"]}, "h": {"kernel": r["W_hh"]}}, "head": head}
+    names = "ifgo" if cell == "lstm" else "rzn"
+    W_x, W_h, b = (jnp.split(r[k], len(names), axis=-1) for k in ("W_xh", "W_hh", "b_h"))
+    if cell == "lstm":
+        rnn = {f"i{g}": {"kernel": W_x[k]} for k, g in enumerate(names)}
+        rnn.update({f"h{g}": {"kernel": W_h[k], "bias": b[k]} for k, g in enumerate(names)})
+    else:
+        rnn = {f"i{g}": {"kernel": W_x[k], "bias": b[k]} for k, g in enumerate(names)}
+        rnn.update({f"h{g}": {"kernel": W_h[k]} for k, g in enumerate(names)})
+        rnn["hn"]["bias"] = r["b_hn"]
+    return {"rnn": rnn, "head": head}
+
+
 @pytest.fixture(scope="session")
 def ref() -> SimpleNamespace:
-    """The float64 numpy references: ref.lm_forward, ref.cross_entropy, ref.flat."""
-    return SimpleNamespace(lm_forward=np_lm_forward, cross_entropy=np_cross_entropy, flat=flat_scratch)
+    """The float64 numpy references and weight converters: ref.lm_forward, ref.cross_entropy, ref.flat, ref.as_flax."""
+    return SimpleNamespace(lm_forward=np_lm_forward, cross_entropy=np_cross_entropy, flat=flat_scratch, as_flax=as_flax)
 
 
 def _child_env() -> dict[str, str]:

@@ -18,7 +18,16 @@ from jaxrnn import checkpoint
 TINY_FLAGS = ["--epochs", "1", "--hidden", "16", "--num-train", "512", "--num-val", "256",
               "--batch-size", "128", "--num-steps", "8"]
 RESULT = re.compile(r"^perplexity (\d+\.\d), '(time traveller.{50})'$")
-MODELS = ["scratch", "concise"]
+# run name -> model flags: the chapters' two models, and every other cell in both implementations
+MODEL_FLAGS = {
+    "scratch": ["--model", "scratch"],
+    "concise": ["--model", "concise"],
+    "lstm-scratch": ["--cell", "lstm"],
+    "lstm-flax": ["--cell", "lstm", "--impl", "flax"],
+    "gru-scratch": ["--cell", "gru", "--gru-reset", "before"],
+    "gru-flax": ["--cell", "gru", "--impl", "flax"],
+}
+MODELS = list(MODEL_FLAGS)
 
 
 def run_all(run_python, cwd: Path, commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
@@ -37,7 +46,7 @@ def work(tmp_path_factory) -> Path:
 def trained(run_python, work: Path) -> dict[str, subprocess.CompletedProcess]:
     """Phase 1: train each model (fused), scratch per-step, and the bad inputs that need no run."""
     (work / "empty").mkdir()
-    commands = {m: ["train", "--model", m, *TINY_FLAGS, "--out", str(work / m)] for m in MODELS}
+    commands = {m: ["train", *flags, *TINY_FLAGS, "--out", str(work / m)] for m, flags in MODEL_FLAGS.items()}
     commands["per-step"] = ["train", "--model", "scratch", *TINY_FLAGS, "--per-step", "--out", str(work / "per-step")]
     commands.update({name: args for name, (args, _) in BAD_INPUTS.items() if "{run}" not in args})
     return run_all(run_python, work, commands)
@@ -72,7 +81,10 @@ def test_train_prints_one_result_line(trained, model: str) -> None:
 def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
     run = work / model
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["model"] == ("scratch" if model == "per-step" else model)
+    name = "scratch" if model == "per-step" else model
+    assert (cfg["cell"], cfg["impl"]) == {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}.get(
+        name, tuple(name.split("-")))
+    assert cfg["gru_reset"] == ("before" if model == "gru-scratch" else "after")
     assert (cfg["epochs"], cfg["hidden"], cfg["num_train"], cfg["num_val"], cfg["batch_size"], cfg["num_steps"]) == \
         (1, 16, 512, 256, 128, 8)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -108,7 +120,21 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
     "empty-prefix": (["sample", "--run", "{run}", "--prefix", ""], None),
     "negative-temperature": (["sample", "--run", "{run}", "--temperature", "-1"], None),
     "existing-run": (["train", *TINY_FLAGS, "--out", "{run}"], None),
+    "model-contradicts-cell": (["train", "--model", "scratch", "--cell", "lstm", *TINY_FLAGS, "--out", "mc"], "mc"),
+    "model-contradicts-impl": (["train", "--model", "concise", "--impl", "scratch", *TINY_FLAGS, "--out", "mi"], "mi"),
+    "gru-reset-on-flax": (["train", "--cell", "gru", "--impl", "flax", "--gru-reset", "before", "--out", "gr"], "gr"),
+    "unknown-cell": (["train", "--cell", "transformer"], None),
 }
+
+
+def test_contradicting_model_flags_name_both() -> None:
+    """The chapters' --model and an explicit --cell/--impl that disagree: the error says which to drop."""
+    from jaxrnn.config import Config
+    from jaxrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--model scratch means --cell rnn --impl scratch, not --cell lstm"):
+        Config(model="scratch", cell="lstm")
+    assert Config(model="concise", cell="rnn").impl == "flax"  # agreeing flags are fine
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)

@@ -20,14 +20,6 @@ def scratch_params(key: jax.Array, scale: float = 0.5) -> dict:
     return params
 
 
-def as_concise(p: dict) -> dict:
-    """The same weights in ConciseRNNLM's layout (nn.SimpleCell 'i' with bias, 'h' without; Dense head)."""
-    return {
-        "rnn": {"i": {"kernel": p["rnn"]["W_xh"], "bias": p["rnn"]["b_h"]}, "h": {"kernel": p["rnn"]["W_hh"]}},
-        "head": {"kernel": p["head"]["W_hq"], "bias": p["head"]["b_q"]},
-    }
-
-
 @pytest.fixture
 def tokens(key) -> jax.Array:
     return jax.random.randint(jax.random.fold_in(key, 3), (B, T), 0, V)
@@ -52,10 +44,10 @@ def test_scratch_init_like_d2l(key) -> None:
 
 
 @pytest.mark.parametrize("unroll", [1, T])
-def test_same_weights_same_logits(key, tokens, unroll: int) -> None:
+def test_same_weights_same_logits(key, tokens, ref, unroll: int) -> None:
     scratch, concise = ScratchRNNLM(V, H, unroll=unroll), ConciseRNNLM(V, H, unroll=unroll)
     p = scratch_params(key)
-    q = as_concise(p)
+    q = ref.as_flax("rnn", p)
     assert jax.tree.structure(q) == jax.tree.structure(concise.init(key))
     assert jax.tree.map(jnp.shape, q) == jax.tree.map(jnp.shape, concise.init(key))
     h0 = 0.5 * jax.random.normal(jax.random.fold_in(key, 4), (B, H))
@@ -79,9 +71,9 @@ def test_scratch_matches_float64_numpy(key, tokens, ref, unroll: int) -> None:
 
 
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
-def test_state_carries_across_calls(key, tokens, kind: str) -> None:
+def test_state_carries_across_calls(key, tokens, ref, kind: str) -> None:
     p = scratch_params(key)
-    model, params = (ScratchRNNLM(V, H), p) if kind == "scratch" else (ConciseRNNLM(V, H), as_concise(p))
+    model, params = (ScratchRNNLM(V, H), p) if kind == "scratch" else (ConciseRNNLM(V, H), ref.as_flax("rnn", p))
     h0 = model.init_state(B)
     with jax.default_matmul_precision("highest"):
         whole, h_whole = model.forward(params, tokens, h0)
@@ -92,9 +84,9 @@ def test_state_carries_across_calls(key, tokens, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
-def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, kind: str) -> None:
+def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, ref, kind: str) -> None:
     p = scratch_params(key)
-    make, params = (ScratchRNNLM, p) if kind == "scratch" else (ConciseRNNLM, as_concise(p))
+    make, params = (ScratchRNNLM, p) if kind == "scratch" else (ConciseRNNLM, ref.as_flax("rnn", p))
     f32, bf16 = make(V, H, dtype="float32"), make(V, H, dtype="bfloat16")
     h0 = f32.init_state(B)
     with jax.default_matmul_precision("highest"):
@@ -113,6 +105,10 @@ def test_build_model_picks_the_class(tiny_cfg) -> None:
     assert m == ScratchRNNLM(28, 12, 0.02, unroll=8, dtype="float32", hoisted_backward=hoisted)  # clipped
     c = build_model(tiny_cfg(model="concise", hidden=12, unroll=4), 30)
     assert c == ConciseRNNLM(30, 12, unroll=4, dtype="float32")
+    g = build_model(tiny_cfg(cell="gru", gru_reset="before", hidden=12, unroll=4), 30)
+    assert g == ScratchRNNLM(30, 12, 0.01, 4, "float32", g.hoisted_backward, cell="gru", gru_reset="before")
+    lstm = build_model(tiny_cfg(cell="lstm", impl="flax", hidden=12, unroll=4), 30)
+    assert lstm == ConciseRNNLM(30, 12, 4, cell="lstm")
 
 
 def test_recurrence_plan_by_backend_and_size() -> None:

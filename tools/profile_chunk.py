@@ -67,7 +67,7 @@ def main() -> int:
         by_name[e["name"]].append(e["dur"])
     busy_us = sum(e["dur"] for e in events)
     span_us = (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) if events else 0
-    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); {cfg.model} hidden {cfg.hidden} "
+    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); {cfg.name} hidden {cfg.hidden} "
           f"batch {cfg.batch_size} steps {cfg.num_steps}; {cfg.epochs} epochs = {steps} optimizer steps")
     print(f"chunk wall {timings['train_s']:.3f} s; {len(events)} device events, {len(events) / steps:.0f} per "
           f"optimizer step; device busy {busy_us / 1e6:.3f} s of a {span_us / 1e6:.3f} s span "

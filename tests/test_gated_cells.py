@@ -1,0 +1,142 @@
+"""LSTM and GRU cells: scratch against float64 numpy (d2l's per-gate formulas), against their Flax
+twins given the same weights, and their gradients against finite differences in float64."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrnn.cells import cell_init, rnn_unroll
+from jaxrnn.models import ConciseRNNLM, ScratchRNNLM
+
+V, H, B, T = 11, 6, 4, 7
+FORMS = [("rnn", "after"), ("lstm", "after"), ("gru", "after"), ("gru", "before")]
+FORM_IDS = ["rnn", "lstm", "gru", "gru-d2l"]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def np_cell_unroll(cell: str, gru_reset: str, p: dict, state, tokens_TxB: np.ndarray):
+    """d2l's cells in float64 numpy, one gate at a time from one-hot inputs: (last state, all h)."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    W_x, W_h, b = (np.split(p[k], gates, axis=-1) for k in ("W_xh", "W_hh", "b_h"))
+    h, c = (np.asarray(s, np.float64) for s in state) if cell == "lstm" else (np.asarray(state, np.float64), None)
+    hs = []
+    for tok in tokens_TxB:
+        x = np.eye(V)[tok]
+        if cell == "rnn":
+            h = np.tanh(x @ W_x[0] + h @ W_h[0] + b[0])
+        elif cell == "lstm":  # gates i, f, g (candidate), o
+            i, f, o = (sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1, 3))
+            c = f * c + i * np.tanh(x @ W_x[2] + h @ W_h[2] + b[2])
+            h = o * np.tanh(c)
+        else:  # gates r, z, n
+            r, z = (sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1))
+            if gru_reset == "after":
+                n = np.tanh(x @ W_x[2] + b[2] + r * (h @ W_h[2] + p["b_hn"]))
+            else:
+                n = np.tanh(x @ W_x[2] + (r * h) @ W_h[2] + b[2])
+            h = z * h + (1 - z) * n
+        hs.append(h)
+    return ((h, c) if cell == "lstm" else h), np.stack(hs)
+
+
+def random_params(key: jax.Array, cell: str, gru_reset: str, dtype=jnp.float32) -> dict:
+    """Weights big enough that every gate is far from linear, and non-zero biases."""
+    p = cell_init(key, V, H, 0.5, cell, gru_reset)
+    return {k: (0.4 * jax.random.normal(jax.random.fold_in(key, i), v.shape) if k != "W_xh" else v).astype(dtype)
+            for i, (k, v) in enumerate(p.items())}
+
+
+def random_state(key: jax.Array, cell: str, dtype=jnp.float32):
+    h, c = ((0.5 * jax.random.normal(jax.random.fold_in(key, i), (B, H))).astype(dtype) for i in range(2))
+    return (h, c) if cell == "lstm" else h
+
+
+@pytest.fixture
+def tokens(key) -> jax.Array:
+    return jax.random.randint(jax.random.fold_in(key, 7), (T, B), 0, V)
+
+
+def test_init_shapes(key) -> None:
+    shapes = {c + r: jax.tree.map(jnp.shape, cell_init(key, V, H, cell=c, gru_reset=r)) for c, r in FORMS}
+    assert shapes["rnnafter"] == {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,)}
+    assert shapes["lstmafter"] == {"W_xh": (V, 4 * H), "W_hh": (H, 4 * H), "b_h": (4 * H,)}
+    assert shapes["gruafter"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,), "b_hn": (H,)}
+    assert shapes["grubefore"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,)}
+
+
+@pytest.mark.parametrize(("cell", "gru_reset"), FORMS, ids=FORM_IDS)
+@pytest.mark.parametrize("unroll", [1, T])
+def test_cells_match_float64_numpy(key, tokens, cell: str, gru_reset: str, unroll: int) -> None:
+    p, s0 = random_params(key, cell, gru_reset), random_state(jax.random.fold_in(key, 9), cell)
+    want_s, want_hs = np_cell_unroll(cell, gru_reset, p, s0, np.asarray(tokens))
+    with jax.default_matmul_precision("highest"):
+        got_s, got_hs = rnn_unroll(p, s0, tokens, unroll, hoisted_backward=False, cell=cell, gru_reset=gru_reset)
+    np.testing.assert_allclose(got_hs, want_hs, atol=2e-6)
+    for g, w in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
+        np.testing.assert_allclose(g, w, atol=2e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])  # the tanh cell: test_models.py
+def test_scratch_cells_equal_their_flax_twins(key, tokens, ref, cell: str) -> None:
+    scratch, flax_lm = ScratchRNNLM(V, H, cell=cell, hoisted_backward=False), ConciseRNNLM(V, H, cell=cell)
+    p = {"rnn": random_params(key, cell, "after"), "head": ScratchRNNLM(V, H, sigma=0.5).init(key)["head"]}
+    q = ref.as_flax(cell, p)
+    assert jax.tree.map(jnp.shape, q) == jax.tree.map(jnp.shape, flax_lm.init(key))
+    s0 = random_state(jax.random.fold_in(key, 9), cell)
+    flax_s0 = s0[::-1] if cell == "lstm" else s0  # Flax's LSTM carry is (c, h)
+    with jax.default_matmul_precision("highest"):
+        want, want_s = scratch.forward(p, tokens.T, s0)
+        got, got_s = flax_lm.forward(q, tokens.T, flax_s0)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    got_s = got_s[::-1] if cell == "lstm" else got_s
+    for g, w in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
+        np.testing.assert_allclose(g, w, atol=2e-6)
+
+
+def test_optimized_lstm_cell_equals_lstm_cell(key) -> None:
+    """The concise LSTM uses nn.OptimizedLSTMCell (gates fused); it computes what nn.LSTMCell does."""
+    x = jax.random.normal(key, (B, V))
+    carry = tuple(jax.random.normal(jax.random.fold_in(key, i), (B, H)) for i in (1, 2))
+    params = nn.LSTMCell(H).init(jax.random.fold_in(key, 3), carry, x)
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.fold_in(key, a.size), a.shape), params)
+    assert jax.tree.structure(params) == jax.tree.structure(nn.OptimizedLSTMCell(H).init(key, carry, x))
+    with jax.default_matmul_precision("highest"):
+        want = nn.LSTMCell(H).apply(params, carry, x)
+        got = nn.OptimizedLSTMCell(H).apply(params, carry, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, atol=1e-6)
+
+
+@pytest.mark.parametrize(("cell", "gru_reset", "hoisted"), [(c, r, False) for c, r in FORMS] + [("rnn", "after", True)],
+                         ids=[*FORM_IDS, "rnn-hoisted"])
+def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, gru_reset: str, hoisted: bool) -> None:
+    """<grad, d> against (L(p + eps d) - L(p - eps d)) / 2 eps along random directions d of every
+    parameter and the initial state, for a loss on all outputs and the last state."""
+    with jax.enable_x64(True):
+        p = random_params(key, cell, gru_reset, jnp.float64)
+        s0 = random_state(jax.random.fold_in(key, 9), cell, jnp.float64)
+        w = jax.random.normal(jax.random.fold_in(key, 10), (T, B, H), jnp.float64)
+
+        @jax.jit
+        def loss(p, s0):
+            s, hs = rnn_unroll(p, s0, tokens, 2, "float64", hoisted, cell, gru_reset)
+            return (hs * w).sum() + sum((a**2).sum() for a in jax.tree.leaves(s))
+
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(p, s0)
+        eps = 1e-6
+        for i in range(3):
+            leaves, tree = jax.tree.flatten((p, s0))
+            d = [jax.random.normal(jax.random.fold_in(key, 100 + 10 * i + j), a.shape, jnp.float64)
+                 for j, a in enumerate(leaves)]
+            shifted = [jax.tree.unflatten(tree, [a + sign * eps * b for a, b in zip(leaves, d)]) for sign in (1, -1)]
+            fd = (loss(*shifted[0]) - loss(*shifted[1])) / (2 * eps)
+            ad = sum((g * b).sum() for g, b in zip(jax.tree.leaves(grads), d))
+            np.testing.assert_allclose(ad, fd, rtol=1e-6)
