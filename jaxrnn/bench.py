@@ -1,7 +1,8 @@
 """`jaxrnn bench`: jaxrnn against the chapters' way in JAX (`d2l-way`) and PyTorch, as ratios in one run.
 
-Cases: `seed-train` (the seed config), `large-train` (a big tanh RNN: train tokens/s), `decode-1` and
-`decode-256` (greedy, 1000 new characters for 1 and 256 prompts). Every row has `case, impl, cell,
+Cases: `seed-train` (the seed config), `large-train` (a big model: train tokens/s), `decode-1` and
+`decode-256` (greedy, 1000 new characters for 1 and 256 prompts), each for the tanh RNN, the LSTM and
+the GRU (`--cells`). Every row has `case, impl, cell,
 backend, wall_s, compile_s, tokens_per_s, val_ppl` (null where it does not apply); wall_s excludes
 compilation. torch rows appear when torch is installed (`pip install 'jaxrnn[bench]'`).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 
 from jaxrnn import cells
-from jaxrnn.config import Config
+from jaxrnn.config import CELLS, Config
 from jaxrnn.data import Corpus, epoch_order, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
@@ -42,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json-out", metavar="FILE", help="also write the rows as a JSON list")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run (default all)")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations (default all)")
+    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS), help="recurrent cells (default all)")
     p.add_argument("--data", metavar="FILE", help="corpus (default The Time Machine)")
 
 
@@ -57,13 +60,13 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- jaxrnn: fused training, jitted decoding
 
-def jaxrnn_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
+def jaxrnn_train(case: str, impl: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
     """Time `fit` (the fused path `jaxrnn train` uses); compilation is timed apart by `fit` itself."""
     timings: dict[str, float] = {}
     _, history = fit(cfg, corpus, build_model(cfg, len(corpus.vocab)), timings=timings)
     tokens = cfg.epochs * len(corpus.train) * cfg.num_steps
     val = history[-1]["val_ppl"] if case == "seed-train" else None
-    return row(case, f"jaxrnn-{cfg.name}", timings["train_s"], timings["compile_s"], tokens / timings["train_s"], val)
+    return row(case, impl, timings["train_s"], timings["compile_s"], tokens / timings["train_s"], val, cfg.cell)
 
 
 def _time_calls(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
@@ -79,21 +82,27 @@ def _time_calls(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def jaxrnn_decode(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
+def jaxrnn_decode(case: str, impl: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
     model = build_model(cfg, len(corpus.vocab))
     params = model.init(jax.random.key(cfg.seed))
     prompts = [corpus.vocab.encode(PROMPT)] * batch
     with jax.default_matmul_precision(cfg.precision):
         first, wall = _time_calls(lambda: generate(model, params, prompts, DECODE_CHARS), reps)
-    return row(case, f"jaxrnn-{cfg.name}", wall, first - wall, batch * DECODE_CHARS / wall)
+    return row(case, impl, wall, first - wall, batch * DECODE_CHARS / wall, cell=cfg.cell)
 
 
 # ---------------------------------------------------------------- d2l-way: the chapters' loop in JAX
 
-def _d2l_forward(params: dict, X_BxT: jax.Array, V: int) -> jax.Array:
-    """d2l's RNNLMScratch: one-hot inputs, the chapter's rnn_step in a scan, outputs stacked, head."""
-    h0 = jnp.zeros((X_BxT.shape[0], params["rnn"]["W_hh"].shape[0]))
-    _, hs_TxBxH = cells.rnn_scan(params["rnn"], h0, jax.nn.one_hot(X_BxT.T, V))
+def _d2l_step(cfg: Config, p: dict, state: cells.State, x_BxV: jax.Array) -> tuple[cells.State, jax.Array]:
+    """One step of d2l's scratch cells: the one-hot input's matmul inside the step, then the gates."""
+    return cells.cell_step(cfg.cell, cfg.gru_reset)(p, state, x_BxV @ p["W_xh"] + p["b_h"])
+
+
+def _d2l_forward(cfg: Config, params: dict, X_BxT: jax.Array, V: int) -> jax.Array:
+    """d2l's RNNLMScratch: one-hot inputs, the cell's step in a scan, outputs stacked, head."""
+    state = cells.zero_state(cfg.cell, X_BxT.shape[0], cfg.hidden)
+    step = functools.partial(_d2l_step, cfg, params["rnn"])
+    _, hs_TxBxH = jax.lax.scan(step, state, jax.nn.one_hot(X_BxT.T, V))
     return (hs_TxBxH @ params["head"]["W_hq"] + params["head"]["b_q"]).swapaxes(0, 1)
 
 
@@ -101,13 +110,13 @@ def d2l_way_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
     """A Python loop over numpy batches calling a jitted loss-and-grad, the optax update applied eagerly,
     the loss read back each step (d2l's board), and validation batch by batch: the chapters' way."""
     V = len(corpus.vocab)
-    model = build_model(cfg.replace(model="scratch"), V)
+    model = build_model(cfg.replace(impl="scratch"), V)
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg.seed)
     params, opt_state = state.params, state.opt_state
 
     def loss(p, X, Y):
-        return optax.softmax_cross_entropy_with_integer_labels(_d2l_forward(p, X, V), Y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(_d2l_forward(cfg, p, X, V), Y).mean()
 
     value_and_grad = jax.jit(jax.value_and_grad(loss))
     eval_loss = jax.jit(loss)
@@ -132,24 +141,24 @@ def d2l_way_train(case: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
             val_ppl = perplexity(tot / len(corpus.val))
     wall = time.perf_counter() - t0
     tokens = cfg.epochs * len(corpus.train) * cfg.num_steps
-    return row(case, "d2l-way", wall, compile_s, tokens / wall, val_ppl)
+    return row(case, "d2l-way", wall, compile_s, tokens / wall, val_ppl, cfg.cell)
 
 
 def d2l_way_decode(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
     """d2l's predict: one jitted call per character, the argmax read back to Python each time."""
     V = len(corpus.vocab)
-    model = build_model(cfg.replace(model="scratch"), V)
+    model = build_model(cfg.replace(impl="scratch"), V)
     params = model.init(jax.random.key(cfg.seed))
 
     @jax.jit
-    def step(p, h, X):
-        h = cells.rnn_step(p["rnn"], h, jax.nn.one_hot(X, V))
-        return h, h @ p["head"]["W_hq"] + p["head"]["b_q"]
+    def step(p, state, X):
+        state, h = _d2l_step(cfg, p["rnn"], state, jax.nn.one_hot(X, V))
+        return state, h @ p["head"]["W_hq"] + p["head"]["b_q"]
 
     prompt = corpus.vocab.encode(PROMPT)
 
     def predict() -> list:
-        h = jnp.zeros((batch, cfg.hidden))
+        h = cells.zero_state(cfg.cell, batch, cfg.hidden)
         out = [np.full(batch, prompt[0])]
         for i in range(len(prompt) + DECODE_CHARS - 1):
             h, Y = step(params, h, jnp.asarray(out[-1]))
@@ -157,13 +166,14 @@ def d2l_way_decode(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int
         return out
 
     first, wall = _time_calls(predict, reps)
-    return row(case, "d2l-way", wall, max(first - wall, 0.0), batch * DECODE_CHARS / wall)
+    return row(case, "d2l-way", wall, max(first - wall, 0.0), batch * DECODE_CHARS / wall, cell=cfg.cell)
 
 
 # ---------------------------------------------------------------- torch: nn.RNN written well
 
 def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) -> dict[str, Any]:
-    """PyTorch `nn.RNN` with data on the device, `clip_grad_norm_`, no host sync (cuDNN on GPU)."""
+    """PyTorch `nn.RNN`/`nn.LSTM`/`nn.GRU` with data on the device, `clip_grad_norm_`, no host sync
+    (cuDNN on GPU)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -176,7 +186,7 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
     class LM(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = nn.RNN(V, cfg.hidden)
+            self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell](V, cfg.hidden)
             self.head = nn.Linear(cfg.hidden, V)
 
         def forward(self, x_BxT, h=None):
@@ -211,7 +221,7 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
             predict()
             times.append(time.perf_counter() - t0)
         wall = statistics.median(times)
-        return row(case, "torch", wall, first - wall, batch * DECODE_CHARS / wall, backend=backend)
+        return row(case, "torch", wall, first - wall, batch * DECODE_CHARS / wall, cell=cfg.cell, backend=backend)
 
     train = torch.tensor(corpus.train, device=dev).long()
     val = torch.tensor(corpus.val, device=dev).long()
@@ -245,7 +255,8 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
             tot = sum(F.cross_entropy(model(w[:, :-1])[0].reshape(-1, V), w[:, 1:].T.reshape(-1),
                                       reduction="sum").item() for w in val.split(cfg.batch_size))
         val_ppl = perplexity(tot / val[:, 1:].numel())
-    return row(case, "torch", wall, compile_s, cfg.epochs * len(train) * cfg.num_steps / wall, val_ppl, backend=backend)
+    return row(case, "torch", wall, compile_s, cfg.epochs * len(train) * cfg.num_steps / wall, val_ppl, cfg.cell,
+               backend)
 
 
 def torch_available() -> bool:
@@ -283,27 +294,29 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     corpora: dict[int, Corpus] = {}
     for case in args.cases:
-        cfg, reps = case_configs(case, args.quick, on_gpu)
-        key = cfg.num_steps
-        if key not in corpora:
-            corpora[key] = load_corpus(args.data, cfg.num_steps, 10000, 5000)
-        corpus = corpora[key]
+        base, reps = case_configs(case, args.quick, on_gpu)
+        if base.num_steps not in corpora:
+            corpora[base.num_steps] = load_corpus(args.data, base.num_steps, 10000, 5000)
+        corpus = corpora[base.num_steps]
         if case == "large-train":
-            corpus = first_windows(corpus, cfg)
+            corpus = first_windows(corpus, base)
         batch = 256 if case == "decode-256" else 1
-        for impl in args.impls:
-            if impl == "torch" and not have_torch:
-                continue
-            log(f"{case} {impl} ...")
-            training = case.endswith("train")
-            if impl.startswith("jaxrnn-"):
-                c = cfg.replace(model=impl.split("-")[1])
-                r = jaxrnn_train(case, c, corpus) if training else jaxrnn_decode(case, c, corpus, batch, reps)
-            elif impl == "d2l-way":
-                r = d2l_way_train(case, cfg, corpus) if training else d2l_way_decode(case, cfg, corpus, batch, reps)
-            else:
-                r = torch_rows(case, cfg, corpus, batch, reps)
-            rows.append(r)
+        training = case.endswith("train")
+        for cell in args.cells:
+            cfg = base.replace(cell=cell)
+            for impl in args.impls:
+                if impl == "torch" and not have_torch:
+                    continue
+                log(f"{case} {cell} {impl} ...")
+                if impl.startswith("jaxrnn-"):
+                    c = cfg.replace(impl="scratch" if impl == "jaxrnn-scratch" else "flax")
+                    r = (jaxrnn_train(case, impl, c, corpus) if training
+                         else jaxrnn_decode(case, impl, c, corpus, batch, reps))
+                elif impl == "d2l-way":
+                    r = d2l_way_train(case, cfg, corpus) if training else d2l_way_decode(case, cfg, corpus, batch, reps)
+                else:
+                    r = torch_rows(case, cfg, corpus, batch, reps)
+                rows.append(r)
     return rows
 
 
@@ -316,13 +329,13 @@ def _fmt(v: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Rows with each one's tokens/s as a ratio to the d2l-way and torch rows of the same case."""
-    head = f"{'case':<12} {'impl':<22} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
+    head = f"{'case':<12} {'cell':<5} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
            f"{'val_ppl':>7} {'x d2l-way':>9} {'x torch':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         base = {b["impl"]: b["tokens_per_s"] for b in rows if b["case"] == r["case"] and b["cell"] == r["cell"]}
         ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) else None for k in ("d2l-way", "torch")]
-        lines.append(f"{r['case']:<12} {r['impl']:<22} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
+        lines.append(f"{r['case']:<12} {r['cell']:<5} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
                      f"{_fmt(r['compile_s'], '9.2f')} {_fmt(r['tokens_per_s'], '11,.0f')} {_fmt(r['val_ppl'], '7.2f')} "
                      f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}")
     return "\n".join(lines)

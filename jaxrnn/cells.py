@@ -69,28 +69,43 @@ def rnn_scan(params: CellParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, A
     return lax.scan(step, h_BxH, x_TxBxV)
 
 
-# Each step maps (params, state, xw) to (state, h), where xw = x W_xh + b_h was computed beforehand.
+# A step maps (params, state, xw) to (state, h), where xw = x W_xh + b_h was computed beforehand. For
+# every cell but d2l's GRU the step is one matmul g = h W_hh followed by an update that uses no
+# weight matrix; `recurrence`'s backward relies on that split.
 
-def _tanh_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
-    h = jnp.tanh(xw + h @ p["W_hh"])
+def _hidden(state: State) -> Array:
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _tanh_update(p: CellParams, h: Array, xw: Array, g: Array) -> tuple[Array, Array]:
+    h = jnp.tanh(xw + g)
     return h, h
 
 
-def _lstm_step(p: CellParams, state: tuple[Array, Array], xw: Array) -> tuple[tuple[Array, Array], Array]:
-    h, c = state
-    i, f, g, o = jnp.split(xw + h @ p["W_hh"], 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+def _lstm_update(p: CellParams, state: tuple[Array, Array], xw: Array, g: Array) -> tuple[tuple[Array, Array], Array]:
+    _, c = state
+    i, f, cand, o = jnp.split(xw + g, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(cand)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (h, c), h
 
 
-def _gru_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
+def _gru_update(p: CellParams, h: Array, xw: Array, g: Array) -> tuple[Array, Array]:
     """Flax's and cuDNN's GRU: n = tanh(x W_xn + b_n + r * (h W_hn + b_hn))."""
     x_r, x_z, x_n = jnp.split(xw, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(h @ p["W_hh"], 3, axis=-1)
-    r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-    h = (1 - z) * jnp.tanh(x_n + r * (h_n + p["b_hn"])) + z * h
+    g_r, g_z, g_n = jnp.split(g, 3, axis=-1)
+    r, z = jax.nn.sigmoid(x_r + g_r), jax.nn.sigmoid(x_z + g_z)
+    h = (1 - z) * jnp.tanh(x_n + r * (g_n + p["b_hn"])) + z * h
     return h, h
+
+
+UPDATES = {"rnn": _tanh_update, "lstm": _lstm_update, "gru": _gru_update}
+
+
+def _matmul_then(update: Callable) -> Callable:
+    def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
+        return update(p, state, xw, _hidden(state) @ p["W_hh"])
+    return step
 
 
 def _gru_d2l_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
@@ -104,9 +119,9 @@ def _gru_d2l_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
 
 def cell_step(cell: str, gru_reset: str = "after") -> Callable[[CellParams, State, Array], tuple[State, Array]]:
     """The step function of a cell: (params, state, xw) -> (state, h)."""
-    if cell == "gru":
-        return _gru_step if gru_reset == "after" else _gru_d2l_step
-    return {"rnn": _tanh_step, "lstm": _lstm_step}[cell]
+    if cell == "gru" and gru_reset == "before":
+        return _gru_d2l_step
+    return _matmul_then(UPDATES[cell])
 
 
 def rnn_unroll(params: CellParams, state: State, tokens_TxB: Array, unroll: int = 1, dtype: str = "float32",
@@ -139,7 +154,7 @@ def tanh_recurrence(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array, unroll: int = 1
 
 
 def _recur(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array, unroll: int) -> Array:
-    return lax.scan(functools.partial(_tanh_step, {"W_hh": W_hh}), h0_BxH, xw_TxBxH, unroll=unroll)[1]
+    return lax.scan(functools.partial(cell_step("rnn"), {"W_hh": W_hh}), h0_BxH, xw_TxBxH, unroll=unroll)[1]
 
 
 def _recur_fwd(W_hh, h0_BxH, xw_TxBxH, unroll):
@@ -164,3 +179,4 @@ def _recur_bwd(unroll, res, dhs_TxBxH):
 
 
 tanh_recurrence.defvjp(_recur_fwd, _recur_bwd)
+

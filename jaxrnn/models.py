@@ -135,18 +135,21 @@ class ConciseRNNLM:
 
 def build_model(cfg: Config, vocab_size: int) -> LanguageModel:
     """The model a config names, tuned for the default backend where the config leaves it open."""
-    hoisted, unroll = recurrence_plan(cfg.hidden, jax.default_backend())
+    hoisted, unroll = recurrence_plan(cfg.hidden, jax.default_backend(), cfg.cell)
     unroll = min(cfg.unroll or unroll, cfg.num_steps)
     if cfg.impl == "scratch":
         return ScratchRNNLM(vocab_size, cfg.hidden, cfg.sigma, unroll, cfg.dtype, hoisted, cfg.cell, cfg.gru_reset)
     return ConciseRNNLM(vocab_size, cfg.hidden, unroll, cfg.dtype, cfg.cell)
 
 
-def recurrence_plan(hidden: int, backend: str) -> tuple[bool, int]:
+def recurrence_plan(hidden: int, backend: str, cell: str = "rnn") -> tuple[bool, int]:
     """(hoisted backward?, scan unroll), the fastest measured (docs/benchmarks.md): on GPUs the
     hoisted backward of `cells.tanh_recurrence` with unroll 8 (1.2-1.4x over autodiff); on CPUs,
-    for small hidden sizes autodiff's backward fully unrolled, for large ones the hoisted backward
-    with no unroll (about 10% either way)."""
+    for small tanh RNNs autodiff's backward fully unrolled, for large ones the hoisted backward with
+    no unroll (about 10% either way); LSTM and GRU on CPUs with no unroll (at the seed shape unroll 4
+    is 1.3-1.8x slower, unroll 8 2-4x)."""
     if backend != "cpu":
         return True, 8
+    if cell != "rnn":
+        return False, 1
     return (False, 32) if hidden < 128 else (True, 1)

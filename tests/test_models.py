@@ -116,3 +116,4 @@ def test_recurrence_plan_by_backend_and_size() -> None:
     assert recurrence_plan(32, "gpu") == (True, 8)
     assert recurrence_plan(32, "cpu") == (False, 32)
     assert recurrence_plan(256, "cpu") == (True, 1)
+    assert recurrence_plan(32, "cpu", "lstm") == recurrence_plan(32, "cpu", "gru") == (False, 1)

@@ -1,11 +1,12 @@
 """Measure what each knob buys: train tokens/s of the fused path over a grid of unroll, matmul
 precision and compute dtype, for the seed shape and the large shape, in one process.
 
-usage: python tools/ablate.py [--shape seed|large] [--models scratch concise] [--unroll 1 8 32]
+usage: python tools/ablate.py [--shape seed|large] [--models scratch concise] [--cells rnn lstm gru] [--unroll 1 8 32]
        [--precision highest default] [--dtype float32 bfloat16] [--epochs N] [--json-out FILE]
 """
 
 import argparse
+import itertools
 import json
 import sys
 
@@ -13,12 +14,14 @@ import jax
 
 from jaxrnn.bench import case_configs, first_windows, jaxrnn_train, table
 from jaxrnn.data import load_corpus
+from jaxrnn.parallel import use_cpu_cores
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["seed", "large"], default="seed")
-    p.add_argument("--models", nargs="+", default=["scratch", "concise"])
+    p.add_argument("--models", nargs="+", default=["scratch", "concise"], help="scratch or concise (Flax) impls")
+    p.add_argument("--cells", nargs="+", default=["rnn"])
     p.add_argument("--unroll", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--precision", nargs="+", default=["highest", "default"])
     p.add_argument("--dtype", nargs="+", default=["float32"])
@@ -26,6 +29,7 @@ def main() -> int:
     p.add_argument("--json-out")
     a = p.parse_args()
     case = "seed-train" if a.shape == "seed" else "large-train"
+    use_cpu_cores(None, 64)  # as `jaxrnn train` and `jaxrnn bench` do
     base, _ = case_configs(case, quick=False, on_gpu=jax.default_backend() == "gpu")
     if a.epochs:
         base = base.replace(epochs=a.epochs)
@@ -33,15 +37,12 @@ def main() -> int:
     if case == "large-train":
         corpus = first_windows(corpus, base)
     rows = []
-    for model in a.models:
-        for unroll in a.unroll:
-            for precision in a.precision:
-                for dtype in a.dtype:
-                    cfg = base.replace(model=model, unroll=unroll, precision=precision, dtype=dtype)
-                    r = jaxrnn_train(case, cfg, corpus)
-                    r["impl"] = f"{model} u{unroll} {precision[:4]} {dtype[:4]}"
-                    print(json.dumps(r), file=sys.stderr, flush=True)
-                    rows.append(r)
+    for model, cell, unroll, precision, dtype in itertools.product(a.models, a.cells, a.unroll, a.precision, a.dtype):
+        cfg = base.replace(model=model, unroll=unroll, precision=precision, dtype=dtype)
+        cfg = cfg.replace(cell=cell, impl=cfg.impl)
+        r = jaxrnn_train(case, f"{model} u{unroll} {precision[:4]} {dtype[:4]}", cfg, corpus)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+        rows.append(r)
     print(table(rows))
     if a.json_out:
         json.dump(rows, open(a.json_out, "w"), indent=1)
