@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", default="time traveller", help="warm-up text (default 'time traveller')")
     s.add_argument("--num-preds", type=int, default=50, help="characters to generate (default 50)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
+    s.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the k most likely characters only")
+    s.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of characters whose "
+                   "probability reaches p (nucleus sampling; default 1: all)")
+    s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to print, one per line (default 1)")
     s.add_argument("--seed", type=_non_negative_int, default=0, help="seed for sampling (default 0)")
     s.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
 
@@ -161,13 +165,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from jaxrnn import run
+    from jaxrnn.sample import check_sampling
 
-    if args.num_preds < 0:
-        raise JaxrnnError(f"--num-preds must be >= 0, got {args.num_preds}; pass 0 or more")
     if not args.prefix:
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
+    check_sampling(args.num_preds, args.temperature, args.top_k, args.top_p)  # before the restore
     trained = run.load(args.run, args.step)
-    print(trained.predict(args.prefix, args.num_preds, args.temperature, args.seed), flush=True)
+    for text in trained.samples(args.prefix, args.num_preds, args.num_samples, args.temperature, args.seed,
+                                args.top_k, args.top_p):
+        print(text, flush=True)
     return 0
 
 

@@ -27,7 +27,7 @@ from jaxrnn.config import Config
 from jaxrnn.data import Corpus, Vocab, batch_plan, file_windows, load_corpus
 from jaxrnn.errors import CheckpointError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
-from jaxrnn.sample import predict
+from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
@@ -61,10 +61,18 @@ class Trained:
             raise JaxrnnError("this run has no validation perplexity recorded; run 'jaxrnn eval --run RUN_DIR'")
         return self.saved_val_ppl
 
-    def predict(self, prefix: str, num_preds: int = 50, temperature: float = 0.0, seed: int = 0) -> str:
-        """d2l's predict: `prefix` plus `num_preds` characters, greedy unless a temperature is given."""
+    def predict(self, prefix: str, num_preds: int = 50, temperature: float = 0.0, seed: int = 0, top_k: int = 0,
+                top_p: float = 1.0) -> str:
+        """d2l's predict: `prefix` plus `num_preds` characters, greedy unless a temperature is given
+        (then also restricted to the `top_k` most likely tokens and the `top_p` nucleus, if given)."""
+        return self.samples(prefix, num_preds, 1, temperature, seed, top_k, top_p)[0]
+
+    def samples(self, prefix: str, num_preds: int = 50, num_samples: int = 1, temperature: float = 0.0, seed: int = 0,
+                top_k: int = 0, top_p: float = 1.0) -> list[str]:
+        """`num_samples` continuations of `prefix`, drawn as one batch."""
         with jax.default_matmul_precision(self.cfg.precision):
-            return predict(self.model, self.params, self.vocab, prefix, num_preds, temperature, seed)
+            return samples(self.model, self.params, self.vocab, prefix, num_preds, num_samples, temperature, seed,
+                           top_k, top_p)
 
 
 def log(msg: str) -> None:

@@ -21,9 +21,26 @@ from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_preds", "greedy", "unroll"))
+def filter_logits(logits_BxV: Array, top_k: int, top_p: Array | None) -> Array:
+    """Logits outside the `top_k` largest (0: no limit), and then outside the smallest set of the most
+    likely tokens left whose renormalised probability reaches `top_p` (None: no limit; the most likely
+    token always stays), set to -inf; the order of Hugging Face's top-k and top-p warpers."""
+    if top_k:
+        kth_Bx1 = lax.top_k(logits_BxV, top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+    if top_p is not None:
+        sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # mass of the more likely tokens
+        kept_BxV = jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf)
+        logits_BxV = jnp.where(logits_BxV < kept_BxV.min(-1, keepdims=True), -jnp.inf, logits_BxV)
+    return logits_BxV
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_preds", "greedy", "unroll", "top_k", "nucleus"))
 def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_B: Array, key: Array,
-              temperature: Array, num_preds: int, greedy: bool, unroll: int) -> Array:
+              temperature: Array, top_p: Array, num_preds: int, greedy: bool, unroll: int, top_k: int,
+              nucleus: bool) -> Array:
     B, P = prompts_BxP.shape
     logits_BxV = jnp.zeros((B, model.vocab_size))
 
@@ -41,7 +58,8 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
         if greedy:
             tok_B = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
-            tok_B = jax.random.categorical(k, logits / temperature).astype(jnp.int32)
+            kept = filter_logits(logits / temperature, top_k, top_p if nucleus else None)
+            tok_B = jax.random.categorical(k, kept).astype(jnp.int32)
         logits, h = model.forward(params, tok_B[:, None], h)
         return (h, logits[:, 0]), tok_B
 
@@ -51,13 +69,13 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
 
 
 def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], num_preds: int,
-             temperature: float = 0.0, seed: int = 0, unroll: int = 8) -> np.ndarray:
-    """`num_preds` new token ids for each prompt (lists of ids, each at least one long): greedy when
-    `temperature` is 0, else sampled from softmax(logits / temperature) with the given seed."""
-    if num_preds < 0:
-        raise JaxrnnError(f"--num-preds must be >= 0, got {num_preds}; pass 0 or more")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise JaxrnnError(f"--temperature must be a finite number >= 0, got {temperature}; 0 decodes greedily")
+             temperature: float = 0.0, seed: int = 0, unroll: int = 8, top_k: int = 0,
+             top_p: float = 1.0) -> np.ndarray:
+    """`num_preds` new token ids for each prompt (lists of ids, each at least one long), as one
+    compiled call: greedy when `temperature` is 0, else sampled with the given seed from
+    softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all) and to the
+    nucleus of probability `top_p` (1: all). Each prompt of a batch draws its own tokens."""
+    check_sampling(num_preds, temperature, top_k, top_p)
     if any(len(p) == 0 for p in prompts):
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
     if num_preds == 0:
@@ -67,8 +85,24 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
     for i, p in enumerate(prompts):
         padded[i, : len(p)] = p
     toks = _generate(model, params, jnp.asarray(padded), jnp.asarray(lengths), jax.random.key(seed),
-                     jnp.float32(max(temperature, 1e-6)), num_preds, temperature == 0.0, max(1, min(unroll, num_preds)))
+                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), num_preds, temperature == 0.0,
+                     max(1, min(unroll, num_preds)), min(top_k, model.vocab_size), top_p < 1.0)
     return np.asarray(toks)
+
+
+def check_sampling(num_preds: int, temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse settings that cannot decode, naming the flag to fix."""
+    if num_preds < 0:
+        raise JaxrnnError(f"--num-preds must be >= 0, got {num_preds}; pass 0 or more")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise JaxrnnError(f"--temperature must be a finite number >= 0, got {temperature}; 0 decodes greedily")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise JaxrnnError(f"--top-k must be an integer >= 0, got {top_k!r}; 0 keeps every token")
+    if not 0 < top_p <= 1:
+        raise JaxrnnError(f"--top-p must be in (0, 1], got {top_p}; 1 keeps every token")
+    if temperature == 0 and (top_k or top_p < 1):
+        raise JaxrnnError("--top-k and --top-p restrict sampling, and temperature 0 decodes greedily; "
+                          "pass --temperature > 0 (1 samples from the model's own distribution)")
 
 
 def encode_prompt(vocab: Vocab, prefix: str) -> np.ndarray:
@@ -83,7 +117,17 @@ def encode_prompt(vocab: Vocab, prefix: str) -> np.ndarray:
 
 
 def predict(model: LanguageModel, params: Params, vocab: Vocab, prefix: str, num_preds: int,
-            temperature: float = 0.0, seed: int = 0) -> str:
+            temperature: float = 0.0, seed: int = 0, top_k: int = 0, top_p: float = 1.0) -> str:
     """d2l's predict: the prefix followed by `num_preds` generated characters."""
-    toks = generate(model, params, [encode_prompt(vocab, prefix)], num_preds, temperature, seed)
-    return prefix + vocab.decode(toks[0])
+    return samples(model, params, vocab, prefix, num_preds, 1, temperature, seed, top_k, top_p)[0]
+
+
+def samples(model: LanguageModel, params: Params, vocab: Vocab, prefix: str, num_preds: int, num_samples: int,
+            temperature: float = 0.0, seed: int = 0, top_k: int = 0, top_p: float = 1.0) -> list[str]:
+    """`num_samples` continuations of one prefix in one batch, each drawing its own characters
+    (all the same when greedy)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise JaxrnnError(f"--num-samples must be a positive integer, got {num_samples!r}; pass 1 or more")
+    prompts = [encode_prompt(vocab, prefix)] * num_samples
+    toks = generate(model, params, prompts, num_preds, temperature, seed, top_k=top_k, top_p=top_p)
+    return [prefix + vocab.decode(t) for t in toks]

@@ -58,6 +58,8 @@ def used(run_python, work: Path, trained) -> dict[str, subprocess.CompletedProce
     run = str(work / "scratch")
     commands = {f"sample-{m}": ["sample", "--run", str(work / m), "--prefix", "time traveller", "--num-preds", "50"]
                 for m in MODELS}
+    commands["sample-many"] = ["sample", "--run", str(work / "lstm-flax"), "--num-samples", "3", "--temperature", "1",
+                               "--top-k", "5", "--top-p", "0.9", "--num-preds", "40", "--seed", "7"]
     commands.update({name: [a.replace("{run}", run) for a in args]
                      for name, (args, _) in BAD_INPUTS.items() if "{run}" in args})
     return run_all(run_python, work, commands)
@@ -124,6 +126,8 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
     "model-contradicts-impl": (["train", "--model", "concise", "--impl", "scratch", *TINY_FLAGS, "--out", "mi"], "mi"),
     "gru-reset-on-flax": (["train", "--cell", "gru", "--impl", "flax", "--gru-reset", "before", "--out", "gr"], "gr"),
     "unknown-cell": (["train", "--cell", "transformer"], None),
+    "top-k-when-greedy": (["sample", "--run", "{run}", "--top-k", "3"], None),
+    "top-p-above-one": (["sample", "--run", "{run}", "--temperature", "1", "--top-p", "1.5"], None),
 }
 
 
@@ -146,6 +150,14 @@ def test_bad_input_exits_2_with_one_line(trained, used, work: Path, name: str) -
     left_alone = BAD_INPUTS[name][1]
     if left_alone:
         assert not (work / left_alone).exists()  # no half-made run directory
+
+
+def test_sample_prints_one_line_per_sample(used) -> None:
+    proc = used["sample-many"]
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and len(set(lines)) == 3
+    assert all(line.startswith("time traveller") and len(line) == len("time traveller") + 40 for line in lines)
 
 
 def test_existing_run_is_left_intact(used, work: Path) -> None:

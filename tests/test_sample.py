@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,20 +12,21 @@ import pytest
 
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import ConciseRNNLM, ScratchRNNLM
-from jaxrnn.sample import generate, predict
+from jaxrnn.sample import generate, predict, samples
 
 H = 16
 
 
-@pytest.fixture(scope="module", params=["scratch", "concise"])
+@pytest.fixture(scope="module", params=["scratch", "concise", "lstm-scratch", "gru-flax"])
 def lm(request, tiny_corpus):
     """(model, params, vocab) with weights big enough that greedy decoding has clear winners."""
     key, V = jax.random.key(1), len(tiny_corpus.vocab)
-    if request.param == "scratch":
-        model = ScratchRNNLM(V, H)
-        params = ScratchRNNLM(V, H, sigma=0.5).init(key)
+    cell = request.param.split("-")[0] if "-" in request.param else "rnn"
+    if request.param in ("scratch", "lstm-scratch"):
+        model = ScratchRNNLM(V, H, cell=cell)
+        params = ScratchRNNLM(V, H, sigma=0.5, cell=cell).init(key)
     else:
-        model = ConciseRNNLM(V, H)
+        model = ConciseRNNLM(V, H, cell=cell)
         params = model.init(key)
     params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.fold_in(key, a.size), a.shape), params)
     return model, params, tiny_corpus.vocab
@@ -50,7 +52,7 @@ def test_predict_equals_d2l_loop(lm) -> None:
     with jax.default_matmul_precision("highest"):
         want = d2l_predict(model, params, vocab, "time traveller", 20)
         got = predict(model, params, vocab, "time traveller", 20)
-    assert got == want and len(got) == len("time traveller") + 20
+    assert got == want and len(got.replace("<unk>", "?")) == len("time traveller") + 20
     assert len(set(got[14:])) > 1  # not one repeated character
 
 
@@ -76,13 +78,46 @@ def test_sampling_follows_softmax_over_temperature(lm) -> None:
     """The first sampled token's frequencies over 4000 identical prompts match softmax(logits / T)."""
     model, params, vocab = lm
     prompt, temperature = vocab.encode("the"), 0.7
-    logits, _ = jax.jit(model.forward)(params, jnp.asarray(prompt)[None], model.init_state(1))
-    z = np.asarray(logits[0, -1], np.float64) / temperature
-    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    p = first_token_probs(model, params, prompt, temperature)
     toks = generate(model, params, [prompt] * 4000, 1, temperature=temperature, seed=3)[:, 0]
     freq = np.bincount(toks, minlength=len(vocab)) / len(toks)
     assert np.abs(freq - p).max() < 0.04  # about 5 standard errors
     assert p.max() < 0.9  # far from greedy, so the check means something
+
+
+def first_token_probs(model, params, prompt: list[int], temperature: float) -> np.ndarray:
+    """softmax(logits / T) of the token after `prompt`, in float64."""
+    logits, _ = jax.jit(model.forward)(params, jnp.asarray(prompt)[None], model.init_state(1))
+    z = np.asarray(logits[0, -1], np.float64) / temperature
+    return np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+
+
+@pytest.mark.parametrize("top_k, nucleus", [(3, None), (0, 3), (5, 3)])
+def test_top_k_and_top_p_sample_from_the_renormalised_head(lm, top_k: int, nucleus: int | None) -> None:
+    """Over 4000 identical prompts the first token only ever comes from the top k, and then from the
+    smallest set of the most likely of those whose (renormalised) probability reaches p, as Hugging
+    Face's warpers do; frequencies follow the renormalised probabilities. p is set from the
+    distribution so that the nucleus holds `nucleus` tokens."""
+    model, params, vocab = lm
+    prompt, temperature = vocab.encode("the"), 1.5
+    p = first_token_probs(model, params, prompt, temperature)
+    order = np.argsort(-p)
+    q = p[order][: top_k or len(p)] / p[order][: top_k or len(p)].sum()  # after top-k, most likely first
+    top_p = 1.0 if nucleus is None else float(q[: nucleus - 1].sum() + 0.5 * q[nucleus - 1])
+    kept = (np.cumsum(q) - q) < top_p
+    assert kept.sum() == (nucleus or top_k)
+    want = np.zeros_like(p)
+    want[order[: len(q)][kept]] = q[kept] / q[kept].sum()
+    toks = generate(model, params, [prompt] * 4000, 1, temperature=temperature, seed=5, top_k=top_k, top_p=top_p)
+    freq = np.bincount(toks[:, 0], minlength=len(vocab)) / len(toks)
+    assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(want))
+    assert np.abs(freq - want).max() < 0.04  # about 5 standard errors
+
+
+def test_top_k_one_is_greedy(lm) -> None:
+    model, params, vocab = lm
+    greedy = predict(model, params, vocab, "time traveller", 30)
+    assert predict(model, params, vocab, "time traveller", 30, temperature=0.8, seed=2, top_k=1) == greedy
 
 
 def test_zero_predictions_return_prefix(lm) -> None:
@@ -111,6 +146,25 @@ def test_unknown_prompt_chars_warn_and_read_as_unk(lm, capsys) -> None:
     assert got == "Time traveller!" + vocab.decode(generate(model, params, [ids], 20)[0])
     predict(model, params, vocab, "time traveller", 20)
     assert capsys.readouterr().err == ""  # no warning when every character is known
+
+
+@pytest.mark.parametrize("kw, flag", [({"top_k": -1, "temperature": 1.0}, "--top-k"),
+                                      ({"top_p": 0.0, "temperature": 1.0}, "--top-p"),
+                                      ({"top_p": 1.5, "temperature": 1.0}, "--top-p"),
+                                      ({"top_k": 3}, "--temperature > 0")])
+def test_invalid_top_k_top_p_raise(tiny_corpus, kw: dict, flag: str) -> None:
+    model = ScratchRNNLM(len(tiny_corpus.vocab), 4)
+    with pytest.raises(JaxrnnError, match=re.escape(flag)):
+        predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, **kw)
+
+
+def test_samples_draw_independently(lm) -> None:
+    model, params, vocab = lm
+    texts = samples(model, params, vocab, "time traveller", 30, 4, temperature=1.0, seed=0)
+    assert len(texts) == 4 and len(set(texts)) == 4 and all(t.startswith("time traveller") for t in texts)
+    assert texts[0] == samples(model, params, vocab, "time traveller", 30, 4, temperature=1.0, seed=0)[0]
+    greedy = predict(model, params, vocab, "time traveller", 30)
+    assert samples(model, params, vocab, "time traveller", 30, 3) == [greedy] * 3
 
 
 @pytest.mark.parametrize("temperature", [-1.0, math.nan])
