@@ -24,9 +24,7 @@ from jax import Array, lax
 
 CellParams = dict[str, Array]  # W_xh [V, G*H], W_hh [H, G*H], b_h [G*H], and the GRU's b_hn [H]
 State = Any  # h [B, H], or (h, c) for the LSTM
-CELLS = ("rnn", "lstm", "gru")
-GRU_RESETS = ("after", "before")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # the cells of config.CELLS
 
 
 def cell_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01, cell: str = "rnn",
@@ -70,8 +68,8 @@ def rnn_scan(params: CellParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, A
 
 
 # A step maps (params, state, xw) to (state, h), where xw = x W_xh + b_h was computed beforehand. For
-# every cell but d2l's GRU the step is one matmul g = h W_hh followed by an update that uses no
-# weight matrix; `recurrence`'s backward relies on that split.
+# every cell but d2l's GRU the step is one matmul g = h W_hh (`_matmul_then`) followed by an update
+# that uses no weight matrix.
 
 def _hidden(state: State) -> Array:
     return state[0] if isinstance(state, tuple) else state
@@ -179,4 +177,3 @@ def _recur_bwd(unroll, res, dhs_TxBxH):
 
 
 tanh_recurrence.defvjp(_recur_fwd, _recur_bwd)
-
