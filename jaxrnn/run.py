@@ -27,6 +27,7 @@ from jaxrnn.config import Config
 from jaxrnn.data import Corpus, Vocab, batch_plan, file_windows, load_corpus
 from jaxrnn.errors import CheckpointError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
+from jaxrnn.parallel import layout
 from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
 
@@ -257,7 +258,7 @@ def evaluate(trained: Trained, path: str | Path | None = None) -> float:
         windows_ = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val).val
     else:
         windows_ = file_windows(Path(path), trained.vocab, cfg.num_steps)
-    steps = Steps(trained.model, make_optimizer(cfg)).jitted()
+    steps = Steps(trained.model, make_optimizer(cfg)).jitted(layout(1, cfg.batch_size))
     idx, mask = batch_plan(np.arange(len(windows_)), cfg.batch_size)
     with jax.default_matmul_precision(cfg.precision):
         return float(steps["evaluate"](trained.params, jnp.asarray(windows_), jnp.asarray(idx), jnp.asarray(mask)))

@@ -123,12 +123,9 @@ class Steps:
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
-    def jitted(self, lay: Layout | None = None) -> dict[str, Callable]:
-        """The jitted functions; with a layout, batch plans are split over its devices and everything
-        else is replicated, so XLA all-reduces the gradients (parallel.py)."""
-        if lay is None:
-            return {"step": jax.jit(self.step, donate_argnums=0), "evaluate": jax.jit(self.evaluate),
-                    "chunk": jax.jit(self.chunk, donate_argnums=0)}
+    def jitted(self, lay: Layout) -> dict[str, Callable]:
+        """The jitted functions: batch plans split over the layout's devices and everything else
+        replicated, so XLA all-reduces the gradients (parallel.py)."""
         R, b = lay.replicated, lay.batched
         return {
             "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1)), out_shardings=(R, R)),
