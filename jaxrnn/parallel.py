@@ -1,8 +1,8 @@
 """Data parallelism with `jax.sharding`: one code path for 1 and N devices.
 
 A 1-D mesh with a `data` axis; batch plans are sharded along it, the windows, parameters and
-optimizer state replicated, and the train step is jitted with those shardings, so XLA splits each
-batch across the devices and inserts the gradient all-reduce itself. On a CPU, jaxrnn's CLI makes
+optimizer state replicated, and the train step is jitted with those shardings; the gradient is a
+`shard_map` over the `data` axis with one `psum` (`training.Steps.grad_sums`). On a CPU, the CLI makes
 one XLA device per core (`use_cpu_cores`), which trains the seed model about 1.4x faster on two
 cores than one device does (docs/benchmarks.md).
 """

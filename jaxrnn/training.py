@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import jax
@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array, lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxrnn.config import Config
 from jaxrnn.data import Corpus, batch_plan, chunk_plan
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
-from jaxrnn.parallel import Layout, default_devices, layout
+from jaxrnn.parallel import AXIS, Layout, default_devices, layout
 
 MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
 
@@ -84,17 +86,30 @@ class Steps:
 
     model: LanguageModel
     tx: optax.GradientTransformation
+    mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
+
+    def grad_sums(self, params: Params, windows: Array, idx_B: Array, mask_B: Array) -> tuple[Params, Array, Array]:
+        """The gradient of the summed loss of a batch, the loss sum and the token count. Over a mesh
+        each device differentiates its share of the batch and one all-reduce sums the results; left to
+        the SPMD partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every
+        time step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
+
+        def local(p: Params, w: Array, idx: Array, mask: Array) -> tuple[Params, Array, Array]:
+            (s, n), g = jax.value_and_grad(lambda q: loss_sum(self.model, q, w[idx], mask), has_aux=True)(p)
+            return (g, s, n) if self.mesh is None else lax.psum((g, s, n), AXIS)
+
+        if self.mesh is None:
+            return local(params, windows, idx_B, mask_B)
+        # check_vma=False: each device's gradient is its own partial sum, which `local` psums itself
+        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS)), out_specs=P(),
+                                   check_vma=False)
+        return per_device(params, windows, idx_B, mask_B)
 
     def step(self, state: TrainState, windows: Array, idx_B: Array, mask_B: Array) -> tuple[TrainState, Array]:
         """One SGD step on the mean loss of one batch; returns the new state and [loss sum, tokens,
         non-finite?]. A non-finite step adds nothing to the sums when the optimizer skips it."""
-        batch = windows[idx_B]
-
-        def mean_loss(p):
-            s, n = loss_sum(self.model, p, batch, mask_B)
-            return s / n, (s, n)
-
-        grads, (s, n) = jax.grad(mean_loss, has_aux=True)(state.params)
+        grad_sum, s, n = self.grad_sums(state.params, windows, idx_B, mask_B)
+        grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         bad = ~jnp.isfinite(s)
@@ -125,8 +140,9 @@ class Steps:
 
     def jitted(self, lay: Layout) -> dict[str, Callable]:
         """The jitted functions: batch plans split over the layout's devices and everything else
-        replicated, so XLA all-reduces the gradients (parallel.py)."""
+        replicated; `grad_sums` sums the gradients over the layout's mesh (parallel.py)."""
         R, b = lay.replicated, lay.batched
+        self = replace(self, mesh=lay.mesh)
         return {
             "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1)), out_shardings=(R, R)),
             "evaluate": jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
