@@ -7,8 +7,10 @@ model it names, and restores `state` against that model's abstract shapes on thi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,11 @@ def _quiet() -> None:
         pass
 
 
-def manager(run_dir: Path, create: bool = False, keep: int = 3):
+def manager(run_dir: Path, create: bool = False, keep: int = 3, background: bool = False):
     """A CheckpointManager keeping the latest `keep` checkpoints and the best by validation perplexity.
-    Writes are atomic: orbax writes a temporary directory and renames it when complete."""
+    Writes are atomic: orbax writes a temporary directory and renames it when complete. With
+    `background`, `save` returns once the arrays are copied to host memory and the files are written
+    by a thread of orbax's."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint import checkpoint_managers as cm
 
@@ -53,33 +57,71 @@ def manager(run_dir: Path, create: bool = False, keep: int = 3):
     # best_fn is set only so that orbax records each step's metrics, which BestN reads; the policy decides.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["val_ppl"],
                                            best_mode="min", create=create, cleanup_tmp_directories=create,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=background)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
 
 
 def _write(mgr, epoch: int, args, metrics: dict[str, float]) -> None:
-    """The one place bytes reach the disk (tests raise OSError here to stand for a full disk)."""
+    """The one place a save starts (tests raise OSError here to stand for a full disk)."""
     mgr.save(epoch, args=args, metrics=metrics, force=True)
-    mgr.wait_until_finished()
+
+
+class Saver:
+    """One run's checkpoints through one CheckpointManager. Each save is written in the background
+    while the next chunk of epochs trains, and completes before the next save starts and when the
+    `with` block ends (normally or not), so a stopped run leaves its last checkpoint complete. A
+    failed save raises CheckpointError naming its epoch; earlier checkpoints stay intact."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.pending: int | None = None  # the epoch being written in the background
+        self.mgr = self._guard(0, lambda: manager(run_dir, create=True, background=True))
+
+    def save(self, epoch: int, state: Any, meta: dict[str, Any], val_ppl: float) -> None:
+        """Start writing the checkpoint of `epoch`, after the previous one is complete."""
+        import orbax.checkpoint as ocp
+
+        self.wait()
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
+        metrics = {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30}
+        self._guard(epoch, lambda: _write(self.mgr, epoch, args, metrics))
+        self.pending = epoch
+
+    def wait(self) -> None:
+        """Block until the save in progress, if any, is complete."""
+        if self.pending is not None:
+            epoch, self.pending = self.pending, None
+            self._guard(epoch, self.mgr.wait_until_finished)
+
+    def _guard(self, epoch: int, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # a full disk or unwritable directory: OSError or orbax's wrapping of it
+            raise CheckpointError(f"cannot save the checkpoint of epoch {epoch} in {self.run_dir} "
+                                  f"({type(e).__name__}: {e}); free disk space or make the directory writable, "
+                                  f"then resume with 'jaxrnn train --resume {self.run_dir}' (earlier checkpoints "
+                                  "are intact)") from None
+
+    def __enter__(self) -> Saver:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        epoch = self.pending or 0
+        try:
+            self.wait()
+        except CheckpointError:
+            with contextlib.suppress(Exception):  # orbax may raise the same failure again on close
+                self.mgr.close()
+            raise
+        self._guard(epoch, self.mgr.close)
 
 
 def save(run_dir: Path, epoch: int, state: Any, meta: dict[str, Any], val_ppl: float) -> None:
     """Write the checkpoint of `epoch`, complete or not at all; earlier checkpoints stay intact."""
-    import orbax.checkpoint as ocp
-
-    try:
-        mgr = manager(run_dir, create=True)
-        try:
-            args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
-            _write(mgr, epoch, args, {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30})
-        finally:
-            mgr.close()
-    except Exception as e:  # a full disk or unwritable directory surfaces as OSError or orbax's wrapping of it
-        raise CheckpointError(f"cannot save the checkpoint of epoch {epoch} in {run_dir} ({type(e).__name__}: {e}); "
-                              "free disk space or make the directory writable, then resume with "
-                              f"'jaxrnn train --resume {run_dir}' (earlier checkpoints are intact)") from None
+    with Saver(run_dir) as saver:
+        saver.save(epoch, state, meta, val_ppl)
 
 
 def steps(run_dir: Path) -> list[int]:

@@ -150,13 +150,13 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             except OSError as e:
                 raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
                                   f"'jaxrnn train --resume {run_dir}'") from None
-            checkpoint.save(run_dir, records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
-                            records[-1]["val_ppl"])
+            saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
+                       records[-1]["val_ppl"])
             last_saved["epoch"] = records[-1]["epoch"]
         if caught:
             raise Stopped(caught["signum"], records[-1]["epoch"], run_dir)
 
-    with deferred_signals() as caught:
+    with deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else contextlib.nullcontext() as saver:
         try:
             state, new = fit(cfg, corpus, model, state, start_epoch, per_step=per_step, on_chunk=on_chunk)
         except NonFiniteLoss as e:

@@ -109,3 +109,36 @@ def test_keeps_the_best_by_val_ppl_too(tmp_path: Path) -> None:
     save_epochs(tmp_path, [9.0, 1.5, 8.0, 7.0, 6.0, 5.0])
     assert checkpoint.steps(tmp_path) == [2, 4, 5, 6]
     assert checkpoint.resolve(tmp_path, "best") == 2 and checkpoint.resolve(tmp_path, None) == 6
+
+
+def test_background_saves_complete_and_a_failed_one_names_its_epoch(monkeypatch, tmp_path: Path) -> None:
+    """Saves overlap the next chunk; each is complete before the next starts. A write that fails in
+    orbax's background thread surfaces at the next save (or when the run ends) as a CheckpointError
+    naming its epoch, with the earlier checkpoints restorable."""
+    real = checkpoint.manager
+
+    def failing_from_epoch_3(*args, **kwargs):
+        mgr = real(*args, **kwargs)
+        wait = mgr.wait_until_finished
+
+        def wait_until_finished() -> None:
+            wait()
+            if 3 in mgr.all_steps():  # stand for a write that failed late: the disk filled up
+                raise OSError(28, "No space left on device")
+
+        mgr.wait_until_finished = wait_until_finished
+        return mgr
+
+    monkeypatch.setattr(checkpoint, "manager", failing_from_epoch_3)
+    with pytest.raises(CheckpointError, match=r"cannot save the checkpoint of epoch 3 .*No space left"):
+        with checkpoint.Saver(tmp_path) as saver:
+            for epoch in (1, 2, 3):
+                saver.save(epoch, {"w": jnp.full(3, float(epoch))}, {"epoch": epoch}, 10.0 - epoch)
+            assert saver.pending == 3  # still being written when save returned
+    monkeypatch.undo()
+    target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+    assert checkpoint.restore_state(tmp_path, 2, target)["w"].tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(CheckpointError, match=r"epoch 4 .*Read-only"):
+        with checkpoint.Saver(tmp_path) as saver:
+            monkeypatch.setattr(checkpoint, "_write", lambda *a: (_ for _ in ()).throw(OSError(30, "Read-only")))
+            saver.save(4, {"w": jnp.zeros(3)}, {"epoch": 4}, 1.0)
