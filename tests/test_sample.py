@@ -72,6 +72,11 @@ def test_sampling_is_seeded(lm) -> None:
     assert a == predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=0)
     assert a != predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=1)
     assert a.startswith("time traveller") and len(set(a[14:])) > 5
+    top = predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=2**32 - 1)
+    assert top != a and top == predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=2**32 - 1)
+    for seed in (-1, 2**32):
+        with pytest.raises(JaxrnnError, match=r"--seed must be in \[0, 2\*\*32\)"):
+            predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=seed)
 
 
 def test_sampling_follows_softmax_over_temperature(lm) -> None:
