@@ -80,15 +80,6 @@ class Layout:
         return NamedSharding(self.mesh, PartitionSpec(*([None] * (ndim - 1)), AXIS))
 
 
-def default_devices(cell: str, hidden: int) -> int:
-    """How many local devices a run uses when `--devices` is not given: all of them, except on a CPU
-    for an LSTM or GRU with hidden >= 128, whose [B, H] x [H, 4H] matmuls keep every core busy on one
-    device (one device: 1.1-1.2x the throughput of two on 2 cores; the tanh RNN: 0.65x)."""
-    if jax.default_backend() == "cpu" and cell != "rnn" and hidden >= 128:
-        return 1
-    return len(jax.local_devices())
-
-
 def layout(devices: int | None, batch_size: int) -> Layout:
     """A mesh over the first `devices` local devices (default: all), checked against the batch size."""
     available = jax.local_devices()

@@ -25,7 +25,7 @@ from jaxrnn.config import Config
 from jaxrnn.data import Corpus, batch_plan, chunk_plan
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
-from jaxrnn.parallel import AXIS, Layout, default_devices, layout
+from jaxrnn.parallel import AXIS, Layout, layout
 
 MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
 
@@ -208,7 +208,7 @@ def fit(
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
     tx = make_optimizer(cfg)
-    lay = layout(cfg.devices or default_devices(cfg.cell, cfg.hidden), cfg.batch_size)
+    lay = layout(cfg.devices, cfg.batch_size)
     fns = Steps(model, tx).jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)

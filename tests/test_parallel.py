@@ -65,8 +65,6 @@ def test_eight_devices_train_like_one(eight) -> None:
 def test_checkpoint_saved_on_eight_devices_restores_on_one(eight) -> None:
     work, _, params = eight
     t = run.load(work / "run8")
-    import jax
-
     leaves = jax.tree.leaves(t.params)
     assert all(len(a.sharding.device_set) == 1 for a in leaves)
     for got, want in zip(leaves, params[8], strict=True):
@@ -93,12 +91,3 @@ def test_cli_refuses_devices_that_do_not_split_the_batch(run_python, tmp_path: P
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("jaxrnn: error: batch size 100 does not split over 3 devices") and "99 or 102" in last
-
-
-@pytest.mark.parametrize("cell, hidden, want", [("rnn", 256, "all"), ("lstm", 32, "all"), ("gru", 256, 1),
-                                                ("lstm", 128, 1)])
-def test_default_devices_by_model(cell: str, hidden: int, want) -> None:
-    """All local devices, except one for large gated cells on a CPU (measured: docs/benchmarks.md)."""
-    on_cpu = jax.default_backend() == "cpu"
-    expected = 1 if want == 1 and on_cpu else len(jax.local_devices())
-    assert parallel.default_devices(cell, hidden) == expected

@@ -1,8 +1,8 @@
 """Measure what each knob buys: train tokens/s of the fused path over a grid of unroll, matmul
-precision and compute dtype, for the seed shape and the large shape, in one process.
+precision, compute dtype and device count, for the seed shape and the large shape, in one process.
 
 usage: python tools/ablate.py [--shape seed|large] [--models scratch concise] [--cells rnn lstm gru] [--unroll 1 8 32]
-       [--precision highest default] [--dtype float32 bfloat16] [--epochs N] [--json-out FILE]
+       [--precision highest default] [--dtype float32 bfloat16] [--devices 1 2] [--epochs N] [--json-out FILE]
 """
 
 import argparse
@@ -25,6 +25,7 @@ def main() -> int:
     p.add_argument("--unroll", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--precision", nargs="+", default=["highest", "default"])
     p.add_argument("--dtype", nargs="+", default=["float32"])
+    p.add_argument("--devices", nargs="+", type=int, default=[0], help="mesh sizes (0: every local device)")
     p.add_argument("--epochs", type=int, help="override the case's epochs")
     p.add_argument("--json-out")
     a = p.parse_args()
@@ -37,10 +38,12 @@ def main() -> int:
     if case == "large-train":
         corpus = first_windows(corpus, base)
     rows = []
-    for model, cell, unroll, precision, dtype in itertools.product(a.models, a.cells, a.unroll, a.precision, a.dtype):
-        cfg = base.replace(model=model, unroll=unroll, precision=precision, dtype=dtype)
+    grid = itertools.product(a.models, a.cells, a.unroll, a.precision, a.dtype, a.devices)
+    for model, cell, unroll, precision, dtype, devices in grid:
+        cfg = base.replace(model=model, unroll=unroll, precision=precision, dtype=dtype, devices=devices or None)
         cfg = cfg.replace(cell=cell, impl=cfg.impl)
-        r = jaxrnn_train(case, f"{model} u{unroll} {precision[:4]} {dtype[:4]}", cfg, corpus)
+        label = f"{model} u{unroll} {precision[:4]} {dtype[:4]}" + (f" d{devices}" if devices else "")
+        r = jaxrnn_train(case, label, cfg, corpus)
         print(json.dumps(r), file=sys.stderr, flush=True)
         rows.append(r)
     print(table(rows))
