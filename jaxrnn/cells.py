@@ -127,11 +127,26 @@ def rnn_unroll(params: CellParams, state: State, tokens_TxB: Array, unroll: int 
     """Run a cell over one-hot tokens, computed cheaply; returns (last state, all h [T, B, H]).
 
     `one_hot(x) @ W_xh` is the row gather `W_xh[x]`, done for all steps at once outside the
-    recurrence. The recurrence runs in `dtype`; the gather reads float32 weights, so its gradient
-    (a scatter-add) stays float32, which is both exact and fast (bf16 scatter-adds are slow on
-    GPUs). The tanh cell with `hoisted_backward` takes its gradient from `tanh_recurrence`'s VJP;
-    every other case from autodiff."""
-    xw_TxBxGH = (params["W_xh"][tokens_TxB] + params["b_h"]).astype(dtype)
+    recurrence. The gather reads float32 weights, so its gradient (a scatter-add) stays float32,
+    which is both exact and fast (bf16 scatter-adds are slow on GPUs)."""
+    xw_TxBxGH = params["W_xh"][tokens_TxB] + params["b_h"]
+    return recurrence(params, state, xw_TxBxGH, unroll, dtype, hoisted_backward, cell, gru_reset)
+
+
+def dense_unroll(params: CellParams, state: State, x_TxBxI: Array, unroll: int = 1, dtype: str = "float32",
+                 hoisted_backward: bool = True, cell: str = "rnn", gru_reset: str = "after") -> tuple[State, Array]:
+    """Run a cell over dense inputs (an embedding, or the states of the layer below); the input
+    projection of all steps is one [T*B, I] x [I, G*H] matmul outside the recurrence."""
+    xw_TxBxGH = x_TxBxI.astype(dtype) @ params["W_xh"].astype(dtype) + params["b_h"].astype(dtype)
+    return recurrence(params, state, xw_TxBxGH, unroll, dtype, hoisted_backward, cell, gru_reset)
+
+
+def recurrence(params: CellParams, state: State, xw_TxBxGH: Array, unroll: int = 1, dtype: str = "float32",
+               hoisted_backward: bool = True, cell: str = "rnn", gru_reset: str = "after") -> tuple[State, Array]:
+    """The loop over time, given every step's input projection `xw = x W_xh + b_h`, in `dtype`. The
+    tanh cell with `hoisted_backward` takes its gradient from `tanh_recurrence`'s VJP; every other
+    case from autodiff."""
+    xw_TxBxGH = xw_TxBxGH.astype(dtype)
     state = jax.tree.map(lambda a: a.astype(dtype), state)
     if cell == "rnn" and hoisted_backward:
         hs_TxBxH = tanh_recurrence(params["W_hh"].astype(dtype), state, xw_TxBxGH, unroll)

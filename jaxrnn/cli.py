@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jaxrnn.config import CELLS, DTYPES, GRU_RESETS, IMPLS, MODELS, PRECISIONS, PRESETS, Config
+from jaxrnn.config import CELLS, DTYPES, GRU_RESETS, IMPLS, MODELS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config
 from jaxrnn.errors import JaxrnnError, Stopped
 
 
@@ -43,6 +43,8 @@ def _number(cast: Any, ok: Any, what: str, need: str) -> Any:
 _positive_int = _number(int, lambda v: v > 0, "an integer", "a positive integer")
 _positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a positive finite number")
 _non_negative_int = _number(int, lambda v: v >= 0, "an integer", "0 or more")
+_non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number", "a finite number >= 0")
+_fraction = _number(float, lambda v: 0 <= v < 1, "a number", "in [0, 1)")
 
 
 def _step(s: str) -> int | str:
@@ -65,7 +67,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--hidden": ("hidden", _positive_int, "hidden units (default 32)"),
     "--batch-size": ("batch_size", _positive_int, "windows per batch (default 1024)"),
     "--num-steps": ("num_steps", _positive_int, "time steps per window (default 32)"),
-    "--lr": ("lr", _positive_float, "SGD learning rate (default 1)"),
+    "--lr": ("lr", _positive_float, "learning rate (default 1)"),
     "--clip": ("clip", _positive_float, "global gradient-norm clip (default 1)"),
     "--seed": ("seed", _non_negative_int, "seed of the init and the data order (default 0)"),
     "--data": ("data", str, "corpus file (default: The Time Machine from $JAXRNN_DATA_DIR, the cache or d2l)"),
@@ -76,6 +78,13 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--precision": ("precision", str, "matmul precision (default highest: true float32)"),
     "--dtype": ("dtype", str, "compute dtype (default float32)"),
     "--devices": ("devices", _positive_int, "data-parallel devices (default all; on a CPU one per core)"),
+    "--layers": ("layers", _positive_int, "stacked recurrent layers (default 1)"),
+    "--embed": ("embed", _non_negative_int, "input embedding width; 0: one-hot inputs (default)"),
+    "--dropout": ("dropout", _fraction, "dropout rate on embeddings and every layer's outputs (default 0)"),
+    "--optimizer": ("optimizer", str, "sgd (default), adam, or adamw (decoupled weight decay)"),
+    "--weight-decay": ("weight_decay", _non_negative_float, "weight decay (default 0)"),
+    "--schedule": ("schedule", str, "learning rate over the run: constant (default) or cosine (to 0)"),
+    "--warmup": ("warmup", _non_negative_int, "optimizer steps of linear learning-rate warm-up (default 0)"),
 }
 
 
@@ -87,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
     for flag, (_, typ, text) in TRAIN_FLAGS.items():
         choices = {"--model": MODELS, "--cell": CELLS, "--impl": IMPLS, "--gru-reset": GRU_RESETS,
-                   "--precision": PRECISIONS, "--dtype": DTYPES}.get(flag)
+                   "--precision": PRECISIONS, "--dtype": DTYPES, "--optimizer": OPTIMIZERS,
+                   "--schedule": SCHEDULES}.get(flag)
         kw: dict[str, Any] = {"choices": list(choices)} if choices else {}
         t.add_argument(flag, type=typ, default=None, help=text, **kw)
+    t.add_argument("--tie", action="store_true", default=None,
+                   help="use the input embedding as the output layer (needs --embed equal to --hidden)")
     t.add_argument("--skip-nonfinite", action="store_true", default=None,
                    help="skip steps whose loss is nan or inf instead of stopping the run")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
@@ -124,14 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     base = PRESETS[args.preset] if args.preset else Config()
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
-    given["skip_nonfinite"] = args.skip_nonfinite
+    given["skip_nonfinite"], given["tie"] = args.skip_nonfinite, args.tie
     return base.replace(**{k: v for k, v in given.items() if v is not None})
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
     """--resume takes the run's saved config: settings that would change it are refused."""
     flags = [f for f, (field, _, _) in TRAIN_FLAGS.items() if getattr(args, f[2:].replace("-", "_")) is not None]
-    flags += [f"--{n.replace('_', '-')}" for n in ("preset", "out", "skip_nonfinite") if getattr(args, n)]
+    flags += [f"--{n.replace('_', '-')}" for n in ("preset", "out", "skip_nonfinite", "tie") if getattr(args, n)]
     flags += ["--force"] if args.force else []
     if flags:
         raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")

@@ -17,6 +17,8 @@ IMPLS = ("scratch", "flax")
 GRU_RESETS = ("after", "before")
 PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,14 @@ class Config:
     precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
     skip_nonfinite: bool = False  # drop updates whose loss/gradients are nan or inf instead of stopping
     dtype: str = "float32"  # compute dtype of the recurrence and head; params stay float32
+    layers: int = 1  # stacked recurrent layers
+    embed: int = 0  # width of an input embedding table; 0: one-hot inputs, as the chapters
+    tie: bool = False  # the head is the embedding's transpose (needs embed == hidden)
+    dropout: float = 0.0  # training only: on embedded inputs and every layer's output states
+    optimizer: str = "sgd"  # 'sgd' (the chapters'), 'adam' (L2 weight decay) or 'adamw' (decoupled)
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # learning rate over the run: 'constant' or 'cosine' (decay to 0)
+    warmup: int = 0  # optimizer steps of linear warm-up from 0 to lr
     devices: int | None = None  # data-parallel devices; None: all local ones (parallel.py)
     data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
 
@@ -110,7 +120,8 @@ def resolve_model(model: str | None, cell: str | None, impl: str | None) -> tupl
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot train, with a message that says which flag to fix."""
     for flag, v, allowed in (("--cell", cfg.cell, CELLS), ("--impl", cfg.impl, IMPLS),
-                             ("--gru-reset", cfg.gru_reset, GRU_RESETS)):
+                             ("--gru-reset", cfg.gru_reset, GRU_RESETS), ("--optimizer", cfg.optimizer, OPTIMIZERS),
+                             ("--schedule", cfg.schedule, SCHEDULES)):
         if v not in allowed:
             raise ConfigError(f"{flag} {v!r} is unknown; use one of {', '.join(allowed)}")
     if cfg.gru_reset != "after" and (cfg.cell, cfg.impl) != ("gru", "scratch"):
@@ -126,13 +137,26 @@ def validate(cfg: Config) -> None:
         "save_every": "--save-every",
         "unroll": "--unroll",
         "devices": "--devices",
+        "layers": "--layers",
+        "embed": "--embed",
+        "warmup": "--warmup",
     }
     for name, flag in positive_ints.items():
         v = getattr(cfg, name)
         if name in ("unroll", "devices") and v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ConfigError(f"{flag} must be a positive integer, got {v!r}; pass a value >= 1")
+        least = 0 if name in ("embed", "warmup") else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            what = "a positive integer" if least else "an integer >= 0"
+            raise ConfigError(f"{flag} must be {what}, got {v!r}; pass a value >= {least}")
+    if cfg.tie and cfg.embed != cfg.hidden:
+        raise ConfigError(f"--tie shares the input embedding with the output layer, which needs --embed equal to "
+                          f"--hidden ({cfg.embed} != {cfg.hidden}); pass --embed {cfg.hidden} or drop --tie")
+    for name, flag, top in (("dropout", "--dropout", 1.0), ("weight_decay", "--weight-decay", math.inf)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < top:
+            span = "in [0, 1)" if top == 1.0 else "a finite number >= 0"
+            raise ConfigError(f"{flag} must be {span}, got {v!r}")
     for name, flag in {"lr": "--lr", "clip": "--clip", "sigma": "--sigma"}.items():
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

@@ -44,10 +44,27 @@ class TrainState(NamedTuple):
     step: Array  # int32 scalar: optimizer steps taken
 
 
+def learning_rate(cfg: Config) -> optax.Schedule:
+    """The learning rate by optimizer step: `lr` throughout, or a cosine decay to 0 over the run's
+    steps; either after `warmup` steps rising linearly from 0."""
+    total = cfg.epochs * math.ceil(cfg.num_train / cfg.batch_size)
+    main = (optax.constant_schedule(cfg.lr) if cfg.schedule == "constant"
+            else optax.cosine_decay_schedule(cfg.lr, max(total - cfg.warmup, 1)))
+    if not cfg.warmup:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup), main], [cfg.warmup])
+
+
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """Global-norm clipping then SGD: clipping lives in the optimizer so every path gets it. With
+    """Global-norm clipping, then SGD (the chapters'), Adam or AdamW with `learning_rate(cfg)`:
+    clipping lives in the optimizer so every path gets it. Weight decay is L2 for SGD and Adam
+    (added to the clipped gradient, as torch's `weight_decay`) and decoupled for AdamW. With
     `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite)."""
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.sgd(cfg.lr))
+    lr = cfg.lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg)
+    decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay and cfg.optimizer != "adamw" else []
+    step = {"sgd": lambda: optax.sgd(lr), "adam": lambda: optax.adam(lr),
+            "adamw": lambda: optax.adamw(lr, weight_decay=cfg.weight_decay)}[cfg.optimizer]()
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip), *decay, step)
     return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPS) if cfg.skip_nonfinite else tx
 
 
@@ -63,10 +80,12 @@ def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int
     return init(jax.random.key(seed))
 
 
-def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array) -> tuple[Array, Array]:
-    """Summed cross-entropy over the real (unmasked) windows' tokens, and how many tokens that is."""
+def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array, key: Array | None = None
+             ) -> tuple[Array, Array]:
+    """Summed cross-entropy over the real (unmasked) windows' tokens, and how many tokens that is;
+    `key` draws dropout masks (training only)."""
     x_BxT, y_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
-    logits_BxTxV, _ = model.forward(params, x_BxT, model.init_state(x_BxT.shape[0]))
+    logits_BxTxV, _ = model.forward(params, x_BxT, model.init_state(x_BxT.shape[0]), key)
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
     w_B = mask_B.astype(ce_BxT.dtype)
     return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1]
@@ -86,29 +105,35 @@ class Steps:
 
     model: LanguageModel
     tx: optax.GradientTransformation
+    seed: int = 0  # of the dropout masks, folded with the step number (and the device), so resume is exact
     mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
 
-    def grad_sums(self, params: Params, windows: Array, idx_B: Array, mask_B: Array) -> tuple[Params, Array, Array]:
+    def grad_sums(self, params: Params, windows: Array, idx_B: Array, mask_B: Array, step: Array
+                  ) -> tuple[Params, Array, Array]:
         """The gradient of the summed loss of a batch, the loss sum and the token count. Over a mesh
         each device differentiates its share of the batch and one all-reduce sums the results; left to
         the SPMD partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every
         time step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
 
-        def local(p: Params, w: Array, idx: Array, mask: Array) -> tuple[Params, Array, Array]:
-            (s, n), g = jax.value_and_grad(lambda q: loss_sum(self.model, q, w[idx], mask), has_aux=True)(p)
+        def local(p: Params, w: Array, idx: Array, mask: Array, step: Array) -> tuple[Params, Array, Array]:
+            key = None
+            if self.model.dropout:
+                key = jax.random.fold_in(jax.random.key(self.seed), step)
+                key = key if self.mesh is None else jax.random.fold_in(key, lax.axis_index(AXIS))
+            (s, n), g = jax.value_and_grad(lambda q: loss_sum(self.model, q, w[idx], mask, key), has_aux=True)(p)
             return (g, s, n) if self.mesh is None else lax.psum((g, s, n), AXIS)
 
         if self.mesh is None:
-            return local(params, windows, idx_B, mask_B)
+            return local(params, windows, idx_B, mask_B, step)
         # check_vma=False: each device's gradient is its own partial sum, which `local` psums itself
-        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS)), out_specs=P(),
-                                   check_vma=False)
-        return per_device(params, windows, idx_B, mask_B)
+        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P()),
+                                   out_specs=P(), check_vma=False)
+        return per_device(params, windows, idx_B, mask_B, step)
 
     def step(self, state: TrainState, windows: Array, idx_B: Array, mask_B: Array) -> tuple[TrainState, Array]:
-        """One SGD step on the mean loss of one batch; returns the new state and [loss sum, tokens,
+        """One optimizer step on the mean loss of one batch; returns the new state and [loss sum, tokens,
         non-finite?]. A non-finite step adds nothing to the sums when the optimizer skips it."""
-        grad_sum, s, n = self.grad_sums(state.params, windows, idx_B, mask_B)
+        grad_sum, s, n = self.grad_sums(state.params, windows, idx_B, mask_B, state.step)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -209,7 +234,7 @@ def fit(
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
     tx = make_optimizer(cfg)
     lay = layout(cfg.devices, cfg.batch_size)
-    fns = Steps(model, tx).jitted(lay)
+    fns = Steps(model, tx, cfg.seed).jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)
     state, train, val = jax.device_put((state, corpus.train, corpus.val), lay.replicated)

@@ -76,13 +76,11 @@ def flat_scratch(params) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in {**params["rnn"], **params["head"]}.items()}
 
 
-def as_flax(cell: str, p: dict) -> dict:
-    """A scratch LM's weights in the Flax twin's layout. Flax puts the LSTM's bias on the hidden
+def _flax_cell(cell: str, r: dict) -> dict:
+    """One scratch layer's weights in the Flax cell's layout. Flax puts the LSTM's bias on the hidden
     side and the GRU's r, z, n biases on the input side; sums are what count."""
-    r = p["rnn"]
-    head = {"kernel": p["head"]["W_hq"], "bias": p["head"]["b_q"]}
     if cell == "rnn":
-        return {"rnn": {"i": {"kernel": r["W_xh"], "bias": r["b_h"]}, "h": {"kernel": r["W_hh"]}}, "head": head}
+        return {"i": {"kernel": r["W_xh"], "bias": r["b_h"]}, "h": {"kernel": r["W_hh"]}}
     names = "ifgo" if cell == "lstm" else "rzn"
     W_x, W_h, b = (jnp.split(r[k], len(names), axis=-1) for k in ("W_xh", "W_hh", "b_h"))
     if cell == "lstm":
@@ -92,13 +90,58 @@ def as_flax(cell: str, p: dict) -> dict:
         rnn = {f"i{g}": {"kernel": W_x[k], "bias": b[k]} for k, g in enumerate(names)}
         rnn.update({f"h{g}": {"kernel": W_h[k]} for k, g in enumerate(names)})
         rnn["hn"]["bias"] = r["b_hn"]
-    return {"rnn": rnn, "head": head}
+    return rnn
+
+
+def as_flax(cell: str, p: dict) -> dict:
+    """A scratch LM's weights (any layers, embedding, tied head) in the Flax twin's layout."""
+    out = {}
+    for name, r in p.items():
+        if name == "head":
+            out.update({"head": {"kernel": r["W_hq"], "bias": r["b_q"]}} if "W_hq" in r else {"head_bias": r["b_q"]})
+        elif name == "embed":
+            out["embed"] = {"embedding": r["E"]}
+        else:
+            out[name] = _flax_cell(cell, r)
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def np_cell_run(cell: str, gru_reset: str, p: dict, state, x_TxBxI: np.ndarray):
+    """d2l's cells in float64 numpy, one gate at a time, over inputs [T, B, I] (one-hot rows or
+    dense vectors): (last state, all h [T, B, H])."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    W_x, W_h, b = (np.split(p[k], gates, axis=-1) for k in ("W_xh", "W_hh", "b_h"))
+    h, c = (np.asarray(s, np.float64) for s in state) if cell == "lstm" else (np.asarray(state, np.float64), None)
+    hs = []
+    for x in np.asarray(x_TxBxI, np.float64):
+        if cell == "rnn":
+            h = np.tanh(x @ W_x[0] + h @ W_h[0] + b[0])
+        elif cell == "lstm":  # gates i, f, g (candidate), o
+            i, f, o = (_sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1, 3))
+            c = f * c + i * np.tanh(x @ W_x[2] + h @ W_h[2] + b[2])
+            h = o * np.tanh(c)
+        else:  # gates r, z, n
+            r, z = (_sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1))
+            if gru_reset == "after":
+                n = np.tanh(x @ W_x[2] + b[2] + r * (h @ W_h[2] + p["b_hn"]))
+            else:
+                n = np.tanh(x @ W_x[2] + (r * h) @ W_h[2] + b[2])
+            h = z * h + (1 - z) * n
+        hs.append(h)
+    return ((h, c) if cell == "lstm" else h), np.stack(hs)
 
 
 @pytest.fixture(scope="session")
 def ref() -> SimpleNamespace:
-    """The float64 numpy references and weight converters: ref.lm_forward, ref.cross_entropy, ref.flat, ref.as_flax."""
-    return SimpleNamespace(lm_forward=np_lm_forward, cross_entropy=np_cross_entropy, flat=flat_scratch, as_flax=as_flax)
+    """The float64 numpy references and weight converters: ref.lm_forward, ref.cell_run, ref.cross_entropy,
+    ref.flat, ref.as_flax."""
+    return SimpleNamespace(lm_forward=np_lm_forward, cell_run=np_cell_run, cross_entropy=np_cross_entropy,
+                           flat=flat_scratch, as_flax=as_flax)
 
 
 def _child_env() -> dict[str, str]:

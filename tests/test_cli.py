@@ -26,6 +26,11 @@ MODEL_FLAGS = {
     "lstm-flax": ["--cell", "lstm", "--impl", "flax"],
     "gru-scratch": ["--cell", "gru", "--gru-reset", "before"],
     "gru-flax": ["--cell", "gru", "--impl", "flax"],
+    # depth, embedding, tied head, dropout and the optax options (TINY_FLAGS' hidden is 16)
+    "deep-scratch": ["--cell", "lstm", "--layers", "2", "--embed", "16", "--tie", "--dropout", "0.2", "--optimizer",
+                     "adamw", "--lr", "0.01", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup", "2"],
+    "deep-flax": ["--cell", "gru", "--impl", "flax", "--layers", "2", "--embed", "8", "--dropout", "0.2",
+                  "--optimizer", "adam", "--lr", "0.01"],
 }
 MODELS = list(MODEL_FLAGS)
 
@@ -84,8 +89,14 @@ def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
     run = work / model
     cfg = json.loads((run / "config.json").read_text())
     name = "scratch" if model == "per-step" else model
-    assert (cfg["cell"], cfg["impl"]) == {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}.get(
+    assert (cfg["cell"], cfg["impl"]) == {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax"),
+                                          "deep-scratch": ("lstm", "scratch"), "deep-flax": ("gru", "flax")}.get(
         name, tuple(name.split("-")))
+    deep = {"deep-scratch": (2, 16, True, 0.2, "adamw", 0.01, "cosine", 2),
+            "deep-flax": (2, 8, False, 0.2, "adam", 0.0, "constant", 0)}.get(name, (1, 0, False, 0.0, "sgd", 0.0,
+                                                                                  "constant", 0))
+    assert tuple(cfg[k] for k in ("layers", "embed", "tie", "dropout", "optimizer", "weight_decay", "schedule",
+                                  "warmup")) == deep
     assert cfg["gru_reset"] == ("before" if model == "gru-scratch" else "after")
     assert (cfg["epochs"], cfg["hidden"], cfg["num_train"], cfg["num_val"], cfg["batch_size"], cfg["num_steps"]) == \
         (1, 16, 512, 256, 128, 8)
@@ -128,6 +139,9 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
     "unknown-cell": (["train", "--cell", "transformer"], None),
     "top-k-when-greedy": (["sample", "--run", "{run}", "--top-k", "3"], None),
     "top-p-above-one": (["sample", "--run", "{run}", "--temperature", "1", "--top-p", "1.5"], None),
+    "tie-without-matching-embed": (["train", *TINY_FLAGS, "--embed", "8", "--tie", "--out", "tie"], "tie"),
+    "dropout-one": (["train", "--dropout", "1"], None),
+    "unknown-optimizer": (["train", "--optimizer", "rmsprop"], None),
 }
 
 

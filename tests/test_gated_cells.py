@@ -17,36 +17,6 @@ FORMS = [("rnn", "after"), ("lstm", "after"), ("gru", "after"), ("gru", "before"
 FORM_IDS = ["rnn", "lstm", "gru", "gru-d2l"]
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
-
-
-def np_cell_unroll(cell: str, gru_reset: str, p: dict, state, tokens_TxB: np.ndarray):
-    """d2l's cells in float64 numpy, one gate at a time from one-hot inputs: (last state, all h)."""
-    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
-    W_x, W_h, b = (np.split(p[k], gates, axis=-1) for k in ("W_xh", "W_hh", "b_h"))
-    h, c = (np.asarray(s, np.float64) for s in state) if cell == "lstm" else (np.asarray(state, np.float64), None)
-    hs = []
-    for tok in tokens_TxB:
-        x = np.eye(V)[tok]
-        if cell == "rnn":
-            h = np.tanh(x @ W_x[0] + h @ W_h[0] + b[0])
-        elif cell == "lstm":  # gates i, f, g (candidate), o
-            i, f, o = (sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1, 3))
-            c = f * c + i * np.tanh(x @ W_x[2] + h @ W_h[2] + b[2])
-            h = o * np.tanh(c)
-        else:  # gates r, z, n
-            r, z = (sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1))
-            if gru_reset == "after":
-                n = np.tanh(x @ W_x[2] + b[2] + r * (h @ W_h[2] + p["b_hn"]))
-            else:
-                n = np.tanh(x @ W_x[2] + (r * h) @ W_h[2] + b[2])
-            h = z * h + (1 - z) * n
-        hs.append(h)
-    return ((h, c) if cell == "lstm" else h), np.stack(hs)
-
-
 def random_params(key: jax.Array, cell: str, gru_reset: str, dtype=jnp.float32) -> dict:
     """Weights big enough that every gate is far from linear, and non-zero biases."""
     p = cell_init(key, V, H, 0.5, cell, gru_reset)
@@ -74,9 +44,9 @@ def test_init_shapes(key) -> None:
 
 @pytest.mark.parametrize(("cell", "gru_reset"), FORMS, ids=FORM_IDS)
 @pytest.mark.parametrize("unroll", [1, T])
-def test_cells_match_float64_numpy(key, tokens, cell: str, gru_reset: str, unroll: int) -> None:
+def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, unroll: int) -> None:
     p, s0 = random_params(key, cell, gru_reset), random_state(jax.random.fold_in(key, 9), cell)
-    want_s, want_hs = np_cell_unroll(cell, gru_reset, p, s0, np.asarray(tokens))
+    want_s, want_hs = ref.cell_run(cell, gru_reset, p, s0, np.eye(V)[np.asarray(tokens)])
     with jax.default_matmul_precision("highest"):
         got_s, got_hs = rnn_unroll(p, s0, tokens, unroll, hoisted_backward=False, cell=cell, gru_reset=gru_reset)
     np.testing.assert_allclose(got_hs, want_hs, atol=2e-6)
