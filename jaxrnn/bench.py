@@ -88,7 +88,7 @@ def jaxrnn_decode(case: str, impl: str, cfg: Config, corpus: Corpus, batch: int,
     prompts = [corpus.vocab.encode(PROMPT)] * batch
     with jax.default_matmul_precision(cfg.precision):
         first, wall = _time_calls(lambda: generate(model, params, prompts, DECODE_CHARS), reps)
-    return row(case, impl, wall, first - wall, batch * DECODE_CHARS / wall, cell=cfg.cell)
+    return row(case, impl, wall, max(first - wall, 0.0), batch * DECODE_CHARS / wall, cell=cfg.cell)
 
 
 # ---------------------------------------------------------------- d2l-way: the chapters' loop in JAX
@@ -221,7 +221,8 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
             predict()
             times.append(time.perf_counter() - t0)
         wall = statistics.median(times)
-        return row(case, "torch", wall, first - wall, batch * DECODE_CHARS / wall, cell=cfg.cell, backend=backend)
+        return row(case, "torch", wall, max(first - wall, 0.0), batch * DECODE_CHARS / wall, cell=cfg.cell,
+                   backend=backend)
 
     train = torch.tensor(corpus.train, device=dev).long()
     val = torch.tensor(corpus.val, device=dev).long()
