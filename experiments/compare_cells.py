@@ -3,8 +3,8 @@
 Each model gets the hidden size that brings its parameter count closest to the budget without going
 over (default: the one-layer tanh RNN at hidden 256), and all train alike: the seed's windows (10000
 train, 5000 validation, 32 steps), Adam, global-norm clipping at 1. Prints a markdown table (cell,
-layers, hidden, parameters, validation perplexity, training seconds) to stdout and, with `--plot`,
-draws every run's perplexity curves. Progress goes to stderr. Run from the repo root:
+layers, hidden, parameters, final and best validation perplexity, training seconds) to stdout and,
+with `--plot`, draws every run's validation perplexity per epoch. Progress goes to stderr. Run from the repo root:
 
     JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/compare_cells.py [--budget-hidden 256]
         [--epochs 20] [--lr 0.005] [--batch-size 256] [--impl scratch] [--plot cells.png] [--json-out FILE]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=1)
     if args.plot:
-        print(f"wrote {plot_curves(histories, args.plot, log_scale=True)}", file=sys.stderr)
+        print(f"wrote {plot_curves(histories, args.plot, log_scale=True, splits=('val',))}", file=sys.stderr)
     return 0
 
 

@@ -6,8 +6,8 @@ Machine, so training perplexity keeps falling while validation perplexity turns 
 model, the best validation epoch and whether validation rose after it; `--plot` draws both curves.
 Results go to stdout, progress to stderr. Run from the repo root:
 
-    JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/overfit.py [--hidden 512] [--num-train 1000]
-        [--epochs 60] [--lr 0.003] [--dropout 0.5] [--plot overfit.png]
+    JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/overfit.py [--hidden 256] [--num-train 5000]
+        [--epochs 30] [--lr 0.003] [--dropout 0.3] [--plot overfit.png]
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from jaxrnn.plots import plot_curves
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hidden", type=int, default=512, help="hidden units (default 512)")
-    p.add_argument("--num-train", type=int, default=1000, help="training windows (default 1000 of d2l's 10000)")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
+    p.add_argument("--num-train", type=int, default=5000, help="training windows (default 5000, half of d2l's)")
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.003, help="Adam's learning rate (default 0.003)")
     p.add_argument("--dropout", type=float, default=0.0, help="also train the model with this dropout (0: do not)")
     p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")

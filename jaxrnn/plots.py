@@ -8,8 +8,10 @@ from typing import Any
 from jaxrnn.errors import JaxrnnError
 
 
-def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, log_scale: bool = False) -> Path:
-    """Draw each run's train (solid) and validation (dashed) perplexity against epoch into `path`."""
+def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, log_scale: bool = False,
+                splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """Draw each run's train (solid) and validation (dashed) perplexity against epoch into `path`
+    (only the `splits` asked for)."""
     try:
         import matplotlib
 
@@ -21,11 +23,13 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, lo
     for i, (name, history) in enumerate(histories.items()):
         epochs = [r["epoch"] for r in history]
         prefix = f"{name} " if name else ""
-        ax.plot(epochs, [r["train_ppl"] for r in history], "-", color=f"C{i}", label=f"{prefix}train ppl")
-        ax.plot(epochs, [r["val_ppl"] for r in history], "--", color=f"C{i}", label=f"{prefix}val ppl")
+        for split, style in (("train", "-"), ("val", "--")):
+            if split in splits:
+                ax.plot(epochs, [r[f"{split}_ppl"] for r in history], style, color=f"C{i}",
+                        label=f"{prefix}{split} ppl")
     ax.set(xlabel="epoch", ylabel="perplexity", yscale="log" if log_scale else "linear")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.savefig(path, bbox_inches="tight", dpi=120)
     plt.close(fig)
     return Path(path)

@@ -1,0 +1,90 @@
+"""The experiment scripts, run as a user runs them (small settings): what each prints, and the
+checks that make it more than a smoke test."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+RUNS = {
+    "rnn_scratch": ["--epochs", "1", "--hidden", "8"],
+    "rnn_concise": ["--epochs", "1", "--hidden", "8", "--plot", "{tmp}/concise.png"],
+    "overfit": ["--hidden", "64", "--num-train", "300", "--epochs", "8", "--lr", "0.01", "--dropout", "0.3",
+                "--plot", "{tmp}/overfit.png"],
+    "compare_cells": ["--budget-hidden", "16", "--epochs", "1", "--cells", "rnn", "gru", "--layers", "2",
+                      "--json-out", "{tmp}/cells.json", "--plot", "{tmp}/cells.png"],
+    "sine_autoregressive": ["--steps", "300", "--plot", "{tmp}/sine.png"],
+}
+
+
+@pytest.fixture(scope="module")
+def ran(run_python, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+    tmp = tmp_path_factory.mktemp("experiments")
+    with ThreadPoolExecutor(len(RUNS)) as pool:
+        futures = {name: pool.submit(run_python, [str(EXPERIMENTS / f"{name}.py"),
+                                                  *(a.replace("{tmp}", str(tmp)) for a in args)], tmp)
+                   for name, args in RUNS.items()}
+        return {name: f.result() for name, f in futures.items()}, tmp
+
+
+def out(ran, name: str) -> str:
+    proc = ran[0][name]
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("name", ["rnn_scratch", "rnn_concise"])
+def test_chapter_scripts_end_with_perplexity_and_text(ran, name: str) -> None:
+    lines = out(ran, name).splitlines()
+    assert re.fullmatch(r"epoch 1, train_ppl \d+\.\d\d, val_ppl \d+\.\d\d", lines[-3]), lines
+    assert re.fullmatch(r"perplexity \d+\.\d", lines[-2]) and lines[-1].startswith("'time traveller"), lines
+
+
+def test_overfit_reports_validation_rising_while_training_falls(ran) -> None:
+    lines = out(ran, "overfit").splitlines()
+    pattern = (r"(no dropout|dropout 0\.3): best val ppl [\d.]+ at epoch (\d+) \(train [\d.]+\); "
+               r"epoch 8: train ([\d.]+), val ([\d.]+); overfit: (yes|no)")
+    found = [re.fullmatch(pattern, line) for line in lines]
+    assert len(lines) == 2 and all(found), lines
+    plain = found[0]
+    assert plain.group(1) == "no dropout" and plain.group(5) == "yes"  # 300 windows: memorised within 8 epochs
+    assert int(plain.group(2)) < 8 and float(plain.group(3)) < float(plain.group(4))
+    assert (ran[1] / "overfit.png").stat().st_size > 10_000
+
+
+def test_compare_cells_gives_each_cell_the_largest_hidden_within_the_budget(ran) -> None:
+    text = out(ran, "compare_cells")
+    budget = int(re.search(r"budget: (\d+) parameters", text).group(1))
+    assert budget == 28 * 16 + 16 * 16 + 16 + 16 * 28 + 28  # the 1-layer tanh RNN at hidden 16
+    rows = json.loads((ran[1] / "cells.json").read_text())
+    assert [(r["cell"], r["layers"]) for r in rows] == [("rnn", 2), ("gru", 2)]
+    V = 28
+
+    def params(cell: str, layers: int, H: int) -> int:  # d2l's formulas, counted by hand
+        G, extra = (1, 0) if cell == "rnn" else (3, H)  # the GRU's b_hn
+        first = G * (V * H + H * H + H) + extra
+        return first + (layers - 1) * (G * (2 * H * H + H) + extra) + H * V + V
+
+    for r in rows:
+        assert r["params"] == params(r["cell"], r["layers"], r["hidden"]) <= budget
+        assert params(r["cell"], r["layers"], r["hidden"] + 1) > budget
+        assert r["best_val_ppl"] <= r["val_ppl"] and r["sample"].startswith("time traveller")
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 2 + len(rows)
+
+
+def test_sine_linear_baseline_reaches_the_noise_floor(ran) -> None:
+    """One step ahead the linear AR model's test error is the noise variance (0.04) plus a little;
+    errors grow with the horizon, for both models."""
+    rows = [line.split("|")[1:4] for line in out(ran, "sine_autoregressive").splitlines()
+            if re.match(r"\| \d+ \|", line)]
+    k, lin, rnn = ([float(c) for c in col] for col in zip(*rows))
+    assert k == [1, 4, 16, 64]
+    assert 0.035 < lin[0] < 0.055 and lin == sorted(lin) and rnn[-1] > rnn[0]
+    assert (ran[1] / "sine.png").stat().st_size > 10_000
