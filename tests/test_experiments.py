@@ -23,14 +23,29 @@ RUNS = {
 }
 
 
+# The sine experiment (seconds, no corpus) runs by default; the others train on The Time Machine for
+# about a minute on 2 cores together, so they are `slow` (python -m pytest -m slow tests/test_experiments.py).
+SLOW = {"rnn_scratch", "rnn_concise", "overfit", "compare_cells"}
+
+
+def _launch(run_python, tmp: Path, names: set[str]) -> dict[str, subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(len(names)) as pool:
+        futures = {name: pool.submit(run_python, [str(EXPERIMENTS / f"{name}.py"),
+                                                  *(a.replace("{tmp}", str(tmp)) for a in RUNS[name])], tmp)
+                   for name in names}
+        return {name: f.result() for name, f in futures.items()}
+
+
 @pytest.fixture(scope="module")
 def ran(run_python, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
     tmp = tmp_path_factory.mktemp("experiments")
-    with ThreadPoolExecutor(len(RUNS)) as pool:
-        futures = {name: pool.submit(run_python, [str(EXPERIMENTS / f"{name}.py"),
-                                                  *(a.replace("{tmp}", str(tmp)) for a in args)], tmp)
-                   for name, args in RUNS.items()}
-        return {name: f.result() for name, f in futures.items()}, tmp
+    return _launch(run_python, tmp, set(RUNS) - SLOW), tmp
+
+
+@pytest.fixture(scope="module")
+def ran_slow(run_python, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+    tmp = tmp_path_factory.mktemp("experiments-slow")
+    return _launch(run_python, tmp, SLOW), tmp
 
 
 def out(ran, name: str) -> str:
@@ -40,15 +55,17 @@ def out(ran, name: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rnn_scratch", "rnn_concise"])
-def test_chapter_scripts_end_with_perplexity_and_text(ran, name: str) -> None:
-    lines = out(ran, name).splitlines()
+def test_chapter_scripts_end_with_perplexity_and_text(ran_slow, name: str) -> None:
+    lines = out(ran_slow, name).splitlines()
     assert re.fullmatch(r"epoch 1, train_ppl \d+\.\d\d, val_ppl \d+\.\d\d", lines[-3]), lines
     assert re.fullmatch(r"perplexity \d+\.\d", lines[-2]) and lines[-1].startswith("'time traveller"), lines
 
 
-def test_overfit_reports_validation_rising_while_training_falls(ran) -> None:
-    lines = out(ran, "overfit").splitlines()
+@pytest.mark.slow
+def test_overfit_reports_validation_rising_while_training_falls(ran_slow) -> None:
+    lines = out(ran_slow, "overfit").splitlines()
     pattern = (r"(no dropout|dropout 0\.3): best val ppl [\d.]+ at epoch (\d+) \(train [\d.]+\); "
                r"epoch 8: train ([\d.]+), val ([\d.]+); overfit: (yes|no)")
     found = [re.fullmatch(pattern, line) for line in lines]
@@ -56,14 +73,15 @@ def test_overfit_reports_validation_rising_while_training_falls(ran) -> None:
     plain = found[0]
     assert plain.group(1) == "no dropout" and plain.group(5) == "yes"  # 300 windows: memorised within 8 epochs
     assert int(plain.group(2)) < 8 and float(plain.group(3)) < float(plain.group(4))
-    assert (ran[1] / "overfit.png").stat().st_size > 10_000
+    assert (ran_slow[1] / "overfit.png").stat().st_size > 10_000
 
 
-def test_compare_cells_gives_each_cell_the_largest_hidden_within_the_budget(ran) -> None:
-    text = out(ran, "compare_cells")
+@pytest.mark.slow
+def test_compare_cells_gives_each_cell_the_largest_hidden_within_the_budget(ran_slow) -> None:
+    text = out(ran_slow, "compare_cells")
     budget = int(re.search(r"budget: (\d+) parameters", text).group(1))
     assert budget == 28 * 16 + 16 * 16 + 16 + 16 * 28 + 28  # the 1-layer tanh RNN at hidden 16
-    rows = json.loads((ran[1] / "cells.json").read_text())
+    rows = json.loads((ran_slow[1] / "cells.json").read_text())
     assert [(r["cell"], r["layers"]) for r in rows] == [("rnn", 2), ("gru", 2)]
     V = 28
 
