@@ -60,11 +60,15 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     clipping lives in the optimizer so every path gets it. Weight decay is L2 for SGD and Adam
     (added to the clipped gradient, as torch's `weight_decay`) and decoupled for AdamW. With
     `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite)."""
+    # a plain float keeps the optimizer state of constant-rate runs (and so their checkpoints) as it
+    # was before schedules existed; a schedule adds a step count to it
     lr = cfg.lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg)
-    decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay and cfg.optimizer != "adamw" else []
-    step = {"sgd": lambda: optax.sgd(lr), "adam": lambda: optax.adam(lr),
-            "adamw": lambda: optax.adamw(lr, weight_decay=cfg.weight_decay)}[cfg.optimizer]()
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip), *decay, step)
+    if cfg.optimizer == "adamw":
+        update = [optax.adamw(lr, weight_decay=cfg.weight_decay)]
+    else:
+        decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
+        update = [*decay, optax.sgd(lr) if cfg.optimizer == "sgd" else optax.adam(lr)]
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip), *update)
     return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPS) if cfg.skip_nonfinite else tx
 
 
