@@ -51,7 +51,7 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
         h = jax.tree.map(lambda new, old: jnp.where(live, new, old), h_new, h)
         return (h, jnp.where(live, logits[:, 0], last)), None
 
-    (h, logits_BxV), _ = lax.scan(warm, (model.init_state(B), logits_BxV), jnp.arange(P), unroll=unroll)
+    (h, logits_BxV), _ = lax.scan(warm, (model.init_state(B), logits_BxV), jnp.arange(P))
 
     def emit(carry, k):
         h, logits = carry
