@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +17,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAXRNN_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+# One persistent compilation cache for the whole session, shared by in-process runs and the CLI
+# subprocesses (which leave a user-set JAX cache alone): the same tiny programs compile once, not in
+# every test that trains. A fresh directory per session, so no test sees programs from another.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxrnn-test-xla-")
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
