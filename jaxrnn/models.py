@@ -48,6 +48,22 @@ def layer_name(i: int) -> str:
     return "rnn" if i == 0 else f"rnn_{i + 1}"
 
 
+def zero_states(cell: str, batch_size: int, hidden: int, layers: int) -> State:
+    """The initial state of `layers` stacked cells: the cell's own for one layer, else a tuple."""
+    one = cells.zero_state(cell, batch_size, hidden)
+    return one if layers == 1 else tuple(one for _ in range(layers))
+
+
+def per_layer(state: State, layers: int) -> tuple[State, ...]:
+    """A model's state as one state per layer (the inverse of `joined`)."""
+    return (state,) if layers == 1 else tuple(state)
+
+
+def joined(states: list[State]) -> State:
+    """Per-layer states as the model's state: the only one for one layer, else a tuple."""
+    return states[0] if len(states) == 1 else tuple(states)
+
+
 def dropout(x: Array, rate: float, key: Array | None, i: int) -> Array:
     """Inverted dropout with the `i`-th key folded from `key`; the identity when `key` is None
     (evaluation, sampling) or the rate is 0."""
@@ -95,17 +111,15 @@ class ScratchRNNLM:
         return params
 
     def init_state(self, batch_size: int) -> State:
-        one = cells.zero_state(self.cell, batch_size, self.hidden)
-        return one if self.layers == 1 else tuple(one for _ in range(self.layers))
+        return zero_states(self.cell, batch_size, self.hidden, self.layers)
 
     def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None
                 ) -> tuple[Array, State]:
-        states = (state,) if self.layers == 1 else state
         plan = (self.unroll, self.dtype, self.hoisted_backward, self.cell, self.gru_reset)
         if self.embed:
             x = dropout(params["embed"]["E"][tokens_BxT.T], self.dropout, key, self.layers)
         new = []
-        for i, s in enumerate(states):
+        for i, s in enumerate(per_layer(state, self.layers)):
             p = params[layer_name(i)]
             s, hs_TxBxH = (cells.dense_unroll(p, s, x, *plan) if i or self.embed
                            else cells.rnn_unroll(p, s, tokens_BxT.T, *plan))
@@ -113,7 +127,7 @@ class ScratchRNNLM:
             new.append(_cast(s, "float32"))
         W_hq = params["embed"]["E"].T if self.tie else params["head"]["W_hq"]
         logits_TxBxV = x @ W_hq.astype(self.dtype) + params["head"]["b_q"].astype(self.dtype)
-        return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), new[0] if self.layers == 1 else tuple(new)
+        return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), joined(new)
 
 
 FLAX_CELLS: dict[str, type[nn.RNNCellBase]] = {
@@ -145,8 +159,8 @@ class _ConciseNet(nn.Module):
             x = drop(table(tokens_BxT.T).astype(self.dtype))
         else:
             x = jax.nn.one_hot(tokens_BxT.T, self.vocab_size, dtype=self.dtype)
-        states, new = (state,) if self.layers == 1 else state, []
-        for i, s in enumerate(states):
+        new = []
+        for i, s in enumerate(per_layer(state, self.layers)):
             scan = nn.scan(FLAX_CELLS[self.cell], variable_broadcast="params", split_rngs={"params": False},
                            in_axes=0, out_axes=0, unroll=self.unroll)
             s, hs_TxBxH = scan(features=self.hidden, dtype=self.dtype, name=layer_name(i))(_cast(s, self.dtype), x)
@@ -156,7 +170,7 @@ class _ConciseNet(nn.Module):
             logits_TxBxV = table.attend(x) + self.param("head_bias", nn.initializers.zeros, (self.vocab_size,))
         else:
             logits_TxBxV = nn.Dense(self.vocab_size, dtype=self.dtype, name="head")(x)
-        return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), new[0] if self.layers == 1 else tuple(new)
+        return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), joined(new)
 
 
 @dataclass(frozen=True)
@@ -184,8 +198,7 @@ class ConciseRNNLM:
         return self.net.init(key, tokens, self.init_state(1))["params"]
 
     def init_state(self, batch_size: int) -> State:
-        one = cells.zero_state(self.cell, batch_size, self.hidden)
-        return one if self.layers == 1 else tuple(one for _ in range(self.layers))
+        return zero_states(self.cell, batch_size, self.hidden, self.layers)
 
     def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None
                 ) -> tuple[Array, State]:
