@@ -10,7 +10,6 @@ compilation. torch rows appear when torch is installed (`pip install 'jaxrnn[ben
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -28,7 +27,7 @@ import optax
 
 from jaxrnn import cells
 from jaxrnn.config import CELLS, Config
-from jaxrnn.data import Corpus, epoch_order, load_corpus
+from jaxrnn.data import PROMPT, Corpus, epoch_order, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
 from jaxrnn.training import fit, init_state, make_optimizer, perplexity
@@ -36,7 +35,6 @@ from jaxrnn.training import fit, init_state, make_optimizer, perplexity
 CASES = ("seed-train", "large-train", "decode-1", "decode-256")
 IMPLS = ("jaxrnn-scratch", "jaxrnn-concise", "d2l-way", "torch")
 DECODE_CHARS = 1000
-PROMPT = "time traveller"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -282,11 +280,6 @@ def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
     return Config(), 3 if quick else 10
 
 
-def first_windows(corpus: Corpus, cfg: Config) -> Corpus:
-    """The corpus cut down to the config's first `num_train` and `num_val` windows."""
-    return dataclasses.replace(corpus, train=corpus.train[: cfg.num_train], val=corpus.val[: cfg.num_val])
-
-
 def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
     on_gpu = jax.default_backend() == "gpu"
     have_torch = torch_available()
@@ -300,7 +293,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
             corpora[base.num_steps] = load_corpus(args.data, base.num_steps, 10000, 5000)
         corpus = corpora[base.num_steps]
         if case == "large-train":
-            corpus = first_windows(corpus, base)
+            corpus = corpus.head(base.num_train, base.num_val)
         batch = 256 if case == "decode-256" else 1
         training = case.endswith("train")
         for cell in args.cells:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jaxrnn.config import CELLS, DTYPES, GRU_RESETS, IMPLS, MODELS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config
+from jaxrnn.config import CHOICES, MODELS, PRESETS, Config
+from jaxrnn.data import PROMPT, Vocab
 from jaxrnn.errors import JaxrnnError, Stopped
 
 
@@ -47,6 +48,13 @@ _non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number", "a
 _fraction = _number(float, lambda v: 0 <= v < 1, "a number", "in [0, 1)")
 
 
+def _split(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(f) for f in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not three fractions TRAIN,VAL,TEST such as 0.8,0.1,0.1") from None
+
+
 def _step(s: str) -> int | str:
     if s == "best":
         return s
@@ -73,6 +81,11 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data", str, "corpus file (default: The Time Machine from $JAXRNN_DATA_DIR, the cache or d2l)"),
     "--num-train": ("num_train", _positive_int, "training windows (default 10000)"),
     "--num-val": ("num_val", _positive_int, "validation windows (default 5000)"),
+    "--split": ("split", _split, "TRAIN,VAL,TEST fractions of the text, e.g. 0.8,0.1,0.1, in place of "
+                "--num-train/--num-val; a test part gets its perplexity and bpc printed at the end"),
+    "--preprocessing": ("preprocessing", str, "d2l: letters only, lower-case (default); none: the text as it is"),
+    "--batching": ("batching", str, "random windows (default, d2l 1.0) or sequential streams with the hidden "
+                   "state carried between batches (truncated BPTT, reset each epoch)"),
     "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10)"),
     "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
     "--precision": ("precision", str, "matmul precision (default highest: true float32)"),
@@ -95,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and write a run directory")
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
     for flag, (_, typ, text) in TRAIN_FLAGS.items():
-        choices = {"--model": MODELS, "--cell": CELLS, "--impl": IMPLS, "--gru-reset": GRU_RESETS,
-                   "--precision": PRECISIONS, "--dtype": DTYPES, "--optimizer": OPTIMIZERS,
-                   "--schedule": SCHEDULES}.get(flag)
+        choices = MODELS if flag == "--model" else CHOICES.get(TRAIN_FLAGS[flag][0])
         kw: dict[str, Any] = {"choices": list(choices)} if choices else {}
         t.add_argument(flag, type=typ, default=None, help=text, **kw)
     t.add_argument("--tie", action="store_true", default=None,
@@ -123,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="print perplexity and bits per character of a trained run on a file")
     e.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
-    e.add_argument("--data", metavar="FILE", help="text file (default: the run's validation windows)")
+    e.add_argument("--data", metavar="FILE", help="text file, preprocessed as the run's corpus (default: a part "
+                   "of the run's corpus, see --part)")
+    e.add_argument("--part", choices=["val", "test"], default="val",
+                   help="without --data: the run's validation (default) or test part")
     e.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
 
     b = sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch")
@@ -134,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    if args.split is not None and (args.num_train is not None or args.num_val is not None):
+        raise JaxrnnError("--split sets the train and validation parts by fraction; drop --num-train/--num-val")
     base = PRESETS[args.preset] if args.preset else Config()
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
     given["skip_nonfinite"], given["tie"] = args.skip_nonfinite, args.tie
@@ -152,6 +168,7 @@ def _refuse_with_resume(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxrnn import run
     from jaxrnn.parallel import use_cpu_cores
+    from jaxrnn.training import perplexity
 
     if args.resume:
         _refuse_with_resume(args)
@@ -170,9 +187,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = args.out or os.path.join("runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         run.log(f"jaxrnn: training {cfg.name} into {out}")
         trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
-    text = trained.predict("time traveller", 50)
+    if trained.cfg.split is not None and trained.cfg.split[2] > 0:
+        loss = run.evaluate(trained, part="test")
+        print(f"test perplexity {perplexity(loss):.2f}, bpc {loss / math.log(2):.3f}", flush=True)
+    text = trained.predict(prompt_for(trained.vocab), 50)
     print(f"perplexity {trained.val_ppl:.1f}, '{text}'", flush=True)
     return 0
+
+
+def prompt_for(vocab: Vocab) -> str:
+    """The chapters' prompt 'time traveller', or, where the vocab lacks some of its characters (a
+    corpus in another language or script), the vocab's most frequent character."""
+    return PROMPT if not vocab.unknown_chars(PROMPT) or not vocab.token_freqs else vocab.token_freqs[0][0]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -193,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jaxrnn import run
     from jaxrnn.training import perplexity
 
-    loss = run.evaluate(run.load(args.run, args.step), args.data)
+    loss = run.evaluate(run.load(args.run, args.step), args.data, args.part)
     print(f"perplexity {perplexity(loss):.2f}, bpc {loss / math.log(2):.3f}", flush=True)
     return 0
 

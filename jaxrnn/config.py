@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jaxrnn.data import BATCHINGS, PREPROCESSING
 from jaxrnn.errors import ConfigError
 
 MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
@@ -19,6 +20,9 @@ PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+# the settings that take one of a few names: Config field -> the names (the CLI's --flag choices)
+CHOICES = {"cell": CELLS, "impl": IMPLS, "gru_reset": GRU_RESETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+           "preprocessing": PREPROCESSING, "batching": BATCHINGS, "precision": PRECISIONS, "dtype": DTYPES}
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,17 @@ class Config:
     warmup: int = 0  # optimizer steps of linear warm-up from 0 to lr
     devices: int | None = None  # data-parallel devices; None: all local ones (parallel.py)
     data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
+    preprocessing: str = "d2l"  # 'd2l': letters only, lower-case; 'none': the text as it is
+    split: tuple[float, float, float] | None = None  # train/val/test fractions; None: num_train, num_val
+    batching: str = "random"  # 'random' windows (d2l 1.0) or 'sequential' streams with the state carried
 
     def __post_init__(self) -> None:
         cell, impl = resolve_model(self.model, self.cell, self.impl)
         object.__setattr__(self, "cell", cell)
         object.__setattr__(self, "impl", impl)
         object.__setattr__(self, "model", None)
+        if isinstance(self.split, (list, tuple)):  # a JSON list from config.json reads as the same tuple
+            object.__setattr__(self, "split", tuple(self.split))
         validate(self)
 
     @property
@@ -119,9 +128,8 @@ def resolve_model(model: str | None, cell: str | None, impl: str | None) -> tupl
 
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot train, with a message that says which flag to fix."""
-    for flag, v, allowed in (("--cell", cfg.cell, CELLS), ("--impl", cfg.impl, IMPLS),
-                             ("--gru-reset", cfg.gru_reset, GRU_RESETS), ("--optimizer", cfg.optimizer, OPTIMIZERS),
-                             ("--schedule", cfg.schedule, SCHEDULES)):
+    for name, allowed in CHOICES.items():
+        flag, v = "--" + name.replace("_", "-"), getattr(cfg, name)
         if v not in allowed:
             raise ConfigError(f"{flag} {v!r} is unknown; use one of {', '.join(allowed)}")
     if cfg.gru_reset != "after" and (cfg.cell, cfg.impl) != ("gru", "scratch"):
@@ -163,10 +171,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{flag} must be a positive finite number, got {v!r}; pass a value > 0")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"--precision {cfg.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"--dtype {cfg.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
+    if cfg.split is not None:
+        fr = cfg.split
+        if (len(fr) != 3 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fr)
+                or fr[0] <= 0 or fr[1] <= 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6)):
+            raise ConfigError(f"--split must be three fractions TRAIN,VAL,TEST in [0, 1] summing to 1, train and "
+                              f"validation above 0, got {fr!r}; e.g. --split 0.8,0.1,0.1")
 
 
 PRESETS: dict[str, Config] = {

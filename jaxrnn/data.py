@@ -1,4 +1,5 @@
-"""The Time Machine as d2l 1.0 prepares it: find the file, tokenize characters, build windows, order batches.
+"""Corpora as d2l 1.0 prepares The Time Machine (or raw): find the file, tokenize characters, cut
+parts into windows, order batches.
 
 Everything here is numpy; the data order is a function of (seed, epoch) only.
 """
@@ -6,6 +7,7 @@ Everything here is numpy; the data order is a function of (seed, epoch) only.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import os
 import re
@@ -22,6 +24,7 @@ TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIMEMACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 TIMEMACHINE_NAME = "timemachine.txt"
 UNK = "<unk>"
+PROMPT = "time traveller"  # the chapters' warm-up prefix
 
 
 def sha1_of(path: Path) -> str:
@@ -94,9 +97,13 @@ def read_text(path: Path) -> str:
     return text
 
 
-def preprocess(text: str) -> str:
-    """d2l's preprocessing: runs of non-letters become one space, then lower-case."""
-    return re.sub("[^A-Za-z]+", " ", text).lower()
+PREPROCESSING = ("d2l", "none")
+
+
+def preprocess(text: str, how: str = "d2l") -> str:
+    """d2l's preprocessing (runs of non-letters become one space, then lower-case), or 'none': the
+    text as it is, case, punctuation and newlines kept."""
+    return re.sub("[^A-Za-z]+", " ", text).lower() if how == "d2l" else text
 
 
 @dataclass(frozen=True)
@@ -135,16 +142,49 @@ class Vocab:
         return "".join(self.idx_to_token[int(i)] for i in indices)
 
 
+PARTS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class Corpus:
-    """A tokenized corpus cut into train and validation windows of `num_steps + 1` tokens."""
+    """A tokenized corpus and its parts: each part is a run of windows of `num_steps + 1` tokens at
+    stride 1, `spans[part] = (first window, count)`. Windows are views of `tokens`, never copies, so
+    a large corpus costs its tokens only; training gathers them on the device by start index."""
 
     vocab: Vocab
     tokens: np.ndarray  # int32, the whole corpus
-    train: np.ndarray  # int32 [num_train, num_steps + 1]
-    val: np.ndarray  # int32 [num_val, num_steps + 1]
+    num_steps: int
+    spans: dict[str, tuple[int, int]]  # 'train', 'val' and 'test' (count 0: no test part)
     path: Path
     sha1: str
+
+    def part_tokens(self, part: str) -> np.ndarray:
+        """The tokens a part's windows cover: window i is `part_tokens[i:i + num_steps + 1]`."""
+        first, count = self.spans[part]
+        return self.tokens[first:first + count + self.num_steps] if count else self.tokens[:0]
+
+    def windows(self, part: str) -> np.ndarray:
+        """A part's windows, [count, num_steps + 1] (a read-only view)."""
+        return windows(self.part_tokens(part), self.num_steps)
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.windows("train")
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.windows("val")
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.windows("test")
+
+    def head(self, num_train: int, num_val: int) -> Corpus:
+        """The same corpus with its train and validation parts cut to their first windows."""
+        spans = dict(self.spans)
+        for part, n in (("train", num_train), ("val", num_val)):
+            spans[part] = (spans[part][0], min(spans[part][1], n))
+        return dataclasses.replace(self, spans=spans)
 
 
 def windows(tokens: np.ndarray, num_steps: int) -> np.ndarray:
@@ -154,40 +194,61 @@ def windows(tokens: np.ndarray, num_steps: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(tokens, num_steps + 1)
 
 
+def split_spans(num_tokens: int, num_steps: int, fractions: tuple[float, float, float]) -> dict[str, tuple[int, int]]:
+    """Cut `num_tokens` into consecutive train, validation and test stretches by `fractions`, each
+    with its own windows: no window crosses a boundary, so no part sees another's text."""
+    cuts = np.round(np.cumsum((0.0, *fractions)) * num_tokens).astype(int)
+    cuts[-1] = num_tokens
+    return {part: (int(a), max(int(b - a) - num_steps, 0)) for part, a, b in zip(PARTS, cuts[:-1], cuts[1:])}
+
+
 def load_corpus(
-    path: str | os.PathLike | None = None, num_steps: int = 32, num_train: int = 10000, num_val: int = 5000
+    path: str | os.PathLike | None = None, num_steps: int = 32, num_train: int = 10000, num_val: int = 5000,
+    preprocessing: str = "d2l", split: tuple[float, float, float] | None = None,
 ) -> Corpus:
-    """Read, preprocess and window a corpus the way d2l's TimeMachine does."""
+    """Read, preprocess and window a corpus. By default as d2l's TimeMachine: the first `num_train`
+    windows train, the next `num_val` validate (overlapping the last training windows by
+    `num_steps` tokens, as d2l's do), no test part. With `split` = (train, val, test) fractions, the
+    text is cut into three consecutive stretches that share no window. The vocab is the whole
+    text's characters, so no part has unknown ones."""
     p = find_corpus(path)
     raw = read_text(p)
-    text = preprocess(raw)
+    text = preprocess(raw, preprocessing)
     if not text.strip():
-        raise DataError(f"corpus {p} has no letters after preprocessing; pass a file with English text")
+        what = "no letters after preprocessing; pass a file with English text" if preprocessing == "d2l" \
+            else "no text; pass a non-empty file"
+        raise DataError(f"corpus {p} has {what}")
     vocab = Vocab.build(text)
     tokens = vocab.encode(text)
-    w = windows(tokens, num_steps)
-    need = num_train + num_val
-    if len(w) < need:
-        raise DataError(
-            f"corpus {p} gives {len(w)} windows of {num_steps + 1} characters, but {num_train} train + "
-            f"{num_val} validation are asked for; use a longer file or lower --num-train/--num-val/--num-steps"
-        )
-    return Corpus(vocab, tokens, np.ascontiguousarray(w[:num_train]), np.ascontiguousarray(w[num_train:need]), p,
-                  hashlib.sha1(raw.encode("utf-8")).hexdigest())
+    total = max(len(tokens) - num_steps, 0)
+    if split is None:
+        if total < num_train + num_val:
+            raise DataError(
+                f"corpus {p} gives {total} windows of {num_steps + 1} characters, but {num_train} train + "
+                f"{num_val} validation are asked for; use a longer file, lower --num-train/--num-val/--num-steps, "
+                "or pass --split")
+        spans = {"train": (0, num_train), "val": (num_train, num_val), "test": (0, 0)}
+    else:
+        spans = split_spans(len(tokens), num_steps, split)
+        short = [part for part, f in zip(PARTS, split) if f > 0 and spans[part][1] == 0]
+        if short:
+            raise DataError(f"corpus {p} has {len(tokens)} characters: the {' and '.join(short)} part of --split "
+                            f"{','.join(map(str, split))} holds no window of {num_steps + 1}; give it a larger "
+                            "fraction, lower --num-steps, or use a longer file")
+    return Corpus(vocab, tokens, num_steps, spans, p, hashlib.sha1(raw.encode("utf-8")).hexdigest())
 
 
-def file_windows(path: Path, vocab: Vocab, num_steps: int) -> np.ndarray:
-    """All windows of a file, preprocessed as d2l does and encoded with an existing vocab; characters
+def file_tokens(path: Path, vocab: Vocab, num_steps: int, preprocessing: str = "d2l") -> np.ndarray:
+    """A file's tokens, preprocessed as the run's corpus was and encoded with its vocab; characters
     the vocab lacks read as <unk>, with a warning on stderr."""
-    text = preprocess(read_text(find_corpus(path)))
+    text = preprocess(read_text(find_corpus(path)), preprocessing)
     unknown = vocab.unknown_chars(text)
     if unknown:
         print(f"jaxrnn: warning: {len(unknown)} kinds of character in {path} are not in the vocab; read as <unk>",
               file=sys.stderr)
-    w = windows(vocab.encode(text), num_steps)
-    if len(w) == 0:
+    if len(text) < num_steps + 1:
         raise DataError(f"{path} has fewer than {num_steps + 1} characters after preprocessing; pass a longer file")
-    return np.ascontiguousarray(w)
+    return vocab.encode(text)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -210,7 +271,41 @@ def batch_plan(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarr
     return idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
 
 
-def chunk_plan(seed: int, first_epoch: int, num_epochs: int, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+BATCHINGS = ("random", "sequential")
+
+
+def sequential_plan(seed: int, epoch: int, n: int, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """d2l's sequential partitioning over `n` windows: after a random offset in [0, num_steps), the
+    text is cut into `batch_size` streams of `n // batch_size` windows, and batch i takes each
+    stream's i-th stretch of `num_steps` tokens, so row r of batch i + 1 continues row r of batch i
+    (its first input is the token after batch i's last input). Returns (window starts
+    [num_batches, batch_size], an all-true mask); the shapes do not depend on the epoch."""
+    stream = n // batch_size
+    offset = np.random.default_rng([seed, epoch]).integers(num_steps)
+    starts = offset + stream * np.arange(batch_size)[None, :] + num_steps * np.arange(stream // num_steps)[:, None]
+    return starts.astype(np.int32), np.ones(starts.shape, bool)
+
+
+def steps_per_epoch(batching: str, n: int, batch_size: int, num_steps: int) -> int:
+    """Optimizer steps in one epoch over `n` training windows."""
+    return -(-n // batch_size) if batching == "random" else (n // batch_size) // num_steps
+
+
+def check_batching(batching: str, n: int, batch_size: int, num_steps: int) -> None:
+    """Refuse a sequential partitioning whose streams are shorter than one batch's stretch."""
+    if batching == "sequential" and steps_per_epoch(batching, n, batch_size, num_steps) == 0:
+        raise DataError(
+            f"--batching sequential cuts the {n} training windows into {batch_size} streams of {n // batch_size}, "
+            f"fewer than --num-steps {num_steps}; "
+            + (f"use --batch-size {n // num_steps} or less" if n >= num_steps else "lower --num-steps"))
+
+
+def chunk_plan(seed: int, first_epoch: int, num_epochs: int, n: int, batch_size: int, batching: str = "random",
+               num_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Batch plans for epochs [first_epoch, first_epoch + num_epochs), stacked: [E, num_batches, batch_size]."""
-    plans = [batch_plan(epoch_order(seed, e, n), batch_size) for e in range(first_epoch, first_epoch + num_epochs)]
+    epochs = range(first_epoch, first_epoch + num_epochs)
+    if batching == "sequential":
+        plans = [sequential_plan(seed, e, n, batch_size, num_steps) for e in epochs]
+    else:
+        plans = [batch_plan(epoch_order(seed, e, n), batch_size) for e in epochs]
     return np.stack([p[0] for p in plans]), np.stack([p[1] for p in plans])

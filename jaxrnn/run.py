@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxrnn import checkpoint
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, Vocab, batch_plan, file_windows, load_corpus
+from jaxrnn.data import Corpus, Vocab, batch_plan, file_tokens, load_corpus
 from jaxrnn.errors import CheckpointError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import layout
@@ -191,7 +191,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     A relative `cfg.data` is made absolute, so the run resumes from any working directory."""
     if cfg.data is not None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
-    corpus = corpus or load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
+    corpus = corpus or corpus_for(cfg)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
         _prepare_dir(run_dir, cfg, force)
@@ -225,7 +225,7 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
     if not (run_dir / CONFIG).is_file():
         raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
     cfg = Config.load(run_dir / CONFIG)
-    corpus = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
+    corpus = corpus_for(cfg)
     model, state, start, val_ppl = build_model(cfg, len(corpus.vocab)), None, 0, None
     for epoch in reversed(checkpoint.steps(run_dir)):
         try:
@@ -249,19 +249,28 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
     return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress)
 
 
-def evaluate(trained: Trained, path: str | Path | None = None) -> float:
-    """Mean cross-entropy (nats per character) of a trained model on a file's windows (at stride 1,
-    d2l's preprocessing, the model's vocab; unknown characters read as <unk>), or, without a file,
-    on the run's own validation windows."""
+def corpus_for(cfg: Config) -> Corpus:
+    """The corpus a config trains on: its file (or The Time Machine), preprocessing and split."""
+    return load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val, cfg.preprocessing, cfg.split)
+
+
+def evaluate(trained: Trained, path: str | Path | None = None, part: str = "val") -> float:
+    """Mean cross-entropy (nats per character) of a trained model on all windows of a file (at
+    stride 1, preprocessed as the run's corpus, the model's vocab; unknown characters read as
+    <unk>), or, without a file, on a part of the run's own corpus ('val' or 'test')."""
     cfg = trained.cfg
     if path is None:
-        windows_ = load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val).val
+        corpus = corpus_for(cfg)
+        if not corpus.spans[part][1]:
+            raise JaxrnnError(f"this run's corpus has no {part} part; train with --split TRAIN,VAL,TEST to have one, "
+                              "or pass --data FILE")
+        tokens = corpus.part_tokens(part)
     else:
-        windows_ = file_windows(Path(path), trained.vocab, cfg.num_steps)
-    steps = Steps(trained.model, make_optimizer(cfg)).jitted(layout(1, cfg.batch_size))
-    idx, mask = batch_plan(np.arange(len(windows_)), cfg.batch_size)
+        tokens = file_tokens(Path(path), trained.vocab, cfg.num_steps, cfg.preprocessing)
+    steps = Steps(trained.model, make_optimizer(cfg), cfg.num_steps).jitted(layout(1, cfg.batch_size))
+    idx, mask = batch_plan(np.arange(len(tokens) - cfg.num_steps), cfg.batch_size)
     with jax.default_matmul_precision(cfg.precision):
-        return float(steps["evaluate"](trained.params, jnp.asarray(windows_), jnp.asarray(idx), jnp.asarray(mask)))
+        return float(steps["evaluate"](trained.params, jnp.asarray(tokens), jnp.asarray(idx), jnp.asarray(mask)))
 
 
 def load(run_dir: str | Path, step: int | str | None = None) -> Trained:

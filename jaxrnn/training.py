@@ -21,8 +21,9 @@ from jax import Array, lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jaxrnn.cells import State
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, batch_plan, chunk_plan
+from jaxrnn.data import Corpus, batch_plan, check_batching, chunk_plan, steps_per_epoch
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout
@@ -44,10 +45,10 @@ class TrainState(NamedTuple):
     step: Array  # int32 scalar: optimizer steps taken
 
 
-def learning_rate(cfg: Config) -> optax.Schedule:
+def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
     """The learning rate by optimizer step: `lr` throughout, or a cosine decay to 0 over the run's
-    steps; either after `warmup` steps rising linearly from 0."""
-    total = cfg.epochs * math.ceil(cfg.num_train / cfg.batch_size)
+    `epochs * steps_per_epoch` steps; either after `warmup` steps rising linearly from 0."""
+    total = cfg.epochs * steps_per_epoch
     main = (optax.constant_schedule(cfg.lr) if cfg.schedule == "constant"
             else optax.cosine_decay_schedule(cfg.lr, max(total - cfg.warmup, 1)))
     if not cfg.warmup:
@@ -55,14 +56,15 @@ def learning_rate(cfg: Config) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup), main], [cfg.warmup])
 
 
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """Global-norm clipping, then SGD (the chapters'), Adam or AdamW with `learning_rate(cfg)`:
+def make_optimizer(cfg: Config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Global-norm clipping, then SGD (the chapters'), Adam or AdamW with `learning_rate(cfg, ...)`
+    (`steps_per_epoch` matters to a cosine schedule only; the state's structure does not depend on it):
     clipping lives in the optimizer so every path gets it. Weight decay is L2 for SGD and Adam
     (added to the clipped gradient, as torch's `weight_decay`) and decoupled for AdamW. With
     `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite)."""
     # a plain float keeps the optimizer state of constant-rate runs (and so their checkpoints) as it
     # was before schedules existed; a schedule adds a step count to it
-    lr = cfg.lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg)
+    lr = cfg.lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg, steps_per_epoch)
     if cfg.optimizer == "adamw":
         update = [optax.adamw(lr, weight_decay=cfg.weight_decay)]
     else:
@@ -84,15 +86,23 @@ def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int
     return init(jax.random.key(seed))
 
 
-def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array, key: Array | None = None
-             ) -> tuple[Array, Array]:
-    """Summed cross-entropy over the real (unmasked) windows' tokens, and how many tokens that is;
-    `key` draws dropout masks (training only)."""
+def gather(tokens: Array, starts_B: Array, length: int) -> Array:
+    """The windows `tokens[s:s + length]` for each start `s`, [B, length]: windows are made on the
+    device from the token stream, so memory holds each token once, not `length` times."""
+    return tokens[starts_B[:, None] + jnp.arange(length)]
+
+
+def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array, key: Array | None = None,
+             state: State | None = None) -> tuple[Array, Array, State]:
+    """Summed cross-entropy over the real (unmasked) windows' tokens, how many tokens that is, and
+    the final recurrent state; `key` draws dropout masks (training only); `state` is where the
+    recurrence starts (None: zeros)."""
     x_BxT, y_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
-    logits_BxTxV, _ = model.forward(params, x_BxT, model.init_state(x_BxT.shape[0]), key)
+    state = model.init_state(x_BxT.shape[0]) if state is None else state
+    logits_BxTxV, state = model.forward(params, x_BxT, state, key)
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
     w_B = mask_B.astype(ce_BxT.dtype)
-    return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1]
+    return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1], state
 
 
 def perplexity(loss: float) -> float:
@@ -104,53 +114,66 @@ def perplexity(loss: float) -> float:
 
 @dataclass(frozen=True)
 class Steps:
-    """The jitted functions of one (model, optimizer) pair. Windows live on the device; batches are
-    gathered inside the compiled code from index plans made in numpy."""
+    """The jitted functions of one (model, optimizer) pair. A part's tokens live on the device; batches
+    of windows are gathered inside the compiled code from plans of window starts made in numpy."""
 
     model: LanguageModel
     tx: optax.GradientTransformation
+    num_steps: int  # a window is num_steps + 1 tokens
     seed: int = 0  # of the dropout masks, folded with the step number (and the device), so resume is exact
+    carry: bool = False  # sequential batching: each batch starts from the last one's final state
     mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
 
-    def grad_sums(self, params: Params, windows: Array, idx_B: Array, mask_B: Array, step: Array
-                  ) -> tuple[Params, Array, Array]:
-        """The gradient of the summed loss of a batch, the loss sum and the token count. Over a mesh
-        each device differentiates its share of the batch and one all-reduce sums the results; left to
-        the SPMD partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every
-        time step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
+    def grad_sums(self, params: Params, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
+                  h: State | None = None) -> tuple[Params, Array, Array, State]:
+        """The gradient of the summed loss of a batch, the loss sum, the token count and the final
+        state, the recurrence starting from `h` (None: zeros). `h` is an input, not a result of this
+        program, so no gradient flows into earlier batches: truncated BPTT. Over a mesh each device
+        differentiates its share of the batch and one all-reduce sums the results; left to the SPMD
+        partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every time
+        step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
 
-        def local(p: Params, w: Array, idx: Array, mask: Array, step: Array) -> tuple[Params, Array, Array]:
+        def local(p: Params, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
+                  ) -> tuple[Params, Array, Array, State]:
             key = None
             if self.model.dropout:
                 key = jax.random.fold_in(jax.random.key(self.seed), step)
                 key = key if self.mesh is None else jax.random.fold_in(key, lax.axis_index(AXIS))
-            (s, n), g = jax.value_and_grad(lambda q: loss_sum(self.model, q, w[idx], mask, key), has_aux=True)(p)
-            return (g, s, n) if self.mesh is None else lax.psum((g, s, n), AXIS)
+            w = gather(tok, idx, self.num_steps + 1)
+
+            def loss(q: Params) -> tuple[Array, tuple[Array, State]]:
+                s, n, h_last = loss_sum(self.model, q, w, mask, key, h)
+                return s, (n, h_last)
+
+            (s, (n, h)), g = jax.value_and_grad(loss, has_aux=True)(p)
+            return (g, s, n, h) if self.mesh is None else (*lax.psum((g, s, n), AXIS), h)
 
         if self.mesh is None:
-            return local(params, windows, idx_B, mask_B, step)
+            return local(params, tokens, idx_B, mask_B, step, h)
         # check_vma=False: each device's gradient is its own partial sum, which `local` psums itself
-        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P()),
-                                   out_specs=P(), check_vma=False)
-        return per_device(params, windows, idx_B, mask_B, step)
+        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(), P(AXIS)),
+                                   out_specs=(P(), P(), P(), P(AXIS)), check_vma=False)
+        return per_device(params, tokens, idx_B, mask_B, step, h)
 
-    def step(self, state: TrainState, windows: Array, idx_B: Array, mask_B: Array) -> tuple[TrainState, Array]:
-        """One optimizer step on the mean loss of one batch; returns the new state and [loss sum, tokens,
-        non-finite?]. A non-finite step adds nothing to the sums when the optimizer skips it."""
-        grad_sum, s, n = self.grad_sums(state.params, windows, idx_B, mask_B, state.step)
+    def step(self, state: TrainState, tokens: Array, idx_B: Array, mask_B: Array, h: State | None = None
+             ) -> tuple[TrainState, Array, State]:
+        """One optimizer step on the mean loss of one batch; returns the new state, [loss sum, tokens,
+        non-finite?] and the batch's final recurrent state. A non-finite step adds nothing to the sums
+        when the optimizer skips it."""
+        grad_sum, s, n, h = self.grad_sums(state.params, tokens, idx_B, mask_B, state.step, h)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         bad = ~jnp.isfinite(s)
         if isinstance(opt_state, optax.ApplyIfFiniteState):
             s, n = jnp.where(bad, 0.0, s), jnp.where(bad, 0.0, n)
-        return TrainState(params, opt_state, state.step + 1), jnp.stack([s, n, bad.astype(s.dtype)])
+        return TrainState(params, opt_state, state.step + 1), jnp.stack([s, n, bad.astype(s.dtype)]), h
 
-    def evaluate(self, params: Params, windows: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
-        """Token-weighted mean loss over the windows a batch plan covers."""
+    def evaluate(self, params: Params, tokens: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
+        """Token-weighted mean loss over the windows a batch plan covers, each from a zero state."""
 
         def body(acc, b):
-            s, n = loss_sum(self.model, params, windows[b[0]], b[1])
+            s, n, _ = loss_sum(self.model, params, gather(tokens, b[0], self.num_steps + 1), b[1])
             return acc + jnp.stack([s, n]), None
 
         acc, _ = lax.scan(body, jnp.zeros(2), (idx_NxB, mask_NxB))
@@ -159,10 +182,16 @@ class Steps:
     def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
               val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[Array, Array]]:
         """Several epochs, each with its validation, as one program; returns every step's
-        [loss sum, tokens, non-finite?] ([E, N, 3]) and each epoch's validation loss ([E])."""
+        [loss sum, tokens, non-finite?] ([E, N, 3]) and each epoch's validation loss ([E]). With
+        `carry`, the recurrent state runs from batch to batch and restarts from zeros each epoch."""
+
+        def batch(carry, b):
+            st, h = carry
+            st, sn, h_last = self.step(st, train, b[0], b[1], h if self.carry else None)
+            return (st, h_last if self.carry else h), sn
 
         def epoch(st, plan):
-            st, sn_Nx3 = lax.scan(lambda s, b: self.step(s, train, b[0], b[1]), st, plan)
+            (st, _), sn_Nx3 = lax.scan(batch, (st, self.model.init_state(plan[0].shape[1])), plan)
             return st, (sn_Nx3, self.evaluate(st.params, val, val_idx, val_mask))
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
@@ -173,7 +202,8 @@ class Steps:
         R, b = lay.replicated, lay.batched
         self = replace(self, mesh=lay.mesh)
         return {
-            "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1)), out_shardings=(R, R)),
+            "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1), b(2)),
+                            out_shardings=(R, R, b(2))),
             "evaluate": jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
             "chunk": jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
                              out_shardings=(R, R)),
@@ -236,14 +266,16 @@ def fit(
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
-    tx = make_optimizer(cfg)
+    n = corpus.spans["train"][1]
+    check_batching(cfg.batching, n, cfg.batch_size, cfg.num_steps)
+    tx = make_optimizer(cfg, steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
     lay = layout(cfg.devices, cfg.batch_size)
-    fns = Steps(model, tx, cfg.seed).jitted(lay)
+    fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential").jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)
-    state, train, val = jax.device_put((state, corpus.train, corpus.val), lay.replicated)
-    val_idx, val_mask = jax.device_put(batch_plan(np.arange(len(corpus.val)), cfg.batch_size), lay.batched(2))
-    tokens_per_epoch = len(corpus.train) * cfg.num_steps
+    state, train, val = jax.device_put((state, corpus.part_tokens("train"), corpus.part_tokens("val")),
+                                       lay.replicated)
+    val_idx, val_mask = jax.device_put(batch_plan(np.arange(corpus.spans["val"][1]), cfg.batch_size), lay.batched(2))
     history: list[dict[str, Any]] = []
     compiled: dict[int, Callable] = {}  # chunk length -> executable
     timings = {} if timings is None else timings
@@ -251,8 +283,9 @@ def fit(
     timings.setdefault("train_s", 0.0)
     with jax.default_matmul_precision(cfg.precision):
         for a, b in chunks(start_epoch, cfg.epochs, cfg.save_every):
-            idx, mask = jax.device_put(chunk_plan(cfg.seed, a, b - a, len(corpus.train), cfg.batch_size),
-                                       lay.batched(3))
+            plan = chunk_plan(cfg.seed, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps)
+            tokens_per_epoch = int(plan[1][0].sum()) * cfg.num_steps
+            idx, mask = jax.device_put(plan, lay.batched(3))
             if not per_step and b - a not in compiled:
                 t0 = time.perf_counter()
                 compiled[b - a] = fns["chunk"].lower(state, train, val, idx, mask, val_idx, val_mask).compile()
@@ -261,8 +294,10 @@ def fit(
             if per_step:
                 sn, vals = [], []
                 for e in range(b - a):
+                    h = model.init_state(cfg.batch_size)
                     for i in range(idx.shape[1]):
-                        state, sn_i = fns["step"](state, train, idx[e, i], mask[e, i])
+                        state, sn_i, h_last = fns["step"](state, train, idx[e, i], mask[e, i], h)
+                        h = h_last if cfg.batching == "sequential" else h
                         sn.append(sn_i)
                     vals.append(fns["evaluate"](state.params, val, val_idx, val_mask))
                 sn_ExNx3, val_E = jnp.stack(sn).reshape(b - a, idx.shape[1], 3), jnp.stack(vals)

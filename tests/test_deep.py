@@ -106,8 +106,8 @@ def test_dropout_training_is_seeded_and_resumes_exactly(tiny_cfg, tiny_corpus) -
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     assert hist[-1]["val_loss"] == hist2[-1]["val_loss"]
-    grads = jax.jit(Steps(model, make_optimizer(cfg), cfg.seed).grad_sums)
-    batch = (jnp.asarray(tiny_corpus.train), jnp.arange(128), jnp.ones(128, bool))
+    grads = jax.jit(Steps(model, make_optimizer(cfg), cfg.num_steps, cfg.seed).grad_sums)
+    batch = (jnp.asarray(tiny_corpus.part_tokens("train")), jnp.arange(128), jnp.ones(128, bool))
     g0, g1 = (grads(whole.params, *batch, jnp.int32(step))[0]["rnn_2"]["W_hh"] for step in (0, 1))
     assert not np.allclose(g0, g1)  # each step draws its own masks
 
@@ -118,16 +118,16 @@ def one_step(cfg: Config, tiny_corpus, steps: int = 1):
     model = build_model(cfg, len(tiny_corpus.vocab))
     tx = make_optimizer(cfg)
     state = init_state(model, tx, cfg.seed)
-    windows = jnp.asarray(tiny_corpus.train)
+    windows, tokens = jnp.asarray(tiny_corpus.train), jnp.asarray(tiny_corpus.part_tokens("train"))
     idx, mask = jnp.arange(cfg.batch_size), jnp.ones(cfg.batch_size, bool)
-    step = jax.jit(Steps(model, tx).step)
+    step = jax.jit(Steps(model, tx, cfg.num_steps).step)
     p0, grads = state.params, []
     for _ in range(steps):
-        g = jax.grad(lambda q: (lambda s, n: s / n)(*loss_sum(model, q, windows[idx], mask)))(state.params)
+        g = jax.grad(lambda q: (lambda s, n, _: s / n)(*loss_sum(model, q, windows[idx], mask)))(state.params)
         g = {k: np.asarray(v, np.float64) for k, v in jax.tree_util.tree_leaves_with_path(g)}
         norm = math.sqrt(sum((v**2).sum() for v in g.values()))
         grads.append({k: v * min(1.0, cfg.clip / norm) for k, v in g.items()})
-        state, _ = step(state, windows, idx, mask)
+        state, _, _ = step(state, tokens, idx, mask)
     flat = lambda t: {k: np.asarray(v, np.float64) for k, v in jax.tree_util.tree_leaves_with_path(t)}  # noqa: E731
     return flat(p0), flat(state.params), grads
 
@@ -159,11 +159,11 @@ def test_optimizers_follow_their_update_rules(tiny_cfg, tiny_corpus, name: str) 
 
 def test_schedules_follow_their_formulas(tiny_cfg) -> None:
     cfg = tiny_cfg(epochs=5, lr=0.5, schedule="cosine", warmup=3)  # 4 steps per epoch: 20 in all
-    lr = learning_rate(cfg)
+    lr = learning_rate(cfg, 4)
     for t in range(21):
         want = 0.5 * t / 3 if t < 3 else 0.5 * 0.5 * (1 + math.cos(math.pi * (t - 3) / 17))
         assert float(lr(t)) == pytest.approx(want, abs=1e-7)
-    constant = learning_rate(tiny_cfg(lr=0.5, warmup=2))
+    constant = learning_rate(tiny_cfg(lr=0.5, warmup=2), 4)
     assert [float(constant(t)) for t in (0, 1, 2, 9)] == pytest.approx([0.0, 0.25, 0.5, 0.5])
     assert isinstance(make_optimizer(tiny_cfg()), optax.GradientTransformation)
 

@@ -24,41 +24,45 @@ EIGHT = textwrap.dedent("""
     from jaxrnn import run
     from jaxrnn.config import Config
     assert jax.device_count() == 8, jax.devices()
-    cfg = Config(**json.loads(sys.argv[1]))
     out = {}
-    for n in (1, 8):
-        t = run.train(cfg.replace(devices=n), sys.argv[2] if n == 8 else None)
-        leaves = jax.tree.leaves(t.params)
-        assert n == 1 or all(len(a.sharding.device_set) == 8 for a in leaves)  # replicated on all 8
-        np.savez(f"{sys.argv[3]}/params{n}.npz", *[np.asarray(a) for a in leaves])
-        out[n] = [[r["train_loss"], r["val_loss"]] for r in t.history]
+    for k, c in enumerate(json.loads(sys.argv[1])):
+        cfg = Config(**c)
+        for n in (1, 8):
+            t = run.train(cfg.replace(devices=n), sys.argv[2] if (k, n) == (0, 8) else None)
+            leaves = jax.tree.leaves(t.params)
+            assert n == 1 or all(len(a.sharding.device_set) == 8 for a in leaves)  # replicated on all 8
+            np.savez(f"{sys.argv[3]}/params{k}_{n}.npz", *[np.asarray(a) for a in leaves])
+            out[f"{k}_{n}"] = [[r["train_loss"], r["val_loss"]] for r in t.history]
     print(json.dumps(out))
 """)
 
 
 @pytest.fixture(scope="module")
 def eight(tmp_path_factory, run_python, tiny_cfg):
-    """Train the tiny config for 3 epochs on 1 and on 8 devices of one subprocess."""
+    """Train the tiny config for 3 epochs, and 2 epochs of sequential batches with the state carried
+    (split over the devices with the batch), on 1 and on 8 devices of one subprocess."""
     work = tmp_path_factory.mktemp("eight")
-    cfg = tiny_cfg(epochs=3, model="scratch").to_dict()
+    cfgs = [tiny_cfg(epochs=3, model="scratch").to_dict(),
+            tiny_cfg(epochs=2, cell="lstm", batching="sequential", batch_size=16).to_dict()]
     env_flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{env_flags} --xla_force_host_platform_device_count=8"
     try:
-        proc = run_python(["-c", EIGHT, json.dumps(cfg), str(work / "run8"), str(work)], work)
+        proc = run_python(["-c", EIGHT, json.dumps(cfgs), str(work / "run8"), str(work)], work)
     finally:
         os.environ["XLA_FLAGS"] = env_flags
     assert proc.returncode == 0, proc.stderr
-    losses = {int(k): v for k, v in json.loads(proc.stdout).items()}
-    params = {n: list(np.load(work / f"params{n}.npz").values()) for n in (1, 8)}
+    losses = json.loads(proc.stdout)
+    params = {key: list(np.load(work / f"params{key}.npz").values()) for key in losses}
     return work, losses, params
 
 
-def test_eight_devices_train_like_one(eight) -> None:
-    """Same losses every epoch and same params after 3 epochs (12 steps), up to float32 rounding:
-    the only difference is the order in which the batch's gradient sums are added."""
+@pytest.mark.parametrize("k", [0, 1], ids=["random", "sequential-lstm"])
+def test_eight_devices_train_like_one(eight, k: int) -> None:
+    """Same losses every epoch and same params after 12 (random) or 8 (sequential) steps, up to float32
+    rounding: the only difference is the order in which the batch's gradient sums are added."""
     _, losses, params = eight
-    np.testing.assert_allclose(losses[8], losses[1], rtol=1e-5)
-    for a8, a1 in zip(params[8], params[1], strict=True):
+    np.testing.assert_allclose(losses[f"{k}_8"], losses[f"{k}_1"], rtol=1e-5)
+    for a8, a1 in zip(params[f"{k}_8"], params[f"{k}_1"], strict=True):
         np.testing.assert_allclose(a8, a1, rtol=1e-4, atol=1e-6)
 
 
@@ -67,7 +71,7 @@ def test_checkpoint_saved_on_eight_devices_restores_on_one(eight) -> None:
     t = run.load(work / "run8")
     leaves = jax.tree.leaves(t.params)
     assert all(len(a.sharding.device_set) == 1 for a in leaves)
-    for got, want in zip(leaves, params[8], strict=True):
+    for got, want in zip(leaves, params["0_8"], strict=True):
         np.testing.assert_array_equal(np.asarray(got), want)
     assert t.predict("time traveller", 10).startswith("time traveller")
 

@@ -15,7 +15,7 @@ from jaxrnn.training import Steps, epoch_record, fit, init_state, loss_sum, make
 
 
 def mean_loss(model, params, windows, mask) -> jax.Array:
-    s, n = loss_sum(model, params, windows, mask)
+    s, n, _ = loss_sum(model, params, windows, mask)
     return s / n
 
 
@@ -40,8 +40,8 @@ def np_mean_loss(ref, flat: dict[str, np.ndarray], windows: np.ndarray, rows: li
 def test_loss_with_mask_is_mean_over_real_rows(key, ref) -> None:
     model, params, windows, mask = small_problem(key)
     with jax.default_matmul_precision("highest"):
-        s, n = loss_sum(model, params, windows, mask)
-        s_other, _ = loss_sum(model, params, windows.at[1].set(0), mask)  # a masked row's content is ignored
+        s, n, _ = loss_sum(model, params, windows, mask)
+        s_other, _, _ = loss_sum(model, params, windows.at[1].set(0), mask)  # a masked row's content is ignored
     assert float(n) == 3 * 4
     want = np_mean_loss(ref, ref.flat(params), np.asarray(windows), [0, 2, 3])
     np.testing.assert_allclose(float(s / n), want, rtol=1e-6)
@@ -98,13 +98,14 @@ def test_perplexity_of_nan_loss_is_nan() -> None:
 
 def test_evaluate_is_token_weighted_mean_over_all_windows(key, ref, tiny_cfg) -> None:
     model, params, _, _ = small_problem(key)
-    windows = jax.random.randint(jax.random.fold_in(key, 9), (10, 5), 0, 5)
+    tokens = jax.random.randint(jax.random.fold_in(key, 9), (14,), 0, 5)
     idx = jnp.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]])
     mask = jnp.array([[True] * 4, [True] * 4, [True, True, False, False]])
-    steps = Steps(model, make_optimizer(tiny_cfg()))
+    steps = Steps(model, make_optimizer(tiny_cfg()), 4)  # windows of 5: tokens[i:i + 5], i < 10
     with jax.default_matmul_precision("highest"):
-        got = float(jax.jit(steps.evaluate)(params, windows, idx, mask))
-    want = np_mean_loss(ref, ref.flat(params), np.asarray(windows), list(range(10)))
+        got = float(jax.jit(steps.evaluate)(params, tokens, idx, mask))
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(tokens), 5)
+    want = np_mean_loss(ref, ref.flat(params), windows, list(range(10)))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -113,14 +114,14 @@ def test_masked_partial_batch_weighs_like_d2l(tiny_cfg, tiny_corpus) -> None:
     cfg = tiny_cfg()
     model = build_model(cfg, len(tiny_corpus.vocab))
     tx = make_optimizer(cfg)
-    step = jax.jit(Steps(model, tx).step)
-    train = jnp.asarray(tiny_corpus.train)
+    step = jax.jit(Steps(model, tx, cfg.num_steps).step)
+    train = jnp.asarray(tiny_corpus.part_tokens("train"))
     real = jnp.array([5, 17, 3, 250, 99], jnp.int32)
     with jax.default_matmul_precision("highest"):
-        want, sn_want = step(init_state(model, tx, 0), train, real, jnp.ones(5, bool))
+        want, sn_want, _ = step(init_state(model, tx, 0), train, real, jnp.ones(5, bool))
         for pad in (0, 7):
             idx = jnp.concatenate([real, jnp.full(11, pad, jnp.int32)])
-            got, sn = step(init_state(model, tx, 0), train, idx, jnp.arange(16) < 5)
+            got, sn, _ = step(init_state(model, tx, 0), train, idx, jnp.arange(16) < 5)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), got.params, want.params)
             np.testing.assert_allclose(sn, sn_want, rtol=1e-6)
     assert float(sn_want[1]) == 5 * cfg.num_steps
