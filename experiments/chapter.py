@@ -19,7 +19,7 @@ def parse_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-step", action="store_true", help="the chapter's loop: one jitted call per batch")
     p.add_argument("--out", metavar="RUN_DIR", help="also write a run directory (config, metrics, checkpoints)")
     p.add_argument("--force", action="store_true", help="overwrite the run directory if it holds a run")
-    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves")
     return p.parse_args(argv)
 
 

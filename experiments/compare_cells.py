@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.005, help="Adam's learning rate (default 0.005)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--impl", default="scratch", choices=["scratch", "flax"])
-    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves")
     p.add_argument("--json-out", metavar="FILE", help="also write the rows as JSON")
     return p.parse_args(argv)
 

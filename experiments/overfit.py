@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.003, help="Adam's learning rate (default 0.003)")
     p.add_argument("--dropout", type=float, default=0.0, help="also train the model with this dropout (0: do not)")
-    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE", help="save the perplexity curves")
     return p.parse_args(argv)
 
 

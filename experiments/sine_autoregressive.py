@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--hidden", type=int, default=16)
     a.add_argument("--steps", type=int, default=2000, help="Adam steps (default 2000)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--plot", metavar="FILE", help="save the series and predictions (needs matplotlib)")
+    a.add_argument("--plot", metavar="FILE", help="save the series and predictions")
     args = a.parse_args(argv)
     x = series(args.seed)
     coef = linear_fit(x)

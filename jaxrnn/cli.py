@@ -1,4 +1,4 @@
-"""`jaxrnn train | sample | eval | bench`: argparse -> Config -> library calls; user errors -> one line, exit 2.
+"""`jaxrnn train | sample | eval | runs | plot | bench`: argparse -> Config -> library calls; bad input -> exit 2.
 
 stdout carries results only; progress, logs and warnings go to stderr.
 """
@@ -6,6 +6,7 @@ stdout carries results only; progress, logs and warnings go to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -14,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jaxrnn.config import CHOICES, MODELS, PRESETS, Config
-from jaxrnn.data import PROMPT, Vocab
 from jaxrnn.errors import JaxrnnError, Stopped
+from jaxrnn.progress import Progress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +65,7 @@ def _step(s: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{s!r} is neither 'best' nor a positive epoch number") from None
 
 
+SWITCHES = ("skip_nonfinite", "tie", "tensorboard", "curves")  # Config's on/off settings, each a flag
 # flag -> (Config field, type, help); defaults come from the preset, else from Config().
 TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--model": ("model", str, "the chapters' names: scratch is --cell rnn --impl scratch, concise --impl flax"),
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and write a run directory")
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
+    t.add_argument("--config", metavar="FILE", help="start from a saved config (a run's config.json); flags "
+                   "override it")
     for flag, (_, typ, text) in TRAIN_FLAGS.items():
         choices = MODELS if flag == "--model" else CHOICES.get(TRAIN_FLAGS[flag][0])
         kw: dict[str, Any] = {"choices": list(choices)} if choices else {}
@@ -115,10 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the input embedding as the output layer (needs --embed equal to --hidden)")
     t.add_argument("--skip-nonfinite", action="store_true", default=None,
                    help="skip steps whose loss is nan or inf instead of stopping the run")
+    t.add_argument("--no-curves", dest="curves", action="store_false", default=None,
+                   help="do not draw RUN_DIR/curves.png (saves matplotlib's second of CPU in short runs)")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also log to RUN_DIR/tb for TensorBoard (needs the tensorboard extra: tensorboardX)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its config")
     t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
     t.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
+    t.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings and errors still)")
+    t.add_argument("--json", action="store_true", help="one JSON object per epoch on stdout, and the final "
+                   "result as one JSON line")
 
     s = sub.add_parser("sample", help="print text from a trained run")
     s.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
@@ -140,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --data: the run's validation (default) or test part")
     e.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
 
+    r = sub.add_parser("runs", help="list the run directories under a directory, with their best val perplexity")
+    r.add_argument("root", nargs="?", default=".", help="where to look (default: the current directory)")
+
+    pl = sub.add_parser("plot", help="draw the perplexity curves of one or more runs into one figure")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by train")
+    pl.add_argument("--out", metavar="FILE", default="curves.png", help="image to write (default curves.png)")
+    pl.add_argument("--log", action="store_true", help="log-scale perplexity axis")
+
     b = sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch")
     from jaxrnn.bench import add_arguments
 
@@ -150,16 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     if args.split is not None and (args.num_train is not None or args.num_val is not None):
         raise JaxrnnError("--split sets the train and validation parts by fraction; drop --num-train/--num-val")
-    base = PRESETS[args.preset] if args.preset else Config()
+    if args.preset and args.config:
+        raise JaxrnnError("--preset and --config both name a starting config; drop one")
+    base = PRESETS[args.preset] if args.preset else Config.load(args.config) if args.config else Config()
     given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
-    given["skip_nonfinite"], given["tie"] = args.skip_nonfinite, args.tie
+    given.update({name: getattr(args, name) for name in SWITCHES})
     return base.replace(**{k: v for k, v in given.items() if v is not None})
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
     """--resume takes the run's saved config: settings that would change it are refused."""
     flags = [f for f, (field, _, _) in TRAIN_FLAGS.items() if getattr(args, f[2:].replace("-", "_")) is not None]
-    flags += [f"--{n.replace('_', '-')}" for n in ("preset", "out", "skip_nonfinite", "tie") if getattr(args, n)]
+    flags += [f"--{n.replace('_', '-')}" for n in ("preset", "config", "out", *SWITCHES) if getattr(args, n)]
+    flags += ["--no-curves"] if args.curves is False else []
     flags += ["--force"] if args.force else []
     if flags:
         raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")
@@ -176,29 +198,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
     use_cpu_cores(cfg.devices, cfg.batch_size)  # before JAX starts its CPU backend
 
-    def progress(r: dict[str, Any]) -> None:
-        skipped = f"  {r['skipped_steps']} steps skipped" if r["skipped_steps"] else ""
-        run.log(f"epoch {r['epoch']}  train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}  "
-                f"{r['tokens_per_s'] / 1e3:.0f}k tok/s{skipped}")
-
-    if args.resume:
-        trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
-    else:
-        out = args.out or os.path.join("runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run.log(f"jaxrnn: training {cfg.name} into {out}")
-        trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
+    progress = Progress(cfg.epochs, "quiet" if args.quiet else "auto", args.json)
+    try:
+        if args.resume:
+            trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
+        else:
+            out = args.out or os.path.join("runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if not args.quiet:
+                run.log(f"jaxrnn: training {cfg.name} into {out}")
+            trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
+    finally:
+        progress.close()
+    result: dict[str, Any] = {"run_dir": str(trained.run_dir), "epoch": trained.epoch}
     if trained.cfg.split is not None and trained.cfg.split[2] > 0:
         loss = run.evaluate(trained, part="test")
-        print(f"test perplexity {perplexity(loss):.2f}, bpc {loss / math.log(2):.3f}", flush=True)
-    text = trained.predict(prompt_for(trained.vocab), 50)
-    print(f"perplexity {trained.val_ppl:.1f}, '{text}'", flush=True)
+        result.update(test_perplexity=perplexity(loss), test_bpc=loss / math.log(2))
+        if not args.json:
+            print(f"test perplexity {result['test_perplexity']:.2f}, bpc {result['test_bpc']:.3f}", flush=True)
+    result.update(perplexity=trained.val_ppl, sample=trained.predict(trained.vocab.prompt(), run.SAMPLE_CHARS))
+    print(json.dumps(result) if args.json else f"perplexity {result['perplexity']:.1f}, '{result['sample']}'",
+          flush=True)
     return 0
-
-
-def prompt_for(vocab: Vocab) -> str:
-    """The chapters' prompt 'time traveller', or, where the vocab lacks some of its characters (a
-    corpus in another language or script), the vocab's most frequent character."""
-    return PROMPT if not vocab.unknown_chars(PROMPT) or not vocab.token_freqs else vocab.token_freqs[0][0]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -221,6 +241,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loss = run.evaluate(run.load(args.run, args.step), args.data, args.part)
     print(f"perplexity {perplexity(loss):.2f}, bpc {loss / math.log(2):.3f}", flush=True)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from jaxrnn import run
+
+    rows = []
+    for d in run.find_runs(args.root):
+        try:
+            s = run.summary(d)
+        except JaxrnnError as e:
+            print(f"jaxrnn: warning: skipping {d}: {e}", file=sys.stderr)
+            continue
+        best = f"{s['best_val_ppl']:.2f} (epoch {s['best_epoch']})" if s["best_val_ppl"] is not None else "-"
+        rows.append((str(d.relative_to(args.root)), f"best val ppl {best}", f"epochs {s['done']}/{s['epochs']}",
+                     s["name"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)] if rows else []
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3], flush=True)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from jaxrnn import run
+    from jaxrnn.plots import plot_curves
+
+    histories = {}
+    for d in args.run_dirs:
+        history = run.read_metrics(d)
+        if not history:
+            raise JaxrnnError(f"{d} has no epochs in {run.METRICS}; pass run directories written by 'jaxrnn train'")
+        histories[d] = history
+    if len(histories) == 1:  # one run: the legend names the splits only
+        histories = {"": next(iter(histories.values()))}
+    print(plot_curves(histories, args.out, log_scale=args.log), flush=True)
     return 0
 
 
@@ -248,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sample(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "runs":
+            return cmd_runs(args)
+        if args.command == "plot":
+            return cmd_plot(args)
         from jaxrnn.bench import main as bench_main
         from jaxrnn.parallel import use_cpu_cores
 

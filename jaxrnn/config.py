@@ -20,6 +20,7 @@ PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+RUN_INFO = ("data_sha1", "versions")  # what config.json records beside the settings
 # the settings that take one of a few names: Config field -> the names (the CLI's --flag choices)
 CHOICES = {"cell": CELLS, "impl": IMPLS, "gru_reset": GRU_RESETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
            "preprocessing": PREPROCESSING, "batching": BATCHINGS, "precision": PRECISIONS, "dtype": DTYPES}
@@ -62,6 +63,8 @@ class Config:
     preprocessing: str = "d2l"  # 'd2l': letters only, lower-case; 'none': the text as it is
     split: tuple[float, float, float] | None = None  # train/val/test fractions; None: num_train, num_val
     batching: str = "random"  # 'random' windows (d2l 1.0) or 'sequential' streams with the state carried
+    tensorboard: bool = False  # also log to RUN_DIR/tb with tensorboardX
+    curves: bool = True  # draw RUN_DIR/curves.png (matplotlib costs about 1 s of CPU per process)
 
     def __post_init__(self) -> None:
         cell, impl = resolve_model(self.model, self.cell, self.impl)
@@ -91,17 +94,19 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        """Build from a saved dict, refusing keys this version does not know."""
+        """Build from a saved dict, refusing keys this version does not know (a run's `config.json`
+        also records its data and library versions: `RUN_INFO`, read by the run, not the config)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RUN_INFO}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; remove them or upgrade jaxrnn")
         return cls(**d)
 
-    def save(self, path: Path) -> None:
-        """Write config.json atomically (write a temp file, then rename)."""
+    def save(self, path: Path, **info: Any) -> None:
+        """Write config.json atomically (write a temp file, then rename), with `info` (RUN_INFO keys)."""
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps({**self.to_dict(), **info}, indent=2) + "\n")
         tmp.replace(path)
 
     @classmethod
@@ -185,4 +190,12 @@ PRESETS: dict[str, Config] = {
     # d2l's LSTM and GRU sections (10.1, 10.2): the scratch cells, hidden 32, SGD lr 4, 50 epochs
     "d2l-lstm": Config(cell="lstm", impl="scratch", lr=4.0, epochs=50),
     "d2l-gru": Config(cell="gru", impl="scratch", gru_reset="before", lr=4.0, epochs=50),
+    # larger starting points (Flax cells, embeddings, dropout, AdamW with a cosine schedule); for a
+    # corpus larger than The Time Machine pass --split; not tuned figures
+    "lstm-2x256": Config(cell="lstm", impl="flax", layers=2, hidden=256, embed=64, dropout=0.2, optimizer="adamw",
+                         lr=3e-3, weight_decay=0.01, schedule="cosine", warmup=100, batch_size=128, num_steps=64,
+                         epochs=20, save_every=2),
+    "gru-2x512": Config(cell="gru", impl="flax", layers=2, hidden=512, embed=128, dropout=0.3, optimizer="adamw",
+                        lr=2e-3, weight_decay=0.01, schedule="cosine", warmup=200, batch_size=128, num_steps=128,
+                        epochs=20, save_every=2),
 }

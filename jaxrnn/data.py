@@ -141,6 +141,11 @@ class Vocab:
     def decode(self, indices) -> str:
         return "".join(self.idx_to_token[int(i)] for i in indices)
 
+    def prompt(self) -> str:
+        """The chapters' prompt 'time traveller', or, where the vocab lacks some of its characters (a
+        corpus in another language or script), the vocab's most frequent character."""
+        return PROMPT if not self.unknown_chars(PROMPT) or not self.token_freqs else self.token_freqs[0][0]
+
 
 PARTS = ("train", "val", "test")
 

@@ -10,26 +10,36 @@ from jaxrnn.errors import JaxrnnError
 
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, log_scale: bool = False,
                 splits: tuple[str, ...] = ("train", "val")) -> Path:
-    """Draw each run's train (solid) and validation (dashed) perplexity against epoch into `path`
-    (only the `splits` asked for)."""
-    try:
-        import matplotlib
+    """Draw each run's train (solid) and validation (dashed) perplexity against epoch into `path`,
+    atomically (a reader never sees half a file). Uses matplotlib's object API, not pyplot, so it is
+    safe off the main thread."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise JaxrnnError(f"matplotlib is not installed, so {path} cannot be drawn; pip install matplotlib") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for i, (name, history) in enumerate(histories.items()):
         epochs = [r["epoch"] for r in history]
         prefix = f"{name} " if name else ""
         for split, style in (("train", "-"), ("val", "--")):
             if split in splits:
-                ax.plot(epochs, [r[f"{split}_ppl"] for r in history], style, color=f"C{i}",
+                ax.plot(epochs, [r[f"{split}_ppl"] for r in history], style, color=f"C{i % 10}",
                         label=f"{prefix}{split} ppl")
-    ax.set(xlabel="epoch", ylabel="perplexity", yscale="log" if log_scale else "linear")
+    ax.set(xlabel="epoch", ylabel="perplexity" + (" (log scale)" if log_scale else ""),
+           yscale="log" if log_scale else "linear")
+    if log_scale:  # plain numbers (6, 10, 20) rather than 6x10^0; minor labels only where few decades show
+        for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_formatter(LogFormatter(labelOnlyBase=False))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, bbox_inches="tight", dpi=120)
-    plt.close(fig)
-    return Path(path)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=120)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise JaxrnnError(f"cannot write {path} ({e.strerror}); check the path and free space") from None
+    return path

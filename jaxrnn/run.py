@@ -1,15 +1,19 @@
 """Run directories: train a config into one, resume one exactly, load one back to sample from.
 
-A run directory holds `config.json` (written atomically before training), `metrics.jsonl` (one JSON
-object per epoch) and `checkpoints/` (orbax, every `save_every` epochs and at the end). SIGINT and
-SIGTERM stop a run at the end of the current chunk of epochs, after its checkpoint is saved.
+A run directory holds `config.json` (every setting, written atomically before training, with the
+corpus' sha1 and the library versions), `metrics.jsonl` (one JSON object per epoch), `checkpoints/`
+(orbax, every `save_every` epochs and at the end), and at each checkpoint a redrawn `curves.png`, a
+line of `samples.txt` and, if asked, TensorBoard events in `tb/` (artifacts.py). SIGINT and SIGTERM
+stop a run at the end of the current chunk of epochs, after its checkpoint is saved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import checkpoint
+from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts
 from jaxrnn.config import Config
 from jaxrnn.data import Corpus, Vocab, batch_plan, file_tokens, load_corpus
 from jaxrnn.errors import CheckpointError, JaxrnnError, RunMismatch, Stopped
@@ -32,6 +37,7 @@ from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
+SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 METRICS = "metrics.jsonl"
 Progress = Callable[[dict[str, Any]], None]
 
@@ -138,8 +144,10 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
               start_epoch: int, history: list[dict[str, Any]], per_step: bool, progress: Progress | None) -> Trained:
     """Train from `start_epoch`, appending metrics and saving a checkpoint after every chunk."""
     last_saved = {"epoch": start_epoch if state is not None else None}
+    seen = list(history)
 
     def on_chunk(state: TrainState, records: list[dict[str, Any]]) -> None:
+        seen.extend(records)
         for r in records:
             if progress is not None:
                 progress(r)
@@ -153,10 +161,15 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
                        records[-1]["val_ppl"])
             last_saved["epoch"] = records[-1]["epoch"]
+            with jax.default_matmul_precision(cfg.precision):
+                text = samples(model, state.params, corpus.vocab, corpus.vocab.prompt(), SAMPLE_CHARS, 1)[0]
+            artifacts.update(seen, records, text)
         if caught:
             raise Stopped(caught["signum"], records[-1]["epoch"], run_dir)
 
-    with deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else contextlib.nullcontext() as saver:
+    nothing = contextlib.nullcontext()
+    with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
+          Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir else nothing as artifacts):
         try:
             state, new = fit(cfg, corpus, model, state, start_epoch, per_step=per_step, on_chunk=on_chunk)
         except NonFiniteLoss as e:
@@ -168,17 +181,31 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
     return Trained(cfg, corpus.vocab, model, state, history + new, run_dir, cfg.epochs)
 
 
-def _prepare_dir(run_dir: Path, cfg: Config, force: bool) -> None:
+def versions() -> dict[str, str]:
+    """The versions of Python and the libraries a run depends on, for config.json."""
+    names = ("jaxrnn", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return {"python": platform.python_version(), **found}
+
+
+def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str) -> None:
     if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
         if not force:
             raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
                               "overwrite it, or --out NEW_DIR")
         shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
         shutil.rmtree(run_dir / "damaged", ignore_errors=True)
-        (run_dir / METRICS).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
+        for name in (METRICS, CURVES, SAMPLES):
+            (run_dir / name).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / CONFIG)
+        cfg.save(run_dir / CONFIG, data_sha1=data_sha1, versions=versions())
         (run_dir / METRICS).write_text("")
     except OSError as e:
         raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") \
@@ -194,7 +221,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     corpus = corpus or corpus_for(cfg)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
-        _prepare_dir(run_dir, cfg, force)
+        _prepare_dir(run_dir, cfg, force, corpus.sha1)
     model = build_model(cfg, len(corpus.vocab))
     return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress)
 
@@ -226,6 +253,10 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
         raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
     cfg = Config.load(run_dir / CONFIG)
     corpus = corpus_for(cfg)
+    saved_sha1 = json.loads((run_dir / CONFIG).read_text()).get("data_sha1")
+    if saved_sha1 not in (None, corpus.sha1):
+        raise RunMismatch(f"the corpus {corpus.path} has changed since {run_dir} started (sha1 {corpus.sha1}, "
+                          f"not {saved_sha1}); restore the file the run trained on, or start a new run with --out")
     model, state, start, val_ppl = build_model(cfg, len(corpus.vocab)), None, 0, None
     for epoch in reversed(checkpoint.steps(run_dir)):
         try:
@@ -282,3 +313,22 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
     epoch = checkpoint.resolve(run_dir, step)
     cfg, vocab, model, state, val_ppl = _restore(run_dir, epoch)
     return Trained(cfg, vocab, model, state, read_metrics(run_dir, upto=epoch), run_dir, epoch, val_ppl)
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """The run directories under `root` (those holding a config.json), `root` itself included, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise JaxrnnError(f"{root} is not a directory; pass a directory that holds run directories")
+    found = {p.parent for p in root.rglob(CONFIG)
+             if p.is_file() and not {checkpoint.CHECKPOINTS, "damaged"} & set(p.relative_to(root).parts[:-1])}
+    return sorted(found)
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """A run's name, best validation perplexity (and its epoch) and epochs done, from its files alone."""
+    cfg = Config.load(run_dir / CONFIG)
+    history = read_metrics(run_dir)
+    best = min((r for r in history if r.get("val_ppl") is not None), key=lambda r: r["val_ppl"], default=None)
+    return {"name": cfg.name, "epochs": cfg.epochs, "done": history[-1]["epoch"] if history else 0,
+            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best["epoch"] if best else None}

@@ -15,7 +15,7 @@ import pytest
 
 from jaxrnn import checkpoint
 
-TINY_FLAGS = ["--epochs", "1", "--hidden", "16", "--num-train", "512", "--num-val", "256",
+TINY_FLAGS = ["--epochs", "1", "--no-curves", "--hidden", "16", "--num-train", "512", "--num-val", "256",
               "--batch-size", "128", "--num-steps", "8"]
 RESULT = re.compile(r"^perplexity (\d+\.\d), '(time traveller.{50})'$")
 # run name -> model flags: the chapters' two models, and every other cell in both implementations

@@ -1,0 +1,62 @@
+"""Live training progress: a tqdm bar on a terminal, plain lines elsewhere, nothing with --quiet, and
+with --json one JSON object per epoch on stdout. It is fed once per compiled chunk of epochs, with
+metrics that training fetched anyway, so it adds no host sync."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from tqdm import tqdm
+
+
+def describe(r: dict[str, Any]) -> str:
+    """An epoch record as a short human line: perplexities, speed and skipped steps."""
+    speed = f"  {r['tokens_per_s'] / 1e3:.0f}k tok/s" if r.get("tokens_per_s") else ""
+    skipped = f"  {r['skipped_steps']} steps skipped" if r.get("skipped_steps") else ""
+    return f"train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}{speed}{skipped}"
+
+
+def eta_text(seconds: float) -> str:
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Call it with each epoch's record as chunks finish (the first tells where a resumed run
+    started); `close()` at the end. `mode` 'auto' draws a bar when `err` is a terminal and prints
+    plain lines otherwise; 'quiet' shows nothing. `as_json` also prints each record as one JSON line
+    on `out`."""
+
+    def __init__(self, epochs: int, mode: str = "auto", as_json: bool = False, err: IO[str] | None = None,
+                 out: IO[str] | None = None) -> None:
+        self.err, self.out = err or sys.stderr, out or sys.stdout
+        if mode == "auto":
+            mode = "bar" if self.err.isatty() else "lines"
+        self.mode, self.as_json, self.epochs = mode, as_json, epochs
+        self.start: int | None = None
+        self.bar: tqdm | None = None
+        self.t0 = time.perf_counter()
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        if self.as_json:
+            print(json.dumps(r), file=self.out, flush=True)
+        if self.start is None:
+            self.start = r["epoch"] - 1
+            if self.mode == "bar":
+                self.bar = tqdm(total=self.epochs, initial=self.start, unit="epoch", desc="train", file=self.err,
+                                dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.set_postfix_str(describe(r), refresh=False)
+            self.bar.update(r["epoch"] - self.bar.n)
+        elif self.mode == "lines":
+            done = r["epoch"] - self.start
+            eta = (time.perf_counter() - self.t0) / done * (self.epochs - r["epoch"]) if done > 0 else 0.0
+            print(f"epoch {r['epoch']}/{self.epochs}  {describe(r)}  eta {eta_text(eta)}", file=self.err, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,192 @@
+"""The training tool around the library: progress, --json, run-directory artifacts (config with data
+sha1 and versions, curves.png, samples.txt, TensorBoard), --config, `jaxrnn runs` and `jaxrnn plot`."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import jax
+import matplotlib.image
+import pytest
+
+from jaxrnn import cli, data, run
+from jaxrnn.config import PRESETS, Config
+from jaxrnn.models import build_model
+from jaxrnn.progress import Progress
+
+FLAGS = ["--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size", "128", "--num-steps", "8",
+         "--unroll", "1"]
+RECORD = {"epoch": 3, "train_loss": 2.0, "train_ppl": 7.389, "val_loss": 2.1, "val_ppl": 8.166, "skipped_steps": 0,
+          "seconds": 0.5, "tokens_per_s": 123456.0}
+
+
+@pytest.fixture(scope="module")
+def json_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A 4-epoch run saving every 2 epochs, with --json and --tensorboard: its run dir and stdout lines."""
+    out = tmp_path_factory.mktemp("tool") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        buf = io.StringIO()
+        mp.setattr("sys.stdout", buf)
+        code = cli.main(["train", *FLAGS, "--epochs", "4", "--save-every", "2", "--json", "--tensorboard",
+                         "--out", str(out)])
+    assert code == 0
+    return out, buf.getvalue().splitlines()
+
+
+def test_progress_lines_json_and_quiet() -> None:
+    err, out = io.StringIO(), io.StringIO()
+    p = Progress(10, "lines", as_json=True, err=err, out=out)
+    p(RECORD)
+    p({**RECORD, "epoch": 4, "skipped_steps": 2})
+    p.close()
+    lines = err.getvalue().splitlines()
+    assert re.fullmatch(r"epoch 3/10  train ppl 7\.39  val ppl 8\.17  123k tok/s  eta \d+:\d\d", lines[0])
+    assert lines[1].startswith("epoch 4/10") and "2 steps skipped" in lines[1]
+    assert [json.loads(line)["epoch"] for line in out.getvalue().splitlines()] == [3, 4]
+    err = io.StringIO()
+    quiet = Progress(10, "quiet", err=err)
+    quiet(RECORD)
+    assert err.getvalue() == ""
+    bar = Progress(10, "bar", err=err)
+    bar(RECORD)
+    bar.close()
+    assert "3/10" in err.getvalue() and "val ppl 8.17" in err.getvalue()  # a tqdm bar resumed at epoch 2
+
+
+def test_json_output_is_one_object_per_epoch_then_the_result(json_run) -> None:
+    out, lines = json_run
+    objs = [json.loads(line) for line in lines]
+    assert [o["epoch"] for o in objs[:4]] == [1, 2, 3, 4]
+    assert objs[:4] == run.read_metrics(out)
+    final = objs[4]
+    assert len(objs) == 5 and final["run_dir"] == str(out) and final["epoch"] == 4
+    assert final["perplexity"] == objs[3]["val_ppl"] and final["sample"].startswith("time traveller")
+    assert len(final["sample"]) == len("time traveller") + 50
+
+
+def test_run_dir_records_config_data_and_versions(json_run) -> None:
+    out, _ = json_run
+    saved = json.loads((out / run.CONFIG).read_text())
+    assert saved["data_sha1"] == data.TIMEMACHINE_SHA1
+    assert saved["versions"]["jax"] == jax.__version__ and set(saved["versions"]) >= {"python", "flax", "optax",
+                                                                                        "orbax-checkpoint", "numpy"}
+    assert saved["hidden"] == 16 and saved["tensorboard"] is True
+
+
+def test_samples_and_curves_at_each_save(json_run) -> None:
+    out, lines = json_run
+    samples = (out / "samples.txt").read_text().splitlines()
+    metrics = run.read_metrics(out)
+    final = json.loads(lines[-1])
+    assert [s.split("  ")[0] for s in samples] == ["epoch 2", "epoch 4"]
+    assert samples[1] == f"epoch 4  val ppl {metrics[3]['val_ppl']:.2f}  '{final['sample']}'"
+    image = matplotlib.image.imread(out / "curves.png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+    assert not (out / "curves.png.tmp").exists()
+
+
+def read_events(path: Path) -> list:
+    """The records of a TensorBoard event file (TFRecord framing: length, crc, payload, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    raw, events, i = path.read_bytes(), [], 0
+    while i < len(raw):
+        (n,) = struct.unpack("<Q", raw[i:i + 8])
+        events.append(Event.FromString(raw[i + 12:i + 12 + n]))
+        i += 12 + n + 4
+    return events
+
+
+def test_tensorboard_events_hold_the_metrics(json_run) -> None:
+    out, _ = json_run
+    files = list((out / "tb").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    scalars = {(v.tag, e.step): v.simple_value for e in read_events(files[0]) for v in e.summary.value
+               if v.HasField("simple_value")}
+    for r in run.read_metrics(out):
+        assert scalars[("val_ppl", r["epoch"])] == pytest.approx(r["val_ppl"], rel=1e-6)
+        assert scalars[("train_ppl", r["epoch"])] == pytest.approx(r["train_ppl"], rel=1e-6)
+
+
+def test_saved_config_reproduces_the_run(json_run, tmp_path: Path, capsys) -> None:
+    """`train --config RUN_DIR/config.json` trains the same run again: the same metrics, bit for bit;
+    a flag after it overrides the saved value."""
+    out, _ = json_run
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(out / run.CONFIG), "--quiet", "--out", str(again)]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: nothing on stderr
+    drop = ("seconds", "tokens_per_s")
+    strip = [{k: v for k, v in r.items() if k not in drop} for r in run.read_metrics(out)]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in run.read_metrics(again)] == strip
+    assert cli.main(["train", "--config", str(out / run.CONFIG), "--epochs", "1", "--quiet", "--out",
+                     str(tmp_path / "short")]) == 0
+    assert len(run.read_metrics(tmp_path / "short")) == 1
+    assert cli.main(["train", "--config", str(out / run.CONFIG), "--preset", "d2l-scratch", "--out",
+                     str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("jaxrnn: error: --preset and --config")
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path: Path, capsys) -> None:
+    corpus = tmp_path / "text.txt"
+    shutil.copy(data.find_corpus(), corpus)
+    out = tmp_path / "run"
+    flags = [*FLAGS, "--epochs", "2", "--save-every", "1", "--data", str(corpus), "--quiet", "--no-curves"]
+    assert cli.main(["train", *flags, "--epochs", "1", "--out", str(out)]) == 0
+    assert (out / "samples.txt").is_file() and not (out / "curves.png").exists()
+    saved = json.loads((out / run.CONFIG).read_text())
+    saved["epochs"] = 2
+    (out / run.CONFIG).write_text(json.dumps(saved))  # as if stopped after epoch 1 of 2
+    corpus.write_text(corpus.read_text() + "\nmore text\n")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(out)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"jaxrnn: error: the corpus {corpus} has changed since {out} started") and "--out" in last
+
+
+def test_runs_lists_each_run_with_its_best_val_ppl(json_run, tmp_path: Path, capsys) -> None:
+    out, _ = json_run
+    root = tmp_path / "root"
+    shutil.copytree(out, root / "a" / "first")
+    shutil.copytree(out, root / "second")
+    (root / "second" / run.METRICS).write_text("")  # a run that has not finished an epoch
+    capsys.readouterr()
+    assert cli.main(["runs", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    best = min(r["val_ppl"] for r in run.read_metrics(out))
+    assert len(lines) == 2
+    assert lines[0].startswith("a/first ") and f"best val ppl {best:.2f} (epoch 4)" in lines[0]
+    assert "epochs 4/4" in lines[0]
+    assert lines[1].startswith("second ") and "best val ppl -" in lines[1] and "epochs 0/4" in lines[1]
+
+
+def test_plot_overlays_runs_and_refuses_an_empty_one(json_run, tmp_path: Path, capsys) -> None:
+    out, _ = json_run
+    target = tmp_path / "both.png"
+    assert cli.main(["plot", str(out), str(out), "--out", str(target), "--log"]) == 0
+    assert capsys.readouterr().out.strip() == str(target)
+    assert matplotlib.image.imread(target).shape[0] > 200
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["plot", str(tmp_path / "empty"), "--out", str(target)]) == 2
+    assert "has no epochs in metrics.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_flags_override_them(name: str) -> None:
+    """Each preset is a valid config whose model builds (shapes only); a flag after --preset wins."""
+    cfg = PRESETS[name]
+    shapes = jax.eval_shape(build_model(cfg, 28).init, jax.random.key(0))
+    assert jax.tree.leaves(shapes)
+    args = cli.build_parser().parse_args(["train", "--preset", name, "--epochs", "3", "--seed", "5"])
+    assert cli.config_from_args(args) == cfg.replace(epochs=3, seed=5)
+
+
+def test_d2l_presets_are_the_chapters_settings() -> None:
+    seed = dict(hidden=32, batch_size=1024, num_steps=32, lr=1.0, clip=1.0, epochs=100, optimizer="sgd")
+    assert PRESETS["d2l-scratch"] == Config(**seed) and PRESETS["d2l-concise"] == Config(impl="flax", **seed)
+    assert (PRESETS["d2l-lstm"].cell, PRESETS["d2l-lstm"].lr, PRESETS["d2l-lstm"].epochs) == ("lstm", 4.0, 50)
+    assert PRESETS["d2l-gru"].gru_reset == "before"
