@@ -48,7 +48,7 @@ def np_stream_loss(ref, params, tokens: np.ndarray, starts_NxB: np.ndarray, T: i
     return float(ref.cross_entropy(logits, stream_BxL[:, 1:]).mean())
 
 
-@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("per_step", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_carried_state_equals_one_unbroken_pass_per_stream(tiny_cfg, tiny_corpus, ref, per_step: bool) -> None:
     """With a learning rate too small to move the params, each epoch's training loss is the float64 loss
     of every stream read from its start in one pass: the state crosses batch boundaries, and each

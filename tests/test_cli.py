@@ -48,10 +48,9 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(run_python, work: Path) -> dict[str, subprocess.CompletedProcess]:
-    """Phase 1: train each model (fused), scratch per-step, and the bad inputs that need no run."""
+    """Phase 1: train each model (fused), and the bad inputs that need no run."""
     (work / "empty").mkdir()
     commands = {m: ["train", *flags, *TINY_FLAGS, "--out", str(work / m)] for m, flags in MODEL_FLAGS.items()}
-    commands["per-step"] = ["train", "--model", "scratch", *TINY_FLAGS, "--per-step", "--out", str(work / "per-step")]
     commands.update({name: args for name, (args, _) in BAD_INPUTS.items() if "{run}" not in args})
     return run_all(run_python, work, commands)
 
@@ -77,17 +76,17 @@ def result_line(proc: subprocess.CompletedProcess) -> re.Match:
     return m
 
 
-@pytest.mark.parametrize("model", MODELS + ["per-step"])
+@pytest.mark.parametrize("model", MODELS)
 def test_train_prints_one_result_line(trained, model: str) -> None:
     result_line(trained[model])
     assert "Traceback" not in trained[model].stderr
 
 
-@pytest.mark.parametrize("model", MODELS + ["per-step"])
+@pytest.mark.parametrize("model", MODELS)
 def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
     run = work / model
     cfg = json.loads((run / "config.json").read_text())
-    name = "scratch" if model == "per-step" else model
+    name = model
     assert (cfg["cell"], cfg["impl"]) == {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax"),
                                           "deep-scratch": ("lstm", "scratch")}.get(name, tuple(name.split("-")))
     deep = (2, 16, True, 0.2, "adamw", 0.01, "cosine", 2) if name == "deep-scratch" else \
@@ -104,7 +103,10 @@ def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
     assert checkpoint.steps(run) == [1]
 
 
-def test_per_step_trains_like_fused(trained, work: Path) -> None:
+@pytest.mark.slow  # the per-step path itself is tested in-process (test_training.py)
+def test_per_step_trains_like_fused(trained, run_python, work: Path) -> None:
+    trained = {**trained, "per-step": run_python(["-m", "jaxrnn.cli", "train", "--model", "scratch", *TINY_FLAGS,
+                                                  "--per-step", "--out", str(work / "per-step")], work)}
     fused, stepped = ([json.loads(line) for line in (work / r / "metrics.jsonl").read_text().splitlines()][0]
                       for r in ("scratch", "per-step"))
     for k in ("train_ppl", "val_ppl"):
