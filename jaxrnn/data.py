@@ -134,9 +134,14 @@ class Vocab:
         return list(dict.fromkeys(c for c in text if c not in self._index))
 
     def encode(self, text: str) -> np.ndarray:
-        """Indices of the characters of `text`; unknown characters map to `<unk>`."""
-        unk = self.unk
-        return np.array([self._index.get(c, unk) for c in text], dtype=np.int32)
+        """Indices of the characters of `text`; unknown characters map to `<unk>`. Vectorised over the
+        text's code points with a table as long as the largest one (at most 1.1 M entries)."""
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.full(int(points.max()) + 1 if len(points) else 1, self.unk, np.int32)
+        for token, i in self._index.items():
+            if len(token) == 1 and ord(token) < len(table):
+                table[ord(token)] = i
+        return table[points]
 
     def decode(self, indices) -> str:
         return "".join(self.idx_to_token[int(i)] for i in indices)
