@@ -54,6 +54,7 @@ class Trained:
     run_dir: Path | None = None
     epoch: int = 0  # epochs trained
     saved_val_ppl: float | None = None  # from the checkpoint, for a run whose metrics.jsonl is gone
+    corpus: Corpus | None = field(default=None, repr=False)  # what train/resume read, so evaluate need not again
 
     @property
     def params(self):
@@ -178,7 +179,7 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             advice = "lower --lr or --clip" + ("" if cfg.skip_nonfinite else
                                                  ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept}); {advice}") from None
-    return Trained(cfg, corpus.vocab, model, state, history + new, run_dir, cfg.epochs)
+    return Trained(cfg, corpus.vocab, model, state, history + new, run_dir, cfg.epochs, corpus=corpus)
 
 
 def versions() -> dict[str, str]:
@@ -275,7 +276,7 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
         raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
     if state is not None and start >= cfg.epochs:
         log(f"jaxrnn: {run_dir} finished all {cfg.epochs} epochs already")
-        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl)
+        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
     log(f"jaxrnn: resuming {run_dir} at epoch {start}")
     return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress)
 
@@ -291,7 +292,7 @@ def evaluate(trained: Trained, path: str | Path | None = None, part: str = "val"
     <unk>), or, without a file, on a part of the run's own corpus ('val' or 'test')."""
     cfg = trained.cfg
     if path is None:
-        corpus = corpus_for(cfg)
+        corpus = trained.corpus or corpus_for(cfg)
         if not corpus.spans[part][1]:
             raise JaxrnnError(f"this run's corpus has no {part} part; train with --split TRAIN,VAL,TEST to have one, "
                               "or pass --data FILE")
