@@ -34,7 +34,7 @@ def setup(model: str, args: argparse.Namespace) -> tuple[jaxrnn.Config, jaxrnn.C
     try:
         given = {"epochs": args.epochs, "hidden": args.hidden}
         cfg = jaxrnn.Config(model=model, **{k: v for k, v in given.items() if v is not None})
-        return cfg, jaxrnn.load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val)
+        return cfg, jaxrnn.corpus_for(cfg)
     except jaxrnn.JaxrnnError as e:
         fail(e)
         raise

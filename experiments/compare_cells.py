@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = jaxrnn.Config(impl=args.impl, epochs=args.epochs, lr=args.lr, optimizer="adam",
                              batch_size=args.batch_size, save_every=args.epochs)
-        corpus = jaxrnn.load_corpus(base.data, base.num_steps, base.num_train, base.num_val)
+        corpus = jaxrnn.corpus_for(base)
         V = len(corpus.vocab)
         budget = count_params(base.replace(hidden=args.budget_hidden), V)
         rows, histories = [], {}

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"no dropout": base}
         if args.dropout:
             runs[f"dropout {args.dropout}"] = base.replace(dropout=args.dropout)
-        corpus = jaxrnn.load_corpus(base.data, base.num_steps, base.num_train, base.num_val)
+        corpus = jaxrnn.corpus_for(base)
         histories = {}
         for name, cfg in runs.items():
             print(f"training the concise model, {name}: hidden {cfg.hidden}, {cfg.num_train} windows", file=sys.stderr)

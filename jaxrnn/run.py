@@ -29,8 +29,8 @@ import numpy as np
 from jaxrnn import checkpoint
 from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, Vocab, batch_plan, file_tokens, load_corpus
-from jaxrnn.errors import CheckpointError, JaxrnnError, RunMismatch, Stopped
+from jaxrnn.data import Corpus, Vocab, batch_plan, file_tokens, load_corpus, split_spans
+from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import layout
 from jaxrnn.sample import samples
@@ -81,6 +81,23 @@ class Trained:
         with jax.default_matmul_precision(self.cfg.precision):
             return samples(self.model, self.params, self.vocab, prefix, num_preds, num_samples, temperature, seed,
                            top_k, top_p)
+
+    def save(self, run_dir: str | Path, force: bool = False) -> Path:
+        """Write this model as a run directory, as `train(cfg, out=run_dir)` writes one: config.json,
+        metrics.jsonl, a checkpoint of its epoch, samples.txt and curves.png. `load`, `jaxrnn sample`,
+        `eval`, `runs`, `plot` and `train --resume` read it back. Its own run directory is left as it is."""
+        run_dir = Path(run_dir)
+        if self.run_dir is not None and run_dir.absolute() == self.run_dir.absolute():
+            return run_dir
+        sha1 = self.corpus.sha1 if self.corpus is not None else saved_sha1(self.run_dir)
+        _prepare_dir(run_dir, self.cfg, force, sha1)
+        last = self.history[-1] if self.history and self.history[-1]["epoch"] == self.epoch else \
+            {"epoch": self.epoch, "train_ppl": None, "val_ppl": self.val_ppl}
+        _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.history))
+        checkpoint.save(run_dir, self.epoch, self.state._asdict(), meta_of(self.cfg, self.vocab, last), last["val_ppl"])
+        with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
+            artifacts.update(self.history, [last], self.predict(self.vocab.prompt(), SAMPLE_CHARS))
+        return run_dir
 
 
 def log(msg: str) -> None:
@@ -194,7 +211,15 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **found}
 
 
-def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str) -> None:
+def saved_sha1(run_dir: Path | None) -> str | None:
+    """The corpus sha1 a run directory's config.json records (None: no run directory, or none recorded)."""
+    try:
+        return json.loads((run_dir / CONFIG).read_text()).get("data_sha1") if run_dir is not None else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> None:
     if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
         if not force:
             raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
@@ -219,7 +244,10 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     A relative `cfg.data` is made absolute, so the run resumes from any working directory."""
     if cfg.data is not None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
-    corpus = corpus or corpus_for(cfg)
+    if corpus is None:
+        corpus = corpus_for(cfg)
+    else:
+        check_corpus(cfg, corpus)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
         _prepare_dir(run_dir, cfg, force, corpus.sha1)
@@ -254,10 +282,10 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
         raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
     cfg = Config.load(run_dir / CONFIG)
     corpus = corpus_for(cfg)
-    saved_sha1 = json.loads((run_dir / CONFIG).read_text()).get("data_sha1")
-    if saved_sha1 not in (None, corpus.sha1):
+    sha1 = saved_sha1(run_dir)
+    if sha1 not in (None, corpus.sha1):
         raise RunMismatch(f"the corpus {corpus.path} has changed since {run_dir} started (sha1 {corpus.sha1}, "
-                          f"not {saved_sha1}); restore the file the run trained on, or start a new run with --out")
+                          f"not {sha1}); restore the file the run trained on, or start a new run with --out")
     model, state, start, val_ppl = build_model(cfg, len(corpus.vocab)), None, 0, None
     for epoch in reversed(checkpoint.steps(run_dir)):
         try:
@@ -284,6 +312,19 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
 def corpus_for(cfg: Config) -> Corpus:
     """The corpus a config trains on: its file (or The Time Machine), preprocessing and split."""
     return load_corpus(cfg.data, cfg.num_steps, cfg.num_train, cfg.num_val, cfg.preprocessing, cfg.split)
+
+
+def check_corpus(cfg: Config, corpus: Corpus) -> None:
+    """Refuse a corpus windowed or split otherwise than `cfg` says: the run directory records `cfg`, and
+    a resumed run reads the corpus as `cfg` says."""
+    spans = split_spans(len(corpus.tokens), cfg.num_steps, cfg.split) if cfg.split else \
+        {"train": (0, cfg.num_train), "val": (cfg.num_train, cfg.num_val), "test": (0, 0)}
+    def parts(num_steps: int, spans: dict[str, tuple[int, int]]) -> str:
+        return f"{num_steps + 1}-character windows, " + ", ".join(f"{n} {p}" for p, (_, n) in spans.items() if n)
+
+    if corpus.num_steps != cfg.num_steps or corpus.spans != spans:
+        raise ConfigError(f"the corpus has {parts(corpus.num_steps, corpus.spans)}, but the config asks for "
+                          f"{parts(cfg.num_steps, spans)}; pass corpus=jaxrnn.corpus_for(cfg)")
 
 
 def evaluate(trained: Trained, path: str | Path | None = None, part: str = "val") -> float:

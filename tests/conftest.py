@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -179,3 +182,50 @@ def run_python() -> Callable[..., subprocess.CompletedProcess]:
 def start_python() -> Callable[..., subprocess.Popen]:
     """Start `python ARGS...` like run_python but without waiting: a Popen (text pipes) to signal or kill."""
     return _start
+
+
+@contextlib.contextmanager
+def _inside(cwd: Path):
+    """chdir to `cwd` and capture stdout and stderr as text (the in-process twin of a child process)."""
+    out, err, old = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield out, err
+    finally:
+        os.chdir(old)
+
+
+def _exit_code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+
+
+def _call(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`jaxrnn ARGS` or `python SCRIPT.py ARGS` in this process: no interpreter start or JAX import per
+    command, and compiled programs shared. An exception that escapes is a test failure, as a traceback is."""
+    args = [str(a) for a in args]
+    with _inside(cwd) as (out, err):
+        try:
+            if args[0].endswith(".py"):
+                script = Path(args[0]).absolute()
+                old_argv, old_path = sys.argv, list(sys.path)
+                sys.argv, sys.path = [str(script), *args[1:]], [str(script.parent), *sys.path]
+                try:
+                    runpy.run_path(str(script), run_name="__main__")
+                    code = 0
+                finally:
+                    sys.argv, sys.path = old_argv, old_path
+            else:
+                from jaxrnn.cli import main
+
+                code = main(args)
+        except SystemExit as e:
+            code = _exit_code(e)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def call() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `jaxrnn ARGS` (`call(["train", ...], cwd)`) or an experiment script (`call(["x.py", ...], cwd)`)
+    in this process, with a CompletedProcess as a child would give (returncode, stdout, stderr)."""
+    return _call

@@ -1,6 +1,6 @@
-"""The `jaxrnn` command line, run as a user runs it: `python -m jaxrnn.cli ...` in a fresh process.
-
-Each process pays JAX's import and compile, so the runs of one phase go in parallel and tests read their results.
+"""The `jaxrnn` command line, run as a user runs it: training and sampling as `python -m jaxrnn.cli ...` in
+fresh processes (sampling restores what another process saved), bad inputs through the same `main` in this
+process. Each process pays JAX's import and compile, so the runs of one phase go in parallel.
 """
 
 from __future__ import annotations
@@ -48,24 +48,28 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(run_python, work: Path) -> dict[str, subprocess.CompletedProcess]:
-    """Phase 1: train each model (fused), and the bad inputs that need no run."""
-    (work / "empty").mkdir()
+    """Phase 1: train each model (fused)."""
     commands = {m: ["train", *flags, *TINY_FLAGS, "--out", str(work / m)] for m, flags in MODEL_FLAGS.items()}
-    commands.update({name: args for name, (args, _) in BAD_INPUTS.items() if "{run}" not in args})
     return run_all(run_python, work, commands)
 
 
 @pytest.fixture(scope="module")
 def used(run_python, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
-    """Phase 2: sample each trained run, and the bad inputs that need a run."""
-    run = str(work / "scratch")
+    """Phase 2: sample each trained run in a new process."""
     commands = {f"sample-{m}": ["sample", "--run", str(work / m), "--prefix", "time traveller", "--num-preds", "50"]
                 for m in MODELS}
     commands["sample-many"] = ["sample", "--run", str(work / "lstm-flax"), "--num-samples", "3", "--temperature", "1",
                                "--top-k", "5", "--top-p", "0.9", "--num-preds", "40", "--seed", "7"]
-    commands.update({name: [a.replace("{run}", run) for a in args]
-                     for name, (args, _) in BAD_INPUTS.items() if "{run}" in args})
     return run_all(run_python, work, commands)
+
+
+@pytest.fixture(scope="module")
+def bad(call, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
+    """The bad inputs, through `jaxrnn.cli.main` in this process: they fail before any training, so a fresh
+    process each would add only JAX's import."""
+    (work / "empty").mkdir(exist_ok=True)
+    run = str(work / "scratch")
+    return {name: call([a.replace("{run}", run) for a in args], work) for name, (args, _) in BAD_INPUTS.items()}
 
 
 def result_line(proc: subprocess.CompletedProcess) -> re.Match:
@@ -155,8 +159,8 @@ def test_contradicting_model_flags_name_both() -> None:
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
-def test_bad_input_exits_2_with_one_line(trained, used, work: Path, name: str) -> None:
-    proc = {**trained, **used}[name]
+def test_bad_input_exits_2_with_one_line(bad, work: Path, name: str) -> None:
+    proc = bad[name]
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert proc.stderr.splitlines()[-1].startswith("jaxrnn: error: ")
@@ -173,8 +177,8 @@ def test_sample_prints_one_line_per_sample(used) -> None:
     assert all(line.startswith("time traveller") and len(line) == len("time traveller") + 40 for line in lines)
 
 
-def test_existing_run_is_left_intact(used, work: Path) -> None:
+def test_existing_run_is_left_intact(bad, work: Path) -> None:
     """Refusing to train into a run directory leaves its metrics and checkpoints as they were."""
-    assert "--force" in used["existing-run"].stderr.splitlines()[-1]
+    assert "--force" in bad["existing-run"].stderr.splitlines()[-1]
     assert len((work / "scratch" / "metrics.jsonl").read_text().splitlines()) == 1
     assert checkpoint.steps(work / "scratch") == [1]

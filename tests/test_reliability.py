@@ -535,8 +535,10 @@ class Done:
 
 
 @pytest.fixture(scope="module")
-def commands(tmp_path_factory, runs, run_python) -> dict[str, Done]:
-    """Every command of BAD_INPUTS and OTHERS, each on its own copies, run at once."""
+def commands(tmp_path_factory, runs, call) -> dict[str, Done]:
+    """Every command of BAD_INPUTS and OTHERS, each on its own copies, run one after another in this process
+    (a fresh process each would cost more in JAX imports than the commands take; the runs they read were
+    written by other processes, and the kill tests above resume in fresh ones)."""
     work = tmp_path_factory.mktemp("commands")
     corpus = (Path(os.environ["JAXRNN_DATA_DIR"]) / "timemachine.txt").read_text()
     files = {"empty": b"", "not-utf8": b"\xff\xfe time traveller \x81", "short": b"abc", "mid": corpus[:700].encode(),
@@ -566,10 +568,9 @@ def commands(tmp_path_factory, runs, run_python) -> dict[str, Done]:
 
         (work / name).mkdir()
         argv = [re.sub(r"\{([a-z][\w-]*)(?::([\w-]+))?\}", resolve, a) for a in args]
-        jobs[name] = partial(run_python, jx(*argv), work)
+        jobs[name] = argv
         made[name] = (paths, before)
-    procs = parallel(jobs)
-    return {k: Done(procs[k], *made[k]) for k in jobs}
+    return {k: Done(call(argv, work), *made[k]) for k, argv in jobs.items()}
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)

@@ -1,0 +1,130 @@
+"""The README, run as written: every command of its bash blocks in order in one working directory (as a
+reader following it would), and every Python block.
+
+Training commands get `--epochs 1` appended (argparse keeps the last value; the sine experiment, which
+counts optimizer steps, gets `--steps 20`), and the Python blocks `epochs=1`. Exempt, as the issue says:
+the install and test commands themselves (`.ci/run` runs those) and `tensorboard`. `jaxrnn bench --quick`
+takes a minute and a half on 2 cores and the experiment scripts most of one: those run in the slow set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+SLOW = ("jaxrnn bench", "python experiments/")
+EXEMPT = ("python3 -m venv", ". ", "pip ", "python -m pytest", "tensorboard ")
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", README, re.S | re.M)
+
+
+def commands() -> list[str]:
+    """Each command of the README's bash blocks (continuation lines joined, `&&` chains split), comments dropped."""
+    found = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words:
+                cut = words.index("&&") if "&&" in words else len(words)
+                found.append(shlex.join(words[:cut]))
+                words = words[cut + 1:]
+    return [c for c in found if not c.startswith(EXEMPT) and c not in EXEMPT]
+
+
+def as_tested(command: str) -> list[str]:
+    """The command's argv after `jaxrnn` (or the script and its args), shortened as the module docstring says."""
+    words = shlex.split(command)
+    args = words[1:]
+    if words[:2] == ["jaxrnn", "train"] and "--resume" not in words or words[0] == "python":
+        args += ["--steps", "20"] if "sine_autoregressive" in command else ["--epochs", "1"]
+    return args
+
+
+COMMANDS = commands()
+
+
+def test_the_readme_has_the_commands_a_user_needs() -> None:
+    """The parse found the walk-through and every subcommand (so the tests below cannot pass on nothing)."""
+    firsts = {" ".join(c.split()[:2]) for c in COMMANDS}
+    assert {"jaxrnn train", "jaxrnn sample", "jaxrnn eval", "jaxrnn runs", "jaxrnn plot", "jaxrnn bench"} <= firsts
+    assert "jaxrnn train --model scratch" in COMMANDS  # the seed command of the install line
+    assert any("--resume" in c for c in COMMANDS) and len(blocks("python")) >= 2
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """The reader's working directory, with a text of their own for the `--data shakespeare.txt` example."""
+    work = tmp_path_factory.mktemp("readme")
+    corpus = (Path(os.environ["JAXRNN_DATA_DIR"]) / "timemachine.txt").read_text()
+    (work / "shakespeare.txt").write_text(corpus[:12000])  # 168 characters a stream
+    return work
+
+
+@pytest.fixture(scope="module")
+def ran(call, work: Path) -> dict[str, subprocess.CompletedProcess]:
+    """The default set's commands, in the README's order."""
+    return {c: call(as_tested(c), work) for c in COMMANDS if not c.startswith(SLOW)}
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if not c.startswith(SLOW)])
+def test_readme_command_runs(ran, work: Path, command: str) -> None:
+    proc = ran[command]
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_readme_commands_print_what_the_readme_says(ran, work: Path) -> None:
+    """The walk-through's outputs: a result line per training run, a sample, perplexity and bpc, one
+    line per run in `runs`, a resumed run that says so, and a plot."""
+    for command, proc in ran.items():
+        if command.startswith("jaxrnn train") and "--resume" not in command:
+            assert re.fullmatch(r"(test perplexity \d+\.\d+, bpc \d+\.\d+\n)?perplexity \d+\.\d, '.+'\n", proc.stdout)
+    sample = ran["jaxrnn sample --run runs/concise --prefix 'the time machine' --num-preds 80"].stdout
+    assert sample.startswith("the time machine") and len(sample) == len("the time machine") + 80 + 1
+    assert re.fullmatch(r"perplexity \d+\.\d\d, bpc \d\.\d{3}\n", ran["jaxrnn eval --run runs/concise"].stdout)
+    assert "finished all 1 epochs already" in ran["jaxrnn train --resume runs/concise"].stderr
+    listed = [line.split()[0] for line in ran["jaxrnn runs runs"].stdout.splitlines()]
+    assert {"concise", "h64", "lstm", "deep"} <= set(listed)
+    assert (work / "concise.png").read_bytes().startswith(b"\x89PNG")
+    for run in ("concise", "lstm", "deep"):
+        assert {"config.json", "metrics.jsonl", "checkpoints", "curves.png", "samples.txt"} <= \
+            {p.name for p in (work / "runs" / run).iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith(SLOW)])
+def test_readme_slow_command_runs(call, work: Path, command: str) -> None:
+    proc = call(as_tested(command), work)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_readme_python_runs(tmp_path: Path, capsys, index: int) -> None:
+    """Each Python block in a fresh directory, with `epochs=1`; what it prints matches its comments."""
+    code = blocks("python")[index].replace("epochs=100", "epochs=1")
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    if "trained.save" in code:
+        greedy, sampled = out.splitlines()
+        assert re.fullmatch(r"perplexity \d+\.\d time traveller.{20}", greedy)
+        assert sampled.startswith("time traveller") and len(sampled) == len("time traveller") + 20
+        saved = json.loads((tmp_path / "runs/seed/config.json").read_text())
+        assert saved["epochs"] == 1 and saved["data_sha1"]
+    else:
+        assert out == "(4, 32, 28)\n"
