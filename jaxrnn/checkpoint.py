@@ -205,10 +205,10 @@ def restore_meta(run_dir: Path, epoch: int) -> dict[str, Any]:
 
 def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
     """The saved state of `epoch`, laid out like `abstract_state` (a `jax.eval_shape` tree) on this
-    machine's first device, after checking that the saved shapes are the expected ones."""
+    process' first device, after checking that the saved shapes are the expected ones."""
     import orbax.checkpoint as ocp
 
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_state)
     mgr = manager(run_dir)
     try:

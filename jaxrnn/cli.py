@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its config")
     t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
     t.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
+    t.add_argument("--distributed", action="store_true", help="one of several processes (hosts) training together "
+                   "through jax.distributed; JAX finds its peers on SLURM, Open MPI and TPU pods, else pass the next "
+                   "three; every process needs the same flags and --out on a filesystem they share")
+    t.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    t.add_argument("--num-processes", type=_positive_int, help="with --distributed: how many processes take part")
+    t.add_argument("--process-id", type=_non_negative_int, help="with --distributed: this process' index, from 0")
     t.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings and errors still)")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch on stdout, and the final "
                    "result as one JSON line")
@@ -187,9 +193,38 @@ def _refuse_with_resume(args: argparse.Namespace) -> None:
         raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")
 
 
+def _check_distributed(args: argparse.Namespace, cfg: Config) -> None:
+    """What a multi-process run needs from its flags: all three launch flags or none, a run directory
+    named alike in every process, and every device of every process."""
+    launch = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+              "--process-id": args.process_id}
+    missing = [flag for flag, v in launch.items() if v is None]
+    if missing and len(missing) < 3:
+        raise JaxrnnError(f"{', '.join(launch)} go together; pass {' '.join(missing)} too, or none of them where "
+                          "JAX finds its peers itself")
+    if args.num_processes is not None and args.process_id >= args.num_processes:
+        raise JaxrnnError(f"--process-id {args.process_id} is not below --num-processes {args.num_processes}; "
+                          f"number the processes 0 to {args.num_processes - 1}")
+    if not (args.out or args.resume):
+        raise JaxrnnError("a distributed run needs --out RUN_DIR (or --resume RUN_DIR) on a filesystem every "
+                          "process shares; pass it to every process")
+    if cfg.devices is not None:
+        raise JaxrnnError("a distributed run trains on every device of every process; drop --devices (a run "
+                          "whose config.json sets devices resumes in one process only)")
+
+
+def _native_stdout_to_stderr() -> None:
+    """Keep stdout for results: what native libraries print on file descriptor 1 (gloo announces each
+    connection it makes) goes to stderr, while `print` still writes to the real stdout."""
+    sys.stdout.flush()
+    results = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(results, "w", buffering=1)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxrnn import run
-    from jaxrnn.parallel import use_cpu_cores
+    from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
     from jaxrnn.training import perplexity
 
     if args.resume:
@@ -197,8 +232,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = os.path.join(args.resume, run.CONFIG) if args.resume else None
     cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
     use_cpu_cores(cfg.devices, cfg.batch_size)  # before JAX starts its CPU backend
+    launch = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(a is not None for a in launch):
+        _check_distributed(args, cfg)
+        _native_stdout_to_stderr()
+        initialize(*launch)
+    primary = is_primary()
 
-    progress = Progress(cfg.epochs, "quiet" if args.quiet else "auto", args.json)
+    progress = Progress(cfg.epochs, "quiet" if args.quiet or not primary else "auto", args.json and primary)
     try:
         if args.resume:
             trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
@@ -209,6 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
     finally:
         progress.close()
+    if not primary:  # process 0 reports for all
+        return 0
     result: dict[str, Any] = {"run_dir": str(trained.run_dir), "epoch": trained.epoch}
     if trained.cfg.split is not None and trained.cfg.split[2] > 0:
         loss = run.evaluate(trained, part="test")

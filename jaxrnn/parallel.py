@@ -1,8 +1,11 @@
-"""Data parallelism with `jax.sharding`: one code path for 1 and N devices.
+"""Data parallelism with `jax.sharding`: one code path for 1 device, N devices and N hosts.
 
-A 1-D mesh with a `data` axis; batch plans are sharded along it, the windows, parameters and
-optimizer state replicated, and the train step is jitted with those shardings; the gradient is a
-`shard_map` over the `data` axis with one `psum` (`training.Steps.grad_sums`). On a CPU, the CLI makes
+A 1-D mesh with a `data` axis over every device of every process; batch plans are sharded along it,
+the tokens, parameters and optimizer state replicated, and the train step is jitted with those
+shardings; the gradient is a `shard_map` over the `data` axis with one `psum`
+(`training.Steps.grad_sums`). Arrays are placed with `jax.make_array_from_process_local_data`
+(`put`): each process hands over only the slice of a batch plan its own devices hold. Several
+processes (hosts) join through `jax.distributed.initialize` (`initialize`). On a CPU, the CLI makes
 one XLA device per core (`use_cpu_cores`), which trains the seed model about 1.4x faster on two
 cores than one device does (docs/benchmarks.md).
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrnn.errors import ConfigError
@@ -60,6 +64,55 @@ def use_cpu_cores(devices: int | None, batch_size: int) -> None:
         pass
 
 
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+               ) -> None:
+    """Join a multi-process run with `jax.distributed.initialize`, before any other JAX call. On SLURM,
+    Open MPI, Kubernetes and Cloud TPU, JAX finds the coordinator and this process' index itself;
+    elsewhere pass all three. CPU processes exchange gradients through gloo."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # no effect on GPUs and TPUs
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"cannot join the distributed run ({str(e).splitlines()[0]}); start every process with "
+                          "the same --coordinator HOST:PORT and --num-processes and its own --process-id, or "
+                          "none of them where JAX finds them itself (SLURM, Open MPI, TPU)") from None
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run directory's files and prints (process 0 of a multi-process run)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (nothing to wait for in a single process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"jaxrnn:{name}")
+
+
+def put(x: np.ndarray | jax.Array, sharding: NamedSharding) -> jax.Array:
+    """A host array that every process computes in full, placed as one global array: each process hands
+    `jax.make_array_from_process_local_data` only the block its own devices hold (along the batch, its
+    slice of the plan; a replicated array whole), so no process sends another's part."""
+    x = np.asarray(x)
+    blocks = sharding.addressable_devices_indices_map(x.shape).values()
+    local = tuple(slice(min(b[d].indices(n)[0] for b in blocks), max(b[d].indices(n)[1] for b in blocks))
+                  for d, n in enumerate(x.shape))
+    return jax.make_array_from_process_local_data(sharding, x[local], x.shape)
+
+
+def put_tree(tree, sharding: NamedSharding):
+    """`put` for every leaf of a pytree."""
+    return jax.tree.map(lambda a: put(a, sharding), tree)
+
+
+def local_copy(tree):
+    """A pytree of global arrays as arrays on this process' first device, for work one process does alone
+    (sampling, evaluating); in a single process the tree as it is."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(lambda a: jax.device_put(np.asarray(a), jax.local_devices()[0]), tree)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where training's arrays live: `replicated` (windows, params, optimizer state) and `batched`
@@ -81,8 +134,9 @@ class Layout:
 
 
 def layout(devices: int | None, batch_size: int) -> Layout:
-    """A mesh over the first `devices` local devices (default: all), checked against the batch size."""
-    available = jax.local_devices()
+    """A mesh over every device of every process (`devices` None), or over the first `devices` devices
+    of this process; checked against the batch size."""
+    available = jax.devices() if devices is None else jax.local_devices()
     n = devices or len(available)
     if n > len(available):
         raise ConfigError(f"--devices {n} asks for more devices than the {len(available)} this machine has; "

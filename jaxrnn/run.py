@@ -32,7 +32,7 @@ from jaxrnn.config import Config
 from jaxrnn.data import Corpus, Vocab, batch_plan, file_tokens, load_corpus, split_spans
 from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
-from jaxrnn.parallel import layout
+from jaxrnn.parallel import barrier, is_primary, layout, local_copy
 from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
 
@@ -170,24 +170,27 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             if progress is not None:
                 progress(r)
         if run_dir is not None:
-            try:
-                with open(run_dir / METRICS, "a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in records)
-            except OSError as e:
-                raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
-                                  f"'jaxrnn train --resume {run_dir}'") from None
+            if primary:
+                try:
+                    with open(run_dir / METRICS, "a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in records)
+                except OSError as e:
+                    raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
+                                      f"'jaxrnn train --resume {run_dir}'") from None
             saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
-                       records[-1]["val_ppl"])
+                       records[-1]["val_ppl"])  # every process: each writes the shards it holds
             last_saved["epoch"] = records[-1]["epoch"]
-            with jax.default_matmul_precision(cfg.precision):
-                text = samples(model, state.params, corpus.vocab, corpus.vocab.prompt(), SAMPLE_CHARS, 1)[0]
-            artifacts.update(seen, records, text)
+            if primary:
+                with jax.default_matmul_precision(cfg.precision):
+                    text = samples(model, local_copy(state.params), corpus.vocab, corpus.vocab.prompt(),
+                                   SAMPLE_CHARS, 1)[0]
+                artifacts.update(seen, records, text)
         if caught:
             raise Stopped(caught["signum"], records[-1]["epoch"], run_dir)
 
-    nothing = contextlib.nullcontext()
+    nothing, primary = contextlib.nullcontext(), is_primary()
     with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
-          Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir else nothing as artifacts):
+          Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts):
         try:
             state, new = fit(cfg, corpus, model, state, start_epoch, per_step=per_step, on_chunk=on_chunk)
         except NonFiniteLoss as e:
@@ -196,7 +199,7 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             advice = "lower --lr or --clip" + ("" if cfg.skip_nonfinite else
                                                  ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept}); {advice}") from None
-    return Trained(cfg, corpus.vocab, model, state, history + new, run_dir, cfg.epochs, corpus=corpus)
+    return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, cfg.epochs, corpus=corpus)
 
 
 def versions() -> dict[str, str]:
@@ -250,7 +253,9 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
         check_corpus(cfg, corpus)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
-        _prepare_dir(run_dir, cfg, force, corpus.sha1)
+        if is_primary():
+            _prepare_dir(run_dir, cfg, force, corpus.sha1)
+        barrier("run directory ready")
     model = build_model(cfg, len(corpus.vocab))
     return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress)
 
@@ -298,8 +303,10 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
         start = epoch
         break
     history = read_metrics(run_dir, upto=start)
+    barrier("metrics read")
     try:
-        _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        if is_primary():
+            _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
     except OSError as e:
         raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
     if state is not None and start >= cfg.epochs:

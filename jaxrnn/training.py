@@ -26,7 +26,7 @@ from jaxrnn.config import Config
 from jaxrnn.data import Corpus, batch_plan, check_batching, chunk_plan, steps_per_epoch
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
-from jaxrnn.parallel import AXIS, Layout, layout
+from jaxrnn.parallel import AXIS, Layout, layout, put_tree
 
 MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
 
@@ -273,9 +273,8 @@ def fit(
     fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential").jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)
-    state, train, val = jax.device_put((state, corpus.part_tokens("train"), corpus.part_tokens("val")),
-                                       lay.replicated)
-    val_idx, val_mask = jax.device_put(batch_plan(np.arange(corpus.spans["val"][1]), cfg.batch_size), lay.batched(2))
+    state, train, val = put_tree((state, corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
+    val_idx, val_mask = put_tree(batch_plan(np.arange(corpus.spans["val"][1]), cfg.batch_size), lay.batched(2))
     history: list[dict[str, Any]] = []
     compiled: dict[int, Callable] = {}  # chunk length -> executable
     timings = {} if timings is None else timings
@@ -285,7 +284,7 @@ def fit(
         for a, b in chunks(start_epoch, cfg.epochs, cfg.save_every):
             plan = chunk_plan(cfg.seed, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps)
             tokens_per_epoch = int(plan[1][0].sum()) * cfg.num_steps
-            idx, mask = jax.device_put(plan, lay.batched(3))
+            idx, mask = put_tree(plan, lay.batched(3))
             if not per_step and b - a not in compiled:
                 t0 = time.perf_counter()
                 compiled[b - a] = fns["chunk"].lower(state, train, val, idx, mask, val_idx, val_mask).compile()

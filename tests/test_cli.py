@@ -145,6 +145,11 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
     "tie-without-matching-embed": (["train", *TINY_FLAGS, "--embed", "8", "--tie", "--out", "tie"], "tie"),
     "dropout-one": (["train", "--dropout", "1"], None),
     "unknown-optimizer": (["train", "--optimizer", "rmsprop"], None),
+    "launch-flags-not-together": (["train", "--coordinator", "127.0.0.1:1234", "--out", "lf"], "lf"),
+    "process-id-out-of-range": (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id",
+                                 "2", "--out", "pid"], "pid"),
+    "distributed-without-out": (["train", "--distributed"], None),
+    "distributed-with-devices": (["train", "--distributed", "--devices", "2", "--out", "dd"], "dd"),
 }
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -95,3 +98,73 @@ def test_cli_refuses_devices_that_do_not_split_the_batch(run_python, tmp_path: P
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("jaxrnn: error: batch size 100 does not split over 3 devices") and "99 or 102" in last
+
+
+# Two processes of 2 CPU devices each, joined by jax.distributed (gloo between them), against one process
+# of 4 devices: the same global mesh size, so the same batch split, on two "hosts".
+HOST_FLAGS = ["--model", "scratch", "--epochs", "2", "--save-every", "1", "--no-curves", "--hidden", "16",
+              "--num-train", "512", "--num-val", "256", "--batch-size", "128", "--num-steps", "8"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_hosts(start_python, work: Path, args: list[str], processes: int) -> list[subprocess.Popen]:
+    """Start `jaxrnn ARGS` as `processes` processes of one distributed run, each with 4 / processes CPU devices."""
+    port, procs = free_port(), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={4 // processes}")
+        for i in range(processes):
+            launch = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                      "--process-id", str(i)] if processes > 1 else []
+            procs.append(start_python(["-m", "jaxrnn.cli", "train", *args, *launch], work))
+    return procs
+
+
+def finished(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each process, in order."""
+    outputs = [p.communicate(timeout=240) for p in procs]
+    return [(p.returncode, *o) for p, o in zip(procs, outputs)]
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory, start_python) -> tuple[Path, dict[str, list[tuple[int, str, str]]]]:
+    """A 2-process run and the 1-process reference, at once; then a copy of the 2-process run cut back
+    to its first checkpoint, resumed by 2 processes."""
+    work = tmp_path_factory.mktemp("hosts")
+    started = {"two": on_hosts(start_python, work, [*HOST_FLAGS, "--out", str(work / "two")], 2),
+               "one": on_hosts(start_python, work, [*HOST_FLAGS, "--out", str(work / "one")], 1)}
+    done = {k: finished(v) for k, v in started.items()}
+    shutil.copytree(work / "two", work / "resumed")
+    shutil.rmtree(work / "resumed" / "checkpoints" / "2")
+    done["resumed"] = finished(on_hosts(start_python, work, ["--resume", str(work / "resumed")], 2))
+    return work, done
+
+
+def test_two_processes_train_like_one_with_four_devices(hosts) -> None:
+    """Same metrics and parameters (float32 rounding: gloo adds the gradient sums in its own order);
+    process 0 prints the result line, process 1 nothing; the checkpoint restores in this 1-device process."""
+    work, done = hosts
+    for rc, _, err in done["two"] + done["one"]:
+        assert rc == 0 and "Traceback" not in err, err
+    assert done["two"][0][1] == done["one"][0][1] and done["two"][1][1] == ""
+    two, one = run.load(work / "two"), run.load(work / "one")
+    for k in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([r[k] for r in two.history], [r[k] for r in one.history], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_resume_a_run(hosts) -> None:
+    """Resumed from its first checkpoint by 2 processes, the run ends as the uninterrupted one."""
+    work, done = hosts
+    for rc, _, err in done["resumed"]:
+        assert rc == 0 and "Traceback" not in err, err
+    assert done["resumed"][0][1] == done["two"][0][1]
+    resumed, two = run.load(work / "resumed"), run.load(work / "two")
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
