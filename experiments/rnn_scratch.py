@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # 9.5.3 Gradient clipping (training clips the same way, at cfg.clip): the gradients of one batch.
     def mean_loss(params: Any, batch: jax.Array) -> jax.Array:
-        total, count = loss_sum(model, params, batch, jnp.ones(len(batch), bool))
+        total, count, _ = loss_sum(model, params, batch, jnp.ones(len(batch), bool))
         return total / count
 
     @jax.jit
     def grad_norms(params: Any, batch: jax.Array, theta: float) -> tuple[jax.Array, jax.Array]:
         grads = jax.grad(mean_loss)(params, batch)
         clipped, _ = optax.clip_by_global_norm(theta).update(grads, optax.EmptyState())
-        return optax.global_norm(grads), optax.global_norm(clipped)
+        return optax.tree_utils.tree_norm(grads), optax.tree_utils.tree_norm(clipped)
 
     theta = 1.0
     with jax.default_matmul_precision(cfg.precision):

@@ -1,6 +1,6 @@
-"""The `jaxrnn` command line, run as a user runs it: training and sampling as `python -m jaxrnn.cli ...` in
-fresh processes (sampling restores what another process saved), bad inputs through the same `main` in this
-process. Each process pays JAX's import and compile, so the runs of one phase go in parallel.
+"""The `jaxrnn` command line, run as a user runs it: training and the bad inputs through `jaxrnn.cli.main`
+in this process (a fresh process each would add only JAX's import), sampling as `python -m jaxrnn.cli ...`
+in fresh processes, side by side, so each restores what another process saved.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from jaxrnn import checkpoint
 TINY_FLAGS = ["--epochs", "1", "--no-curves", "--hidden", "16", "--num-train", "512", "--num-val", "256",
               "--batch-size", "128", "--num-steps", "8"]
 RESULT = re.compile(r"^perplexity (\d+\.\d), '(time traveller.{50})'$")
-# run name -> model flags: the chapters' two models, and every other cell in both implementations
+# run name -> model flags: the chapters' two models, and each gated cell and each implementation at least
+# once (every cell in both implementations is tested in-process: test_gated_cells.py, test_sample.py)
 MODEL_FLAGS = {
     "scratch": ["--model", "scratch"],
     "concise": ["--model", "concise"],
-    "lstm-scratch": ["--cell", "lstm"],
     "lstm-flax": ["--cell", "lstm", "--impl", "flax"],
     "gru-scratch": ["--cell", "gru", "--gru-reset", "before"],
-    "gru-flax": ["--cell", "gru", "--impl", "flax"],
-    # depth, embedding, tied head, dropout and the optax options through the CLI (TINY_FLAGS' hidden is
-    # 16); the Flax twins of these are tested in-process in test_deep.py
+    # a scratch LSTM with depth, embedding, tied head, dropout and the optax options through the CLI
+    # (TINY_FLAGS' hidden is 16); the Flax twins of these are tested in-process in test_deep.py
     "deep-scratch": ["--cell", "lstm", "--layers", "2", "--embed", "16", "--tie", "--dropout", "0.2", "--optimizer",
                      "adamw", "--lr", "0.01", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup", "2"],
 }
@@ -47,10 +46,9 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(run_python, work: Path) -> dict[str, subprocess.CompletedProcess]:
+def trained(call, work: Path) -> dict[str, subprocess.CompletedProcess]:
     """Phase 1: train each model (fused)."""
-    commands = {m: ["train", *flags, *TINY_FLAGS, "--out", str(work / m)] for m, flags in MODEL_FLAGS.items()}
-    return run_all(run_python, work, commands)
+    return {m: call(["train", *flags, *TINY_FLAGS, "--out", str(work / m)], work) for m, flags in MODEL_FLAGS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +63,7 @@ def used(run_python, work: Path, trained) -> dict[str, subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def bad(call, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
-    """The bad inputs, through `jaxrnn.cli.main` in this process: they fail before any training, so a fresh
-    process each would add only JAX's import."""
+    """The bad inputs (they fail before any training)."""
     (work / "empty").mkdir(exist_ok=True)
     run = str(work / "scratch")
     return {name: call([a.replace("{run}", run) for a in args], work) for name, (args, _) in BAD_INPUTS.items()}

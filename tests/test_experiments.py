@@ -23,29 +23,28 @@ RUNS = {
 }
 
 
-# The sine experiment (seconds, no corpus) runs by default; the others train on The Time Machine for
-# about a minute on 2 cores together, so they are `slow` (python -m pytest -m slow tests/test_experiments.py).
-SLOW = {"rnn_scratch", "rnn_concise", "overfit", "compare_cells"}
+# The chapter scripts (tiny settings) and the sine experiment (no corpus) run by default, in this
+# process; overfit and compare_cells train for about a minute on 2 cores together, so they are `slow`
+# (python -m pytest -m slow tests/test_experiments.py) and run as child processes side by side.
+SLOW = {"overfit", "compare_cells"}
 
 
-def _launch(run_python, tmp: Path, names: set[str]) -> dict[str, subprocess.CompletedProcess]:
-    with ThreadPoolExecutor(len(names)) as pool:
-        futures = {name: pool.submit(run_python, [str(EXPERIMENTS / f"{name}.py"),
-                                                  *(a.replace("{tmp}", str(tmp)) for a in RUNS[name])], tmp)
-                   for name in names}
-        return {name: f.result() for name, f in futures.items()}
+def _argv(name: str, tmp: Path) -> list[str]:
+    return [str(EXPERIMENTS / f"{name}.py"), *(a.replace("{tmp}", str(tmp)) for a in RUNS[name])]
 
 
 @pytest.fixture(scope="module")
-def ran(run_python, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+def ran(call, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
     tmp = tmp_path_factory.mktemp("experiments")
-    return _launch(run_python, tmp, set(RUNS) - SLOW), tmp
+    return {name: call(_argv(name, tmp), tmp) for name in sorted(set(RUNS) - SLOW)}, tmp
 
 
 @pytest.fixture(scope="module")
 def ran_slow(run_python, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
     tmp = tmp_path_factory.mktemp("experiments-slow")
-    return _launch(run_python, tmp, SLOW), tmp
+    with ThreadPoolExecutor(len(SLOW)) as pool:
+        futures = {name: pool.submit(run_python, _argv(name, tmp), tmp) for name in SLOW}
+        return {name: f.result() for name, f in futures.items()}, tmp
 
 
 def out(ran, name: str) -> str:
@@ -55,10 +54,9 @@ def out(ran, name: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rnn_scratch", "rnn_concise"])
-def test_chapter_scripts_end_with_perplexity_and_text(ran_slow, name: str) -> None:
-    lines = out(ran_slow, name).splitlines()
+def test_chapter_scripts_end_with_perplexity_and_text(ran, name: str) -> None:
+    lines = out(ran, name).splitlines()
     assert re.fullmatch(r"epoch 1, train_ppl \d+\.\d\d, val_ppl \d+\.\d\d", lines[-3]), lines
     assert re.fullmatch(r"perplexity \d+\.\d", lines[-2]) and lines[-1].startswith("'time traveller"), lines
 

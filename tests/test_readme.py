@@ -64,8 +64,10 @@ def test_the_readme_has_the_commands_a_user_needs() -> None:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    """The reader's working directory, with a text of their own for the `--data shakespeare.txt` example."""
+    """The reader's working directory (the repository's root, where the install line runs: its
+    `experiments/` is there), with a text of their own for the `--data shakespeare.txt` example."""
     work = tmp_path_factory.mktemp("readme")
+    (work / "experiments").symlink_to(ROOT / "experiments")
     corpus = (Path(os.environ["JAXRNN_DATA_DIR"]) / "timemachine.txt").read_text()
     (work / "shakespeare.txt").write_text(corpus[:12000])  # 168 characters a stream
     return work

@@ -33,6 +33,13 @@ def lm(request, tiny_corpus):
     return model, params, tiny_corpus.vocab
 
 
+# The sampling rules (seeds, temperature, top-k, top-p, unknown characters) act on the head's logits
+# whatever the cell, and each test compiles its own decoding programs: they run on the tanh model;
+# what depends on the cell (its state through the prefix, a batch, many samples) runs on all three.
+TANH = pytest.mark.parametrize("lm", ["scratch"], indirect=True)
+TANH_AND_LSTM = pytest.mark.parametrize("lm", ["scratch", "lstm-scratch"], indirect=True)
+
+
 def d2l_predict(model, params, vocab, prefix: str, num_preds: int) -> str:
     """d2l's predict: feed the prefix one character at a time, then append the argmax of each output."""
     forward = jax.jit(model.forward)
@@ -67,6 +74,7 @@ def test_batch_of_prompts_equals_each_alone(lm) -> None:
     np.testing.assert_array_equal(batch, np.stack(alone))
 
 
+@TANH
 def test_sampling_is_seeded(lm) -> None:
     model, params, vocab = lm
     a = predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=0)
@@ -80,6 +88,7 @@ def test_sampling_is_seeded(lm) -> None:
             predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=seed)
 
 
+@TANH
 def test_sampling_follows_softmax_over_temperature(lm) -> None:
     """The first sampled token's frequencies over 4000 identical prompts match softmax(logits / T)."""
     model, params, vocab = lm
@@ -98,6 +107,7 @@ def first_token_probs(model, params, prompt: list[int], temperature: float) -> n
     return np.exp(z - z.max()) / np.exp(z - z.max()).sum()
 
 
+@TANH
 @pytest.mark.parametrize("top_k, nucleus", [(3, None), (0, 3), (5, 3)])
 def test_top_k_and_top_p_sample_from_the_renormalised_head(lm, top_k: int, nucleus: int | None) -> None:
     """Over 4000 identical prompts the first token only ever comes from the top k, and then from the
@@ -120,6 +130,7 @@ def test_top_k_and_top_p_sample_from_the_renormalised_head(lm, top_k: int, nucle
     assert np.abs(freq - want).max() < 0.04  # about 5 standard errors
 
 
+@TANH
 def test_top_k_one_is_greedy(lm) -> None:
     model, params, vocab = lm
     greedy = predict(model, params, vocab, "time traveller", 20)  # 20 throughout: one compile per shape
@@ -142,6 +153,7 @@ def test_bad_prompts_raise(lm) -> None:
         predict(model, params, vocab, "time", -1)
 
 
+@TANH
 def test_unknown_prompt_chars_warn_and_read_as_unk(lm, capsys) -> None:
     model, params, vocab = lm
     got = predict(model, params, vocab, "Time traveller!", 20)
@@ -164,6 +176,7 @@ def test_invalid_top_k_top_p_raise(tiny_corpus, kw: dict, flag: str) -> None:
         predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, **kw)
 
 
+@TANH_AND_LSTM
 def test_samples_draw_independently(lm) -> None:
     model, params, vocab = lm
     texts = samples(model, params, vocab, "time traveller", 20, 4, temperature=1.0, seed=0)
