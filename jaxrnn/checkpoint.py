@@ -67,6 +67,17 @@ def _write(mgr, epoch: int, args, metrics: dict[str, float]) -> None:
     mgr.save(epoch, args=args, metrics=metrics, force=True)
 
 
+def _one_copy(state: Any) -> Any:
+    """In a single process, each replicated array as its copy on one device. Given the replicated array,
+    orbax splits the write across the replicas, which in one process only costs a compiled slice per
+    array and device (0.45 s of a seed run's first save on a 2-device CPU); restoring does not depend on
+    the saved layout. Across processes each array stays global, so that one replica writes it."""
+    if jax.process_count() > 1:
+        return state
+    return jax.tree.map(lambda a: a.addressable_shards[0].data if isinstance(a, jax.Array) and a.is_fully_replicated
+                        else a, state)
+
+
 class Saver:
     """One run's checkpoints through one CheckpointManager. Each save is written in the background
     while the next chunk of epochs trains, and completes before the next save starts and when the
@@ -83,7 +94,7 @@ class Saver:
         import orbax.checkpoint as ocp
 
         self.wait()
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_one_copy(state)),
                                   meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
         metrics = {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30}
         self._guard(epoch, lambda: _write(self.mgr, epoch, args, metrics))
