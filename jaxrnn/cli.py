@@ -56,6 +56,13 @@ def _split(s: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{s!r} is not three fractions TRAIN,VAL,TEST such as 0.8,0.1,0.1") from None
 
 
+def _host_port(s: str) -> str:
+    host, _, port = s.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{s!r} is not HOST:PORT, such as 10.0.0.1:1234")
+    return s
+
+
 def _step(s: str) -> int | str:
     if s == "best":
         return s
@@ -130,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distributed", action="store_true", help="one of several processes (hosts) training together "
                    "through jax.distributed; JAX finds its peers on SLURM, Open MPI and TPU pods, else pass the next "
                    "three; every process needs the same flags and --out on a filesystem they share")
-    t.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    t.add_argument("--coordinator", metavar="HOST:PORT", type=_host_port,
+                   help="with --distributed: process 0's address")
     t.add_argument("--num-processes", type=_positive_int, help="with --distributed: how many processes take part")
     t.add_argument("--process-id", type=_non_negative_int, help="with --distributed: this process' index, from 0")
     t.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings and errors still)")
@@ -233,7 +241,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
     use_cpu_cores(cfg.devices, cfg.batch_size)  # before JAX starts its CPU backend
     launch = (args.coordinator, args.num_processes, args.process_id)
-    if args.distributed or any(a is not None for a in launch):
+    if not args.distributed and any(a is not None for a in launch):
+        raise JaxrnnError("--coordinator, --num-processes and --process-id launch a distributed run; add "
+                          "--distributed, or drop them")
+    if args.distributed:
         _check_distributed(args, cfg)
         _native_stdout_to_stderr()
         initialize(*launch)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import sys
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,9 @@ def _checked(path: Path) -> Path:
 
 def _download(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)  # one per process
+    os.close(fd)
+    tmp = Path(name)
     print(f"jaxrnn: downloading {TIMEMACHINE_URL} to {dest}", file=sys.stderr)
     try:
         with urllib.request.urlopen(TIMEMACHINE_URL, timeout=30) as r:
@@ -231,21 +234,28 @@ def load_corpus(
     vocab = Vocab.build(text)
     tokens = vocab.encode(text)
     total = max(len(tokens) - num_steps, 0)
+    spans = part_spans(len(tokens), num_steps, num_train, num_val, split)
     if split is None:
         if total < num_train + num_val:
             raise DataError(
                 f"corpus {p} gives {total} windows of {num_steps + 1} characters, but {num_train} train + "
                 f"{num_val} validation are asked for; use a longer file, lower --num-train/--num-val/--num-steps, "
                 "or pass --split")
-        spans = {"train": (0, num_train), "val": (num_train, num_val), "test": (0, 0)}
     else:
-        spans = split_spans(len(tokens), num_steps, split)
         short = [part for part, f in zip(PARTS, split) if f > 0 and spans[part][1] == 0]
         if short:
             raise DataError(f"corpus {p} has {len(tokens)} characters: the {' and '.join(short)} part of --split "
                             f"{','.join(map(str, split))} holds no window of {num_steps + 1}; give it a larger "
                             "fraction, lower --num-steps, or use a longer file")
     return Corpus(vocab, tokens, num_steps, spans, p, hashlib.sha1(raw.encode("utf-8")).hexdigest())
+
+
+def part_spans(num_tokens: int, num_steps: int, num_train: int, num_val: int, split: tuple[float, ...] | None
+               ) -> dict[str, tuple[int, int]]:
+    """(first window, count) of each part: d2l's window counts, or the `split` fractions of the text."""
+    if split is None:
+        return {"train": (0, num_train), "val": (num_train, num_val), "test": (0, 0)}
+    return split_spans(num_tokens, num_steps, split)
 
 
 def file_tokens(path: Path, vocab: Vocab, num_steps: int, preprocessing: str = "d2l") -> np.ndarray:

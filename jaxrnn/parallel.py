@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrnn.errors import ConfigError
+from jaxrnn.errors import ConfigError, JaxrnnError
 
 AXIS = "data"
+T = TypeVar("T")
 
 
 def nearest_batches(batch_size: int, devices: int) -> tuple[int, ...]:
@@ -68,12 +71,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                ) -> None:
     """Join a multi-process run with `jax.distributed.initialize`, before any other JAX call. On SLURM,
     Open MPI, Kubernetes and Cloud TPU, JAX finds the coordinator and this process' index itself;
-    elsewhere pass all three. CPU processes exchange gradients through gloo."""
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # no effect on GPUs and TPUs
+    elsewhere pass all three. CPU processes exchange gradients through gloo unless the environment names
+    another implementation (JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi); older JAX releases default to none."""
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # no effect on GPUs and TPUs
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"cannot join the distributed run ({str(e).splitlines()[0]}); start every process with "
+    except Exception as e:  # RuntimeError, ValueError, or what a malformed address raises inside JAX
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot join the distributed run ({reason}); start every process with "
                           "the same --coordinator HOST:PORT and --num-processes and its own --process-id, or "
                           "none of them where JAX finds them itself (SLURM, Open MPI, TPU)") from None
 
@@ -89,6 +95,32 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(f"jaxrnn:{name}")
 
 
+def most(value: int) -> int:
+    """The largest of every process' `value` (each process must call it at the same point): how processes
+    agree, after a chunk, on a signal one of them caught, or on a failure only one of them saw."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def on_primary(fn: Callable[[], T]) -> T | None:
+    """`fn()` on process 0 alone (the run directory's files), every process waiting for it. A JaxrnnError
+    there is raised in every process (in the others naming process 0), so that no process waits forever
+    for one that has exited."""
+    if jax.process_count() == 1:
+        return fn()
+    failed, result = None, None
+    if is_primary():
+        try:
+            result = fn()
+        except JaxrnnError as e:
+            failed = e
+    if most(failed is not None):
+        raise failed or JaxrnnError("process 0 stopped with an error (it printed it); fix what it says, then "
+                                    "launch every process again")
+    return result
+
+
 def put(x: np.ndarray | jax.Array, sharding: NamedSharding) -> jax.Array:
     """A host array that every process computes in full, placed as one global array: each process hands
     `jax.make_array_from_process_local_data` only the block its own devices hold (along the batch, its
@@ -100,12 +132,12 @@ def put(x: np.ndarray | jax.Array, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, x[local], x.shape)
 
 
-def put_tree(tree, sharding: NamedSharding):
+def put_tree(tree: Any, sharding: NamedSharding) -> Any:
     """`put` for every leaf of a pytree."""
     return jax.tree.map(lambda a: put(a, sharding), tree)
 
 
-def local_copy(tree):
+def local_copy(tree: Any) -> Any:
     """A pytree of global arrays as arrays on this process' first device, for work one process does alone
     (sampling, evaluating); in a single process the tree as it is."""
     if jax.process_count() == 1:

@@ -10,6 +10,7 @@ stop a run at the end of the current chunk of epochs, after its checkpoint is sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -29,10 +30,10 @@ import numpy as np
 from jaxrnn import checkpoint
 from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, Vocab, batch_plan, file_tokens, load_corpus, split_spans
+from jaxrnn.data import TIMEMACHINE_SHA1, Corpus, Vocab, batch_plan, file_tokens, load_corpus, part_spans
 from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
-from jaxrnn.parallel import barrier, is_primary, layout, local_copy
+from jaxrnn.parallel import barrier, is_primary, layout, local_copy, most, on_primary
 from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
 
@@ -87,7 +88,7 @@ class Trained:
         metrics.jsonl, a checkpoint of its epoch, samples.txt and curves.png. `load`, `jaxrnn sample`,
         `eval`, `runs`, `plot` and `train --resume` read it back. Its own run directory is left as it is."""
         run_dir = Path(run_dir)
-        if self.run_dir is not None and run_dir.absolute() == self.run_dir.absolute():
+        if self.run_dir is not None and run_dir.resolve() == self.run_dir.resolve():
             return run_dir
         sha1 = self.corpus.sha1 if self.corpus is not None else saved_sha1(self.run_dir)
         _prepare_dir(run_dir, self.cfg, force, sha1)
@@ -170,13 +171,7 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             if progress is not None:
                 progress(r)
         if run_dir is not None:
-            if primary:
-                try:
-                    with open(run_dir / METRICS, "a") as f:
-                        f.writelines(json.dumps(r) + "\n" for r in records)
-                except OSError as e:
-                    raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
-                                      f"'jaxrnn train --resume {run_dir}'") from None
+            on_primary(lambda: _append_metrics(run_dir, records))
             saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
                        records[-1]["val_ppl"])  # every process: each writes the shards it holds
             last_saved["epoch"] = records[-1]["epoch"]
@@ -185,8 +180,9 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
                     text = samples(model, local_copy(state.params), corpus.vocab, corpus.vocab.prompt(),
                                    SAMPLE_CHARS, 1)[0]
                 artifacts.update(seen, records, text)
-        if caught:
-            raise Stopped(caught["signum"], records[-1]["epoch"], run_dir)
+        signum = most(caught.get("signum", 0))  # a signal to any process stops them all after this chunk
+        if signum:
+            raise Stopped(signum, records[-1]["epoch"], run_dir)
 
     nothing, primary = contextlib.nullcontext(), is_primary()
     with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
@@ -200,6 +196,15 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
                                                  ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept}); {advice}") from None
     return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, cfg.epochs, corpus=corpus)
+
+
+def _append_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    try:
+        with open(run_dir / METRICS, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    except OSError as e:
+        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
+                          f"'jaxrnn train --resume {run_dir}'") from None
 
 
 def versions() -> dict[str, str]:
@@ -253,9 +258,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
         check_corpus(cfg, corpus)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
-        if is_primary():
-            _prepare_dir(run_dir, cfg, force, corpus.sha1)
-        barrier("run directory ready")
+        on_primary(lambda: _prepare_dir(run_dir, cfg, force, corpus.sha1))
     model = build_model(cfg, len(corpus.vocab))
     return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress)
 
@@ -293,27 +296,40 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
                           f"not {sha1}); restore the file the run trained on, or start a new run with --out")
     model, state, start, val_ppl = build_model(cfg, len(corpus.vocab)), None, 0, None
     for epoch in reversed(checkpoint.steps(run_dir)):
+        failed = None
         try:
             _, _, model, state, val_ppl = _restore(run_dir, epoch, cfg, corpus.vocab)
-        except RunMismatch:
+        except RunMismatch:  # the same files in every process: each raises it
             raise
         except CheckpointError as e:
-            log(f"jaxrnn: warning: {e}; moved it to {checkpoint.set_aside(run_dir, epoch)}, trying an earlier one")
+            failed = e
+        if most(failed is not None):  # every process goes on from the same checkpoint
+            on_primary(functools.partial(_set_aside, run_dir, epoch, failed))
+            state, val_ppl = None, None
             continue
         start = epoch
         break
     history = read_metrics(run_dir, upto=start)
     barrier("metrics read")
-    try:
-        if is_primary():
-            _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
-    except OSError as e:
-        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
+    on_primary(lambda: _rewrite_metrics(run_dir, history))
     if state is not None and start >= cfg.epochs:
         log(f"jaxrnn: {run_dir} finished all {cfg.epochs} epochs already")
         return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
     log(f"jaxrnn: resuming {run_dir} at epoch {start}")
     return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress)
+
+
+def _set_aside(run_dir: Path, epoch: int, failed: CheckpointError | None) -> None:
+    """Move a checkpoint that cannot be restored out of the way, saying why."""
+    why = failed or f"another process cannot restore checkpoint {epoch} in {run_dir}"
+    log(f"jaxrnn: warning: {why}; moved it to {checkpoint.set_aside(run_dir, epoch)}, trying an earlier one")
+
+
+def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    try:
+        _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    except OSError as e:
+        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
 
 
 def corpus_for(cfg: Config) -> Corpus:
@@ -322,10 +338,14 @@ def corpus_for(cfg: Config) -> Corpus:
 
 
 def check_corpus(cfg: Config, corpus: Corpus) -> None:
-    """Refuse a corpus windowed or split otherwise than `cfg` says: the run directory records `cfg`, and
-    a resumed run reads the corpus as `cfg` says."""
-    spans = split_spans(len(corpus.tokens), cfg.num_steps, cfg.split) if cfg.split else \
-        {"train": (0, cfg.num_train), "val": (cfg.num_train, cfg.num_val), "test": (0, 0)}
+    """Refuse a corpus read from another file than `cfg.data` or windowed or split otherwise than `cfg`
+    says: the run directory records `cfg`, and a resumed run reads the corpus as `cfg` says."""
+    named = "The Time Machine" if cfg.data is None else str(Path(cfg.data).resolve())
+    if (corpus.sha1 != TIMEMACHINE_SHA1) if cfg.data is None else (corpus.path.resolve() != Path(named)):
+        raise ConfigError(f"the corpus was read from {corpus.path}, but the config names {named}; "
+                          "pass corpus=jaxrnn.corpus_for(cfg), or set Config(data=...) to the corpus' file")
+    spans = part_spans(len(corpus.tokens), cfg.num_steps, cfg.num_train, cfg.num_val, cfg.split)
+
     def parts(num_steps: int, spans: dict[str, tuple[int, int]]) -> str:
         return f"{num_steps + 1}-character windows, " + ", ".join(f"{n} {p}" for p, (_, n) in spans.items() if n)
 

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from jaxrnn import parallel, run
+from jaxrnn import checkpoint, parallel, run
 from jaxrnn.errors import ConfigError
 
 EIGHT = textwrap.dedent("""
@@ -125,22 +128,31 @@ def on_hosts(start_python, work: Path, args: list[str], processes: int) -> list[
 
 
 def finished(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
-    """(exit status, stdout, stderr) of each process, in order."""
-    outputs = [p.communicate(timeout=240) for p in procs]
+    """(exit status, stdout, stderr) of each process, in order; a process still running after 4 minutes
+    (a hang) is killed, and so are its peers."""
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise
     return [(p.returncode, *o) for p, o in zip(procs, outputs)]
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory, start_python) -> tuple[Path, dict[str, list[tuple[int, str, str]]]]:
-    """A 2-process run and the 1-process reference, at once; then a copy of the 2-process run cut back
-    to its first checkpoint, resumed by 2 processes."""
+    """A 2-process run and the 1-process reference, at once; then, at once, a copy of the 2-process run
+    cut back to its first checkpoint resumed by 2 processes, and 2 processes refused the reference's
+    directory (process 0 alone checks it)."""
     work = tmp_path_factory.mktemp("hosts")
     started = {"two": on_hosts(start_python, work, [*HOST_FLAGS, "--out", str(work / "two")], 2),
                "one": on_hosts(start_python, work, [*HOST_FLAGS, "--out", str(work / "one")], 1)}
     done = {k: finished(v) for k, v in started.items()}
     shutil.copytree(work / "two", work / "resumed")
     shutil.rmtree(work / "resumed" / "checkpoints" / "2")
-    done["resumed"] = finished(on_hosts(start_python, work, ["--resume", str(work / "resumed")], 2))
+    started = {"resumed": on_hosts(start_python, work, ["--resume", str(work / "resumed")], 2),
+               "refused": on_hosts(start_python, work, [*HOST_FLAGS, "--out", str(work / "one")], 2)}
+    done.update({k: finished(v) for k, v in started.items()})
     return work, done
 
 
@@ -151,6 +163,9 @@ def test_two_processes_train_like_one_with_four_devices(hosts) -> None:
     for rc, _, err in done["two"] + done["one"]:
         assert rc == 0 and "Traceback" not in err, err
     assert done["two"][0][1] == done["one"][0][1] and done["two"][1][1] == ""
+    for name in ("two", "one"):  # process 0 alone wrote each line
+        assert len((work / name / "metrics.jsonl").read_text().splitlines()) == 2
+        assert (work / name / "samples.txt").read_text() == (work / "one" / "samples.txt").read_text()
     two, one = run.load(work / "two"), run.load(work / "one")
     for k in ("train_loss", "val_loss"):
         np.testing.assert_allclose([r[k] for r in two.history], [r[k] for r in one.history], rtol=1e-5)
@@ -166,5 +181,40 @@ def test_two_processes_resume_a_run(hosts) -> None:
     assert done["resumed"][0][1] == done["two"][0][1]
     resumed, two = run.load(work / "resumed"), run.load(work / "two")
     assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert len((work / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(two.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_an_error_of_process_0_stops_every_process(hosts) -> None:
+    """Process 0 refuses a directory that holds a run; process 1 does not wait for it in a barrier but
+    exits 2 too, naming process 0; the run is left as it was."""
+    work, done = hosts
+    (rc0, out0, err0), (rc1, out1, err1) = done["refused"]
+    assert (rc0, rc1, out0, out1) == (2, 2, "", ""), (err0, err1)
+    assert "already holds a run" in err0.splitlines()[-1] and "Traceback" not in err0 + err1
+    assert err1.splitlines()[-1].startswith("jaxrnn: error: process 0 stopped with an error")
+    assert len((work / "one" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_chunk(start_python, tmp_path: Path) -> None:
+    """SIGTERM to process 1 alone: after the chunk in progress both processes stop (exit 128 + 15) with
+    that chunk's checkpoint saved, instead of process 0 waiting for process 1 in the next all-reduce;
+    two processes resume it to the end."""
+    run_dir = tmp_path / "run"
+    procs = on_hosts(start_python, tmp_path, [*HOST_FLAGS, "--epochs", "20", "--out", str(run_dir)], 2)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "metrics.jsonl").read_text():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no epoch within 2 minutes"
+        time.sleep(0.005)
+    procs[1].send_signal(signal.SIGTERM)
+    (rc0, _, err0), (rc1, _, err1) = finished(procs)
+    assert (rc0, rc1) == (128 + signal.SIGTERM, 128 + signal.SIGTERM), (err0, err1)
+    stopped = int(re.search(r"stopped by SIGTERM after epoch (\d+)", err0).group(1))
+    assert stopped < 20 and f"after epoch {stopped}" in err1
+    assert checkpoint.steps(run_dir)[-1] == stopped
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == stopped
+    resumed = finished(on_hosts(start_python, tmp_path, ["--resume", str(run_dir)], 2))
+    assert [rc for rc, _, _ in resumed] == [0, 0], resumed[0][2]
+    assert f"resuming {run_dir} at epoch {stopped}" in resumed[0][2]
+    assert [r["epoch"] for r in run.load(run_dir).history] == list(range(1, 21))

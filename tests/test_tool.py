@@ -190,3 +190,20 @@ def test_d2l_presets_are_the_chapters_settings() -> None:
     assert PRESETS["d2l-scratch"] == Config(**seed) and PRESETS["d2l-concise"] == Config(impl="flax", **seed)
     assert (PRESETS["d2l-lstm"].cell, PRESETS["d2l-lstm"].lr, PRESETS["d2l-lstm"].epochs) == ("lstm", 4.0, 50)
     assert PRESETS["d2l-gru"].gru_reset == "before"
+
+
+def test_train_refuses_a_corpus_its_config_does_not_describe(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
+    """`train(cfg, corpus=...)` records `cfg` in the run directory and a resume reads the corpus as `cfg`
+    says, so a corpus windowed otherwise, or read from another file, is refused before any training."""
+    from jaxrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"the corpus has 9-character windows, .* but the config asks for 17-"):
+        run.train(tiny_cfg(num_steps=16), corpus=tiny_corpus)
+    other = tmp_path / "other.txt"
+    other.write_text(data.read_text(tiny_corpus.path)[::-1])  # same length, so the same window counts
+    elsewhere = data.load_corpus(other, tiny_corpus.num_steps, 512, 256)
+    with pytest.raises(ConfigError, match=r"read from .*other\.txt, but the config names The Time Machine"):
+        run.train(tiny_cfg(), corpus=elsewhere)
+    with pytest.raises(ConfigError, match=r"read from .*timemachine\.txt, but the config names .*other\.txt"):
+        run.train(tiny_cfg(data=str(other)), corpus=tiny_corpus)
+    assert not (tmp_path / "runs").exists()
