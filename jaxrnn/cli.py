@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _refuse_with_resume(args)
     saved = os.path.join(args.resume, run.CONFIG) if args.resume else None
     cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
-    use_cpu_cores(cfg.devices, cfg.batch_size)  # before JAX starts its CPU backend
+    use_cpu_cores(cfg.devices, cfg.batch_size, args.num_processes or 1)  # before JAX starts its CPU backend
     launch = (args.coordinator, args.num_processes, args.process_id)
     if not args.distributed and any(a is not None for a in launch):
         raise JaxrnnError("--coordinator, --num-processes and --process-id launch a distributed run; add "

@@ -35,11 +35,13 @@ def nearest_batches(batch_size: int, devices: int) -> tuple[int, ...]:
     return tuple(b for b in (below, below + devices) if b > 0)
 
 
-def check_divides(batch_size: int, devices: int) -> None:
+def check_divides(batch_size: int, devices: int, processes: int = 1) -> None:
     if batch_size % devices:
         sizes = " or ".join(map(str, nearest_batches(batch_size, devices)))
+        other = (f"--devices with a divisor of {batch_size}" if processes == 1 else
+                 f"processes whose device counts add up to a divisor of {batch_size}")
         raise ConfigError(f"batch size {batch_size} does not split over {devices} devices; "
-                          f"pass --batch-size {sizes}, or --devices with a divisor of {batch_size}")
+                          f"pass --batch-size {sizes}, or use {other}")
 
 
 def cpu_devices_for(batch_size: int, cores: int) -> int:
@@ -54,13 +56,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def use_cpu_cores(devices: int | None, batch_size: int) -> None:
-    """Make `devices` XLA CPU devices (default: one per usable core that splits `batch_size`), unless
-    the user set a count already (XLA_FLAGS' --xla_force_host_platform_device_count). Has effect only
-    before JAX starts its CPU backend; accelerators are not touched."""
+def use_cpu_cores(devices: int | None, batch_size: int, processes: int = 1) -> None:
+    """Make `devices` XLA CPU devices (default: one per usable core, as many as split this process'
+    share of `batch_size` among `processes` like ones), unless the user set a count already (XLA_FLAGS'
+    --xla_force_host_platform_device_count). Has effect only before JAX starts its CPU backend;
+    accelerators are not touched."""
     if re.search(r"xla_force_host_platform_device_count", os.environ.get("XLA_FLAGS", "")):
         return
-    n = devices or cpu_devices_for(batch_size, usable_cores())
+    share = batch_size // processes if batch_size % processes == 0 else batch_size
+    n = devices or cpu_devices_for(share, usable_cores())
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # the backend is up already: keep what it has
@@ -173,5 +177,5 @@ def layout(devices: int | None, batch_size: int) -> Layout:
     if n > len(available):
         raise ConfigError(f"--devices {n} asks for more devices than the {len(available)} this machine has; "
                           f"pass --devices {len(available)} or fewer")
-    check_divides(batch_size, n)
+    check_divides(batch_size, n, jax.process_count() if devices is None else 1)
     return Layout(Mesh(np.array(available[:n]), (AXIS,)))

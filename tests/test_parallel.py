@@ -88,11 +88,30 @@ def test_batch_that_does_not_split_names_the_nearest_sizes(batch: int, devices: 
     with pytest.raises(ConfigError) as e:
         parallel.check_divides(batch, devices)
     assert all(f"{b}" in str(e.value) for b in nearest) and "--batch-size" in str(e.value)
+    with pytest.raises(ConfigError, match="processes whose device counts add up to a divisor") as e:
+        parallel.check_divides(batch, devices, processes=2)  # a distributed run refuses --devices
+    assert "--devices" not in str(e.value)
 
 
 @pytest.mark.parametrize("batch, cores, want", [(1024, 2, 2), (1024, 3, 2), (999, 4, 3), (7, 2, 1), (64, 16, 16)])
 def test_cpu_devices_split_the_batch(batch: int, cores: int, want: int) -> None:
     assert parallel.cpu_devices_for(batch, cores) == want
+
+
+@pytest.mark.parametrize("batch, cores, processes, want", [(6, 6, 2, 3), (6, 4, 2, 3), (8, 3, 2, 2), (9, 4, 2, 3)])
+def test_processes_pick_cpu_devices_that_split_the_batch_together(monkeypatch, batch: int, cores: int,
+                                                                  processes: int, want: int) -> None:
+    """Each of `processes` like processes makes devices that split its share, so together they split the
+    batch (6 over 2 processes of 6 cores: 3 each, not 6 + 6 = 12); a batch they cannot share evenly
+    falls back to the one-process rule."""
+    made = []
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(parallel, "usable_cores", lambda: cores)
+    monkeypatch.setattr(parallel.jax.config, "update", lambda name, n: made.append(n))
+    parallel.use_cpu_cores(None, batch, processes)
+    assert made == [want]
+    if batch % processes == 0:
+        assert batch % (want * processes) == 0
 
 
 def test_cli_refuses_devices_that_do_not_split_the_batch(run_python, tmp_path: Path) -> None:
