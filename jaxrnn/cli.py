@@ -219,6 +219,9 @@ def _check_distributed(args: argparse.Namespace, cfg: Config) -> None:
     if cfg.devices is not None:
         raise JaxrnnError("a distributed run trains on every device of every process; drop --devices (a run "
                           "whose config.json sets devices resumes in one process only)")
+    if args.per_step:
+        raise JaxrnnError("--per-step is the chapter's one-process loop (a jitted call per batch); drop it, "
+                          "a distributed run trains in fused chunks")
 
 
 def _native_stdout_to_stderr() -> None:

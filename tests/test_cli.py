@@ -151,6 +151,7 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
                                  "--process-id", "2", "--out", "pid"], "pid"),
     "distributed-without-out": (["train", "--distributed"], None),
     "distributed-with-devices": (["train", "--distributed", "--devices", "2", "--out", "dd"], "dd"),
+    "distributed-per-step": (["train", "--distributed", "--per-step", "--out", "dp"], "dp"),
 }
 
 
