@@ -170,6 +170,7 @@ class Corpus:
     spans: dict[str, tuple[int, int]]  # 'train', 'val' and 'test' (count 0: no test part)
     path: Path
     sha1: str
+    preprocessing: str = "d2l"
 
     def part_tokens(self, part: str) -> np.ndarray:
         """The tokens a part's windows cover: window i is `part_tokens[i:i + num_steps + 1]`."""
@@ -247,7 +248,7 @@ def load_corpus(
             raise DataError(f"corpus {p} has {len(tokens)} characters: the {' and '.join(short)} part of --split "
                             f"{','.join(map(str, split))} holds no window of {num_steps + 1}; give it a larger "
                             "fraction, lower --num-steps, or use a longer file")
-    return Corpus(vocab, tokens, num_steps, spans, p, hashlib.sha1(raw.encode("utf-8")).hexdigest())
+    return Corpus(vocab, tokens, num_steps, spans, p, hashlib.sha1(raw.encode("utf-8")).hexdigest(), preprocessing)
 
 
 def part_spans(num_tokens: int, num_steps: int, num_train: int, num_val: int, split: tuple[float, ...] | None

@@ -338,12 +338,15 @@ def corpus_for(cfg: Config) -> Corpus:
 
 
 def check_corpus(cfg: Config, corpus: Corpus) -> None:
-    """Refuse a corpus read from another file than `cfg.data` or windowed or split otherwise than `cfg`
-    says: the run directory records `cfg`, and a resumed run reads the corpus as `cfg` says."""
+    """Refuse a corpus read from another file than `cfg.data`, or preprocessed, windowed or split otherwise
+    than `cfg` says: the run directory records `cfg`, and a resumed run reads the corpus as `cfg` says."""
     named = "The Time Machine" if cfg.data is None else str(Path(cfg.data).resolve())
     if (corpus.sha1 != TIMEMACHINE_SHA1) if cfg.data is None else (corpus.path.resolve() != Path(named)):
         raise ConfigError(f"the corpus was read from {corpus.path}, but the config names {named}; "
                           "pass corpus=jaxrnn.corpus_for(cfg), or set Config(data=...) to the corpus' file")
+    if corpus.preprocessing != cfg.preprocessing:
+        raise ConfigError(f"the corpus was read with --preprocessing {corpus.preprocessing}, but the config asks "
+                          f"for {cfg.preprocessing}; pass corpus=jaxrnn.corpus_for(cfg)")
     spans = part_spans(len(corpus.tokens), cfg.num_steps, cfg.num_train, cfg.num_val, cfg.split)
 
     def parts(num_steps: int, spans: dict[str, tuple[int, int]]) -> str:

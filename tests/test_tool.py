@@ -194,7 +194,8 @@ def test_d2l_presets_are_the_chapters_settings() -> None:
 
 def test_train_refuses_a_corpus_its_config_does_not_describe(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
     """`train(cfg, corpus=...)` records `cfg` in the run directory and a resume reads the corpus as `cfg`
-    says, so a corpus windowed otherwise, or read from another file, is refused before any training."""
+    says, so a corpus windowed otherwise, read from another file or preprocessed otherwise is refused
+    before any training."""
     from jaxrnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"the corpus has 9-character windows, .* but the config asks for 17-"):
@@ -206,4 +207,7 @@ def test_train_refuses_a_corpus_its_config_does_not_describe(tiny_cfg, tiny_corp
         run.train(tiny_cfg(), corpus=elsewhere)
     with pytest.raises(ConfigError, match=r"read from .*timemachine\.txt, but the config names .*other\.txt"):
         run.train(tiny_cfg(data=str(other)), corpus=tiny_corpus)
+    as_is = data.load_corpus(None, tiny_corpus.num_steps, 512, 256, preprocessing="none")
+    with pytest.raises(ConfigError, match=r"read with --preprocessing none, but the config asks for d2l"):
+        run.train(tiny_cfg(), corpus=as_is)
     assert not (tmp_path / "runs").exists()
