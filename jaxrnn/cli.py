@@ -224,12 +224,15 @@ def _check_distributed(args: argparse.Namespace, cfg: Config) -> None:
                           "a distributed run trains in fused chunks")
 
 
-def _native_stdout_to_stderr() -> None:
-    """Keep stdout for results: what native libraries print on file descriptor 1 (gloo announces each
-    connection it makes) goes to stderr, while `print` still writes to the real stdout."""
+def _native_stdout_off() -> None:
+    """Keep stdout for results and jaxrnn's line last on stderr: what native libraries print on file
+    descriptor 1 is dropped (gloo's notice of each connection it makes, which its own buffer writes out
+    at exit, after jaxrnn's last line), while `print` still writes to the real stdout."""
     sys.stdout.flush()
     results = os.dup(1)
-    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     sys.stdout = os.fdopen(results, "w", buffering=1)
 
 
@@ -249,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "--distributed, or drop them")
     if args.distributed:
         _check_distributed(args, cfg)
-        _native_stdout_to_stderr()
+        _native_stdout_off()
         initialize(*launch)
     primary = is_primary()
 
