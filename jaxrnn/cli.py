@@ -202,10 +202,14 @@ def _refuse_with_resume(args: argparse.Namespace) -> None:
 
 
 def _check_distributed(args: argparse.Namespace, cfg: Config) -> None:
-    """What a multi-process run needs from its flags: all three launch flags or none, a run directory
-    named alike in every process, and every device of every process."""
+    """What a multi-process run needs from its flags: --distributed with the launch flags, all three of
+    them or none, a run directory named alike in every process, and every device of every process."""
     launch = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
               "--process-id": args.process_id}
+    if not args.distributed:
+        if any(v is not None for v in launch.values()):
+            raise JaxrnnError(f"{', '.join(launch)} launch a distributed run; add --distributed, or drop them")
+        return
     missing = [flag for flag, v in launch.items() if v is None]
     if missing and len(missing) < 3:
         raise JaxrnnError(f"{', '.join(launch)} go together; pass {' '.join(missing)} too, or none of them where "
@@ -246,14 +250,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = os.path.join(args.resume, run.CONFIG) if args.resume else None
     cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
     use_cpu_cores(cfg.devices, cfg.batch_size, args.num_processes or 1)  # before JAX starts its CPU backend
-    launch = (args.coordinator, args.num_processes, args.process_id)
-    if not args.distributed and any(a is not None for a in launch):
-        raise JaxrnnError("--coordinator, --num-processes and --process-id launch a distributed run; add "
-                          "--distributed, or drop them")
+    _check_distributed(args, cfg)
     if args.distributed:
-        _check_distributed(args, cfg)
         _native_stdout_off()
-        initialize(*launch)
+        initialize(args.coordinator, args.num_processes, args.process_id)
     primary = is_primary()
 
     progress = Progress(cfg.epochs, "quiet" if args.quiet or not primary else "auto", args.json and primary)

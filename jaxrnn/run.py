@@ -94,7 +94,7 @@ class Trained:
         _prepare_dir(run_dir, self.cfg, force, sha1)
         last = self.history[-1] if self.history and self.history[-1]["epoch"] == self.epoch else \
             {"epoch": self.epoch, "train_ppl": None, "val_ppl": self.val_ppl}
-        _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.history))
+        _rewrite_metrics(run_dir, self.history)
         checkpoint.save(run_dir, self.epoch, self.state._asdict(), meta_of(self.cfg, self.vocab, last), last["val_ppl"])
         with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
             artifacts.update(self.history, [last], self.predict(self.vocab.prompt(), SAMPLE_CHARS))
@@ -340,8 +340,12 @@ def corpus_for(cfg: Config) -> Corpus:
 def check_corpus(cfg: Config, corpus: Corpus) -> None:
     """Refuse a corpus read from another file than `cfg.data`, or preprocessed, windowed or split otherwise
     than `cfg` says: the run directory records `cfg`, and a resumed run reads the corpus as `cfg` says."""
-    named = "The Time Machine" if cfg.data is None else str(Path(cfg.data).resolve())
-    if (corpus.sha1 != TIMEMACHINE_SHA1) if cfg.data is None else (corpus.path.resolve() != Path(named)):
+    if cfg.data is None:
+        named, same_file = "The Time Machine", corpus.sha1 == TIMEMACHINE_SHA1
+    else:
+        named = str(Path(cfg.data).resolve())
+        same_file = str(corpus.path.resolve()) == named
+    if not same_file:
         raise ConfigError(f"the corpus was read from {corpus.path}, but the config names {named}; "
                           "pass corpus=jaxrnn.corpus_for(cfg), or set Config(data=...) to the corpus' file")
     if corpus.preprocessing != cfg.preprocessing:
