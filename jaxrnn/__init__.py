@@ -8,14 +8,15 @@
     same = jaxrnn.load("runs/seed")
 """
 
-from jaxrnn.config import PRESETS, Config
-from jaxrnn.data import Corpus, Vocab, load_corpus
-from jaxrnn.errors import JaxrnnError
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM, build_model
-from jaxrnn.run import Trained, corpus_for, evaluate, load, train
+__version__ = "0.1.0"  # the package's one version: pyproject.toml reads it from here
+
+from jaxrnn.config import PRESETS, Config  # noqa: E402
+from jaxrnn.data import Corpus, Vocab, load_corpus  # noqa: E402
+from jaxrnn.errors import JaxrnnError  # noqa: E402
+from jaxrnn.models import ConciseRNNLM, ScratchRNNLM, build_model  # noqa: E402
+from jaxrnn.run import Trained, corpus_for, evaluate, load, train  # noqa: E402
 
 __all__ = [
     "PRESETS", "Config", "ConciseRNNLM", "Corpus", "JaxrnnError", "ScratchRNNLM", "Trained", "Vocab",
     "build_model", "corpus_for", "evaluate", "load", "load_corpus", "train",
 ]
-__version__ = "0.1.0"

@@ -36,6 +36,15 @@ def _lowest_priority() -> None:
         pass
 
 
+def summary_writer() -> type:
+    """tensorboardX's SummaryWriter, or an error saying how to install it (checked before a run starts)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise JaxrnnError("--tensorboard needs tensorboardX; pip install 'jaxrnn[tensorboard]'") from None
+    return SummaryWriter
+
+
 class Artifacts:
     """Writes the run's plot, samples and optional TensorBoard scalars into `run_dir`."""
 
@@ -47,13 +56,7 @@ class Artifacts:
         self.drawn_at = -math.inf
         if curves:
             self.pool.submit(_import_matplotlib)  # while the first chunk compiles, not when the first plot is due
-        self.tb = None
-        if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                raise JaxrnnError("--tensorboard needs tensorboardX; pip install 'jaxrnn[tensorboard]'") from None
-            self.tb = SummaryWriter(str(self.run_dir / TENSORBOARD))
+        self.tb = summary_writer()(str(self.run_dir / TENSORBOARD)) if tensorboard else None
 
     def update(self, history: list[dict[str, Any]], new: list[dict[str, Any]], sample: str) -> None:
         """After a checkpoint: redraw the curves from `history` (unless the last drawing is still going or
@@ -65,7 +68,7 @@ class Artifacts:
             self._draw()
         last = new[-1]
         with open(self.run_dir / SAMPLES, "a") as f:
-            f.write(f"epoch {last['epoch']}  val ppl {last['val_ppl']:.2f}  '{sample}'\n")
+            f.write(f"epoch {last['epoch']}  val ppl {last['val_ppl']:.2f}  {sample!r}\n")  # one line each
         if self.tb is not None:
             for r in new:
                 for key in ("train_ppl", "val_ppl", "train_loss", "val_loss", "tokens_per_s"):

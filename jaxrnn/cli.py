@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from jaxrnn import __version__
 from jaxrnn.config import CHOICES, MODELS, PRESETS, Config
 from jaxrnn.errors import JaxrnnError, Stopped
 from jaxrnn.progress import Progress
@@ -112,6 +113,7 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxrnn", description="Character-level RNN language models in JAX (d2l's RNN chapters).")
+    p.add_argument("--version", action="version", version=f"jaxrnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model and write a run directory")
@@ -147,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="print text from a trained run")
     s.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
-    s.add_argument("--prefix", default="time traveller", help="warm-up text (default 'time traveller')")
+    s.add_argument("--prefix", help="warm-up text, preprocessed as the run's corpus (default: 'time traveller' for "
+                   "The Time Machine, else the corpus' opening words)")
     s.add_argument("--num-preds", type=int, default=50, help="characters to generate (default 50)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
     s.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the k most likely characters only")
@@ -240,6 +243,12 @@ def _native_stdout_off() -> None:
     sys.stdout = os.fdopen(results, "w", buffering=1)
 
 
+def result_line(perplexity: float, sample: str) -> str:
+    """`train`'s last line: the sample as a Python string literal keeps it one line on any corpus (a
+    newline reads \\n); on The Time Machine it reads `perplexity 7.2, 'time traveller and the ...'`."""
+    return f"perplexity {perplexity:.1f}, {sample!r}"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxrnn import run
     from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
@@ -275,9 +284,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result.update(test_perplexity=perplexity(loss), test_bpc=loss / math.log(2))
         if not args.json:
             print(f"test perplexity {result['test_perplexity']:.2f}, bpc {result['test_bpc']:.3f}", flush=True)
-    result.update(perplexity=trained.val_ppl, sample=trained.predict(trained.vocab.prompt(), run.SAMPLE_CHARS))
-    print(json.dumps(result) if args.json else f"perplexity {result['perplexity']:.1f}, '{result['sample']}'",
-          flush=True)
+    result.update(perplexity=trained.val_ppl, sample=trained.predict(trained.prompt, run.SAMPLE_CHARS))
+    print(json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
     return 0
 
 
@@ -285,11 +293,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from jaxrnn import run
     from jaxrnn.sample import check_sampling
 
-    if not args.prefix:
+    if args.prefix == "":
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
     check_sampling(args.num_preds, args.temperature, args.top_k, args.top_p)  # before the restore
     trained = run.load(args.run, args.step)
-    for text in trained.samples(args.prefix, args.num_preds, args.num_samples, args.temperature, args.seed,
+    prefix = trained.prompt if args.prefix is None else args.prefix
+    for text in trained.samples(prefix, args.num_preds, args.num_samples, args.temperature, args.seed,
                                 args.top_k, args.top_p):
         print(text, flush=True)
     return 0
@@ -307,19 +316,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from jaxrnn import run
 
-    rows = []
+    rows = [("run", "best val ppl", "at epoch", "best saved", "epochs", "model")]
     for d in run.find_runs(args.root):
         try:
             s = run.summary(d)
         except JaxrnnError as e:
             print(f"jaxrnn: warning: skipping {d}: {e}", file=sys.stderr)
             continue
-        best = f"{s['best_val_ppl']:.2f} (epoch {s['best_epoch']})" if s["best_val_ppl"] is not None else "-"
-        rows.append((str(d.relative_to(args.root)), f"best val ppl {best}", f"epochs {s['done']}/{s['epochs']}",
-                     s["name"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)] if rows else []
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3], flush=True)
+        best = f"{s['best_val_ppl']:.2f}" if s["best_val_ppl"] is not None else "-"
+        rows.append((os.path.relpath(d), best, str(s["best_epoch"] or "-"), str(s["best_saved"] or "-"),
+                     f"{s['done']}/{s['epochs']}", s["name"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:  # a path one can pass to --run; 'best saved' is the checkpoint --step best loads
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], flush=True)
     return 0
 
 

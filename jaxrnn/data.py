@@ -26,6 +26,7 @@ TIMEMACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 TIMEMACHINE_NAME = "timemachine.txt"
 UNK = "<unk>"
 PROMPT = "time traveller"  # the chapters' warm-up prefix
+PROMPT_CHARS = 20  # the longest default prompt taken from another corpus
 
 
 def sha1_of(path: Path) -> str:
@@ -150,8 +151,8 @@ class Vocab:
         return "".join(self.idx_to_token[int(i)] for i in indices)
 
     def prompt(self) -> str:
-        """The chapters' prompt 'time traveller', or, where the vocab lacks some of its characters (a
-        corpus in another language or script), the vocab's most frequent character."""
+        """A checkpoint's prompt from its vocab alone (checkpoints before the prompt was saved): the
+        chapters' 'time traveller' where the vocab holds its characters, else its most frequent one."""
         return PROMPT if not self.unknown_chars(PROMPT) or not self.token_freqs else self.token_freqs[0][0]
 
 
@@ -192,6 +193,16 @@ class Corpus:
     @property
     def test(self) -> np.ndarray:
         return self.windows("test")
+
+    @property
+    def prompt(self) -> str:
+        """The default prompt: the chapters' 'time traveller' for The Time Machine, else the opening
+        words of this corpus' training text (its first line, at most PROMPT_CHARS, cut at a space)."""
+        if self.sha1 == TIMEMACHINE_SHA1:
+            return PROMPT
+        head = self.vocab.decode(self.part_tokens("train")[:4 * PROMPT_CHARS])
+        line = next((ln.strip() for ln in head.splitlines() if ln.strip()), head[:1] or PROMPT)
+        return line if len(line) <= PROMPT_CHARS else line[:PROMPT_CHARS + 1].rsplit(" ", 1)[0][:PROMPT_CHARS]
 
     def head(self, num_train: int, num_val: int) -> Corpus:
         """The same corpus with its train and validation parts cut to their first windows."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import IO, Any
 
 from tqdm import tqdm
@@ -39,11 +38,12 @@ class Progress:
         self.mode, self.as_json, self.epochs = mode, as_json, epochs
         self.start: int | None = None
         self.bar: tqdm | None = None
-        self.t0 = time.perf_counter()
+        self.trained_s = 0.0  # the epochs' own seconds: compiling, saving and sampling are not in them
 
     def __call__(self, r: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(r), file=self.out, flush=True)
+        self.trained_s += r.get("seconds") or 0.0
         if self.start is None:
             self.start = r["epoch"] - 1
             if self.mode == "bar":
@@ -54,7 +54,7 @@ class Progress:
             self.bar.update(r["epoch"] - self.bar.n)
         elif self.mode == "lines":
             done = r["epoch"] - self.start
-            eta = (time.perf_counter() - self.t0) / done * (self.epochs - r["epoch"]) if done > 0 else 0.0
+            eta = self.trained_s / done * (self.epochs - r["epoch"]) if done > 0 else 0.0
             print(f"epoch {r['epoch']}/{self.epochs}  {describe(r)}  eta {eta_text(eta)}", file=self.err, flush=True)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ stop a run at the end of the current chunk of epochs, after its checkpoint is sa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -28,19 +29,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import checkpoint
-from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts
+from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts, summary_writer
 from jaxrnn.config import Config
-from jaxrnn.data import TIMEMACHINE_SHA1, Corpus, Vocab, batch_plan, file_tokens, load_corpus, part_spans
+from jaxrnn.data import TIMEMACHINE_SHA1, Corpus, Vocab, batch_plan, file_tokens, load_corpus, part_spans, preprocess
 from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, is_primary, layout, local_copy, most, on_primary
+from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
-from jaxrnn.training import NonFiniteLoss, Steps, TrainState, fit, init_state, make_optimizer
+from jaxrnn.training import NonFiniteLoss, Steps, TrainState, check_trainable, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 METRICS = "metrics.jsonl"
-Progress = Callable[[dict[str, Any]], None]
+OnEpoch = Callable[[dict[str, Any]], None]  # called with each epoch's record as chunks finish
 
 
 @dataclass
@@ -56,10 +58,18 @@ class Trained:
     epoch: int = 0  # epochs trained
     saved_val_ppl: float | None = None  # from the checkpoint, for a run whose metrics.jsonl is gone
     corpus: Corpus | None = field(default=None, repr=False)  # what train/resume read, so evaluate need not again
+    saved_prompt: str | None = None  # from the checkpoint: the corpus' default prompt
 
     @property
     def params(self):
         return self.state.params
+
+    @property
+    def prompt(self) -> str:
+        """The default prompt: 'time traveller' for The Time Machine, else the opening words of the corpus."""
+        if self.corpus is not None:
+            return self.corpus.prompt
+        return self.saved_prompt or self.vocab.prompt()
 
     @property
     def val_ppl(self) -> float:
@@ -78,9 +88,14 @@ class Trained:
 
     def samples(self, prefix: str, num_preds: int = 50, num_samples: int = 1, temperature: float = 0.0, seed: int = 0,
                 top_k: int = 0, top_p: float = 1.0) -> list[str]:
-        """`num_samples` continuations of `prefix`, drawn as one batch."""
+        """`num_samples` continuations of `prefix`, drawn as one batch. The prefix is preprocessed as the
+        run's corpus was (d2l's: lower case, non-letters to spaces), with a note on stderr if that changes it."""
+        read = preprocess(prefix, self.cfg.preprocessing)
+        if read != prefix:
+            log(f"jaxrnn: note: the prompt reads {read!r} after --preprocessing {self.cfg.preprocessing}, as the "
+                "run's corpus was read")
         with jax.default_matmul_precision(self.cfg.precision):
-            return samples(self.model, self.params, self.vocab, prefix, num_preds, num_samples, temperature, seed,
+            return samples(self.model, self.params, self.vocab, read, num_preds, num_samples, temperature, seed,
                            top_k, top_p)
 
     def save(self, run_dir: str | Path, force: bool = False) -> Path:
@@ -95,9 +110,10 @@ class Trained:
         last = self.history[-1] if self.history and self.history[-1]["epoch"] == self.epoch else \
             {"epoch": self.epoch, "train_ppl": None, "val_ppl": self.val_ppl}
         _rewrite_metrics(run_dir, self.history)
-        checkpoint.save(run_dir, self.epoch, self.state._asdict(), meta_of(self.cfg, self.vocab, last), last["val_ppl"])
+        checkpoint.save(run_dir, self.epoch, self.state._asdict(), meta_of(self.cfg, self.vocab, self.prompt, last),
+                        last["val_ppl"])
         with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
-            artifacts.update(self.history, [last], self.predict(self.vocab.prompt(), SAMPLE_CHARS))
+            artifacts.update(self.history, [last], self.predict(self.prompt, SAMPLE_CHARS))
         return run_dir
 
 
@@ -153,40 +169,44 @@ def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]
     return [records[e] for e in sorted(records)]
 
 
-def meta_of(cfg: Config, vocab: Vocab, record: dict[str, Any]) -> dict[str, Any]:
+def meta_of(cfg: Config, vocab: Vocab, prompt: str, record: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint needs beside the arrays to be restored and sampled with no other input."""
-    return {"config": cfg.to_dict(), "vocab": list(vocab.idx_to_token), "epoch": record["epoch"],
+    return {"config": cfg.to_dict(), "vocab": list(vocab.idx_to_token), "prompt": prompt, "epoch": record["epoch"],
             "train_ppl": record["train_ppl"], "val_ppl": record["val_ppl"]}
 
 
 def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
-              start_epoch: int, history: list[dict[str, Any]], per_step: bool, progress: Progress | None) -> Trained:
-    """Train from `start_epoch`, appending metrics and saving a checkpoint after every chunk."""
+              start_epoch: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch) -> Trained:
+    """Train from `start_epoch`, appending metrics and saving a checkpoint after every chunk; `progress`
+    True shows it on stderr (process 0 only), False nothing, a callable gets each epoch's record."""
     last_saved = {"epoch": start_epoch if state is not None else None}
     seen = list(history)
+    nothing, primary = contextlib.nullcontext(), is_primary()
+    shown = Progress(cfg.epochs, "auto" if primary else "quiet") if progress is True else None
+    on_epoch = shown or progress or None
 
     def on_chunk(state: TrainState, records: list[dict[str, Any]]) -> None:
         seen.extend(records)
         for r in records:
-            if progress is not None:
-                progress(r)
+            if on_epoch is not None:
+                on_epoch(r)
         if run_dir is not None:
             on_primary(lambda: _append_metrics(run_dir, records))
-            saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, records[-1]),
+            saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, corpus.prompt, records[-1]),
                        records[-1]["val_ppl"])  # every process: each writes the shards it holds
             last_saved["epoch"] = records[-1]["epoch"]
             if primary:
                 with jax.default_matmul_precision(cfg.precision):
-                    text = samples(model, local_copy(state.params), corpus.vocab, corpus.vocab.prompt(),
+                    text = samples(model, local_copy(state.params), corpus.vocab, corpus.prompt,
                                    SAMPLE_CHARS, 1)[0]
                 artifacts.update(seen, records, text)
         signum = most(caught.get("signum", 0))  # a signal to any process stops them all after this chunk
         if signum:
             raise Stopped(signum, records[-1]["epoch"], run_dir)
 
-    nothing, primary = contextlib.nullcontext(), is_primary()
     with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
-          Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts):
+          Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts,
+          contextlib.closing(shown) if shown else nothing):
         try:
             state, new = fit(cfg, corpus, model, state, start_epoch, per_step=per_step, on_chunk=on_chunk)
         except NonFiniteLoss as e:
@@ -247,15 +267,20 @@ def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None)
 
 
 def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
-          force: bool = False, progress: Progress | None = None) -> Trained:
+          force: bool = False, progress: bool | OnEpoch = True) -> Trained:
     """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints).
-    A relative `cfg.data` is made absolute, so the run resumes from any working directory."""
+    Progress shows on stderr as in the CLI (`progress=False`: none; a callable gets each epoch's
+    record). A relative `cfg.data` is made absolute, so the run resumes from any working directory.
+    Everything that can refuse the run is checked before the run directory is made."""
     if cfg.data is not None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
     if corpus is None:
         corpus = corpus_for(cfg)
     else:
         check_corpus(cfg, corpus)
+    check_trainable(cfg, corpus)
+    if cfg.tensorboard and out is not None:
+        summary_writer()
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
         on_primary(lambda: _prepare_dir(run_dir, cfg, force, corpus.sha1))
@@ -263,9 +288,8 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress)
 
 
-def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None
-             ) -> tuple[Config, Vocab, LanguageModel, TrainState, float]:
-    """Restore one checkpoint, checking it against the run's config and the corpus' vocab if given."""
+def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None) -> Trained:
+    """Restore one checkpoint (no metrics), checking it against the run's config and the corpus' vocab if given."""
     meta = checkpoint.restore_meta(run_dir, epoch)
     saved_cfg = Config.from_dict(meta["config"])
     saved_vocab = Vocab(tuple(meta["vocab"]))
@@ -279,10 +303,11 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
     model = build_model(saved_cfg, len(saved_vocab))
     abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed)._asdict())
     state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract))
-    return saved_cfg, saved_vocab, model, state, float(meta["val_ppl"])
+    return Trained(saved_cfg, saved_vocab, model, state, [], run_dir, epoch, float(meta["val_ppl"]),
+                   saved_prompt=meta.get("prompt"))
 
 
-def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | None = None) -> Trained:
+def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True) -> Trained:
     """Continue a run from its latest complete checkpoint with its saved config, ending with the same
     parameters as the run left alone; a run with no checkpoint restarts from epoch 0."""
     run_dir = Path(run_dir)
@@ -298,7 +323,8 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: Progress | Non
     for epoch in reversed(checkpoint.steps(run_dir)):
         failed = None
         try:
-            _, _, model, state, val_ppl = _restore(run_dir, epoch, cfg, corpus.vocab)
+            restored = _restore(run_dir, epoch, cfg, corpus.vocab)
+            model, state, val_ppl = restored.model, restored.state, restored.saved_val_ppl
         except RunMismatch:  # the same files in every process: each raises it
             raise
         except CheckpointError as e:
@@ -387,8 +413,7 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
     if not run_dir.is_dir():
         raise JaxrnnError(f"run directory {run_dir} does not exist; pass --run with a directory written by train")
     epoch = checkpoint.resolve(run_dir, step)
-    cfg, vocab, model, state, val_ppl = _restore(run_dir, epoch)
-    return Trained(cfg, vocab, model, state, read_metrics(run_dir, upto=epoch), run_dir, epoch, val_ppl)
+    return dataclasses.replace(_restore(run_dir, epoch), history=read_metrics(run_dir, upto=epoch))
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -402,9 +427,15 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    """A run's name, best validation perplexity (and its epoch) and epochs done, from its files alone."""
+    """A run's name, best validation perplexity (and its epoch), the best checkpoint's epoch (what
+    `--step best` loads; None when no checkpoint can be listed) and epochs done, from its files alone."""
     cfg = Config.load(run_dir / CONFIG)
     history = read_metrics(run_dir)
     best = min((r for r in history if r.get("val_ppl") is not None), key=lambda r: r["val_ppl"], default=None)
+    try:
+        saved = checkpoint.resolve(run_dir, "best")
+    except CheckpointError:
+        saved = None
     return {"name": cfg.name, "epochs": cfg.epochs, "done": history[-1]["epoch"] if history else 0,
-            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best["epoch"] if best else None}
+            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best["epoch"] if best else None,
+            "best_saved": saved}

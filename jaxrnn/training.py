@@ -249,6 +249,13 @@ def check_finite(first_epoch: int, sn_ExNx3: np.ndarray, val_E: np.ndarray, skip
         raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e + 1) * N, "validation")
 
 
+def check_trainable(cfg: Config, corpus: Corpus) -> Layout:
+    """The device layout `cfg` trains on, after refusing a batching the training part cannot fill or a
+    batch the devices cannot split: what `fit` would refuse, checked before a run directory exists."""
+    check_batching(cfg.batching, corpus.spans["train"][1], cfg.batch_size, cfg.num_steps)
+    return layout(cfg.devices, cfg.batch_size)
+
+
 def fit(
     cfg: Config,
     corpus: Corpus,
@@ -267,9 +274,8 @@ def fit(
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
     n = corpus.spans["train"][1]
-    check_batching(cfg.batching, n, cfg.batch_size, cfg.num_steps)
+    lay = check_trainable(cfg, corpus)
     tx = make_optimizer(cfg, steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
-    lay = layout(cfg.devices, cfg.batch_size)
     fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential").jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("JAXRNN_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = ROOT / "tests" / "data"  # The Time Machine and what d2l's own code makes of it (tools/d2l_baseline.py)
+# The corpus comes from the repo, whatever the user's environment or cache holds: no network, no setup.
+os.environ["JAXRNN_DATA_DIR"] = str(DATA)
 # One persistent compilation cache for the whole session, shared by in-process runs and the CLI
 # subprocesses (which leave a user-set JAX cache alone): the same tiny programs compile once, not in
 # every test that trains. A fresh directory per session, so no test sees programs from another.

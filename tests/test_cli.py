@@ -5,7 +5,9 @@ in fresh processes, side by side, so each restores what another process saved.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -45,10 +47,18 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cli")
 
 
+RAW_PROMPT = "The Time Machine, by"  # the raw text's first line, cut at a space to at most 20 characters
+
+
 @pytest.fixture(scope="module")
 def trained(call, work: Path) -> dict[str, subprocess.CompletedProcess]:
-    """Phase 1: train each model (fused)."""
-    return {m: call(["train", *flags, *TINY_FLAGS, "--out", str(work / m)], work) for m, flags in MODEL_FLAGS.items()}
+    """Phase 1: train each model (fused), and a tanh model on a raw text (case, punctuation, newlines kept)."""
+    done = {m: call(["train", *flags, *TINY_FLAGS, "--out", str(work / m)], work) for m, flags in MODEL_FLAGS.items()}
+    raw = (Path(os.environ["JAXRNN_DATA_DIR"]) / "timemachine.txt").read_text()[:12000]
+    (work / "raw.txt").write_text(raw)
+    done["raw"] = call(["train", *TINY_FLAGS, "--data", "raw.txt", "--preprocessing", "none", "--out",
+                        str(work / "raw")], work)
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +66,7 @@ def used(run_python, work: Path, trained) -> dict[str, subprocess.CompletedProce
     """Phase 2: sample each trained run in a new process."""
     commands = {f"sample-{m}": ["sample", "--run", str(work / m), "--prefix", "time traveller", "--num-preds", "50"]
                 for m in MODELS}
+    commands["sample-raw"] = ["sample", "--run", str(work / "raw")]  # the run's own default prompt
     commands["sample-many"] = ["sample", "--run", str(work / "lstm-flax"), "--num-samples", "3", "--temperature", "1",
                                "--top-k", "5", "--top-p", "0.9", "--num-preds", "40", "--seed", "7"]
     return run_all(run_python, work, commands)
@@ -121,6 +132,31 @@ def test_sample_prints_the_training_text(trained, used, model: str) -> None:
     proc = used[f"sample-{model}"]
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == text + "\n"
+
+
+def test_result_line_is_one_line_on_any_corpus(trained, used) -> None:
+    """On a raw text the default prompt is the text's opening words (not 'time traveller'), the result
+    line prints the sample as a Python literal, and `jaxrnn sample` prints the same text raw."""
+    from jaxrnn.cli import result_line
+
+    proc = trained["raw"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1, proc.stdout
+    ppl, literal = re.fullmatch(r"perplexity (\d+\.\d), (.+)\n", proc.stdout).groups()
+    sample = ast.literal_eval(literal)
+    assert sample.startswith(RAW_PROMPT) and len(sample) == len(RAW_PROMPT) + 50
+    assert proc.stdout == result_line(float(ppl), sample) + "\n"
+    assert used["sample-raw"].returncode == 0, used["sample-raw"].stderr
+    assert used["sample-raw"].stdout == sample + "\n"
+    assert result_line(7.24, "a\nb 'c'") == "perplexity 7.2, \"a\\nb 'c'\""  # a newline reads \n
+    assert result_line(7.24, "time traveller and") == "perplexity 7.2, 'time traveller and'"
+
+
+def test_version(call, work: Path) -> None:
+    import jaxrnn
+
+    proc = call(["--version"], work)
+    assert proc.returncode == 0 and proc.stdout == f"jaxrnn {jaxrnn.__version__}\n"
 
 
 # name -> (arguments, what must be left as it was); {run} is the trained scratch run directory.

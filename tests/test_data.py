@@ -20,7 +20,7 @@ from jaxrnn import data
 from jaxrnn.data import UNK, Vocab, batch_plan, chunk_plan, epoch_order, find_corpus, load_corpus, preprocess, windows
 from jaxrnn.errors import DataError
 
-REF = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" / "d2l_timemachine.json").read_text())
+REF = json.loads((Path(__file__).resolve().parent / "data" / "d2l_timemachine.json").read_text())
 CHARS = [t for t in REF["idx_to_token"] if t != UNK]
 
 
@@ -67,6 +67,18 @@ def test_token_freqs_sorted_by_frequency(corpus) -> None:
     counts = [c for _, c in freqs]
     assert counts == sorted(counts, reverse=True)
     assert [t for t, _ in freqs[:2]] == [" ", "e"]
+
+
+def test_default_prompt_comes_from_the_corpus(corpus, tmp_path: Path) -> None:
+    """'time traveller' for The Time Machine (the chapters'); any other text: its opening words, the first
+    line with text in it, at most 20 characters cut at a space."""
+    assert corpus.prompt == "time traveller"
+    for text, how, prompt in [("\n\n  First Citizen:\nBefore we proceed any further", "none", "First Citizen:"),
+                              ("  GNU GENERAL PUBLIC LICENSE\n  Version 3", "none", "GNU GENERAL PUBLIC"),
+                              ("GNU GENERAL PUBLIC LICENSE\n  Version 3", "d2l", "gnu general public"),
+                              ("Supercalifragilisticexpialidocious!", "none", "Supercalifragilistic")]:
+        (tmp_path / "t.txt").write_text(text * 20)
+        assert load_corpus(tmp_path / "t.txt", 8, 100, 10, how).prompt == prompt
 
 
 # --- property tests ---------------------------------------------------------------------------------

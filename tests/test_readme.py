@@ -96,8 +96,8 @@ def test_readme_commands_print_what_the_readme_says(ran, work: Path) -> None:
     assert sample.startswith("the time machine") and len(sample) == len("the time machine") + 80 + 1
     assert re.fullmatch(r"perplexity \d+\.\d\d, bpc \d\.\d{3}\n", ran["jaxrnn eval --run runs/concise"].stdout)
     assert "finished all 1 epochs already" in ran["jaxrnn train --resume runs/concise"].stderr
-    listed = [line.split()[0] for line in ran["jaxrnn runs runs"].stdout.splitlines()]
-    assert {"concise", "h64", "lstm", "deep"} <= set(listed)
+    header, *listed = (line.split()[0] for line in ran["jaxrnn runs runs"].stdout.splitlines())
+    assert header == "run" and {"runs/concise", "runs/h64", "runs/lstm", "runs/deep"} <= set(listed)
     assert (work / "concise.png").read_bytes().startswith(b"\x89PNG")
     for run in ("concise", "lstm", "deep"):
         assert {"config.json", "metrics.jsonl", "checkpoints", "curves.png", "samples.txt"} <= \

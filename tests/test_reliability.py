@@ -500,9 +500,18 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "resume-garbage-config": (["train", "--resume", "{run:garbage-config}"], "cannot read config"),
     "resume-missing-dir": (["train", "--resume", "{out}"], "holds no config.json"),
     "train-into-a-run": (["train", *RUN_FLAGS, "--hidden", "8", "--out", "{run}"], "already holds a run"),
+    # refused after the corpus is read and before the run directory is made: no {out} is left behind
+    "devices-more-than-there-are": (["train", *RUN_FLAGS, "--devices", "512", "--out", "{out}"],
+                                    "asks for more devices than the"),
+    "batch-the-devices-cannot-split": (["train", *RUN_FLAGS, "--devices", "2", "--batch-size", "127", "--out",
+                                        "{out}"], "does not split over 2 devices|asks for more devices"),
+    "sequential-streams-too-short": (["train", *RUN_FLAGS, "--batching", "sequential", "--batch-size", "512",
+                                      "--out", "{out}"], "streams of 2, fewer than --num-steps 8"),
+    "split-part-without-a-window": (["train", "--hidden", "16", "--batch-size", "128", "--num-steps", "8", "--data",
+                                     "{mid}", "--split", "0.98,0.01,0.01", "--out", "{out}"], "holds no window"),
 }
 OTHERS: dict[str, list[str]] = {
-    "unknown-prompt-chars": ["sample", "--run", "{ref}", "--prefix", "Time Traveller!"],
+    "prompt-preprocessed": ["sample", "--run", "{ref}", "--prefix", "Time Traveller!"],
     "resume-finished": ["train", "--resume", "{run}"],
     "resume-finished-without-metrics": ["train", "--resume", "{run:no-metrics}"],
     "resume-cut-back": ["train", "--resume", "{run:cut-back}"],
@@ -612,13 +621,15 @@ def test_an_earlier_step_of_a_damaged_run_still_samples(commands, reference) -> 
     assert proc.stdout == jaxrnn.load(reference.dir, 6).predict("time traveller", 50) + "\n"
 
 
-def test_unknown_prompt_characters_warn_and_read_as_unk(commands, reference) -> None:
-    """Prompt characters outside the vocab: a warning on stderr, read as <unk>, exit 0."""
-    proc = commands["unknown-prompt-chars"].proc
+def test_prompt_is_preprocessed_as_the_corpus_was(commands, reference) -> None:
+    """A prompt reads as the run's corpus did (d2l's preprocessing: lower case, non-letters to spaces), with
+    a note on stderr saying so: no character of it turns into <unk>."""
+    proc = commands["prompt-preprocessed"].proc
     assert proc.returncode == 0, proc.stderr
-    assert "jaxrnn: warning: prompt characters 'T!' are not in the vocab; read as <unk>" in proc.stderr
-    assert proc.stdout == jaxrnn.load(reference.dir).predict("Time Traveller!", 50) + "\n"
-    assert len(proc.stdout) == len("Time Traveller!") + 50 + 1
+    assert "jaxrnn: note: the prompt reads 'time traveller ' after --preprocessing d2l" in proc.stderr
+    assert "warning" not in proc.stderr
+    assert proc.stdout == jaxrnn.load(reference.dir).predict("time traveller ", 50) + "\n"
+    assert proc.stdout.startswith("time traveller ") and len(proc.stdout) == len("time traveller ") + 50 + 1
 
 
 def test_resuming_a_finished_run_prints_its_line_again(commands, reference) -> None:
@@ -677,7 +688,8 @@ def test_a_run_trained_on_a_relative_data_path_resumes_from_another_directory(co
     """`--data corpus.txt` trained in one directory: resume and eval work from another."""
     resumed, evaluated = commands["resume-from-another-directory"].proc, commands["eval-from-another-directory"].proc
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.startswith(f"perplexity {metrics(runs['reldata'])[-1]['val_ppl']:.1f}, 'time traveller")
+    # a text of its own (a cut of The Time Machine): its default prompt is its opening words
+    assert resumed.stdout.startswith(f"perplexity {metrics(runs['reldata'])[-1]['val_ppl']:.1f}, 'the time machine by")
     parse_eval(evaluated)
 
 

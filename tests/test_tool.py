@@ -14,7 +14,7 @@ import jax
 import matplotlib.image
 import pytest
 
-from jaxrnn import cli, data, run
+from jaxrnn import checkpoint, cli, data, run
 from jaxrnn.config import PRESETS, Config
 from jaxrnn.models import build_model
 from jaxrnn.progress import Progress
@@ -84,7 +84,7 @@ def test_samples_and_curves_at_each_save(json_run) -> None:
     metrics = run.read_metrics(out)
     final = json.loads(lines[-1])
     assert [s.split("  ")[0] for s in samples] == ["epoch 2", "epoch 4"]
-    assert samples[1] == f"epoch 4  val ppl {metrics[3]['val_ppl']:.2f}  '{final['sample']}'"
+    assert samples[1] == f"epoch 4  val ppl {metrics[3]['val_ppl']:.2f}  {final['sample']!r}"
     image = matplotlib.image.imread(out / "curves.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
     assert not (out / "curves.png.tmp").exists()
@@ -148,20 +148,27 @@ def test_resume_refuses_a_changed_corpus(tmp_path: Path, capsys) -> None:
     assert last.startswith(f"jaxrnn: error: the corpus {corpus} has changed since {out} started") and "--out" in last
 
 
-def test_runs_lists_each_run_with_its_best_val_ppl(json_run, tmp_path: Path, capsys) -> None:
+def test_runs_lists_each_run_with_its_best_val_ppl(json_run, tmp_path: Path, capsys, monkeypatch) -> None:
+    """One row per run under a header: a path `--run` takes (from the working directory), the best
+    validation perplexity and its epoch, the best checkpoint's epoch (what --step best loads), epochs."""
     out, _ = json_run
     root = tmp_path / "root"
     shutil.copytree(out, root / "a" / "first")
     shutil.copytree(out, root / "second")
     (root / "second" / run.METRICS).write_text("")  # a run that has not finished an epoch
+    metrics = run.read_metrics(out)
+    best = min(metrics, key=lambda r: r["val_ppl"])
+    saved = min((r for r in metrics if r["epoch"] in checkpoint.steps(out)), key=lambda r: r["val_ppl"])
+    monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert cli.main(["runs", str(root)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    best = min(r["val_ppl"] for r in run.read_metrics(out))
-    assert len(lines) == 2
-    assert lines[0].startswith("a/first ") and f"best val ppl {best:.2f} (epoch 4)" in lines[0]
-    assert "epochs 4/4" in lines[0]
-    assert lines[1].startswith("second ") and "best val ppl -" in lines[1] and "epochs 0/4" in lines[1]
+    assert cli.main(["runs", "root"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["run", "best", "val", "ppl", "at", "epoch", "best", "saved", "epochs", "model"]
+    assert rows[1] == ["root/a/first", f"{best['val_ppl']:.2f}", str(best["epoch"]), str(saved["epoch"]), "4/4",
+                       "scratch"]
+    assert rows[2] == ["root/second", "-", "-", str(saved["epoch"]), "0/4", "scratch"]
+    assert len(rows) == 3
+    assert cli.main(["sample", "--run", rows[1][0], "--step", "best", "--num-preds", "3"]) == 0
 
 
 def test_plot_overlays_runs_and_refuses_an_empty_one(json_run, tmp_path: Path, capsys) -> None:
@@ -173,6 +180,25 @@ def test_plot_overlays_runs_and_refuses_an_empty_one(json_run, tmp_path: Path, c
     (tmp_path / "empty").mkdir()
     assert cli.main(["plot", str(tmp_path / "empty"), "--out", str(target)]) == 2
     assert "has no epochs in metrics.jsonl" in capsys.readouterr().err
+
+
+def test_eta_counts_trained_epochs_not_compiling() -> None:
+    """The ETA is the epochs' own seconds (compilation, saves and sampling excluded) times those left."""
+    err = io.StringIO()
+    p = Progress(10, "lines", err=err)
+    p({**RECORD, "epoch": 1, "seconds": 2.0})  # however long the first chunk took to compile
+    p({**RECORD, "epoch": 2, "seconds": 4.0})
+    assert [line.rsplit("eta ", 1)[1] for line in err.getvalue().splitlines()] == ["0:18", "0:24"]
+
+
+def test_python_api_shows_progress_unless_told_not_to(tiny_cfg, tiny_corpus, capsys) -> None:
+    """`jaxrnn.train` shows the CLI's progress lines on stderr; `progress=False` shows nothing."""
+    run.train(tiny_cfg(epochs=2), corpus=tiny_corpus)
+    captured = capsys.readouterr()
+    assert re.search(r"^epoch 2/2  train ppl [\d.]+  val ppl [\d.]+ .* eta 0:00$", captured.err, re.M), captured.err
+    assert captured.out == ""
+    run.train(tiny_cfg(epochs=2), corpus=tiny_corpus, progress=False)
+    assert capsys.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
