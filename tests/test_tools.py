@@ -1,0 +1,159 @@
+"""tools/d2l_baseline.py and tools/seed_vs_d2l.py: their --help and bad input, and the pure pieces
+(result parsing, ratios, the table, the numpy loader) without installing or running d2l."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import tools/<name>.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+svd = load_tool("seed_vs_d2l")
+d2lb = load_tool("d2l_baseline")
+
+
+def run_tool(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a tool with this Python (the venv's) from the repo root."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("argv", [["tools/d2l_baseline.py", "--help"], ["tools/d2l_baseline.py", "train", "--help"],
+                                  ["tools/d2l_baseline.py", "reference", "--help"], ["tools/seed_vs_d2l.py", "--help"]])
+def test_help(argv):
+    proc = run_tool(*argv)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: tools/")
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["tools/seed_vs_d2l.py", "--models", "scratch,rnn"], "comma-separated list of scratch, concise"),
+    (["tools/seed_vs_d2l.py", "--epochs", "0"], "must be at least 1"),
+    (["tools/seed_vs_d2l.py", "--json-out", "/nonexistent-dir/rows.json"], "its directory does not exist"),
+    (["tools/d2l_baseline.py", "train", "lstm"], "invalid choice"),
+    (["tools/d2l_baseline.py", "train", "scratch", "--data", "/nonexistent/timemachine.txt"], "does not exist"),
+])
+def test_bad_input_exits_2_with_one_error_line(argv, problem, tmp_path):
+    # an empty cache: a d2l install, were one attempted, would show up here
+    proc = run_tool(*argv, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxrnn: error: ") and problem in last and "; " in last
+    assert proc.stdout == "" and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("line, ppl, sample", [
+    ("perplexity 7.2, 'time traveller and the time'", 7.2, "time traveller and the time"),
+    ("perplexity 11.4, \"it's the time\"", 11.4, "it's the time"),  # repr picks double quotes
+    ("perplexity 16.6, 'time traveller     '", 16.6, "time traveller     "),
+    ("perplexity 7.25, time traveller unquoted", 7.25, "time traveller unquoted"),
+])
+def test_parse_jaxrnn_result(line, ppl, sample):
+    stdout = f"some earlier line\n{line}\n"
+    assert svd.parse_jaxrnn_result(stdout) == (ppl, sample)
+
+
+@pytest.mark.parametrize("stdout", ["", "epoch 3 of 5\n", "perplexity high, 'x'\n"])
+def test_parse_jaxrnn_result_refuses_other_lines(stdout):
+    with pytest.raises(svd.ToolError, match="last stdout line"):
+        svd.parse_jaxrnn_result(stdout)
+
+
+def test_parse_d2l_result():
+    line = json.dumps({"impl": "d2l-jax-scratch", "val_ppl": 7.18, "sample": "time traveller the"})
+    assert svd.parse_d2l_result(f"{line}\n")["val_ppl"] == 7.18
+    with pytest.raises(svd.ToolError, match="not JSON"):
+        svd.parse_d2l_result("Traceback ...\n")
+
+
+def made_up_rows() -> list:
+    R = svd.Row
+    rows = [R("scratch", "d2l", "python tools/d2l_baseline.py train scratch", [39.2], 7.18, "a"),
+            R("scratch", "cold", "jaxrnn train --model scratch", [12.6], 7.2, "b"),
+            R("scratch", "warm", "jaxrnn train --model scratch", [10.5], 7.2, "b"),
+            R("concise", "d2l", "python tools/d2l_baseline.py train concise", [40.0, 37.1, 36.0], 7.37),
+            R("concise", "cold", "jaxrnn train --model concise", [13.9, 14.5, 13.0], 7.2, "c"),
+            R("concise", "warm", "jaxrnn train --model concise", [12.2, 11.0, 12.9], 7.2, "c")]
+    svd.set_ratios(rows)
+    return rows
+
+
+def test_ratios_are_medians_over_d2l_of_the_same_model():
+    rows = made_up_rows()
+    assert [r.wall_s for r in rows] == [39.2, 12.6, 10.5, 37.1, 13.9, 12.2]
+    assert rows[0].ratio == rows[3].ratio == 1.0
+    assert rows[1].ratio == pytest.approx(12.6 / 39.2) and rows[2].ratio == pytest.approx(10.5 / 39.2)
+    assert rows[4].ratio == pytest.approx(13.9 / 37.1) and rows[5].ratio == pytest.approx(12.2 / 37.1)
+
+
+def test_ratio_without_a_d2l_row_is_left_out():
+    rows = [svd.Row("scratch", "cold", "jaxrnn train --model scratch", [12.6], 7.2)]
+    svd.set_ratios(rows)
+    assert rows[0].ratio is None
+    last = svd.format_table(rows).splitlines()[-1]
+    assert last == "| `jaxrnn train --model scratch`, empty compile cache | 12.6 s | - | 7.2 |"
+
+
+def test_format_table():
+    assert svd.format_table(made_up_rows()).splitlines() == [
+        "| command | wall | x d2l | val ppl |",
+        "| --- | ---: | ---: | ---: |",
+        "| d2l's JAX code, scratch (`python tools/d2l_baseline.py train scratch`) | 39.2 s | 1.00x | 7.18 |",
+        "| `jaxrnn train --model scratch`, empty compile cache | 12.6 s | 0.32x | 7.2 |",
+        "| same, warm compile cache | 10.5 s | 0.27x | 7.2 |",
+        "| d2l's JAX code, concise (`python tools/d2l_baseline.py train concise`) | 37.1 s (40.0 / 37.1 / 36.0) | 1.00x"
+        " | 7.37 |",
+        "| `jaxrnn train --model concise`, empty compile cache | 13.9 s (13.9 / 14.5 / 13.0) | 0.37x | 7.2 |",
+        "| same, warm compile cache | 12.2 s (12.2 / 11.0 / 12.9) | 0.33x | 7.2 |",
+    ]
+
+
+def test_numpy_loader_is_d2ls_tf_loader_in_numpy():
+    """Train: every window once per pass, reshuffled each pass, last batch kept; validation in order."""
+    X, Y = np.arange(50).reshape(25, 2), np.arange(25)
+    train = d2lb.NumpyLoader((X, Y), batch_size=10, shuffle=True)
+    assert len(train) == 3
+    passes = [list(train), list(train)]
+    for batches in passes:
+        assert [len(y) for _, y in batches] == [10, 10, 5]
+        ys = np.concatenate([y for _, y in batches])
+        assert sorted(ys) == list(range(25)) and np.array_equal(np.concatenate([x for x, _ in batches]), X[ys])
+    assert not np.array_equal(np.concatenate([y for _, y in passes[0]]), np.concatenate([y for _, y in passes[1]]))
+    val = d2lb.NumpyLoader((X, Y), batch_size=10, shuffle=False)
+    assert np.array_equal(np.concatenate([y for _, y in val]), Y)
+
+
+def test_d2l_is_installed_in_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert d2lb.d2l_dir() == tmp_path / "jaxrnn" / "d2l-1.0.3"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert d2lb.d2l_dir() == Path.home() / ".cache" / "jaxrnn" / "d2l-1.0.3"
+
+
+@pytest.mark.slow
+def test_reference_reproduces_the_committed_json(tmp_path):
+    """d2l's own preprocessing and windowing give tests/data/d2l_timemachine.json (installs d2l: network)."""
+    out = tmp_path / "ref.json"
+    proc = run_tool("tools/d2l_baseline.py", "reference", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    new, old = json.loads(out.read_text()), json.loads((ROOT / "tests" / "data" / "d2l_timemachine.json").read_text())
+    assert list(new) == list(old)
+    assert {k: v for k, v in new.items() if k != "source"} == {k: v for k, v in old.items() if k != "source"}
