@@ -2,7 +2,8 @@
 
 Cases: `seed-train` (the seed config), `large-train` (a big model: train tokens/s), `decode-1` and
 `decode-256` (greedy, 1000 new characters for 1 and 256 prompts), each for the tanh RNN, the LSTM and
-the GRU (`--cells`). Every row has `case, impl, cell,
+the GRU (`--cells`); and `big-corpus` (a generated 100 MB text read, counted and encoded in a fresh
+process: seconds, characters/s and the peak host memory it added per character). Every row has `case, impl, cell,
 backend, wall_s, compile_s, tokens_per_s, val_ppl` (null where it does not apply); wall_s excludes
 compilation. torch rows appear when torch is installed (`pip install 'jaxrnn[bench]'`).
 """
@@ -32,7 +33,8 @@ from jaxrnn.models import build_model
 from jaxrnn.sample import generate
 from jaxrnn.training import fit, init_state, make_optimizer, perplexity
 
-CASES = ("seed-train", "large-train", "decode-1", "decode-256")
+CASES = ("seed-train", "large-train", "decode-1", "decode-256", "big-corpus")
+BIG_CHARS = 100_000_000  # the big-corpus case's text (10 M with --quick)
 IMPLS = ("jaxrnn-scratch", "jaxrnn-concise", "d2l-way", "torch")
 DECODE_CHARS = 1000
 
@@ -266,6 +268,49 @@ def torch_available() -> bool:
     return True
 
 
+# ---------------------------------------------------------------- big-corpus: loading a large text
+
+_LOAD = """
+import json, resource, sys, time
+import numpy as np
+from jaxrnn.data import load_corpus, sequential_plan
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+c = load_corpus(sys.argv[1], 64, preprocessing="none", split=(0.9, 0.1, 0.0))
+seconds = time.perf_counter() - t
+plan = sequential_plan(0, 0, c.spans["train"][1], 64, 64)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "chars": len(c.tokens), "dtype": str(c.tokens.dtype),
+                  "added_bytes": (peak - before) * 1024, "vocab": len(c.vocab)}))
+"""
+
+
+def big_corpus(quick: bool) -> dict[str, Any]:
+    """Write a generated text of BIG_CHARS characters (The Time Machine's raw text over and over, each copy
+    with its own line numbers, so the vocab is the text's plus digits), then load it in a fresh process:
+    reading, counting the vocab and encoding to the smallest integer type, timed, and the peak resident
+    memory that added (ru_maxrss), per character."""
+    import subprocess
+    import tempfile
+
+    chars = BIG_CHARS // 10 if quick else BIG_CHARS
+    base = load_corpus(None).path.read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/big.txt"
+        with open(path, "w") as f:
+            written, copy = 0, 0
+            while written < chars:
+                part = f"{copy}\n{base}"[: chars - written]
+                written += f.write(part)
+                copy += 1
+        out = subprocess.run([sys.executable, "-c", _LOAD, path], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    log(f"big-corpus: {r['chars'] / 1e6:.1f} M characters as {r['dtype']} (vocab {r['vocab']}) in "
+        f"{r['seconds']:.2f} s, {r['added_bytes'] / r['chars']:.2f} bytes per character at peak")
+    return {**row("big-corpus", "jaxrnn", r["seconds"], None, r["chars"] / r["seconds"], cell="-"),
+            "bytes_per_char": r["added_bytes"] / r["chars"], "chars": r["chars"], "dtype": r["dtype"]}
+
+
 # ---------------------------------------------------------------- the suite
 
 def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
@@ -288,6 +333,9 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     corpora: dict[int, Corpus] = {}
     for case in args.cases:
+        if case == "big-corpus":
+            rows.append(big_corpus(args.quick))
+            continue
         base, reps = case_configs(case, args.quick, on_gpu)
         if base.num_steps not in corpora:
             corpora[base.num_steps] = load_corpus(args.data, base.num_steps, 10000, 5000)
@@ -340,6 +388,11 @@ def main(args: argparse.Namespace) -> int:
         f"{'quick' if args.quick else 'full'} run")
     rows = run_suite(args)
     print(table(rows), flush=True)
+    for r in rows:
+        if r["case"] == "big-corpus":
+            print(f"big-corpus: {r['chars'] / 1e6:.0f} M characters read, counted and encoded ({r['dtype']}) in "
+                  f"{r['wall_s']:.2f} s; peak host memory added {r['bytes_per_char']:.2f} bytes per character",
+                  flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -88,14 +88,19 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--lr": ("lr", _positive_float, "learning rate (default 1)"),
     "--clip": ("clip", _positive_float, "global gradient-norm clip (default 1)"),
     "--seed": ("seed", _non_negative_int, "seed of the init and the data order (default 0)"),
-    "--data": ("data", str, "corpus file (default: The Time Machine from $JAXRNN_DATA_DIR, the cache or d2l)"),
+    "--data": ("data", str, "a corpus file, or a name: timemachine (default) or tinyshakespeare (raw text, first "
+               "90%% train, last 10%% validation, as nanoGPT), from $JAXRNN_DATA_DIR, the cache, or downloaded"),
     "--num-train": ("num_train", _positive_int, "training windows (default 10000)"),
     "--num-val": ("num_val", _positive_int, "validation windows (default 5000)"),
     "--split": ("split", _split, "TRAIN,VAL,TEST fractions of the text, e.g. 0.8,0.1,0.1, in place of "
                 "--num-train/--num-val; a test part gets its perplexity and bpc printed at the end"),
-    "--preprocessing": ("preprocessing", str, "d2l: letters only, lower-case (default); none: the text as it is"),
+    "--preprocessing": ("preprocessing", str, "d2l: letters only, lower-case (default; tinyshakespeare: none); "
+                        "none: the text as it is"),
     "--batching": ("batching", str, "random windows (default, d2l 1.0) or sequential streams with the hidden "
                    "state carried between batches (truncated BPTT, reset each epoch)"),
+    "--eval": ("eval", str, "how validation and test parts are read: windows (default; d2l's counts at stride 1 "
+               "as the chapters, --split parts in non-overlapping windows, each token once from an empty state) or "
+               "stream (one pass with the state carried, each token with its whole left context)"),
     "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10)"),
     "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
     "--precision": ("precision", str, "matmul precision (default highest: true float32)"),
@@ -243,6 +248,13 @@ def _native_stdout_off() -> None:
     sys.stdout = os.fdopen(results, "w", buffering=1)
 
 
+def loss_line(loss: float) -> str:
+    """A measured loss in the field's three units: `perplexity 7.21, bpc 2.850, loss 1.976` (nats)."""
+    from jaxrnn.training import bits, perplexity
+
+    return f"perplexity {perplexity(loss):.2f}, bpc {bits(loss):.3f}, loss {loss:.3f}"
+
+
 def result_line(perplexity: float, sample: str) -> str:
     """`train`'s last line: the sample as a Python string literal keeps it one line on any corpus (a
     newline reads \\n); on The Time Machine it reads `perplexity 7.2, 'time traveller and the ...'`."""
@@ -252,7 +264,7 @@ def result_line(perplexity: float, sample: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from jaxrnn import run
     from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
-    from jaxrnn.training import perplexity
+    from jaxrnn.training import bits, perplexity
 
     if args.resume:
         _refuse_with_resume(args)
@@ -281,9 +293,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"run_dir": str(trained.run_dir), "epoch": trained.epoch}
     if trained.cfg.split is not None and trained.cfg.split[2] > 0:
         loss = run.evaluate(trained, part="test")
-        result.update(test_perplexity=perplexity(loss), test_bpc=loss / math.log(2))
+        result.update(test_perplexity=perplexity(loss), test_bpc=bits(loss), test_loss=loss)
         if not args.json:
-            print(f"test perplexity {result['test_perplexity']:.2f}, bpc {result['test_bpc']:.3f}", flush=True)
+            print(f"test {loss_line(loss)}", flush=True)
     result.update(perplexity=trained.val_ppl, sample=trained.predict(trained.prompt, run.SAMPLE_CHARS))
     print(json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
     return 0
@@ -306,10 +318,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from jaxrnn import run
-    from jaxrnn.training import perplexity
 
-    loss = run.evaluate(run.load(args.run, args.step), args.data, args.part)
-    print(f"perplexity {perplexity(loss):.2f}, bpc {loss / math.log(2):.3f}", flush=True)
+    print(loss_line(run.evaluate(run.load(args.run, args.step), args.data, args.part)), flush=True)
     return 0
 
 

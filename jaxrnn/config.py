@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxrnn.data import BATCHINGS, PREPROCESSING
+from jaxrnn.data import BATCHINGS, EVALS, PREPROCESSING, source_of
 from jaxrnn.errors import ConfigError
 
 MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
@@ -20,10 +20,11 @@ PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-RUN_INFO = ("data_sha1", "versions")  # what config.json records beside the settings
+RUN_INFO = ("data_sha1", "versions", "eval_protocol")  # what config.json records beside the settings
 # the settings that take one of a few names: Config field -> the names (the CLI's --flag choices)
 CHOICES = {"cell": CELLS, "impl": IMPLS, "gru_reset": GRU_RESETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-           "preprocessing": PREPROCESSING, "batching": BATCHINGS, "precision": PRECISIONS, "dtype": DTYPES}
+           "preprocessing": PREPROCESSING, "batching": BATCHINGS, "eval": EVALS, "precision": PRECISIONS,
+           "dtype": DTYPES}
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,13 @@ class Config:
     schedule: str = "constant"  # learning rate over the run: 'constant' or 'cosine' (decay to 0)
     warmup: int = 0  # optimizer steps of linear warm-up from 0 to lr
     devices: int | None = None  # data-parallel devices; None: all local ones (parallel.py)
-    data: str | None = None  # corpus file; None means The Time Machine (JAXRNN_DATA_DIR, cache, download)
-    preprocessing: str = "d2l"  # 'd2l': letters only, lower-case; 'none': the text as it is
-    split: tuple[float, float, float] | None = None  # train/val/test fractions; None: num_train, num_val
+    data: str | None = None  # a corpus file, or a name of data.CORPORA; None: The Time Machine
+    preprocessing: str | None = None  # 'd2l': letters only, lower-case; 'none': the text as it is; None: the
+    #                                   named corpus' own ('none' for tinyshakespeare), else 'd2l'
+    split: tuple[float, float, float] | None = None  # train/val/test fractions; None: num_train, num_val (or
+    #                                                  the named corpus' own: 0.9,0.1,0 for tinyshakespeare)
     batching: str = "random"  # 'random' windows (d2l 1.0) or 'sequential' streams with the state carried
+    eval: str = "windows"  # 'windows': d2l's counts at stride 1, --split parts in blocks; 'stream': state carried
     tensorboard: bool = False  # also log to RUN_DIR/tb with tensorboardX
     curves: bool = True  # draw RUN_DIR/curves.png (matplotlib costs about 1 s of CPU per process)
 
@@ -73,6 +77,11 @@ class Config:
         object.__setattr__(self, "model", None)
         if isinstance(self.split, (list, tuple)):  # a JSON list from config.json reads as the same tuple
             object.__setattr__(self, "split", tuple(self.split))
+        source = source_of(self.data)  # a named corpus brings how it is read, unless told otherwise
+        if self.preprocessing is None:
+            object.__setattr__(self, "preprocessing", source.preprocessing if source else "d2l")
+        if self.split is None and source is not None:
+            object.__setattr__(self, "split", source.split)
         validate(self)
 
     @property
@@ -82,9 +91,12 @@ class Config:
         return chapters.get((self.cell, self.impl), f"{self.cell}-{self.impl}")
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated again); `model=` replaces the cell and impl."""
+        """A copy with some fields changed (validated again); `model=` replaces the cell and impl, and
+        another `data=` reads its corpus as that corpus is read by default unless told otherwise."""
         if changes.get("model") is not None:
             changes = {"cell": None, "impl": None, **changes}
+        if "data" in changes and changes["data"] != self.data:
+            changes = {"preprocessing": None, "split": None, **changes}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,32 @@ import numpy as np
 
 from jaxrnn.errors import DataError
 
-TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
-TIMEMACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
-TIMEMACHINE_NAME = "timemachine.txt"
+
+@dataclass(frozen=True)
+class Source:
+    """A corpus known by name (`--data NAME`): its file name in $JAXRNN_DATA_DIR or the cache, where it is
+    downloaded from, its sha1, and how it is read unless told otherwise."""
+
+    file: str
+    url: str
+    sha1: str
+    preprocessing: str = "d2l"
+    split: tuple[float, float, float] | None = None  # None: d2l's window counts
+
+
+CORPORA = {
+    # H. G. Wells' The Time Machine as d2l serves it (public domain): the chapters' corpus and the default
+    "timemachine": Source("timemachine.txt", "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
+                          "090b5e7e70c295757f55df93cb0a180b9691891a"),
+    # Tiny Shakespeare from karpathy/char-rnn, read as nanoGPT reads it: raw text, first 90% train, last 10% val
+    "tinyshakespeare": Source("tinyshakespeare.txt",
+                              "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                              "04486597058d11dcc2c556b1d0433891eb639d2e", "none", (0.9, 0.1, 0.0)),
+}
+DEFAULT_CORPUS = "timemachine"
+TIMEMACHINE_URL = CORPORA["timemachine"].url
+TIMEMACHINE_SHA1 = CORPORA["timemachine"].sha1
+TIMEMACHINE_NAME = CORPORA["timemachine"].file
 UNK = "<unk>"
 PROMPT = "time traveller"  # the chapters' warm-up prefix
 PROMPT_CHARS = 20  # the longest default prompt taken from another corpus
@@ -39,33 +63,38 @@ def cache_dir() -> Path:
     return Path(base) / "jaxrnn"
 
 
-def _checked(path: Path) -> Path:
+def source_of(data: str | os.PathLike | None) -> Source | None:
+    """The named corpus `--data` means (None: The Time Machine), or None for a file path."""
+    return CORPORA[DEFAULT_CORPUS] if data is None else CORPORA.get(str(data))
+
+
+def _checked(path: Path, source: Source) -> Path:
     digest = sha1_of(path)
-    if digest != TIMEMACHINE_SHA1:
+    if digest != source.sha1:
         raise DataError(
-            f"{path} has sha1 {digest}, not The Time Machine's {TIMEMACHINE_SHA1}; "
+            f"{path} has sha1 {digest}, not the {source.sha1} of {source.url}; "
             f"delete it to download again, or pass --data {path} to use it as a plain corpus"
         )
     return path
 
 
-def _download(dest: Path) -> Path:
+def _download(dest: Path, source: Source) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)  # one per process
     os.close(fd)
     tmp = Path(name)
-    print(f"jaxrnn: downloading {TIMEMACHINE_URL} to {dest}", file=sys.stderr)
+    print(f"jaxrnn: downloading {source.url} to {dest}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(TIMEMACHINE_URL, timeout=30) as r:
+        with urllib.request.urlopen(source.url, timeout=30) as r:
             tmp.write_bytes(r.read())
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise DataError(
-            f"The Time Machine is not on this machine and cannot be downloaded ({e}); "
-            f"put {TIMEMACHINE_NAME} in $JAXRNN_DATA_DIR or {dest.parent}, or pass --data FILE"
+            f"{source.file} is not on this machine and cannot be downloaded ({e}); "
+            f"put {source.file} in $JAXRNN_DATA_DIR or {dest.parent}, or pass --data FILE"
         ) from None
     try:
-        _checked(tmp)
+        _checked(tmp, source)
     except DataError:
         tmp.unlink()
         raise
@@ -74,31 +103,49 @@ def _download(dest: Path) -> Path:
 
 
 def find_corpus(path: str | os.PathLike | None = None) -> Path:
-    """An explicit path, else $JAXRNN_DATA_DIR/timemachine.txt, else the cache, else download it."""
-    if path is not None:
+    """A named corpus (None: The Time Machine; see CORPORA) from $JAXRNN_DATA_DIR, else the cache, else
+    downloaded there, its sha1 checked; else the file `path`."""
+    source = source_of(path)
+    if source is None:
         p = Path(path)
         if not p.is_file():
             what = "is a directory" if p.is_dir() else "does not exist"
-            raise DataError(f"corpus {p} {what}; pass --data FILE with a plain-text file")
+            raise DataError(f"corpus {p} {what}; pass --data FILE with a plain-text file, or one of the names "
+                            f"{', '.join(CORPORA)}")
         return p
     env = os.environ.get("JAXRNN_DATA_DIR")
-    if env and (Path(env) / TIMEMACHINE_NAME).is_file():
-        return _checked(Path(env) / TIMEMACHINE_NAME)
-    cached = cache_dir() / TIMEMACHINE_NAME
+    if env and (Path(env) / source.file).is_file():
+        return _checked(Path(env) / source.file, source)
+    cached = cache_dir() / source.file
     if cached.is_file():
-        return _checked(cached)
-    return _download(cached)
+        return _checked(cached, source)
+    return _download(cached, source)
 
 
-def read_text(path: Path) -> str:
-    """The file's text as UTF-8, with errors a user can act on."""
+def read_text(path: Path) -> tuple[str, str]:
+    """The file's text as UTF-8 and the sha1 of its bytes, with errors a user can act on; the bytes are
+    dropped once decoded, so a large file costs its text only."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        raw = Path(path).read_bytes()
+        return raw.decode("utf-8"), hashlib.sha1(raw).hexdigest()
     except UnicodeDecodeError as e:
         raise DataError(f"corpus {path} is not UTF-8 text ({e.reason} at byte {e.start}); pass a UTF-8 file") from None
     except OSError as e:
         raise DataError(f"cannot read corpus {path} ({e.strerror}); check the path and its permissions") from None
-    return text
+
+
+CHUNK = 1 << 20  # characters per slice when counting and encoding a text: bounds the temporary arrays
+
+
+def code_points(text: str) -> Iterator[np.ndarray]:
+    """The text's code points, a slice of CHUNK characters at a time (uint32 arrays)."""
+    for i in range(0, len(text), CHUNK):
+        yield np.frombuffer(text[i:i + CHUNK].encode("utf-32-le"), dtype=np.uint32)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every index of a vocab this size."""
+    return np.dtype(np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
 PREPROCESSING = ("d2l", "none")
@@ -119,7 +166,17 @@ class Vocab:
 
     @classmethod
     def build(cls, tokens: list[str] | str) -> Vocab:
-        counts = collections.Counter(tokens)
+        """The vocab of a text's characters (counted with numpy, a slice at a time) or of a token list;
+        `token_freqs` by count, ties in order of code point (d2l's: of first appearance)."""
+        if isinstance(tokens, str):
+            counts_P = np.zeros(0, np.int64)
+            for points in code_points(tokens):
+                c = np.bincount(points)
+                counts_P = np.pad(counts_P, (0, max(len(c) - len(counts_P), 0)))
+                counts_P[:len(c)] += c
+            counts = {chr(p): int(counts_P[p]) for p in np.flatnonzero(counts_P)}
+        else:
+            counts = collections.Counter(tokens)
         freqs = tuple(sorted(counts.items(), key=lambda kv: kv[1], reverse=True))
         return cls(tuple(sorted(set([UNK, *counts]))), freqs)
 
@@ -138,14 +195,18 @@ class Vocab:
         return list(dict.fromkeys(c for c in text if c not in self._index))
 
     def encode(self, text: str) -> np.ndarray:
-        """Indices of the characters of `text`; unknown characters map to `<unk>`. Vectorised over the
-        text's code points with a table as long as the largest one (at most 1.1 M entries)."""
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        table = np.full(int(points.max()) + 1 if len(points) else 1, self.unk, np.int32)
+        """Indices of the characters of `text` in the smallest integer type that holds them (uint8 for
+        up to 256 tokens); unknown characters map to `<unk>`. Vectorised over the text's code points, a
+        slice at a time, with a table from code point to index."""
+        top = max((ord(t) for t in self._index if len(t) == 1), default=0)
+        table = np.full(top + 2, self.unk, token_dtype(len(self)))  # the last entry: any larger code point
         for token, i in self._index.items():
-            if len(token) == 1 and ord(token) < len(table):
+            if len(token) == 1:
                 table[ord(token)] = i
-        return table[points]
+        out = np.empty(len(text), table.dtype)
+        for k, points in enumerate(code_points(text)):
+            out[k * CHUNK:k * CHUNK + len(points)] = table[np.minimum(points, top + 1)]
+        return out
 
     def decode(self, indices) -> str:
         return "".join(self.idx_to_token[int(i)] for i in indices)
@@ -166,7 +227,7 @@ class Corpus:
     a large corpus costs its tokens only; training gathers them on the device by start index."""
 
     vocab: Vocab
-    tokens: np.ndarray  # int32, the whole corpus
+    tokens: np.ndarray  # the whole corpus, in the smallest unsigned type that holds the vocab (token_dtype)
     num_steps: int
     spans: dict[str, tuple[int, int]]  # 'train', 'val' and 'test' (count 0: no test part)
     path: Path
@@ -237,8 +298,8 @@ def load_corpus(
     text is cut into three consecutive stretches that share no window. The vocab is the whole
     text's characters, so no part has unknown ones."""
     p = find_corpus(path)
-    raw = read_text(p)
-    text = preprocess(raw, preprocessing)
+    text, sha1 = read_text(p)
+    text = preprocess(text, preprocessing)
     if not text.strip():
         what = "no letters after preprocessing; pass a file with English text" if preprocessing == "d2l" \
             else "no text; pass a non-empty file"
@@ -259,7 +320,7 @@ def load_corpus(
             raise DataError(f"corpus {p} has {len(tokens)} characters: the {' and '.join(short)} part of --split "
                             f"{','.join(map(str, split))} holds no window of {num_steps + 1}; give it a larger "
                             "fraction, lower --num-steps, or use a longer file")
-    return Corpus(vocab, tokens, num_steps, spans, p, hashlib.sha1(raw.encode("utf-8")).hexdigest(), preprocessing)
+    return Corpus(vocab, tokens, num_steps, spans, p, sha1, preprocessing)
 
 
 def part_spans(num_tokens: int, num_steps: int, num_train: int, num_val: int, split: tuple[float, ...] | None
@@ -273,7 +334,7 @@ def part_spans(num_tokens: int, num_steps: int, num_train: int, num_val: int, sp
 def file_tokens(path: Path, vocab: Vocab, num_steps: int, preprocessing: str = "d2l") -> np.ndarray:
     """A file's tokens, preprocessed as the run's corpus was and encoded with its vocab; characters
     the vocab lacks read as <unk>, with a warning on stderr."""
-    text = preprocess(read_text(find_corpus(path)), preprocessing)
+    text = preprocess(read_text(find_corpus(path))[0], preprocessing)
     unknown = vocab.unknown_chars(text)
     if unknown:
         print(f"jaxrnn: warning: {len(unknown)} kinds of character in {path} are not in the vocab; read as <unk>",
@@ -306,16 +367,44 @@ def batch_plan(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarr
 BATCHINGS = ("random", "sequential")
 
 
-def sequential_plan(seed: int, epoch: int, n: int, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """d2l's sequential partitioning over `n` windows: after a random offset in [0, num_steps), the
-    text is cut into `batch_size` streams of `n // batch_size` windows, and batch i takes each
-    stream's i-th stretch of `num_steps` tokens, so row r of batch i + 1 continues row r of batch i
-    (its first input is the token after batch i's last input). Returns (window starts
+def sequential_plan(seed: int, epoch: int, n: int, batch_size: int, num_steps: int, offset: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """d2l's sequential partitioning over `n` windows: after a random offset in [0, num_steps) (or the
+    `offset` given), the text is cut into `batch_size` streams of `n // batch_size` windows, and batch
+    i takes each stream's i-th stretch of `num_steps` tokens, so row r of batch i + 1 continues row r
+    of batch i (its first input is the token after batch i's last input). Returns (window starts
     [num_batches, batch_size], an all-true mask); the shapes do not depend on the epoch."""
     stream = n // batch_size
-    offset = np.random.default_rng([seed, epoch]).integers(num_steps)
+    if offset is None:
+        offset = np.random.default_rng([seed, epoch]).integers(num_steps)
     starts = offset + stream * np.arange(batch_size)[None, :] + num_steps * np.arange(stream // num_steps)[:, None]
     return starts.astype(np.int32), np.ones(starts.shape, bool)
+
+
+EVALS = ("windows", "stream")  # how a part is read to measure its loss (eval_protocol says in full)
+
+
+def eval_protocol(evaluation: str, split: tuple[float, ...] | None) -> str:
+    """How a validation or test part is read: 'd2l-windows' (d2l's counts: every window at stride 1,
+    each from an empty state, as the chapters), 'blocks' (a --split part: non-overlapping windows, each
+    token predicted once from an empty state at each window start, as nanoGPT's blocks) or 'stream'
+    (one pass with the state carried, each token with its whole left context, as char-rnn)."""
+    if evaluation == "stream":
+        return "stream"
+    return "d2l-windows" if split is None else "blocks"
+
+
+def eval_plan(protocol: str, n: int, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The window starts [num_batches, batch_size] and mask that read a part of `n` windows by
+    `protocol`; for 'stream', row r of batch i + 1 continues row r of batch i."""
+    if protocol == "stream":
+        starts, mask = sequential_plan(0, 0, n, batch_size, num_steps, offset=0)
+        if not len(starts):
+            raise DataError(f"--eval stream cuts the {n} windows of a part into {batch_size} streams of "
+                            f"{n // batch_size}, fewer than --num-steps {num_steps}; use --eval windows or "
+                            f"--batch-size {max(n // num_steps, 1)} or less")
+        return starts, mask
+    return batch_plan(np.arange(0, n, num_steps if protocol == "blocks" else 1, dtype=np.int32), batch_size)
 
 
 def steps_per_epoch(batching: str, n: int, batch_size: int, num_steps: int) -> int:

@@ -12,10 +12,12 @@ from tqdm import tqdm
 
 
 def describe(r: dict[str, Any]) -> str:
-    """An epoch record as a short human line: perplexities, speed and skipped steps."""
+    """An epoch record as a short human line: perplexities, the validation loss in nats and bits per
+    character, speed and skipped steps."""
     speed = f"  {r['tokens_per_s'] / 1e3:.0f}k tok/s" if r.get("tokens_per_s") else ""
     skipped = f"  {r['skipped_steps']} steps skipped" if r.get("skipped_steps") else ""
-    return f"train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}{speed}{skipped}"
+    units = f"  val loss {r['val_loss']:.3f} ({r['val_bpc']:.3f} bpc)" if "val_bpc" in r else ""
+    return f"train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}{units}{speed}{skipped}"
 
 
 def eta_text(seconds: float) -> str:

@@ -25,19 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from jaxrnn import checkpoint
 from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts, summary_writer
 from jaxrnn.config import Config
-from jaxrnn.data import TIMEMACHINE_SHA1, Corpus, Vocab, batch_plan, file_tokens, load_corpus, part_spans, preprocess
+from jaxrnn.data import Corpus, Vocab, eval_protocol, file_tokens, load_corpus, part_spans, preprocess, source_of
 from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
-from jaxrnn.parallel import barrier, is_primary, layout, local_copy, most, on_primary
+from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
 from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
-from jaxrnn.training import NonFiniteLoss, Steps, TrainState, check_trainable, fit, init_state, make_optimizer
+from jaxrnn.training import NonFiniteLoss, TrainState, check_trainable, evaluate_tokens, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
@@ -259,7 +257,8 @@ def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None)
             (run_dir / name).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / CONFIG, data_sha1=data_sha1, versions=versions())
+        cfg.save(run_dir / CONFIG, data_sha1=data_sha1, versions=versions(),
+                 eval_protocol=eval_protocol(cfg.eval, cfg.split))
         (run_dir / METRICS).write_text("")
     except OSError as e:
         raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") \
@@ -272,8 +271,8 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     Progress shows on stderr as in the CLI (`progress=False`: none; a callable gets each epoch's
     record). A relative `cfg.data` is made absolute, so the run resumes from any working directory.
     Everything that can refuse the run is checked before the run directory is made."""
-    if cfg.data is not None:
-        cfg = cfg.replace(data=str(Path(cfg.data).absolute()))
+    if source_of(cfg.data) is None:
+        cfg = cfg.replace(data=str(Path(cfg.data).absolute()), preprocessing=cfg.preprocessing, split=cfg.split)
     if corpus is None:
         corpus = corpus_for(cfg)
     else:
@@ -366,8 +365,9 @@ def corpus_for(cfg: Config) -> Corpus:
 def check_corpus(cfg: Config, corpus: Corpus) -> None:
     """Refuse a corpus read from another file than `cfg.data`, or preprocessed, windowed or split otherwise
     than `cfg` says: the run directory records `cfg`, and a resumed run reads the corpus as `cfg` says."""
-    if cfg.data is None:
-        named, same_file = "The Time Machine", corpus.sha1 == TIMEMACHINE_SHA1
+    source = source_of(cfg.data)
+    if source is not None:
+        named, same_file = f"{cfg.data or 'timemachine'} (sha1 {source.sha1})", corpus.sha1 == source.sha1
     else:
         named = str(Path(cfg.data).resolve())
         same_file = str(corpus.path.resolve()) == named
@@ -388,9 +388,9 @@ def check_corpus(cfg: Config, corpus: Corpus) -> None:
 
 
 def evaluate(trained: Trained, path: str | Path | None = None, part: str = "val") -> float:
-    """Mean cross-entropy (nats per character) of a trained model on all windows of a file (at
-    stride 1, preprocessed as the run's corpus, the model's vocab; unknown characters read as
-    <unk>), or, without a file, on a part of the run's own corpus ('val' or 'test')."""
+    """Mean cross-entropy (nats per character) of a trained model on a file (preprocessed as the run's
+    corpus, the model's vocab; unknown characters read as <unk>), or, without a file, on a part of the
+    run's own corpus ('val' or 'test'); read as the run reads its validation part (`eval_protocol`)."""
     cfg = trained.cfg
     if path is None:
         corpus = trained.corpus or corpus_for(cfg)
@@ -400,10 +400,7 @@ def evaluate(trained: Trained, path: str | Path | None = None, part: str = "val"
         tokens = corpus.part_tokens(part)
     else:
         tokens = file_tokens(Path(path), trained.vocab, cfg.num_steps, cfg.preprocessing)
-    steps = Steps(trained.model, make_optimizer(cfg), cfg.num_steps).jitted(layout(1, cfg.batch_size))
-    idx, mask = batch_plan(np.arange(len(tokens) - cfg.num_steps), cfg.batch_size)
-    with jax.default_matmul_precision(cfg.precision):
-        return float(steps["evaluate"](trained.params, jnp.asarray(tokens), jnp.asarray(idx), jnp.asarray(mask)))
+    return evaluate_tokens(cfg, trained.model, trained.params, tokens)
 
 
 def load(run_dir: str | Path, step: int | str | None = None) -> Trained:

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrnn.cells import State
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, batch_plan, check_batching, chunk_plan, steps_per_epoch
+from jaxrnn.data import Corpus, check_batching, chunk_plan, eval_plan, eval_protocol, steps_per_epoch
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout, put_tree
@@ -87,9 +87,9 @@ def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int
 
 
 def gather(tokens: Array, starts_B: Array, length: int) -> Array:
-    """The windows `tokens[s:s + length]` for each start `s`, [B, length]: windows are made on the
-    device from the token stream, so memory holds each token once, not `length` times."""
-    return tokens[starts_B[:, None] + jnp.arange(length)]
+    """The windows `tokens[s:s + length]` for each start `s`, [B, length] int32: windows are made on the
+    device from the token stream (held in its smallest type), so memory holds each token once."""
+    return tokens[starts_B[:, None] + jnp.arange(length)].astype(jnp.int32)
 
 
 def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array, key: Array | None = None,
@@ -122,6 +122,7 @@ class Steps:
     num_steps: int  # a window is num_steps + 1 tokens
     seed: int = 0  # of the dropout masks, folded with the step number (and the device), so resume is exact
     carry: bool = False  # sequential batching: each batch starts from the last one's final state
+    stream_eval: bool = False  # evaluation carries the state from batch to batch (a plan of streams)
     mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
 
     def grad_sums(self, params: Params, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
@@ -170,13 +171,16 @@ class Steps:
         return TrainState(params, opt_state, state.step + 1), jnp.stack([s, n, bad.astype(s.dtype)]), h
 
     def evaluate(self, params: Params, tokens: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
-        """Token-weighted mean loss over the windows a batch plan covers, each from a zero state."""
+        """Token-weighted mean loss over the windows a plan covers, each from a zero state, or with
+        `stream_eval` each row from where the row of the batch before left off."""
 
-        def body(acc, b):
-            s, n, _ = loss_sum(self.model, params, gather(tokens, b[0], self.num_steps + 1), b[1])
-            return acc + jnp.stack([s, n]), None
+        def body(carry, b):
+            acc, h = carry
+            s, n, h_last = loss_sum(self.model, params, gather(tokens, b[0], self.num_steps + 1), b[1],
+                                    state=h if self.stream_eval else None)
+            return (acc + jnp.stack([s, n]), h_last if self.stream_eval else h), None
 
-        acc, _ = lax.scan(body, jnp.zeros(2), (idx_NxB, mask_NxB))
+        (acc, _), _ = lax.scan(body, (jnp.zeros(2), self.model.init_state(idx_NxB.shape[1])), (idx_NxB, mask_NxB))
         return acc[0] / acc[1]
 
     def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
@@ -210,8 +214,25 @@ class Steps:
         }
 
 
-def epoch_record(epoch: int, sn_Nx3: np.ndarray, val_loss: float, seconds: float, tokens: int) -> dict[str, Any]:
-    """One line of metrics.jsonl, from an epoch's per-step sums."""
+def evaluate_tokens(cfg: Config, model: LanguageModel, params: Params, tokens: np.ndarray) -> float:
+    """Mean cross-entropy of `params` on a token stream, read as the run reads its validation part, on
+    one device."""
+    protocol = eval_protocol(cfg.eval, cfg.split)
+    idx, mask = eval_plan(protocol, len(tokens) - cfg.num_steps, cfg.batch_size, cfg.num_steps)
+    steps = Steps(model, make_optimizer(cfg), cfg.num_steps, stream_eval=protocol == "stream")
+    evaluate = steps.jitted(layout(1, cfg.batch_size))["evaluate"]
+    with jax.default_matmul_precision(cfg.precision):
+        return float(evaluate(params, *map(jnp.asarray, (tokens, idx, mask))))
+
+
+def bits(loss: float) -> float:
+    """Bits per character from a mean cross-entropy in nats."""
+    return loss / math.log(2)
+
+
+def epoch_record(epoch: int, sn_Nx3: np.ndarray, val_loss: float, seconds: float, tokens: int, protocol: str
+                 ) -> dict[str, Any]:
+    """One line of metrics.jsonl, from an epoch's per-step sums; losses in nats per character."""
     s, n, bad = sn_Nx3.sum(axis=0)
     train_loss = float(s / n) if n > 0 else math.nan
     return {
@@ -220,6 +241,8 @@ def epoch_record(epoch: int, sn_Nx3: np.ndarray, val_loss: float, seconds: float
         "train_ppl": perplexity(train_loss),
         "val_loss": val_loss,
         "val_ppl": perplexity(val_loss),
+        "val_bpc": bits(val_loss),
+        "val_protocol": protocol,
         "skipped_steps": int(bad),
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
@@ -253,6 +276,7 @@ def check_trainable(cfg: Config, corpus: Corpus) -> Layout:
     """The device layout `cfg` trains on, after refusing a batching the training part cannot fill or a
     batch the devices cannot split: what `fit` would refuse, checked before a run directory exists."""
     check_batching(cfg.batching, corpus.spans["train"][1], cfg.batch_size, cfg.num_steps)
+    eval_plan(eval_protocol(cfg.eval, cfg.split), corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
     return layout(cfg.devices, cfg.batch_size)
 
 
@@ -276,11 +300,13 @@ def fit(
     n = corpus.spans["train"][1]
     lay = check_trainable(cfg, corpus)
     tx = make_optimizer(cfg, steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
-    fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential").jitted(lay)
+    protocol = eval_protocol(cfg.eval, cfg.split)
+    fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential", protocol == "stream").jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)
     state, train, val = put_tree((state, corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
-    val_idx, val_mask = put_tree(batch_plan(np.arange(corpus.spans["val"][1]), cfg.batch_size), lay.batched(2))
+    val_idx, val_mask = put_tree(eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps),
+                                 lay.batched(2))
     history: list[dict[str, Any]] = []
     compiled: dict[int, Callable] = {}  # chunk length -> executable
     timings = {} if timings is None else timings
@@ -312,7 +338,7 @@ def fit(
             timings["train_s"] += time.perf_counter() - t0
             check_finite(a, sn_ExNx3, val_E, cfg.skip_nonfinite)
             seconds = (time.perf_counter() - t0) / (b - a)
-            records = [epoch_record(a + e + 1, sn_ExNx3[e], float(val_E[e]), seconds, tokens_per_epoch)
+            records = [epoch_record(a + e + 1, sn_ExNx3[e], float(val_E[e]), seconds, tokens_per_epoch, protocol)
                        for e in range(b - a)]
             history += records
             if on_chunk is not None:

@@ -4,6 +4,7 @@ and train/validation/test splits by fraction."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import jax
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 
 from jaxrnn import cli
-from jaxrnn.data import UNK, load_corpus, sequential_plan, split_spans, steps_per_epoch
+from jaxrnn.data import UNK, eval_plan, eval_protocol, load_corpus, sequential_plan, split_spans, steps_per_epoch
 from jaxrnn.errors import ConfigError, DataError
 from jaxrnn.models import build_model
-from jaxrnn.training import fit
+from jaxrnn.training import evaluate_tokens, fit
 
 SEQ = dict(batching="sequential", batch_size=16, lr=1e-30)  # 512 windows: 16 streams of 32, 4 batches of 8 steps
 
@@ -147,10 +148,63 @@ def test_cli_trains_on_any_text_with_a_test_split(raw_file: Path, tmp_path: Path
     lines = capsys.readouterr().out.splitlines()
     test_line, final = lines
     assert final.startswith("perplexity ")
-    ppl, bpc = (float(x) for x in test_line.removeprefix("test perplexity ").split(", bpc "))
-    assert math.isclose(bpc, math.log2(ppl), rel_tol=1e-2) and 1 < ppl < 40
+    ppl, bpc, loss = map(float, re.fullmatch(r"test perplexity (.+), bpc (.+), loss (.+)", test_line).groups())
+    assert math.isclose(bpc, math.log2(ppl), rel_tol=1e-2) and math.isclose(loss, math.log(ppl), rel_tol=1e-2)
+    assert 1 < ppl < 40
     assert cli.main(["eval", "--run", str(out), "--part", "test"]) == 0
     assert capsys.readouterr().out.strip() == test_line.removeprefix("test ")
     assert cli.main(["train", "--split", "0.8,0.1,0.1", "--num-train", "100", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == ("jaxrnn: error: --split sets the train and validation parts "
                                                        "by fraction; drop --num-train/--num-val")
+
+
+# --- evaluation protocols ---------------------------------------------------------------------------
+
+
+def test_eval_plans_read_each_token_once_or_as_streams() -> None:
+    """'blocks' starts a window every num_steps (each target token once), 'd2l-windows' every token,
+    'stream' cuts the part into batch_size rows that continue from batch to batch."""
+    n, B, T = 100, 4, 8
+    idx, mask = eval_plan("blocks", n, B, T)
+    np.testing.assert_array_equal(idx[mask], np.arange(0, n, T))
+    idx, mask = eval_plan("d2l-windows", n, B, T)
+    np.testing.assert_array_equal(idx[mask], np.arange(n))
+    idx, mask = eval_plan("stream", n, B, T)
+    assert idx.shape == (3, 4) and mask.all()  # 4 streams of 25 windows: 3 stretches of 8 each
+    np.testing.assert_array_equal(idx[0], [0, 25, 50, 75])
+    np.testing.assert_array_equal(np.diff(idx, axis=0), T)
+    with pytest.raises(DataError, match="--eval stream cuts the 100 windows .* into 32 streams of 3, fewer than "
+                                        "--num-steps 8; use --eval windows or --batch-size 12 or less"):
+        eval_plan("stream", n, 32, T)
+    assert eval_protocol("windows", None) == "d2l-windows" and eval_protocol("windows", (0.8, 0.1, 0.1)) == "blocks"
+    assert eval_protocol("stream", None) == "stream"
+
+
+@pytest.mark.parametrize("how", ["windows", "stream"])
+def test_split_parts_evaluate_as_the_float64_reference(tiny_cfg, ref, raw_file: Path, how: str) -> None:
+    """A --split part's loss: non-overlapping windows each from zeros ('windows'), or each row's whole
+    stream in one pass ('stream'), as float64 numpy computes them."""
+    cfg = tiny_cfg(data=str(raw_file), preprocessing="none", split=(0.8, 0.1, 0.1), batch_size=4, sigma=0.5,
+                   eval=how)
+    corpus = load_corpus(raw_file, cfg.num_steps, preprocessing="none", split=cfg.split)
+    model = build_model(cfg, len(corpus.vocab))
+    params = model.init(jax.random.key(1))
+    tokens, T = np.asarray(corpus.part_tokens("val")), cfg.num_steps
+    got = evaluate_tokens(cfg, model, params, tokens)
+    flat = ref.flat(params)
+    n = len(tokens) - T
+    if how == "windows":
+        rows = np.stack([tokens[s : s + T + 1] for s in range(0, n, T)])
+    else:
+        L = n // 4
+        rows = np.stack([tokens[r * L : r * L + (L // T) * T + 1] for r in range(4)])
+    logits, _ = ref.lm_forward(flat, rows[:, :-1], np.zeros((len(rows), flat["W_hh"].shape[0])))
+    assert got == pytest.approx(float(ref.cross_entropy(logits, rows[:, 1:]).mean()), rel=1e-5)
+
+
+def test_metrics_record_the_protocol_and_bits(tiny_cfg, raw_file: Path) -> None:
+    cfg = tiny_cfg(data=str(raw_file), preprocessing="none", split=(0.8, 0.1, 0.1), batch_size=4, eval="stream")
+    corpus = load_corpus(raw_file, cfg.num_steps, preprocessing="none", split=cfg.split)
+    _, hist = fit(cfg, corpus, build_model(cfg, len(corpus.vocab)))
+    assert hist[0]["val_protocol"] == "stream"
+    assert hist[0]["val_bpc"] == pytest.approx(hist[0]["val_loss"] / math.log(2))

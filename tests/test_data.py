@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxrnn import data
+from jaxrnn.config import Config
 from jaxrnn.data import UNK, Vocab, batch_plan, chunk_plan, epoch_order, find_corpus, load_corpus, preprocess, windows
 from jaxrnn.errors import DataError
 
@@ -91,7 +94,7 @@ VOCAB = Vocab.build("".join(CHARS))
 @given(st.text(alphabet=CHARS))
 def test_vocab_round_trip(text: str) -> None:
     ids = VOCAB.encode(text)
-    assert ids.dtype == np.int32 and len(ids) == len(text)
+    assert ids.dtype == np.uint8 and len(ids) == len(text)  # 28 tokens: one byte each
     assert VOCAB.decode(ids) == text
 
 
@@ -265,3 +268,63 @@ def test_chunk_plan_stacks_epochs() -> None:
         i, m = batch_plan(epoch_order(7, 2 + e, 100), 32)
         np.testing.assert_array_equal(idx[e], i)
         np.testing.assert_array_equal(mask[e], m)
+
+
+# --- corpora by name: --data tinyshakespeare ---------------------------------------------------------
+
+
+@pytest.fixture
+def shakespeare(monkeypatch, no_corpus: Path) -> Path:
+    """'tinyshakespeare' names the repo's 16 KB slice of it (its sha1 in place of the whole text's), found
+    in an otherwise empty $JAXRNN_DATA_DIR; returns that file."""
+    head = Path(__file__).parent / "data" / "tinyshakespeare-head.txt"
+    env = Path(os.environ["JAXRNN_DATA_DIR"])
+    shutil.copy(head, env / "tinyshakespeare.txt")
+    monkeypatch.setitem(data.CORPORA, "tinyshakespeare",
+                        dataclasses.replace(data.CORPORA["tinyshakespeare"], sha1=data.sha1_of(head)))
+    return env / "tinyshakespeare.txt"
+
+
+def test_tinyshakespeare_is_read_as_nanogpt_reads_it(shakespeare: Path) -> None:
+    """By name: raw text (case, punctuation, newlines), the first 90% training and the last 10% validation,
+    unless the config says otherwise; the default prompt is its opening words."""
+    cfg = Config(data="tinyshakespeare")
+    assert (cfg.preprocessing, cfg.split) == ("none", (0.9, 0.1, 0.0))
+    assert Config(data="tinyshakespeare", preprocessing="d2l").preprocessing == "d2l"
+    assert Config().replace(data="tinyshakespeare").split == (0.9, 0.1, 0.0)
+    assert Config(data="tinyshakespeare").replace(data="other.txt").split is None
+    corpus = load_corpus("tinyshakespeare", 32, preprocessing=cfg.preprocessing, split=cfg.split)
+    assert corpus.path == shakespeare and corpus.prompt == "First Citizen:"
+    assert {"F", ":", "\n", "."} <= set(corpus.vocab.idx_to_token)
+    n = len(corpus.tokens)
+    assert corpus.spans["val"][0] == round(0.9 * n) and corpus.spans["val"][1] == n - round(0.9 * n) - 32
+
+
+def test_named_corpus_downloads_from_its_source(monkeypatch, shakespeare: Path, no_corpus: Path) -> None:
+    body = shakespeare.read_bytes()
+    shakespeare.unlink()
+    urls = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: urls.append(url) or io.BytesIO(body))
+    assert find_corpus("tinyshakespeare") == no_corpus / "tinyshakespeare.txt"
+    assert urls == ["https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"]
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"<html>rate limited"))
+    (no_corpus / "tinyshakespeare.txt").unlink()
+    with pytest.raises(DataError, match="not the .* of https://raw.githubusercontent.com/karpathy/char-rnn"):
+        find_corpus("tinyshakespeare")
+    with pytest.raises(DataError, match="pass --data FILE with a plain-text file, or one of the names "
+                                        "timemachine, tinyshakespeare"):
+        find_corpus("tinyshakespear")
+
+
+def test_a_run_on_tinyshakespeare_records_how_it_read_it(shakespeare: Path, tiny_cfg, tmp_path: Path) -> None:
+    """`--data tinyshakespeare`: config.json keeps the name (a resume finds it again) with the preprocessing,
+    split and evaluation protocol it implied; the checkpoint keeps the corpus' prompt for `sample`."""
+    from jaxrnn import run
+
+    trained = run.train(tiny_cfg(data="tinyshakespeare"), out=tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["data"], saved["preprocessing"], saved["split"]) == ("tinyshakespeare", "none", [0.9, 0.1, 0.0])
+    assert saved["eval_protocol"] == "blocks" and trained.history[-1]["val_protocol"] == "blocks"
+    loaded = run.load(tmp_path / "run")
+    assert trained.prompt == loaded.prompt == "First Citizen:"
+    assert loaded.predict(loaded.prompt, 20) == trained.predict(trained.prompt, 20)

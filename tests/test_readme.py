@@ -91,10 +91,12 @@ def test_readme_commands_print_what_the_readme_says(ran, work: Path) -> None:
     line per run in `runs`, a resumed run that says so, and a plot."""
     for command, proc in ran.items():
         if command.startswith("jaxrnn train") and "--resume" not in command:
-            assert re.fullmatch(r"(test perplexity \d+\.\d+, bpc \d+\.\d+\n)?perplexity \d+\.\d, '.+'\n", proc.stdout)
+            assert re.fullmatch(r"(test perplexity \d+\.\d+, bpc \d+\.\d+, loss \d+\.\d+\n)?perplexity \d+\.\d, '.+'\n",
+                                proc.stdout)
     sample = ran["jaxrnn sample --run runs/concise --prefix 'the time machine' --num-preds 80"].stdout
     assert sample.startswith("the time machine") and len(sample) == len("the time machine") + 80 + 1
-    assert re.fullmatch(r"perplexity \d+\.\d\d, bpc \d\.\d{3}\n", ran["jaxrnn eval --run runs/concise"].stdout)
+    evaluated = ran["jaxrnn eval --run runs/concise"].stdout
+    assert re.fullmatch(r"perplexity \d+\.\d\d, bpc \d\.\d{3}, loss \d\.\d{3}\n", evaluated)
     assert "finished all 1 epochs already" in ran["jaxrnn train --resume runs/concise"].stderr
     header, *listed = (line.split()[0] for line in ran["jaxrnn runs runs"].stdout.splitlines())
     assert header == "run" and {"runs/concise", "runs/h64", "runs/lstm", "runs/deep"} <= set(listed)

@@ -40,7 +40,7 @@ WORKERS = 3  # child processes at once: 2 CPU cores, and each child waits on I/O
 ERROR = re.compile(r"^jaxrnn: error: .+; \S")  # the one line: what is wrong; what to do
 STOPPED = re.compile(r"^jaxrnn: stopped by (SIG\w+) after epoch (\d+), its checkpoint saved; "
                      r"resume with 'jaxrnn train --resume (.+)'$")
-EVAL = re.compile(r"^perplexity (\d+\.\d\d), bpc (\d+\.\d\d\d)$")
+EVAL = re.compile(r"^perplexity (\d+\.\d\d), bpc (\d+\.\d\d\d), loss (\d+\.\d\d\d)$")
 
 
 def jx(*args: Any) -> list[str]:
@@ -885,15 +885,20 @@ def parse_eval(proc: subprocess.CompletedProcess) -> tuple[float, float]:
     assert proc.returncode == 0, proc.stderr
     m = EVAL.match(proc.stdout.rstrip("\n"))
     assert m and proc.stdout.count("\n") == 1, proc.stdout
-    return float(m.group(1)), float(m.group(2))
+    ppl, bpc, loss = (float(g) for g in m.groups())
+    assert loss == pytest.approx(math.log(ppl), abs=2e-3) and bpc == pytest.approx(loss / math.log(2), abs=2e-3)
+    return ppl, bpc
 
 
 def test_eval_reproduces_the_runs_last_validation_perplexity(commands, reference) -> None:
-    """`eval --run DIR` prints `perplexity X, bpc Y` for the run's own validation windows: its last val_ppl."""
+    """`eval --run DIR` prints `perplexity X, bpc Y, loss Z` for the run's own validation windows: its last
+    val_ppl, val_bpc and val_loss."""
     ppl, bpc = parse_eval(commands["eval-ref"].proc)
     last = reference.metrics[-1]
     assert ppl == pytest.approx(last["val_ppl"], abs=0.0051)  # printed with 2 decimals
     assert bpc == pytest.approx(last["val_loss"] / math.log(2), abs=0.00051)  # bpc = ln-loss / ln 2
+    assert last["val_bpc"] == pytest.approx(last["val_loss"] / math.log(2), rel=1e-12)
+    assert last["val_protocol"] == "d2l-windows"
     loss = jrun.evaluate(jaxrnn.load(reference.dir))
     assert math.exp(loss) == pytest.approx(last["val_ppl"], rel=1e-4)
 

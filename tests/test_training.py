@@ -86,7 +86,7 @@ def test_perplexity_is_exp_of_loss() -> None:
         assert perplexity(loss) == pytest.approx(math.exp(loss), rel=1e-12)
     assert perplexity(1000.0) == math.inf
     # two steps: loss sums 30 and 10 over 10 and 10 tokens -> token-weighted mean 2.0; one skipped step
-    r = epoch_record(3, np.array([[30.0, 10.0, 0.0], [10.0, 10.0, 0.0], [0.0, 0.0, 1.0]]), 2.5, 4.0, 1000)
+    r = epoch_record(3, np.array([[30.0, 10.0, 0.0], [10.0, 10.0, 0.0], [0.0, 0.0, 1.0]]), 2.5, 4.0, 1000, "blocks")
     assert r["train_ppl"] == pytest.approx(math.exp(2.0)) and r["val_ppl"] == pytest.approx(math.exp(2.5))
     assert r["epoch"] == 3 and r["tokens_per_s"] == 250 and r["skipped_steps"] == 1
 
