@@ -16,6 +16,7 @@ from typing import Any
 
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.plots import plot_curves
+from jaxrnn.progress import unit_of
 
 CURVES = "curves.png"
 SAMPLES = "samples.txt"
@@ -68,13 +69,14 @@ class Artifacts:
             self._draw()
         last = new[-1]
         with open(self.run_dir / SAMPLES, "a") as f:
-            f.write(f"epoch {last['epoch']}  val ppl {last['val_ppl']:.2f}  {sample!r}\n")  # one line each
+            u = unit_of(last)
+            f.write(f"{u} {last[u]}  val ppl {last['val_ppl']:.2f}  {sample!r}\n")  # one line each
         if self.tb is not None:
             for r in new:
                 for key in ("train_ppl", "val_ppl", "train_loss", "val_loss", "tokens_per_s"):
                     if r.get(key) is not None:
-                        self.tb.add_scalar(key, r[key], r["epoch"])
-            self.tb.add_text("sample", sample, last["epoch"])
+                        self.tb.add_scalar(key, r[key], r[unit_of(r)])
+            self.tb.add_text("sample", sample, last[unit_of(last)])
             self.tb.flush()
 
     def __enter__(self) -> Artifacts:

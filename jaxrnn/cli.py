@@ -101,7 +101,14 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--eval": ("eval", str, "how validation and test parts are read: windows (default; d2l's counts at stride 1 "
                "as the chapters, --split parts in non-overlapping windows, each token once from an empty state) or "
                "stream (one pass with the state carried, each token with its whole left context)"),
-    "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10)"),
+    "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10), or with "
+                     "--steps optimizer steps between checkpoints (default: at every evaluation)"),
+    "--steps": ("steps", _positive_int, "train for this many optimizer steps instead of --epochs (epochs run on "
+                "into each other in the same order); --save-every then counts steps"),
+    "--eval-every": ("eval_every", _positive_int, "with --steps: optimizer steps between evaluations (default "
+                     "steps / 10)"),
+    "--eval-batches": ("eval_batches", _positive_int, "validate on this many batches, the same seeded sample each "
+                       "time (nanoGPT's eval_iters), instead of the whole validation part"),
     "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
     "--precision": ("precision", str, "matmul precision (default highest: true float32)"),
     "--dtype": ("dtype", str, "compute dtype (default float32)"),
@@ -140,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its config")
     t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    t.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                   help="stop at the first checkpoint after this many seconds of training, printing the result as "
+                   "at the end; --resume goes on (with a budget of its own, if given)")
     t.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
     t.add_argument("--distributed", action="store_true", help="one of several processes (hosts) training together "
                    "through jax.distributed; JAX finds its peers on SLURM, Open MPI and TPU pods, else pass the next "
@@ -277,20 +287,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         initialize(args.coordinator, args.num_processes, args.process_id)
     primary = is_primary()
 
-    progress = Progress(cfg.epochs, "quiet" if args.quiet or not primary else "auto", args.json and primary)
+    progress = Progress(cfg.length, "quiet" if args.quiet or not primary else "auto", args.json and primary,
+                        unit=cfg.unit, span=cfg.eval_every or 1)
     try:
         if args.resume:
-            trained = run.resume(args.resume, per_step=args.per_step, progress=progress)
+            trained = run.resume(args.resume, per_step=args.per_step, progress=progress, time_budget=args.time_budget)
         else:
             out = args.out or os.path.join("runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
             if not args.quiet:
                 run.log(f"jaxrnn: training {cfg.name} into {out}")
-            trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress)
+            trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress,
+                                time_budget=args.time_budget)
     finally:
         progress.close()
     if not primary:  # process 0 reports for all
         return 0
-    result: dict[str, Any] = {"run_dir": str(trained.run_dir), "epoch": trained.epoch}
+    result: dict[str, Any] = {"run_dir": str(trained.run_dir), trained.cfg.unit: trained.done}
     if trained.cfg.split is not None and trained.cfg.split[2] > 0:
         loss = run.evaluate(trained, part="test")
         result.update(test_perplexity=perplexity(loss), test_bpc=bits(loss), test_loss=loss)
@@ -334,8 +346,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"jaxrnn: warning: skipping {d}: {e}", file=sys.stderr)
             continue
         best = f"{s['best_val_ppl']:.2f}" if s["best_val_ppl"] is not None else "-"
+        steps = " steps" if s["unit"] == "step" else ""  # epochs, unless the run counts optimizer steps
         rows.append((os.path.relpath(d), best, str(s["best_epoch"] or "-"), str(s["best_saved"] or "-"),
-                     f"{s['done']}/{s['epochs']}", s["name"]))
+                     f"{s['done']}/{s['epochs']}{steps}", s["name"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:  # a path one can pass to --run; 'best saved' is the checkpoint --step best loads
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], flush=True)

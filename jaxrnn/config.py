@@ -46,7 +46,11 @@ class Config:
     sigma: float = 0.01  # std of the scratch model's normal init (d2l's sigma)
     num_train: int = 10000  # windows used for training (d2l's TimeMachine default)
     num_val: int = 5000  # the next windows, used for validation
-    save_every: int = 10  # epochs per compiled chunk and between checkpoints
+    save_every: int | None = None  # epochs per compiled chunk and checkpoint (None: 10), or with `steps`
+    #                                optimizer steps between checkpoints (None: every evaluation)
+    steps: int | None = None  # train by optimizer steps instead of `epochs` (None: by epochs)
+    eval_every: int | None = None  # with `steps`: optimizer steps between evaluations (None: steps // 10)
+    eval_batches: int | None = None  # validate on this many batches, a fixed seeded sample (None: the whole part)
     unroll: int | None = None  # lax.scan unroll, clipped to num_steps; None: the measured best per backend
     precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
     skip_nonfinite: bool = False  # drop updates whose loss/gradients are nan or inf instead of stopping
@@ -77,12 +81,27 @@ class Config:
         object.__setattr__(self, "model", None)
         if isinstance(self.split, (list, tuple)):  # a JSON list from config.json reads as the same tuple
             object.__setattr__(self, "split", tuple(self.split))
+        if isinstance(self.steps, int) and self.steps > 0:
+            object.__setattr__(self, "eval_every", self.eval_every or max(self.steps // 10, 1))
+            object.__setattr__(self, "save_every", self.save_every or self.eval_every)
+        else:
+            object.__setattr__(self, "save_every", self.save_every or 10)
         source = source_of(self.data)  # a named corpus brings how it is read, unless told otherwise
         if self.preprocessing is None:
             object.__setattr__(self, "preprocessing", source.preprocessing if source else "d2l")
         if self.split is None and source is not None:
             object.__setattr__(self, "split", source.split)
         validate(self)
+
+    @property
+    def unit(self) -> str:
+        """What the run counts: 'step' when trained by `steps`, else 'epoch' (records, checkpoints, --step)."""
+        return "epoch" if self.steps is None else "step"
+
+    @property
+    def length(self) -> int:
+        """The run's length in its unit."""
+        return self.epochs if self.steps is None else self.steps
 
     @property
     def name(self) -> str:
@@ -97,6 +116,8 @@ class Config:
             changes = {"cell": None, "impl": None, **changes}
         if "data" in changes and changes["data"] != self.data:
             changes = {"preprocessing": None, "split": None, **changes}
+        if "steps" in changes and changes["steps"] != self.steps:  # intervals counted in the new unit
+            changes = {"save_every": None, "eval_every": None, **changes}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,15 +186,24 @@ def validate(cfg: Config) -> None:
         "layers": "--layers",
         "embed": "--embed",
         "warmup": "--warmup",
+        "steps": "--steps",
+        "eval_every": "--eval-every",
+        "eval_batches": "--eval-batches",
     }
     for name, flag in positive_ints.items():
         v = getattr(cfg, name)
-        if name in ("unroll", "devices") and v is None:
+        if name in ("unroll", "devices", "steps", "eval_every", "eval_batches") and v is None:
             continue
         least = 0 if name in ("embed", "warmup") else 1
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             what = "a positive integer" if least else "an integer >= 0"
             raise ConfigError(f"{flag} must be {what}, got {v!r}; pass a value >= {least}")
+    if cfg.steps is None and cfg.eval_every is not None:
+        raise ConfigError("--eval-every counts optimizer steps of a run trained by --steps; pass --steps N, or drop "
+                          "--eval-every (a run by epochs evaluates after each)")
+    if cfg.steps is not None and cfg.save_every % cfg.eval_every:
+        raise ConfigError(f"--save-every {cfg.save_every} is not a multiple of --eval-every {cfg.eval_every}: a "
+                          f"checkpoint is saved after an evaluation; pass --save-every {cfg.eval_every * 2} or so")
     if cfg.tie and cfg.embed != cfg.hidden:
         raise ConfigError(f"--tie shares the input embedding with the output layer, which needs --embed equal to "
                           f"--hidden ({cfg.embed} != {cfg.hidden}); pass --embed {cfg.hidden} or drop --tie")

@@ -24,8 +24,8 @@ class RunMismatch(CheckpointError):
 
 
 class Stopped(Exception):
-    """Training stopped on a signal after saving the checkpoint of `epoch` (not an error)."""
+    """Training stopped on a signal after saving the checkpoint of `epoch` (an epoch, or a step: `unit`)."""
 
-    def __init__(self, signum: int, epoch: int, run_dir: object = None) -> None:
+    def __init__(self, signum: int, epoch: int, run_dir: object = None, unit: str = "epoch") -> None:
         self.signum, self.epoch, self.run_dir = signum, epoch, run_dir
-        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after {unit} {epoch}")

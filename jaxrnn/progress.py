@@ -11,6 +11,11 @@ from typing import IO, Any
 from tqdm import tqdm
 
 
+def unit_of(record: dict[str, Any]) -> str:
+    """What a metrics record counts by: 'epoch' (a whole number of epochs) or, for a run by steps, 'step'."""
+    return "epoch" if isinstance(record.get("epoch"), int) else "step"
+
+
 def describe(r: dict[str, Any]) -> str:
     """An epoch record as a short human line: perplexities, the validation loss in nats and bits per
     character, speed and skipped steps."""
@@ -33,11 +38,13 @@ class Progress:
     on `out`."""
 
     def __init__(self, epochs: int, mode: str = "auto", as_json: bool = False, err: IO[str] | None = None,
-                 out: IO[str] | None = None) -> None:
+                 out: IO[str] | None = None, unit: str = "epoch", span: int = 1) -> None:
+        """`epochs` is the run's length in `unit` ('epoch', or 'step' for a run by steps), each record
+        covering `span` of them (a run by steps: its evaluation interval)."""
         self.err, self.out = err or sys.stderr, out or sys.stdout
         if mode == "auto":
             mode = "bar" if self.err.isatty() else "lines"
-        self.mode, self.as_json, self.epochs = mode, as_json, epochs
+        self.mode, self.as_json, self.epochs, self.unit, self.span = mode, as_json, epochs, unit, span
         self.start: int | None = None
         self.bar: tqdm | None = None
         self.trained_s = 0.0  # the epochs' own seconds: compiling, saving and sampling are not in them
@@ -46,18 +53,19 @@ class Progress:
         if self.as_json:
             print(json.dumps(r), file=self.out, flush=True)
         self.trained_s += r.get("seconds") or 0.0
+        at = r[self.unit]
         if self.start is None:
-            self.start = r["epoch"] - 1
+            self.start = max(at - self.span, 0)
             if self.mode == "bar":
-                self.bar = tqdm(total=self.epochs, initial=self.start, unit="epoch", desc="train", file=self.err,
+                self.bar = tqdm(total=self.epochs, initial=self.start, unit=self.unit, desc="train", file=self.err,
                                 dynamic_ncols=True)
         if self.bar is not None:
             self.bar.set_postfix_str(describe(r), refresh=False)
-            self.bar.update(r["epoch"] - self.bar.n)
+            self.bar.update(at - self.bar.n)
         elif self.mode == "lines":
-            done = r["epoch"] - self.start
-            eta = self.trained_s / done * (self.epochs - r["epoch"]) if done > 0 else 0.0
-            print(f"epoch {r['epoch']}/{self.epochs}  {describe(r)}  eta {eta_text(eta)}", file=self.err, flush=True)
+            done = at - self.start
+            eta = self.trained_s / done * (self.epochs - at) if done > 0 else 0.0
+            print(f"{self.unit} {at}/{self.epochs}  {describe(r)}  eta {eta_text(eta)}", file=self.err, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

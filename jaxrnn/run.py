@@ -1,10 +1,12 @@
 """Run directories: train a config into one, resume one exactly, load one back to sample from.
 
 A run directory holds `config.json` (every setting, written atomically before training, with the
-corpus' sha1 and the library versions), `metrics.jsonl` (one JSON object per epoch), `checkpoints/`
-(orbax, every `save_every` epochs and at the end), and at each checkpoint a redrawn `curves.png`, a
+corpus' sha1 and the library versions), `metrics.jsonl` (one JSON object per epoch, or per evaluation
+of a run by steps), `checkpoints/` (orbax, numbered by epoch or step, every `save_every` and at the end),
+and at each checkpoint a redrawn `curves.png`, a
 line of `samples.txt` and, if asked, TensorBoard events in `tb/` (artifacts.py). SIGINT and SIGTERM
-stop a run at the end of the current chunk of epochs, after its checkpoint is saved.
+stop a run at its next checkpoint (the end of the current chunk of epochs, or of `save_every` steps); so
+does a `time_budget`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import platform
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +36,14 @@ from jaxrnn.data import Corpus, Vocab, eval_protocol, file_tokens, load_corpus, 
 from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
-from jaxrnn.progress import Progress
+from jaxrnn.progress import Progress, unit_of
 from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, TrainState, check_trainable, evaluate_tokens, fit, init_state, make_optimizer
 
 CONFIG = "config.json"
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 METRICS = "metrics.jsonl"
-OnEpoch = Callable[[dict[str, Any]], None]  # called with each epoch's record as chunks finish
+OnEpoch = Callable[[dict[str, Any]], None]  # called with each record (an epoch's, or an evaluation's) as they come
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Trained:
     state: TrainState
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
-    epoch: int = 0  # epochs trained
+    done: int = 0  # epochs trained, or optimizer steps for a run by steps (cfg.unit)
     saved_val_ppl: float | None = None  # from the checkpoint, for a run whose metrics.jsonl is gone
     corpus: Corpus | None = field(default=None, repr=False)  # what train/resume read, so evaluate need not again
     saved_prompt: str | None = None  # from the checkpoint: the corpus' default prompt
@@ -71,8 +74,8 @@ class Trained:
 
     @property
     def val_ppl(self) -> float:
-        """The validation perplexity after the last epoch trained."""
-        if self.history and self.history[-1]["epoch"] == self.epoch:
+        """The validation perplexity after the last epoch (or evaluation) trained."""
+        if self.history and self.history[-1][self.cfg.unit] == self.done:
             return self.history[-1]["val_ppl"]
         if self.saved_val_ppl is None:
             raise JaxrnnError("this run has no validation perplexity recorded; run 'jaxrnn eval --run RUN_DIR'")
@@ -105,10 +108,10 @@ class Trained:
             return run_dir
         sha1 = self.corpus.sha1 if self.corpus is not None else saved_sha1(self.run_dir)
         _prepare_dir(run_dir, self.cfg, force, sha1)
-        last = self.history[-1] if self.history and self.history[-1]["epoch"] == self.epoch else \
-            {"epoch": self.epoch, "train_ppl": None, "val_ppl": self.val_ppl}
+        last = self.history[-1] if self.history and self.history[-1][self.cfg.unit] == self.done else \
+            {self.cfg.unit: self.done, "train_ppl": None, "val_ppl": self.val_ppl}
         _rewrite_metrics(run_dir, self.history)
-        checkpoint.save(run_dir, self.epoch, self.state._asdict(), meta_of(self.cfg, self.vocab, self.prompt, last),
+        checkpoint.save(run_dir, self.done, self.state._asdict(), meta_of(self.cfg, self.vocab, self.prompt, last),
                         last["val_ppl"])
         with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
             artifacts.update(self.history, [last], self.predict(self.prompt, SAMPLE_CHARS))
@@ -153,8 +156,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]:
-    """The epochs recorded in metrics.jsonl (up to epoch `upto`), each once; a half-written last
-    line, or an epoch after `upto`, is left out."""
+    """The records of metrics.jsonl (up to `upto` epochs, or steps for a run by steps), each once; a
+    half-written last line, or a record after `upto`, is left out."""
     path = Path(run_dir) / METRICS
     records: dict[int, dict[str, Any]] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -162,37 +165,47 @@ def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(r, dict) and isinstance(r.get("epoch"), int) and (upto is None or r["epoch"] <= upto):
-            records[r["epoch"]] = r
+        if not isinstance(r, dict):
+            continue
+        at = r.get(unit_of(r))
+        if isinstance(at, int) and (upto is None or at <= upto):
+            records[at] = r
     return [records[e] for e in sorted(records)]
 
 
 def meta_of(cfg: Config, vocab: Vocab, prompt: str, record: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint needs beside the arrays to be restored and sampled with no other input."""
-    return {"config": cfg.to_dict(), "vocab": list(vocab.idx_to_token), "prompt": prompt, "epoch": record["epoch"],
-            "train_ppl": record["train_ppl"], "val_ppl": record["val_ppl"]}
+    return {"config": cfg.to_dict(), "vocab": list(vocab.idx_to_token), "prompt": prompt, "epoch": record.get("epoch"),
+            "step": record.get("step"), "train_ppl": record["train_ppl"], "val_ppl": record["val_ppl"]}
 
 
 def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
-              start_epoch: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch) -> Trained:
-    """Train from `start_epoch`, appending metrics and saving a checkpoint after every chunk; `progress`
-    True shows it on stderr (process 0 only), False nothing, a callable gets each epoch's record."""
-    last_saved = {"epoch": start_epoch if state is not None else None}
+              start: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch,
+              time_budget: float | None = None) -> Trained:
+    """Train from `start` (in `cfg.unit`), appending metrics as records come and saving a checkpoint
+    where one is due; `progress` True shows it on stderr (process 0 only), False nothing, a callable
+    gets each record. A signal, or `time_budget` seconds passed, stops the run at its next checkpoint."""
+    unit, began = cfg.unit, time.monotonic()
+    last_saved = {unit: start if state is not None else None}
     seen = list(history)
     nothing, primary = contextlib.nullcontext(), is_primary()
-    shown = Progress(cfg.epochs, "auto" if primary else "quiet") if progress is True else None
+    shown = Progress(cfg.length, "auto" if primary else "quiet", unit=unit, span=cfg.eval_every or 1) \
+        if progress is True else None
     on_epoch = shown or progress or None
 
-    def on_chunk(state: TrainState, records: list[dict[str, Any]]) -> None:
+    def on_chunk(state: TrainState, records: list[dict[str, Any]], save: bool) -> None:
         seen.extend(records)
         for r in records:
             if on_epoch is not None:
                 on_epoch(r)
         if run_dir is not None:
             on_primary(lambda: _append_metrics(run_dir, records))
-            saver.save(records[-1]["epoch"], state._asdict(), meta_of(cfg, corpus.vocab, corpus.prompt, records[-1]),
+        if not save:
+            return
+        if run_dir is not None:
+            saver.save(records[-1][unit], state._asdict(), meta_of(cfg, corpus.vocab, corpus.prompt, records[-1]),
                        records[-1]["val_ppl"])  # every process: each writes the shards it holds
-            last_saved["epoch"] = records[-1]["epoch"]
+            last_saved[unit] = records[-1][unit]
             if primary:
                 with jax.default_matmul_precision(cfg.precision):
                     text = samples(model, local_copy(state.params), corpus.vocab, corpus.prompt,
@@ -200,20 +213,35 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
                 artifacts.update(seen, records, text)
         signum = most(caught.get("signum", 0))  # a signal to any process stops them all after this chunk
         if signum:
-            raise Stopped(signum, records[-1]["epoch"], run_dir)
+            raise Stopped(signum, records[-1][unit], run_dir, unit)
+        if time_budget is not None and most(time.monotonic() - began >= time_budget) and records[-1][unit] < cfg.length:
+            raise _BudgetSpent(state, records[-1][unit])
 
     with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
           Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts,
           contextlib.closing(shown) if shown else nothing):
         try:
-            state, new = fit(cfg, corpus, model, state, start_epoch, per_step=per_step, on_chunk=on_chunk)
+            state, new = fit(cfg, corpus, model, state, start, per_step=per_step, on_chunk=on_chunk)
+            done = cfg.length
+        except _BudgetSpent as e:  # the checkpoint is written: this run ends here, as resumable as any
+            state, new, done = e.state, seen[len(history):], e.done
+            log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of {cfg.length}, "
+                f"its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else
+                f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of {cfg.length}")
         except NonFiniteLoss as e:
-            kept = (f"the checkpoint of epoch {last_saved['epoch']} is kept" if last_saved["epoch"] is not None
+            kept = (f"the checkpoint of {unit} {last_saved[unit]} is kept" if last_saved[unit] is not None
                     else "no checkpoint was saved before it")
             advice = "lower --lr or --clip" + ("" if cfg.skip_nonfinite else
                                                  ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept}); {advice}") from None
-    return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, cfg.epochs, corpus=corpus)
+    return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, done, corpus=corpus)
+
+
+class _BudgetSpent(Exception):
+    """The time budget ran out at a checkpoint: `state` is the run's state there, after `done` epochs or steps."""
+
+    def __init__(self, state: TrainState, done: int) -> None:
+        self.state, self.done = state, done
 
 
 def _append_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
@@ -266,11 +294,12 @@ def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None)
 
 
 def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
-          force: bool = False, progress: bool | OnEpoch = True) -> Trained:
+          force: bool = False, progress: bool | OnEpoch = True, time_budget: float | None = None) -> Trained:
     """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints).
-    Progress shows on stderr as in the CLI (`progress=False`: none; a callable gets each epoch's
-    record). A relative `cfg.data` is made absolute, so the run resumes from any working directory.
-    Everything that can refuse the run is checked before the run directory is made."""
+    Progress shows on stderr as in the CLI (`progress=False`: none; a callable gets each record).
+    `time_budget` seconds stop the run at the first checkpoint past them (`resume` goes on). A relative
+    `cfg.data` is made absolute, so the run resumes from any working directory. Everything that can
+    refuse the run is checked before the run directory is made."""
     if source_of(cfg.data) is None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()), preprocessing=cfg.preprocessing, split=cfg.split)
     if corpus is None:
@@ -284,10 +313,11 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     if run_dir is not None:
         on_primary(lambda: _prepare_dir(run_dir, cfg, force, corpus.sha1))
     model = build_model(cfg, len(corpus.vocab))
-    return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress)
+    return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
 
 
 def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None) -> Trained:
+    # `epoch` is the checkpoint's number: an epoch, or a step of a run by steps
     """Restore one checkpoint (no metrics), checking it against the run's config and the corpus' vocab if given."""
     meta = checkpoint.restore_meta(run_dir, epoch)
     saved_cfg = Config.from_dict(meta["config"])
@@ -306,9 +336,10 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
                    saved_prompt=meta.get("prompt"))
 
 
-def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True) -> Trained:
+def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True,
+           time_budget: float | None = None) -> Trained:
     """Continue a run from its latest complete checkpoint with its saved config, ending with the same
-    parameters as the run left alone; a run with no checkpoint restarts from epoch 0."""
+    parameters as the run left alone; a run with no checkpoint restarts from the start."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
@@ -337,11 +368,11 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
     history = read_metrics(run_dir, upto=start)
     barrier("metrics read")
     on_primary(lambda: _rewrite_metrics(run_dir, history))
-    if state is not None and start >= cfg.epochs:
-        log(f"jaxrnn: {run_dir} finished all {cfg.epochs} epochs already")
+    if state is not None and start >= cfg.length:
+        log(f"jaxrnn: {run_dir} finished all {cfg.length} {cfg.unit}s already")
         return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
-    log(f"jaxrnn: resuming {run_dir} at epoch {start}")
-    return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress)
+    log(f"jaxrnn: resuming {run_dir} at {cfg.unit} {start}")
+    return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress, time_budget)
 
 
 def _set_aside(run_dir: Path, epoch: int, failed: CheckpointError | None) -> None:
@@ -424,8 +455,9 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    """A run's name, best validation perplexity (and its epoch), the best checkpoint's epoch (what
-    `--step best` loads; None when no checkpoint can be listed) and epochs done, from its files alone."""
+    """A run's name, best validation perplexity (and its epoch, or step for a run by steps), the best
+    checkpoint's (what `--step best` loads; None when no checkpoint can be listed), how far it went and
+    how far it goes, from its files alone."""
     cfg = Config.load(run_dir / CONFIG)
     history = read_metrics(run_dir)
     best = min((r for r in history if r.get("val_ppl") is not None), key=lambda r: r["val_ppl"], default=None)
@@ -433,6 +465,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         saved = checkpoint.resolve(run_dir, "best")
     except CheckpointError:
         saved = None
-    return {"name": cfg.name, "epochs": cfg.epochs, "done": history[-1]["epoch"] if history else 0,
-            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best["epoch"] if best else None,
-            "best_saved": saved}
+    u = cfg.unit
+    return {"name": cfg.name, "epochs": cfg.length, "done": history[-1][u] if history else 0,
+            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best[u] if best else None,
+            "best_saved": saved, "unit": u}

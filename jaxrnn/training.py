@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array, lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrnn.cells import State
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, check_batching, chunk_plan, eval_plan, eval_protocol, steps_per_epoch
+from jaxrnn.data import Corpus, check_batching, chunk_plan, eval_plan, eval_protocol, eval_sample, steps_per_epoch
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout, put_tree
@@ -47,8 +47,8 @@ class TrainState(NamedTuple):
 
 def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
     """The learning rate by optimizer step: `lr` throughout, or a cosine decay to 0 over the run's
-    `epochs * steps_per_epoch` steps; either after `warmup` steps rising linearly from 0."""
-    total = cfg.epochs * steps_per_epoch
+    `steps` (or `epochs * steps_per_epoch`); either after `warmup` steps rising linearly from 0."""
+    total = cfg.steps or cfg.epochs * steps_per_epoch
     main = (optax.constant_schedule(cfg.lr) if cfg.schedule == "constant"
             else optax.cosine_decay_schedule(cfg.lr, max(total - cfg.warmup, 1)))
     if not cfg.warmup:
@@ -200,10 +200,28 @@ class Steps:
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
+    def round(self, state: TrainState, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array, reset_K: Array,
+              h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, Array, Array]:
+        """K optimizer steps then one validation, as one program (training by steps); with `carry` the
+        state `h` runs on from the round before and restarts from zeros where `reset_K` says (an
+        epoch's first step). Returns the state, the last recurrent state, [K, 3] sums, the val loss."""
+        zeros = self.model.init_state(idx_KxB.shape[1])
+
+        def batch(carry, b):
+            st, h = carry
+            idx, mask, reset = b
+            h = jax.tree.map(lambda z, x: jnp.where(reset, z, x), zeros, h)
+            st, sn, h_last = self.step(st, train, idx, mask, h if self.carry else None)
+            return (st, h_last if self.carry else h), sn
+
+        (state, h), sn_Kx3 = lax.scan(batch, (state, h), (idx_KxB, mask_KxB, reset_K))
+        return state, h, sn_Kx3, self.evaluate(state.params, val, val_idx, val_mask)
+
     def jitted(self, lay: Layout) -> dict[str, Callable]:
         """The jitted functions: batch plans split over the layout's devices and everything else
         replicated; `grad_sums` sums the gradients over the layout's mesh (parallel.py)."""
         R, b = lay.replicated, lay.batched
+        H = NamedSharding(lay.mesh, P(AXIS))  # a recurrent state [B, H] (each leaf), split by rows
         self = replace(self, mesh=lay.mesh)
         return {
             "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1), b(2)),
@@ -211,6 +229,8 @@ class Steps:
             "evaluate": jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
             "chunk": jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
                              out_shardings=(R, R)),
+            "round": jax.jit(self.round, donate_argnums=(0, 6), in_shardings=(R, R, R, b(2), b(2), R, H, b(2), b(2)),
+                             out_shardings=(R, H, R, R)),
         }
 
 
@@ -230,13 +250,14 @@ def bits(loss: float) -> float:
     return loss / math.log(2)
 
 
-def epoch_record(epoch: int, sn_Nx3: np.ndarray, val_loss: float, seconds: float, tokens: int, protocol: str
-                 ) -> dict[str, Any]:
-    """One line of metrics.jsonl, from an epoch's per-step sums; losses in nats per character."""
+def record(where: dict[str, float], sn_Nx3: np.ndarray, val_loss: float, seconds: float, tokens: int, protocol: str
+           ) -> dict[str, Any]:
+    """One line of metrics.jsonl: where the run is (`epoch` and `step`), from the per-step sums since the
+    last record and a validation loss; losses in nats per character."""
     s, n, bad = sn_Nx3.sum(axis=0)
     train_loss = float(s / n) if n > 0 else math.nan
     return {
-        "epoch": epoch,
+        **where,
         "train_loss": train_loss,
         "train_ppl": perplexity(train_loss),
         "val_loss": val_loss,
@@ -258,18 +279,19 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
         a = b
 
 
-def check_finite(first_epoch: int, sn_ExNx3: np.ndarray, val_E: np.ndarray, skipping: bool) -> None:
+def check_finite(first_step: int, spe: int, sn_ExNx3: np.ndarray, val_E: np.ndarray, skipping: bool) -> None:
     """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped),
-    or at the first epoch whose validation loss is not finite."""
+    or at the first evaluation that is not; rows of N steps from optimizer step `first_step`, each
+    followed by an evaluation, `spe` steps an epoch."""
     E, N, _ = sn_ExNx3.shape
     bad = np.argwhere(sn_ExNx3[:, :, 2] > 0) if not skipping else np.zeros((0, 2), int)
     bad_val = np.flatnonzero(~np.isfinite(val_E))
     if len(bad):
-        e, i = bad[0]
-        raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e) * N + i + 1)
+        step = first_step + bad[0][0] * N + bad[0][1] + 1
+        raise NonFiniteLoss((step - 1) // spe + 1, step)
     if len(bad_val):
-        e = bad_val[0]
-        raise NonFiniteLoss(first_epoch + e + 1, (first_epoch + e + 1) * N, "validation")
+        step = first_step + (bad_val[0] + 1) * N
+        raise NonFiniteLoss(-(-step // spe), step, "validation")
 
 
 def check_trainable(cfg: Config, corpus: Corpus) -> Layout:
@@ -280,40 +302,49 @@ def check_trainable(cfg: Config, corpus: Corpus) -> Layout:
     return layout(cfg.devices, cfg.batch_size)
 
 
+OnChunk = Callable[[TrainState, list[dict[str, Any]], bool], None]  # (state, new records, save a checkpoint?)
+
+
 def fit(
     cfg: Config,
     corpus: Corpus,
     model: LanguageModel,
     state: TrainState | None = None,
-    start_epoch: int = 0,
+    start: int = 0,
     per_step: bool = False,
-    on_chunk: Callable[[TrainState, list[dict[str, Any]]], None] | None = None,
+    on_chunk: OnChunk | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Train from `start_epoch` to `cfg.epochs`; `on_chunk(state, records)` runs after every chunk of
-    epochs that ends at a multiple of `cfg.save_every` or at the end (metrics, checkpoints). Returns
-    the final state and the new epoch records. Raises NonFiniteLoss, before `on_chunk`, for a chunk
-    in which the loss stopped being finite.
+    """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end. By epochs,
+    `on_chunk(state, records, True)` runs after every chunk of epochs that ends at a multiple of
+    `cfg.save_every` or at the end; by steps, after every evaluation (`cfg.eval_every` steps), its last
+    argument True where a checkpoint is due (a multiple of `cfg.save_every`, or the end). Returns the
+    final state and the new records. Raises NonFiniteLoss, before `on_chunk`, for a chunk in which the
+    loss stopped being finite.
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
     n = corpus.spans["train"][1]
     lay = check_trainable(cfg, corpus)
-    tx = make_optimizer(cfg, steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
+    spe = steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps)
+    tx = make_optimizer(cfg, spe)
     protocol = eval_protocol(cfg.eval, cfg.split)
     fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential", protocol == "stream").jitted(lay)
     if state is None:
         state = init_state(model, tx, cfg.seed)
     state, train, val = put_tree((state, corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
-    val_idx, val_mask = put_tree(eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps),
-                                 lay.batched(2))
-    history: list[dict[str, Any]] = []
-    compiled: dict[int, Callable] = {}  # chunk length -> executable
+    val_plan = eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
+    val_idx, val_mask = put_tree(eval_sample(val_plan, cfg.eval_batches, cfg.seed, protocol), lay.batched(2))
     timings = {} if timings is None else timings
     timings.setdefault("compile_s", 0.0)
     timings.setdefault("train_s", 0.0)
+    if cfg.steps is not None:
+        return _fit_steps(cfg, model, fns, lay, state, (train, val, val_idx, val_mask), n, spe, start, protocol,
+                          on_chunk, timings)
+    history: list[dict[str, Any]] = []
+    compiled: dict[int, Callable] = {}  # chunk length -> executable
     with jax.default_matmul_precision(cfg.precision):
-        for a, b in chunks(start_epoch, cfg.epochs, cfg.save_every):
+        for a, b in chunks(start, cfg.epochs, cfg.save_every):
             plan = chunk_plan(cfg.seed, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps)
             tokens_per_epoch = int(plan[1][0].sum()) * cfg.num_steps
             idx, mask = put_tree(plan, lay.batched(3))
@@ -336,11 +367,62 @@ def fit(
                 state, (sn_ExNx3, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
             sn_ExNx3, val_E = (np.asarray(x, np.float64) for x in jax.device_get((sn_ExNx3, val_E)))
             timings["train_s"] += time.perf_counter() - t0
-            check_finite(a, sn_ExNx3, val_E, cfg.skip_nonfinite)
+            check_finite(a * spe, spe, sn_ExNx3, val_E, cfg.skip_nonfinite)
             seconds = (time.perf_counter() - t0) / (b - a)
-            records = [epoch_record(a + e + 1, sn_ExNx3[e], float(val_E[e]), seconds, tokens_per_epoch, protocol)
-                       for e in range(b - a)]
+            records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, sn_ExNx3[e], float(val_E[e]), seconds,
+                              tokens_per_epoch, protocol) for e in range(b - a)]
             history += records
             if on_chunk is not None:
-                on_chunk(state, records)
+                on_chunk(state, records, True)
+    return state, history
+
+
+def round_plan(cfg: Config, n: int, spe: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window starts [b - a, B], mask and epoch-start flags [b - a] of optimizer steps [a, b) of a run by
+    steps: step g is step g % spe of epoch g // spe, as a run by epochs orders them."""
+    parts = []
+    for e in range(a // spe, (b - 1) // spe + 1):
+        lo, hi = max(a - e * spe, 0), min(b - e * spe, spe)
+        idx, mask = (x[0, lo:hi] for x in chunk_plan(cfg.seed, e, 1, n, cfg.batch_size, cfg.batching, cfg.num_steps))
+        parts.append((idx, mask, np.arange(lo, hi) == 0))
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay: Layout, state: TrainState,
+               data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str, on_chunk: OnChunk | None,
+               timings: dict[str, float]) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Training by steps: rounds of `eval_every` steps (from step 0, so a resumed run's rounds are the
+    same), each one compiled call ending with an evaluation. With sequential batching the state runs on
+    across rounds, and restarts from zeros at each epoch's start and after each checkpoint (a resumed
+    run starts there from zeros too, so it ends exactly as the run left alone)."""
+    train, val, val_idx, val_mask = data
+    h = put_tree(model.init_state(cfg.batch_size), NamedSharding(lay.mesh, P(AXIS)))
+    history: list[dict[str, Any]] = []
+    compiled: dict[int, Callable] = {}  # round length -> executable
+    K, g = cfg.eval_every, start
+    with jax.default_matmul_precision(cfg.precision):
+        while g < cfg.steps:
+            b = min((g // K + 1) * K, cfg.steps)
+            idx, mask, reset = round_plan(cfg, n, spe, g, b)
+            reset[0] |= g % cfg.save_every == 0  # a round after a checkpoint starts from zeros
+            tokens = int(mask.sum()) * cfg.num_steps
+            idx, mask = put_tree((idx, mask), lay.batched(2))
+            reset = put_tree(reset, lay.replicated)
+            args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
+            if b - g not in compiled:
+                t0 = time.perf_counter()
+                compiled[b - g] = fns["round"].lower(*args).compile()
+                timings["compile_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            state, h, sn_Kx3, val_loss = compiled[b - g](*args)
+            sn_Kx3, val_loss = (np.asarray(x, np.float64) for x in jax.device_get((sn_Kx3, val_loss)))
+            seconds = time.perf_counter() - t0
+            timings["train_s"] += seconds
+            check_finite(g, spe, sn_Kx3[None], val_loss[None], cfg.skip_nonfinite)
+            records = [record({"step": b, "epoch": b / spe}, sn_Kx3, float(val_loss), seconds, tokens, protocol)]
+            history += records
+            save = b % cfg.save_every == 0 or b == cfg.steps
+            if on_chunk is not None:
+                on_chunk(state, records, save)
+            g = b
     return state, history

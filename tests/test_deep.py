@@ -102,7 +102,7 @@ def test_dropout_training_is_seeded_and_resumes_exactly(tiny_cfg, tiny_corpus) -
     model = build_model(cfg, len(tiny_corpus.vocab))
     whole, hist = fit(cfg, tiny_corpus, model)
     half, _ = fit(cfg.replace(epochs=1), tiny_corpus, model)
-    resumed, hist2 = fit(cfg, tiny_corpus, model, half, start_epoch=1)
+    resumed, hist2 = fit(cfg, tiny_corpus, model, half, start=1)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     assert hist[-1]["val_loss"] == hist2[-1]["val_loss"]

@@ -722,7 +722,7 @@ def test_nonfinite_loss_later_keeps_the_last_good_checkpoint(commands) -> None:
     assert complete(run_dir) == list(range(1, epoch))[-3:]
     assert [r["epoch"] for r in metrics(run_dir)] == list(range(1, epoch))
     kept = jaxrnn.load(run_dir)
-    assert kept.epoch == epoch - 1 and int(kept.state.step) == (epoch - 1) * 8
+    assert kept.done == epoch - 1 and int(kept.state.step) == (epoch - 1) * 8
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(kept.params))
 
 
@@ -929,4 +929,4 @@ def test_sample_step_best_and_n_sample_those_checkpoints(commands, runs) -> None
         proc = commands[name].proc
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == jaxrnn.load(runs["best"], step).predict("time traveller", 50, 1.0, 3) + "\n", name
-    assert jaxrnn.load(runs["best"], "best").epoch == min(metrics(runs["best"]), key=lambda r: r["val_ppl"])["epoch"]
+    assert jaxrnn.load(runs["best"], "best").done == min(metrics(runs["best"]), key=lambda r: r["val_ppl"])["epoch"]

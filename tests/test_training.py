@@ -11,7 +11,7 @@ import pytest
 
 from jaxrnn.data import load_corpus
 from jaxrnn.models import ScratchRNNLM, build_model
-from jaxrnn.training import Steps, epoch_record, fit, init_state, loss_sum, make_optimizer, perplexity
+from jaxrnn.training import Steps, fit, init_state, loss_sum, make_optimizer, perplexity, record
 
 
 def mean_loss(model, params, windows, mask) -> jax.Array:
@@ -86,7 +86,8 @@ def test_perplexity_is_exp_of_loss() -> None:
         assert perplexity(loss) == pytest.approx(math.exp(loss), rel=1e-12)
     assert perplexity(1000.0) == math.inf
     # two steps: loss sums 30 and 10 over 10 and 10 tokens -> token-weighted mean 2.0; one skipped step
-    r = epoch_record(3, np.array([[30.0, 10.0, 0.0], [10.0, 10.0, 0.0], [0.0, 0.0, 1.0]]), 2.5, 4.0, 1000, "blocks")
+    r = record({"epoch": 3, "step": 9}, np.array([[30.0, 10.0, 0.0], [10.0, 10.0, 0.0], [0.0, 0.0, 1.0]]), 2.5, 4.0,
+               1000, "d2l-windows")
     assert r["train_ppl"] == pytest.approx(math.exp(2.0)) and r["val_ppl"] == pytest.approx(math.exp(2.5))
     assert r["epoch"] == 3 and r["tokens_per_s"] == 250 and r["skipped_steps"] == 1
 
@@ -151,7 +152,7 @@ def test_chunking_does_not_change_training_and_loss_falls(tiny_cfg, tiny_corpus)
     model = build_model(tiny_cfg(), len(tiny_corpus.vocab))
     seen: list[list[int]] = []
     a, hist_a = fit(tiny_cfg(epochs=3, save_every=1), tiny_corpus, model,
-                    on_chunk=lambda st, recs: seen.append([r["epoch"] for r in recs]))
+                    on_chunk=lambda st, recs, save: seen.append([r["epoch"] for r in recs]))
     b, hist_b = fit(tiny_cfg(epochs=3, save_every=3), tiny_corpus, model)
     assert seen == [[1], [2], [3]] and [r["epoch"] for r in hist_a] == [1, 2, 3]
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a.params, b.params)
