@@ -240,4 +240,10 @@ PRESETS: dict[str, Config] = {
     "gru-2x512": Config(cell="gru", impl="flax", layers=2, hidden=512, embed=128, dropout=0.3, optimizer="adamw",
                         lr=2e-3, weight_decay=0.01, schedule="cosine", warmup=200, batch_size=128, num_steps=128,
                         epochs=20, save_every=2),
+    # Tiny Shakespeare in about 70 s on 2 CPU cores, nanoGPT's CPU recipe's time (tools/race.py): a Flax GRU
+    # (its lecun/orthogonal init learns far faster than d2l's 0.01-normal one), random 64-character windows
+    # from a zero state as the blocks it is measured on, a high Adam rate annealed to 0 (docs/results.md)
+    "shakespeare-cpu": Config(data="tinyshakespeare", cell="gru", impl="flax", hidden=192, batch_size=64,
+                              num_steps=64, optimizer="adam", lr=1.2e-2, clip=5.0, schedule="cosine", warmup=30,
+                              steps=1550, eval_every=310, eval_batches=10),
 }

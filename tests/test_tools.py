@@ -1,5 +1,5 @@
-"""tools/d2l_baseline.py and tools/seed_vs_d2l.py: their --help and bad input, and the pure pieces
-(result parsing, ratios, the table, the numpy loader) without installing or running d2l."""
+"""tools/d2l_baseline.py, tools/seed_vs_d2l.py and tools/race.py: their --help and bad input, and the pure
+pieces (result parsing, ratios, the tables, the numpy loader) without installing d2l or running a peer."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def load_tool(name: str) -> ModuleType:
 
 svd = load_tool("seed_vs_d2l")
 d2lb = load_tool("d2l_baseline")
+race = load_tool("race")
 
 
 def run_tool(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -37,7 +38,8 @@ def run_tool(*args: str, timeout: float = 120, env: dict | None = None) -> subpr
 
 
 @pytest.mark.parametrize("argv", [["tools/d2l_baseline.py", "--help"], ["tools/d2l_baseline.py", "train", "--help"],
-                                  ["tools/d2l_baseline.py", "reference", "--help"], ["tools/seed_vs_d2l.py", "--help"]])
+                                  ["tools/d2l_baseline.py", "reference", "--help"], ["tools/seed_vs_d2l.py", "--help"],
+                                  ["tools/race.py", "--help"]])
 def test_help(argv):
     proc = run_tool(*argv)
     assert proc.returncode == 0, proc.stderr
@@ -157,3 +159,21 @@ def test_reference_reproduces_the_committed_json(tmp_path):
     new, old = json.loads(out.read_text()), json.loads((ROOT / "tests" / "data" / "d2l_timemachine.json").read_text())
     assert list(new) == list(old)
     assert {k: v for k, v in new.items() if k != "source"} == {k: v for k, v in old.items() if k != "source"}
+
+
+def test_race_refuses_a_directory_without_nanogpt(tmp_path: Path) -> None:
+    proc = run_tool("tools/race.py", "--nanogpt", str(tmp_path))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == (f"jaxrnn: error: {tmp_path} lacks nanoGPT's train.py, model.py, "
+                                            "configurator.py, config/train_shakespeare_char.py, "
+                                            "data/shakespeare_char/prepare.py; pass --nanogpt with a clone of "
+                                            "karpathy/nanoGPT")
+
+
+def test_race_table_shows_both_on_one_protocol() -> None:
+    nano = {"wall_s": 78.1, "val_loss": 1.9012, "estimate": 1.8857, "sample": "First Citizen:\nWhat say"}
+    jax = {"wall_s": 77.5, "val_loss": 1.5987, "estimate": 1.61, "sample": "First Citizen:\nI am"}
+    lines = race.table(nano, jax).splitlines()
+    assert lines[0].startswith("| | whole process | val loss (blocks of 64, whole val part)")
+    assert lines[2] == "| nanoGPT, its README's CPU recipe | 78.1 s | 1.9012 | 1.8857 | `\\nWhat say` |"
+    assert lines[3].startswith("| jaxrnn, --preset shakespeare-cpu | 77.5 s | 1.5987 | 1.6100 |")
