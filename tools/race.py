@@ -171,7 +171,7 @@ def table(nano: dict, jax: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="race.py", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="tools/race.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--nanogpt", required=True, type=Path, help="a clone of karpathy/nanoGPT")
     p.add_argument("--preset", default="shakespeare-cpu", help="jaxrnn's preset (default shakespeare-cpu)")
     p.add_argument("--budget", type=float, help="jaxrnn's --time-budget in seconds (default: nanoGPT's wall time)")
