@@ -45,6 +45,8 @@ CORPORA = {
                               "04486597058d11dcc2c556b1d0433891eb639d2e", "none", (0.9, 0.1, 0.0)),
 }
 DEFAULT_CORPUS = "timemachine"
+# a source checkout carries The Time Machine for its tests: a clone trains offline (absent from a wheel)
+CHECKOUT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 TIMEMACHINE_URL = CORPORA["timemachine"].url
 TIMEMACHINE_SHA1 = CORPORA["timemachine"].sha1
 TIMEMACHINE_NAME = CORPORA["timemachine"].file
@@ -104,7 +106,7 @@ def _download(dest: Path, source: Source) -> Path:
 
 def find_corpus(path: str | os.PathLike | None = None) -> Path:
     """A named corpus (None: The Time Machine; see CORPORA) from $JAXRNN_DATA_DIR, else the cache, else
-    downloaded there, its sha1 checked; else the file `path`."""
+    a source checkout's tests/data, else downloaded into the cache, its sha1 checked; else the file `path`."""
     source = source_of(path)
     if source is None:
         p = Path(path)
@@ -119,6 +121,8 @@ def find_corpus(path: str | os.PathLike | None = None) -> Path:
     cached = cache_dir() / source.file
     if cached.is_file():
         return _checked(cached, source)
+    if (CHECKOUT_DATA / source.file).is_file():
+        return _checked(CHECKOUT_DATA / source.file, source)
     return _download(cached, source)
 
 

@@ -121,10 +121,11 @@ def test_windows_are_all_slices(tokens: np.ndarray, n: int) -> None:
 
 @pytest.fixture
 def no_corpus(monkeypatch, tmp_path: Path) -> Path:
-    """Empty $JAXRNN_DATA_DIR and cache; returns the cache dir (XDG_CACHE_HOME/jaxrnn)."""
+    """Empty $JAXRNN_DATA_DIR, cache and checkout data; returns the cache dir (XDG_CACHE_HOME/jaxrnn)."""
     (tmp_path / "env").mkdir()
     monkeypatch.setenv("JAXRNN_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(data, "CHECKOUT_DATA", tmp_path / "checkout")
     return tmp_path / "xdg" / "jaxrnn"
 
 
@@ -151,6 +152,16 @@ def test_cache_when_data_dir_lacks_file(monkeypatch, no_corpus: Path, real_file:
     shutil.copy(real_file, no_corpus / "timemachine.txt")
     monkeypatch.setattr(urllib.request, "urlopen", _offline)
     assert find_corpus() == no_corpus / "timemachine.txt"
+
+
+def test_a_checkout_trains_offline(monkeypatch, no_corpus: Path, real_file: Path) -> None:
+    """Nothing in $JAXRNN_DATA_DIR or the cache: a source checkout's tests/data copy, sha1-checked, before
+    any download (so the README's first command works in a fresh clone without d2l's server)."""
+    (no_corpus.parent.parent / "checkout").mkdir()
+    shutil.copy(real_file, no_corpus.parent.parent / "checkout" / "timemachine.txt")
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    assert find_corpus() == no_corpus.parent.parent / "checkout" / "timemachine.txt"
+    assert data.CORPORA["timemachine"].file in {p.name for p in (Path(__file__).parent / "data").iterdir()}
 
 
 def test_cache_defaults_to_home(monkeypatch, tmp_path: Path) -> None:
