@@ -77,7 +77,7 @@ def bad(call, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
     """The bad inputs (they fail before any training)."""
     (work / "empty").mkdir(exist_ok=True)
     run = str(work / "scratch")
-    return {name: call([a.replace("{run}", run) for a in args], work) for name, (args, _) in BAD_INPUTS.items()}
+    return {name: call([a.replace("{run}", run) for a in args], work) for name, (args, *_) in BAD_INPUTS.items()}
 
 
 def result_line(proc: subprocess.CompletedProcess) -> re.Match:
@@ -159,35 +159,57 @@ def test_version(call, work: Path) -> None:
     assert proc.returncode == 0 and proc.stdout == f"jaxrnn {jaxrnn.__version__}\n"
 
 
-# name -> (arguments, what must be left as it was); {run} is the trained scratch run directory.
-BAD_INPUTS: dict[str, tuple[list[str], str | None]] = {
-    "epochs-0": (["train", "--epochs", "0"], None),
-    "lr-not-a-number": (["train", "--lr", "abc"], None),
-    "missing-data": (["train", *TINY_FLAGS, "--data", "missing.txt", "--out", "missing-data"], "missing-data"),
-    "sample-non-run": (["sample", "--run", "empty"], None),
-    "negative-num-preds": (["sample", "--run", "{run}", "--num-preds", "-1"], None),
-    "empty-prefix": (["sample", "--run", "{run}", "--prefix", ""], None),
-    "negative-temperature": (["sample", "--run", "{run}", "--temperature", "-1"], None),
-    "existing-run": (["train", *TINY_FLAGS, "--out", "{run}"], None),
-    "model-contradicts-cell": (["train", "--model", "scratch", "--cell", "lstm", *TINY_FLAGS, "--out", "mc"], "mc"),
-    "model-contradicts-impl": (["train", "--model", "concise", "--impl", "scratch", *TINY_FLAGS, "--out", "mi"], "mi"),
-    "gru-reset-on-flax": (["train", "--cell", "gru", "--impl", "flax", "--gru-reset", "before", "--out", "gr"], "gr"),
-    "unknown-cell": (["train", "--cell", "transformer"], None),
-    "top-k-when-greedy": (["sample", "--run", "{run}", "--top-k", "3"], None),
-    "top-p-above-one": (["sample", "--run", "{run}", "--temperature", "1", "--top-p", "1.5"], None),
-    "tie-without-matching-embed": (["train", *TINY_FLAGS, "--embed", "8", "--tie", "--out", "tie"], "tie"),
-    "dropout-one": (["train", "--dropout", "1"], None),
-    "unknown-optimizer": (["train", "--optimizer", "rmsprop"], None),
-    "launch-flags-not-together": (["train", "--distributed", "--coordinator", "127.0.0.1:1234", "--out", "lf"], "lf"),
+# name -> (arguments, what must be left as it was, what the last stderr line says after "jaxrnn: error: ");
+# {run} is the trained scratch run directory.
+BAD_INPUTS: dict[str, tuple[list[str], str | None, str]] = {
+    "epochs-0": (["train", "--epochs", "0"], None, r"argument --epochs: '0' must be a positive integer; see "),
+    "lr-not-a-number": (["train", "--lr", "abc"], None, r"argument --lr: 'abc' is not a number; see "),
+    "missing-data": (["train", *TINY_FLAGS, "--data", "missing.txt", "--out", "missing-data"], "missing-data",
+                     r"corpus .*/missing\.txt does not exist; pass --data FILE"),
+    "sample-non-run": (["sample", "--run", "empty"], None, r"no checkpoint in empty; pass --run with a run directory"),
+    "negative-num-preds": (["sample", "--run", "{run}", "--num-preds", "-1"], None,
+                           r"--num-preds must be >= 0, got -1; pass 0 or more"),
+    "empty-prefix": (["sample", "--run", "{run}", "--prefix", ""], None,
+                     r"the prompt is empty; pass --prefix with at least one character"),
+    "negative-temperature": (["sample", "--run", "{run}", "--temperature", "-1"], None,
+                             r"--temperature must be a finite number >= 0, got -1\.0; 0 decodes greedily"),
+    "existing-run": (["train", *TINY_FLAGS, "--out", "{run}"], None, r".*scratch already holds a run; pass --resume "),
+    "model-contradicts-cell": (["train", "--model", "scratch", "--cell", "lstm", *TINY_FLAGS, "--out", "mc"], "mc",
+                               r"--model scratch means --cell rnn --impl scratch, not --cell lstm; drop --model or "),
+    "model-contradicts-impl": (["train", "--model", "concise", "--impl", "scratch", *TINY_FLAGS, "--out", "mi"], "mi",
+                               r"--model concise means --cell rnn --impl flax, not --impl scratch; drop --model or "),
+    "gru-reset-on-flax": (["train", "--cell", "gru", "--impl", "flax", "--gru-reset", "before", "--out", "gr"], "gr",
+                          r"--gru-reset before applies to --cell gru --impl scratch only .*; drop --gru-reset"),
+    "unknown-cell": (["train", "--cell", "transformer"], None, r"argument --cell: invalid choice: 'transformer'"),
+    "top-k-when-greedy": (["sample", "--run", "{run}", "--top-k", "3"], None,
+                          r"--top-k and --top-p restrict sampling, and temperature 0 decodes greedily; pass "),
+    "top-p-above-one": (["sample", "--run", "{run}", "--temperature", "1", "--top-p", "1.5"], None,
+                        r"--top-p must be in \(0, 1\], got 1\.5; 1 keeps every token"),
+    "tie-without-matching-embed": (["train", *TINY_FLAGS, "--embed", "8", "--tie", "--out", "tie"], "tie",
+                                   r"--tie shares .* needs --embed equal to --hidden \(8 != 16\); pass --embed 16"),
+    "dropout-one": (["train", "--dropout", "1"], None, r"argument --dropout: '1' must be in \[0, 1\); see "),
+    "unknown-optimizer": (["train", "--optimizer", "rmsprop"], None,
+                          r"argument --optimizer: invalid choice: 'rmsprop'"),
+    "launch-flags-not-together": (["train", "--distributed", "--coordinator", "127.0.0.1:1234", "--out", "lf"], "lf",
+                                  r"--coordinator, --num-processes, --process-id go together; pass --num-processes "
+                                  r"--process-id too"),
     "launch-flags-without-distributed": (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2",
-                                          "--process-id", "0", "--out", "lw"], "lw"),
+                                          "--process-id", "0", "--out", "lw"], "lw",
+                                         r"--coordinator, --num-processes, --process-id launch a distributed run; add "
+                                         r"--distributed, or drop them"),
     "coordinator-without-port": (["train", "--distributed", "--coordinator", "host0", "--num-processes", "2",
-                                  "--process-id", "0", "--out", "cp"], "cp"),
+                                  "--process-id", "0", "--out", "cp"], "cp",
+                                 r"argument --coordinator: 'host0' is not HOST:PORT"),
     "process-id-out-of-range": (["train", "--distributed", "--coordinator", "127.0.0.1:1234", "--num-processes", "2",
-                                 "--process-id", "2", "--out", "pid"], "pid"),
-    "distributed-without-out": (["train", "--distributed"], None),
-    "distributed-with-devices": (["train", "--distributed", "--devices", "2", "--out", "dd"], "dd"),
-    "distributed-per-step": (["train", "--distributed", "--per-step", "--out", "dp"], "dp"),
+                                 "--process-id", "2", "--out", "pid"], "pid",
+                                r"--process-id 2 is not below --num-processes 2; number the processes 0 to 1"),
+    "distributed-without-out": (["train", "--distributed"], None, r"a distributed run needs --out RUN_DIR"),
+    "distributed-with-devices": (["train", "--distributed", "--devices", "2", "--out", "dd"], "dd",
+                                 r"a distributed run trains on every device of every process; drop --devices"),
+    "distributed-per-step": (["train", "--distributed", "--per-step", "--out", "dp"], "dp",
+                             r"--per-step is the chapter's one-process loop .*; drop it"),
+    "eval-every-without-steps": (["train", "--eval-every", "5", "--out", "ee"], "ee",
+                                 r"--eval-every counts optimizer steps of a run trained by --steps; pass --steps N"),
 }
 
 
@@ -203,10 +225,12 @@ def test_contradicting_model_flags_name_both() -> None:
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
 def test_bad_input_exits_2_with_one_line(bad, work: Path, name: str) -> None:
+    """Exit 2, nothing on stdout, no traceback, and a last stderr line naming this case's own problem."""
     proc = bad[name]
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and proc.stdout == ""
-    assert proc.stderr.splitlines()[-1].startswith("jaxrnn: error: ")
+    last = proc.stderr.splitlines()[-1]
+    assert re.match("jaxrnn: error: " + BAD_INPUTS[name][2], last), last
     left_alone = BAD_INPUTS[name][1]
     if left_alone:
         assert not (work / left_alone).exists()  # no half-made run directory
