@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
+sys.path.insert(0, str(TOOLS))  # as for a script run from there: the tools import their shared toolcli.py
 
 
 def load_tool(name: str) -> ModuleType:

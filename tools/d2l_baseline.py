@@ -32,7 +32,7 @@ optimizer, Trainer loop, preprocessing and vocabulary are d2l's; what is patched
   aliased to `jax.Array` when missing.
 - d2l-jax's Trainer.fit_epoch never calls `clip_gradients` (the PyTorch one does), so the chapter's
   gradient clipping (global norm 1) is added as an optax step before SGD, which is the same formula.
-- d2l-jax's concise chapter has no tanh RNN (`d2l.RNN` raises NotImplementedError: Flax had no cell
+- d2l-jax's concise chapter has no tanh RNN (its `d2l.RNN` is a placeholder that raises: Flax had no cell
   for it then); the concise model is `nn.scan` over `nn.SimpleCell`, written like d2l's own GRU class.
 - d2l's `predict` converts a shape-(1,) array with int(), which new jax refuses; the only change in
   the copy below is reshaping to a scalar first.
@@ -51,7 +51,9 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from toolcli import Parser, ToolError, positive_int, run_main
 
 START = time.perf_counter()  # setup_s: imports, d2l's install check and import, TimeMachine's windows
 
@@ -65,18 +67,6 @@ NUM_TRAIN, NUM_VAL = 10000, 5000  # TimeMachine's default split
 # Imported by d2l/jax.py at module level and never called on the code paths used here.
 STUBBED = ["tensorflow", "tensorflow_datasets", "IPython", "IPython.display", "pandas", "requests",
            "matplotlib_inline", "matplotlib_inline.backend_inline"]
-
-
-class ToolError(Exception):
-    """Bad input or environment: printed as `jaxrnn: error: ...` with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors end with the project's one-line form and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"jaxrnn: error: {message}; see '{self.prog} --help'\n")
 
 
 def log(msg: str) -> None:
@@ -328,19 +318,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r} must be at least 1")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tools/d2l_baseline.py", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="tools/d2l_baseline.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     ref = sub.add_parser("reference", help="write d2l's preprocessing, vocabulary and windows as JSON")
     ref.add_argument("--data", default=str(DEFAULT_DATA), help="timemachine.txt (default: %(default)s)")
     ref.add_argument("--out", default=str(DEFAULT_REF), help="JSON file to write (default: %(default)s)")
@@ -353,13 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if not Path(args.data).is_file():
             raise ToolError(f"data file {args.data} does not exist; pass --data FILE with The Time Machine's text")
         return cmd_reference(args) if args.command == "reference" else cmd_train(args)
-    except ToolError as e:
-        print(f"jaxrnn: error: {e}", file=sys.stderr)
-        return 2
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
+
+from toolcli import Parser, ToolError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 64  # the protocol's block: nanoGPT's CPU recipe's block_size
@@ -79,27 +80,17 @@ print(json.dumps({"val_loss": total / count, "tokens": count, "iter": ckpt["iter
 """
 
 
-class RaceError(Exception):
-    """A step that cannot go on: printed as `jaxrnn: error: ...` with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"jaxrnn: error: {message}; see '{self.prog} --help'\n")
-
-
 def log(msg: str) -> None:
     print(f"race: {msg}", file=sys.stderr, flush=True)
 
 
 def run(args: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> tuple[str, float]:
-    """Run a command, its stderr passed through; (stdout, wall seconds). A failure is a RaceError."""
+    """Run a command, its stderr passed through; (stdout, wall seconds). A failure is a ToolError."""
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RaceError(f"{what} failed with exit status {proc.returncode} (its output is above); fix that and "
+        raise ToolError(f"{what} failed with exit status {proc.returncode} (its output is above); fix that and "
                         "run the race again")
     return proc.stdout, wall
 
@@ -107,7 +98,7 @@ def run(args: list[str], cwd: Path, what: str, env: dict[str, str] | None = None
 def check_nanogpt(src: Path) -> None:
     missing = [f for f in NANOGPT_FILES if not (src / f).is_file()]
     if missing:
-        raise RaceError(f"{src} lacks nanoGPT's {', '.join(missing)}; pass --nanogpt with a clone of "
+        raise ToolError(f"{src} lacks nanoGPT's {', '.join(missing)}; pass --nanogpt with a clone of "
                         "karpathy/nanoGPT")
 
 
@@ -132,7 +123,7 @@ def race_nanogpt(src: Path, work: Path, text: Path) -> dict:
                     nano, "nanoGPT's train.py")
     estimates = re.findall(r"val loss ([0-9.]+)", out)
     if not estimates:
-        raise RaceError("nanoGPT printed no 'val loss' line; check its output above")
+        raise ToolError("nanoGPT printed no 'val loss' line; check its output above")
     log(f"nanoGPT: {wall:.1f} s, its last estimate val loss {estimates[-1]}; evaluating its checkpoint ...")
     result, _ = run([sys.executable, "-c", _NANOGPT_EVAL, str(BLOCK), PROMPT, str(SAMPLE_CHARS)], nano,
                     "evaluating nanoGPT's checkpoint")
@@ -149,10 +140,10 @@ def race_jaxrnn(preset: str, budget: float, work: Path) -> dict:
     evaluated, _ = run([*jaxrnn, "eval", "--run", str(out_dir)], ROOT, "jaxrnn eval")
     m = re.fullmatch(r"perplexity ([0-9.]+), bpc ([0-9.]+), loss ([0-9.]+)\n", evaluated)
     if not m:
-        raise RaceError(f"jaxrnn eval printed {evaluated!r}, not 'perplexity X, bpc Y, loss Z'")
+        raise ToolError(f"jaxrnn eval printed {evaluated!r}, not 'perplexity X, bpc Y, loss Z'")
     cfg = json.loads((out_dir / "config.json").read_text())
     if cfg["num_steps"] != BLOCK or cfg["eval_protocol"] != "blocks" or cfg["data"] != "tinyshakespeare":
-        raise RaceError(f"--preset {preset} does not read Tiny Shakespeare in blocks of {BLOCK}; the race compares "
+        raise ToolError(f"--preset {preset} does not read Tiny Shakespeare in blocks of {BLOCK}; the race compares "
                         "one protocol")
     sample, _ = run([*jaxrnn, "sample", "--run", str(out_dir), "--prefix", PROMPT, "--num-preds", str(SAMPLE_CHARS)],
                     ROOT, "jaxrnn sample")
@@ -171,30 +162,30 @@ def table(nano: dict, jax: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="tools/race.py", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="tools/race.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--nanogpt", required=True, type=Path, help="a clone of karpathy/nanoGPT")
     p.add_argument("--preset", default="shakespeare-cpu", help="jaxrnn's preset (default shakespeare-cpu)")
     p.add_argument("--budget", type=float, help="jaxrnn's --time-budget in seconds (default: nanoGPT's wall time)")
     p.add_argument("--json-out", type=Path, help="also write the JSON row to this file")
     p.add_argument("--keep", type=Path, help="keep both runs' files in this directory (default: a temporary one)")
     args = p.parse_args(argv)
-    try:
-        check_nanogpt(args.nanogpt)
-        from jaxrnn.data import find_corpus
-        from jaxrnn.errors import JaxrnnError
+    return run_main(lambda: _race(args))
 
-        try:
-            text = find_corpus("tinyshakespeare")
-        except JaxrnnError as e:
-            raise RaceError(str(e)) from None
-        with tempfile.TemporaryDirectory(prefix="jaxrnn-race-") as tmp:
-            work = args.keep or Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            nano = race_nanogpt(args.nanogpt, work, text)
-            jax = race_jaxrnn(args.preset, args.budget or nano["wall_s"], work)
-    except RaceError as e:
-        print(f"jaxrnn: error: {e}", file=sys.stderr)
-        return 2
+
+def _race(args: argparse.Namespace) -> int:
+    check_nanogpt(args.nanogpt)
+    from jaxrnn.data import find_corpus
+    from jaxrnn.errors import JaxrnnError
+
+    try:
+        text = find_corpus("tinyshakespeare")
+    except JaxrnnError as e:
+        raise ToolError(str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="jaxrnn-race-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        nano = race_nanogpt(args.nanogpt, work, text)
+        jax = race_jaxrnn(args.preset, args.budget or nano["wall_s"], work)
     print(table(nano, jax))
     row = {"machine_cores": os.cpu_count(), "nanogpt": nano, "jaxrnn": jax,
            "jaxrnn_minus_nanogpt_val_loss": jax["val_loss"] - nano["val_loss"],

@@ -32,7 +32,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NoReturn
+
+from toolcli import Parser, ToolError, positive_int, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "tests" / "data"
@@ -40,18 +41,6 @@ MODELS = ("scratch", "concise")
 DEFAULT_EPOCHS = 100
 KINDS = ("d2l", "cold", "warm")  # the three processes per model, in the order they run
 RESULT_LINE = re.compile(r"perplexity ([0-9.]+), (.*)")
-
-
-class ToolError(Exception):
-    """Bad input or a failed run: printed as `jaxrnn: error: ...` with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors end with the project's one-line form and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"jaxrnn: error: {message}; see '{self.prog} --help'\n")
 
 
 @dataclass
@@ -195,18 +184,8 @@ def parse_models(s: str) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r} must be at least 1")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tools/seed_vs_d2l.py", description=__doc__.split("\n")[0],
+    p = Parser(prog="tools/seed_vs_d2l.py", description=__doc__.split("\n")[0],
                 epilog="The full run (100 epochs, both models) takes about 3 minutes on 2 CPU cores.")
     p.add_argument("--models", type=parse_models, default=list(MODELS), help="default: scratch,concise")
     p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="default: %(default)s")
@@ -217,25 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
-            raise ToolError(f"--json-out {args.json_out}: its directory does not exist; create it or pass another FILE")
-        rows = measure(args.models, args.epochs, args.repeats)
-        print(format_table(rows), flush=True)
-        if args.json_out:
-            doc = {"epochs": args.epochs, "repeats": args.repeats,
-                   "rows": [{**asdict(r), "wall_s": r.wall_s} for r in rows]}
-            try:
-                Path(args.json_out).write_text(json.dumps(doc, indent=1) + "\n")
-            except OSError as e:
-                raise ToolError(f"cannot write {args.json_out} ({e.strerror}); pass --json-out FILE "
-                                "in a writable directory") from None
-    except ToolError as e:
-        print(f"jaxrnn: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("jaxrnn: interrupted", file=sys.stderr)
-        return 130
+    return run_main(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
+        raise ToolError(f"--json-out {args.json_out}: its directory does not exist; create it or pass another FILE")
+    rows = measure(args.models, args.epochs, args.repeats)
+    print(format_table(rows), flush=True)
+    if args.json_out:
+        doc = {"epochs": args.epochs, "repeats": args.repeats,
+               "rows": [{**asdict(r), "wall_s": r.wall_s} for r in rows]}
+        try:
+            Path(args.json_out).write_text(json.dumps(doc, indent=1) + "\n")
+        except OSError as e:
+            raise ToolError(f"cannot write {args.json_out} ({e.strerror}); pass --json-out FILE "
+                            "in a writable directory") from None
     return 0
 
 
