@@ -307,6 +307,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     else:
         check_corpus(cfg, corpus)
     check_trainable(cfg, corpus)
+    _check_per_step(cfg, per_step)
     if cfg.tensorboard and out is not None:
         summary_writer()
     run_dir = Path(out) if out is not None else None
@@ -314,6 +315,12 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
         on_primary(lambda: _prepare_dir(run_dir, cfg, force, corpus.sha1))
     model = build_model(cfg, len(corpus.vocab))
     return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
+
+
+def _check_per_step(cfg: Config, per_step: bool) -> None:
+    if per_step and cfg.steps is not None:
+        raise ConfigError("--per-step is the chapters' loop over epochs, one call a batch; drop it to train by --steps "
+                          "(rounds of --eval-every steps, one compiled call each)")
 
 
 def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None) -> Trained:
@@ -344,6 +351,7 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
     if not (run_dir / CONFIG).is_file():
         raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
     cfg = Config.load(run_dir / CONFIG)
+    _check_per_step(cfg, per_step)
     corpus = corpus_for(cfg)
     sha1 = saved_sha1(run_dir)
     if sha1 not in (None, corpus.sha1):

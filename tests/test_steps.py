@@ -121,7 +121,7 @@ def test_steps_flags_through_the_cli(tmp_path: Path, capsys) -> None:
     assert "6/6 steps" in capsys.readouterr().out
 
 
-def test_steps_settings_are_checked() -> None:
+def test_steps_settings_are_checked(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--eval-every counts optimizer steps of a run trained by --steps"):
         Config(eval_every=5)
     with pytest.raises(ConfigError, match="--save-every 5 is not a multiple of --eval-every 2"):
@@ -129,3 +129,6 @@ def test_steps_settings_are_checked() -> None:
     cfg = Config(steps=1000)
     assert (cfg.eval_every, cfg.save_every, cfg.length) == (100, 100, 1000)
     assert Config().replace(steps=50).save_every == 5 and Config(steps=50).replace(steps=None).save_every == 10
+    with pytest.raises(ConfigError, match="--per-step is the chapters' loop over epochs"):
+        run.train(tiny_cfg(steps=4), out=tmp_path / "r", corpus=tiny_corpus, per_step=True, progress=False)
+    assert not (tmp_path / "r").exists()
