@@ -338,7 +338,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from jaxrnn import run
 
-    rows = [("run", "best val ppl", "at epoch", "best saved", "epochs", "model")]
+    rows = [("run", "best val ppl", "at", "best saved", "done", "model")]
     for d in run.find_runs(args.root):
         try:
             s = run.summary(d)
@@ -346,9 +346,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"jaxrnn: warning: skipping {d}: {e}", file=sys.stderr)
             continue
         best = f"{s['best_val_ppl']:.2f}" if s["best_val_ppl"] is not None else "-"
-        steps = " steps" if s["unit"] == "step" else ""  # epochs, unless the run counts optimizer steps
         rows.append((os.path.relpath(d), best, str(s["best_epoch"] or "-"), str(s["best_saved"] or "-"),
-                     f"{s['done']}/{s['epochs']}{steps}", s["name"]))
+                     f"{s['done']}/{s['epochs']} {s['unit']}s", s["name"]))  # epochs, or steps for a run by steps
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:  # a path one can pass to --run; 'best saved' is the checkpoint --step best loads
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1], flush=True)

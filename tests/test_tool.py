@@ -163,10 +163,10 @@ def test_runs_lists_each_run_with_its_best_val_ppl(json_run, tmp_path: Path, cap
     capsys.readouterr()
     assert cli.main(["runs", "root"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert rows[0] == ["run", "best", "val", "ppl", "at", "epoch", "best", "saved", "epochs", "model"]
+    assert rows[0] == ["run", "best", "val", "ppl", "at", "best", "saved", "done", "model"]
     assert rows[1] == ["root/a/first", f"{best['val_ppl']:.2f}", str(best["epoch"]), str(saved["epoch"]), "4/4",
-                       "scratch"]
-    assert rows[2] == ["root/second", "-", "-", str(saved["epoch"]), "0/4", "scratch"]
+                       "epochs", "scratch"]
+    assert rows[2] == ["root/second", "-", "-", str(saved["epoch"]), "0/4", "epochs", "scratch"]
     assert len(rows) == 3
     assert cli.main(["sample", "--run", rows[1][0], "--step", "best", "--num-preds", "3"]) == 0
 
