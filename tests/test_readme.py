@@ -152,3 +152,16 @@ def test_readme_python_runs(tmp_path: Path, capsys, index: int) -> None:
         assert saved["epochs"] == 1 and saved["data_sha1"]
     else:
         assert out == "(4, 32, 28)\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["scratch", "concise"])
+def test_the_headline_holds(call, tmp_path: Path, model: str) -> None:
+    """The README's first promise, in full: the seed config trained for its 100 epochs ends at a validation
+    perplexity of at most 7.6 (the chapters report about 7.4) and greedy text opening as the README's does."""
+    proc = call(["train", "--model", model, "--quiet", "--no-curves", "--out", str(tmp_path / model)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ppl, sample = re.fullmatch(r"perplexity (\d+\.\d), '(.*)'\n", proc.stdout).groups()
+    assert float(ppl) <= 7.6
+    headline = re.search(r"^perplexity [\d.]+, '(time traveller \w+ \w+ \w+)", README, re.M).group(1)
+    assert sample.startswith(headline), (sample, headline)  # 'time traveller and the time'
