@@ -287,8 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         initialize(args.coordinator, args.num_processes, args.process_id)
     primary = is_primary()
 
-    progress = Progress(cfg.length, "quiet" if args.quiet or not primary else "auto", args.json and primary,
-                        unit=cfg.unit, span=cfg.eval_every or 1)
+    progress = Progress.of(cfg, "quiet" if args.quiet or not primary else "auto", args.json and primary)
     try:
         if args.resume:
             trained = run.resume(args.resume, per_step=args.per_step, progress=progress, time_budget=args.time_budget)

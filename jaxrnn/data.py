@@ -399,16 +399,20 @@ def eval_protocol(evaluation: str, split: tuple[float, ...] | None) -> str:
     return "d2l-windows" if split is None else "blocks"
 
 
+def check_eval(protocol: str, n: int, batch_size: int, num_steps: int) -> None:
+    """Refuse a stream evaluation whose streams are shorter than one window (before any plan is made)."""
+    if protocol == "stream" and n // batch_size < num_steps:
+        raise DataError(f"--eval stream cuts the {n} windows of a part into {batch_size} streams of "
+                        f"{n // batch_size}, fewer than --num-steps {num_steps}; use --eval windows or "
+                        f"--batch-size {max(n // num_steps, 1)} or less")
+
+
 def eval_plan(protocol: str, n: int, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The window starts [num_batches, batch_size] and mask that read a part of `n` windows by
     `protocol`; for 'stream', row r of batch i + 1 continues row r of batch i."""
+    check_eval(protocol, n, batch_size, num_steps)
     if protocol == "stream":
-        starts, mask = sequential_plan(0, 0, n, batch_size, num_steps, offset=0)
-        if not len(starts):
-            raise DataError(f"--eval stream cuts the {n} windows of a part into {batch_size} streams of "
-                            f"{n // batch_size}, fewer than --num-steps {num_steps}; use --eval windows or "
-                            f"--batch-size {max(n // num_steps, 1)} or less")
-        return starts, mask
+        return sequential_plan(0, 0, n, batch_size, num_steps, offset=0)
     return batch_plan(np.arange(0, n, num_steps if protocol == "blocks" else 1, dtype=np.int32), batch_size)
 
 

@@ -49,6 +49,11 @@ class Progress:
         self.bar: tqdm | None = None
         self.trained_s = 0.0  # the epochs' own seconds: compiling, saving and sampling are not in them
 
+    @classmethod
+    def of(cls, cfg: Any, mode: str = "auto", as_json: bool = False) -> Progress:
+        """The progress of a run of `cfg` (a Config): its length and unit, a record per evaluation."""
+        return cls(cfg.length, mode, as_json, unit=cfg.unit, span=cfg.eval_every or 1)
+
     def __call__(self, r: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(r), file=self.out, flush=True)

@@ -189,8 +189,7 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
     last_saved = {unit: start if state is not None else None}
     seen = list(history)
     nothing, primary = contextlib.nullcontext(), is_primary()
-    shown = Progress(cfg.length, "auto" if primary else "quiet", unit=unit, span=cfg.eval_every or 1) \
-        if progress is True else None
+    shown = Progress.of(cfg, "auto" if primary else "quiet") if progress is True else None
     on_epoch = shown or progress or None
 
     def on_chunk(state: TrainState, records: list[dict[str, Any]], save: bool) -> None:
@@ -225,9 +224,9 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             done = cfg.length
         except _BudgetSpent as e:  # the checkpoint is written: this run ends here, as resumable as any
             state, new, done = e.state, seen[len(history):], e.done
-            log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of {cfg.length}, "
-                f"its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else
-                f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of {cfg.length}")
+            goes_on = f", its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else ""
+            log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
+                f"{cfg.length}{goes_on}")
         except NonFiniteLoss as e:
             kept = (f"the checkpoint of {unit} {last_saved[unit]} is kept" if last_saved[unit] is not None
                     else "no checkpoint was saved before it")

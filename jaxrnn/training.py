@@ -23,7 +23,16 @@ from jax.sharding import PartitionSpec as P
 
 from jaxrnn.cells import State
 from jaxrnn.config import Config
-from jaxrnn.data import Corpus, check_batching, chunk_plan, eval_plan, eval_protocol, eval_sample, steps_per_epoch
+from jaxrnn.data import (
+    Corpus,
+    check_batching,
+    check_eval,
+    chunk_plan,
+    eval_plan,
+    eval_protocol,
+    eval_sample,
+    steps_per_epoch,
+)
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout, put_tree
@@ -298,7 +307,7 @@ def check_trainable(cfg: Config, corpus: Corpus) -> Layout:
     """The device layout `cfg` trains on, after refusing a batching the training part cannot fill or a
     batch the devices cannot split: what `fit` would refuse, checked before a run directory exists."""
     check_batching(cfg.batching, corpus.spans["train"][1], cfg.batch_size, cfg.num_steps)
-    eval_plan(eval_protocol(cfg.eval, cfg.split), corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
+    check_eval(eval_protocol(cfg.eval, cfg.split), corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
     return layout(cfg.devices, cfg.batch_size)
 
 
