@@ -1,14 +1,19 @@
 """The only module that knows orbax: save and restore a training state with the metadata to rebuild it.
 
 A checkpoint is `RUN_DIR/checkpoints/<epoch>/` with two items: `state` (params, optimizer state, step;
-plain arrays) and `meta` (JSON: config, vocab, epoch, metrics). Restoring reads `meta` first, builds the
-model it names, and restores `state` against that model's abstract shapes on this machine's devices.
+plain arrays) and `meta` (JSON: config, vocab, epoch, metrics, and a sha256 digest of the state's arrays),
+plus orbax's record of its metrics. Restoring reads `meta` first, builds the model it names, restores
+`state` against that model's abstract shapes on this machine's devices and checks the digest. Any file
+that cannot be read, or arrays that differ from those saved, make the checkpoint `Damaged`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrnn.errors import CheckpointError
+from jaxrnn import faults
+from jaxrnn.errors import CheckpointError, Damaged
 
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
@@ -44,7 +50,8 @@ def manager(run_dir: Path, create: bool = False, keep: int = 3, background: bool
     """A CheckpointManager keeping the latest `keep` checkpoints and the best by validation perplexity.
     Writes are atomic: orbax writes a temporary directory and renames it when complete. With
     `background`, `save` returns once the arrays are copied to host memory and the files are written
-    by a thread of orbax's."""
+    by a thread of orbax's. Only a writing manager (`create`) reads every checkpoint's metrics when it
+    starts (for its best-of policy); a reading one reads only the checkpoint it restores."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint import checkpoint_managers as cm
 
@@ -57,7 +64,8 @@ def manager(run_dir: Path, create: bool = False, keep: int = 3, background: bool
     # best_fn is set only so that orbax records each step's metrics, which BestN reads; the policy decides.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m["val_ppl"],
                                            best_mode="min", create=create, cleanup_tmp_directories=create,
-                                           enable_async_checkpointing=background)
+                                           enable_async_checkpointing=background, lightweight_initialize=not create,
+                                           temporary_path_class=faults.temporary_path_class())
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
 
@@ -94,8 +102,10 @@ class Saver:
         import orbax.checkpoint as ocp
 
         self.wait()
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_one_copy(state)),
-                                  meta=ocp.args.JsonSave({**meta, "format": FORMAT}))
+        faults.reach("save", epoch)
+        state = _one_copy(state)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave({**meta, "format": FORMAT, "digest": digest(state)}))
         metrics = {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30}
         self._guard(epoch, lambda: _write(self.mgr, epoch, args, metrics))
         self.pending = epoch
@@ -136,23 +146,34 @@ def save(run_dir: Path, epoch: int, state: Any, meta: dict[str, Any], val_ppl: f
 
 
 def steps(run_dir: Path) -> list[int]:
-    """The epochs that have a complete checkpoint, oldest first."""
-    if not (Path(run_dir) / CHECKPOINTS).is_dir():
+    """The epochs that have a complete checkpoint, oldest first: orbax renames a checkpoint's temporary
+    directory to its number once complete. Listed from the directory names alone, so that a damaged
+    file in one checkpoint cannot hide the others."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
         return []
-    mgr = manager(run_dir)
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def saved_val_ppl(run_dir: Path, epoch: int) -> float:
+    """The validation perplexity orbax recorded beside a checkpoint (what its best-of policy ranks by).
+    A writing manager reads this file of every checkpoint when it starts, so a damaged one makes the
+    whole checkpoint `Damaged`."""
+    path = Path(run_dir) / CHECKPOINTS / str(epoch) / "metrics" / "metrics"
     try:
-        return sorted(mgr.all_steps())
-    finally:
-        mgr.close()
+        return float(json.loads(path.read_text())["val_ppl"])
+    except Exception as e:  # missing, a directory, not UTF-8, not JSON, not a dict with val_ppl
+        raise Damaged(epoch, run_dir, f"metrics: {type(e).__name__}") from None
 
 
 def best_step(run_dir: Path) -> int | None:
-    """The epoch of the checkpoint with the lowest validation perplexity."""
-    mgr = manager(run_dir)
-    try:
-        return mgr.best_step()
-    finally:
-        mgr.close()
+    """The epoch of the checkpoint with the lowest validation perplexity (the latest of equals, as orbax
+    keeps it), passing over checkpoints whose recorded metrics are damaged."""
+    ppl = {}
+    for epoch in steps(run_dir):
+        with contextlib.suppress(Damaged):
+            ppl[epoch] = saved_val_ppl(run_dir, epoch)
+    return min(ppl, key=lambda e: (ppl[e], -e), default=None)
 
 
 def resolve(run_dir: Path, step: int | str | None) -> int:
@@ -196,16 +217,17 @@ def _check_safe(step_dir: Path) -> None:
 
 
 def restore_meta(run_dir: Path, epoch: int) -> dict[str, Any]:
-    """The JSON metadata of the checkpoint of `epoch`."""
+    """The JSON metadata of the checkpoint of `epoch`, after checking that orbax's record of its metrics
+    reads (a later save lists them all)."""
     import orbax.checkpoint as ocp
 
     _check_safe(Path(run_dir) / CHECKPOINTS / str(epoch))
+    saved_val_ppl(run_dir, epoch)
     mgr = manager(run_dir)
     try:
         meta = mgr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # orbax raises many types for a damaged file (JSONDecodeError, ValueError, ...)
-        raise CheckpointError(f"checkpoint {epoch} in {run_dir} is unreadable ({type(e).__name__}); "
-                              "pass --step with an earlier epoch, or delete it") from None
+        raise Damaged(epoch, run_dir, f"meta: {type(e).__name__}") from None
     finally:
         mgr.close()
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -214,9 +236,10 @@ def restore_meta(run_dir: Path, epoch: int) -> dict[str, Any]:
     return meta
 
 
-def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
+def restore_state(run_dir: Path, epoch: int, abstract_state: Any, expect: str | None = None) -> Any:
     """The saved state of `epoch`, laid out like `abstract_state` (a `jax.eval_shape` tree) on this
-    process' first device, after checking that the saved shapes are the expected ones."""
+    process' first device, after checking that the saved shapes are the expected ones, and after it
+    the arrays' digest against `expect` (the meta item's; checkpoints written before it had none)."""
     import orbax.checkpoint as ocp
 
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -225,30 +248,61 @@ def restore_state(run_dir: Path, epoch: int, abstract_state: Any) -> Any:
     try:
         saved = mgr.item_metadata(epoch)["state"]
         _check_same_tree(saved, target, run_dir, epoch)
-        return mgr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        state = mgr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     except CheckpointError:
         raise
-    except Exception as e:  # a truncated or corrupted array file
-        raise CheckpointError(f"checkpoint {epoch} in {run_dir} cannot be restored ({type(e).__name__}); "
-                              "pass --step with an earlier epoch, or delete it") from None
+    except Exception as e:  # a truncated, missing or overwritten array file
+        raise Damaged(epoch, run_dir, f"state: {type(e).__name__}") from None
     finally:
         mgr.close()
+    if expect is not None and digest(state) != expect:
+        raise Damaged(epoch, run_dir, "state: its arrays differ from those saved")
+    return state
 
 
-def _drop_closed_loop_errors(unraisable: Any, _default=sys.unraisablehook) -> None:
-    """sys.unraisablehook that drops orbax's 'Event loop is closed' errors and passes all else on."""
-    exc = unraisable.exc_value
+def digest(state: Any) -> str:
+    """sha256 of every array of a state (path, dtype, shape and bytes, in tree order): a checkpoint's
+    arrays are checked against it on restore, so that damage orbax reads without error is caught too.
+    Arrays replicated over processes are hashed from this process' copy."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_shards[0].data
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _from_orbax(unraisable: Any) -> bool:
+    """Whether an unraisable exception comes out of orbax's or tensorstore's reads: a coroutine of theirs
+    finalized with its error unretrieved, or a callback into their closed event loop."""
+    exc, obj = unraisable.exc_value, unraisable.object
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-        return
-    _default(unraisable)
+        return True
+    code = getattr(obj, "cr_code", None)
+    files = [code.co_filename] if code is not None else []
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return any(f"{os.sep}{pkg}{os.sep}" in f for f in files for pkg in ("orbax", "tensorstore"))
+
+
+def _drop_orbax_noise(unraisable: Any, _default=sys.unraisablehook) -> None:
+    """sys.unraisablehook that drops what `_from_orbax` recognises and passes all else on."""
+    if not _from_orbax(unraisable):
+        _default(unraisable)
 
 
 def _mute_stray_tracebacks() -> None:
-    """When a restore fails on a damaged array file, tensorstore's threads still complete reads into
-    orbax's closed asyncio loop; each raises 'RuntimeError: Event loop is closed' in a native callback,
-    which Python reports as an unraisable exception at any moment from then on. Installed before any
-    checkpoint work, this hook drops exactly those, so the user sees jaxrnn's one line."""
-    sys.unraisablehook = _drop_closed_loop_errors
+    """When a restore fails on a damaged array file, orbax's other reads are still in flight: tensorstore's
+    threads complete them into orbax's closed asyncio loop ('RuntimeError: Event loop is closed' in a
+    native callback), and their coroutines are finalized later with errors nobody retrieved ('Exception
+    ignored in: <coroutine object _read_array_index_and_device_put>', a TensorStore spec dump). Python
+    reports both as unraisable exceptions at any moment from then on, interpreter exit included.
+    Installed before any checkpoint work, this hook drops exactly those, so the user sees jaxrnn's line."""
+    sys.unraisablehook = _drop_orbax_noise
 
 
 def _check_same_tree(saved: Any, target: Any, run_dir: Path, epoch: int) -> None:
@@ -262,6 +316,8 @@ def _check_same_tree(saved: Any, target: Any, run_dir: Path, epoch: int) -> None
         leaves = jax.tree_util.tree_leaves_with_path(tree)
         return {"/".join(map(name, p)): tuple(getattr(x, "shape", ())) for p, x in leaves}
 
+    if saved is None:
+        raise Damaged(epoch, run_dir, "state: its array metadata is missing")
     got, want = shapes(saved), shapes(target)
     if got != want:
         diff = sorted(set(got.items()) ^ set(want.items()))[:3]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jaxrnn import __version__
+from jaxrnn import __version__, faults
 from jaxrnn.config import CHOICES, MODELS, PRESETS, Config
 from jaxrnn.errors import JaxrnnError, Stopped
 from jaxrnn.progress import Progress
@@ -387,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     enable_compile_cache()
     try:
+        faults.planned()  # a test's fault plan, checked before anything runs
         if args.command == "train":
             return cmd_train(args)
         if args.command == "sample":

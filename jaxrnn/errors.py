@@ -19,6 +19,17 @@ class CheckpointError(JaxrnnError):
     """A checkpoint is missing, unreadable, or belongs to another model."""
 
 
+class Damaged(CheckpointError):
+    """A checkpoint with a file that cannot be read, or arrays that differ from those saved. `problem`
+    names the checkpoint and what failed; the advice after it can be made concrete by the caller."""
+
+    def __init__(self, epoch: int, run_dir: object, what: str,
+                 advice: str = "pass --step with another checkpoint, or resume the run (it sets damaged ones aside)"):
+        self.epoch, self.run_dir, self.what = epoch, run_dir, what
+        self.problem = f"checkpoint {epoch} in {run_dir} is damaged ({what})"
+        super().__init__(f"{self.problem}; {advice}")
+
+
 class RunMismatch(CheckpointError):
     """A checkpoint that belongs to another run: another config or another vocab."""
 

@@ -33,7 +33,7 @@ from jaxrnn import checkpoint
 from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts, summary_writer
 from jaxrnn.config import Config
 from jaxrnn.data import Corpus, Vocab, eval_protocol, file_tokens, load_corpus, part_spans, preprocess, source_of
-from jaxrnn.errors import CheckpointError, ConfigError, JaxrnnError, RunMismatch, Stopped
+from jaxrnn.errors import CheckpointError, ConfigError, Damaged, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
 from jaxrnn.progress import Progress, unit_of
@@ -337,7 +337,7 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
                               "resume with the corpus the run was trained on")
     model = build_model(saved_cfg, len(saved_vocab))
     abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed)._asdict())
-    state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract))
+    state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract, meta.get("digest")))
     return Trained(saved_cfg, saved_vocab, model, state, [], run_dir, epoch, float(meta["val_ppl"]),
                    saved_prompt=meta.get("prompt"))
 
@@ -372,6 +372,11 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
             continue
         start = epoch
         break
+    for epoch in [e for e in checkpoint.steps(run_dir) if e < start]:
+        try:  # the next save's manager reads every checkpoint's metrics record
+            checkpoint.saved_val_ppl(run_dir, epoch)
+        except Damaged as e:
+            on_primary(functools.partial(_set_aside, run_dir, epoch, e, "keeping the others"))
     history = read_metrics(run_dir, upto=start)
     barrier("metrics read")
     on_primary(lambda: _rewrite_metrics(run_dir, history))
@@ -382,10 +387,11 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
     return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress, time_budget)
 
 
-def _set_aside(run_dir: Path, epoch: int, failed: CheckpointError | None) -> None:
+def _set_aside(run_dir: Path, epoch: int, failed: CheckpointError | None, then: str = "trying an earlier one") -> None:
     """Move a checkpoint that cannot be restored out of the way, saying why."""
-    why = failed or f"another process cannot restore checkpoint {epoch} in {run_dir}"
-    log(f"jaxrnn: warning: {why}; moved it to {checkpoint.set_aside(run_dir, epoch)}, trying an earlier one")
+    why = failed.problem if isinstance(failed, Damaged) else failed
+    why = why or f"another process cannot restore checkpoint {epoch} in {run_dir}"
+    log(f"jaxrnn: warning: {why}; moved it to {checkpoint.set_aside(run_dir, epoch)}, {then}")
 
 
 def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -448,7 +454,23 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
     if not run_dir.is_dir():
         raise JaxrnnError(f"run directory {run_dir} does not exist; pass --run with a directory written by train")
     epoch = checkpoint.resolve(run_dir, step)
-    return dataclasses.replace(_restore(run_dir, epoch), history=read_metrics(run_dir, upto=epoch))
+    try:
+        trained = _restore(run_dir, epoch)
+    except Damaged as e:
+        raise Damaged(epoch, run_dir, e.what, _past_damage(run_dir, epoch)) from None
+    return dataclasses.replace(trained, history=read_metrics(run_dir, upto=epoch))
+
+
+def _past_damage(run_dir: Path, damaged: int) -> str:
+    """What to do about a damaged checkpoint: the latest other one that restores, or a resume, which sets
+    damaged checkpoints aside."""
+    for other in reversed(checkpoint.steps(run_dir)):
+        if other != damaged:
+            with contextlib.suppress(CheckpointError):
+                _restore(run_dir, other)
+                return f"pass --step {other}, the latest checkpoint that loads"
+    return (f"no checkpoint of {run_dir} loads; 'jaxrnn train --resume {run_dir}' sets them aside and trains "
+            "again from the start")
 
 
 def find_runs(root: str | Path) -> list[Path]:

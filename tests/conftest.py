@@ -169,8 +169,8 @@ def _run(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.Com
                           timeout=timeout)
 
 
-def _start(args: Sequence[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=_child_env(), stdout=subprocess.PIPE,
+def _start(args: Sequence[str], cwd: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env={**_child_env(), **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -182,7 +182,8 @@ def run_python() -> Callable[..., subprocess.CompletedProcess]:
 
 @pytest.fixture(scope="session")
 def start_python() -> Callable[..., subprocess.Popen]:
-    """Start `python ARGS...` like run_python but without waiting: a Popen (text pipes) to signal or kill."""
+    """Start `python ARGS...` like run_python but without waiting: a Popen (text pipes) to signal or kill;
+    keyword arguments add environment variables."""
     return _start
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import jaxrnn
 from jaxrnn import checkpoint
-from jaxrnn.errors import CheckpointError, JaxrnnError
+from jaxrnn.errors import CheckpointError, Damaged, JaxrnnError
 from jaxrnn.models import ConciseRNNLM, ScratchRNNLM
 from jaxrnn.training import init_state, make_optimizer
 
@@ -101,7 +101,30 @@ def test_keeps_the_latest_three(tmp_path: Path) -> None:
     save_epochs(tmp_path, [9.0, 8.0, 7.0, 6.0, 5.0])
     assert checkpoint.steps(tmp_path) == [3, 4, 5]
     epoch = checkpoint.resolve(tmp_path, None)
-    assert epoch == 5 and checkpoint.restore_meta(tmp_path, epoch) == {"epoch": 5, "format": checkpoint.FORMAT}
+    assert epoch == 5 and checkpoint.restore_meta(tmp_path, epoch) == {
+        "epoch": 5, "format": checkpoint.FORMAT, "digest": checkpoint.digest({"w": jnp.arange(3.0)})}
+
+
+def test_arrays_that_differ_from_their_digest_are_damaged(tmp_path: Path) -> None:
+    """The meta item's digest is of the arrays saved: it matches them restored, and nothing else."""
+    save_epochs(tmp_path, [9.0])
+    target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+    meta = checkpoint.restore_meta(tmp_path, 1)
+    assert checkpoint.restore_state(tmp_path, 1, target, meta["digest"])["w"].tolist() == [0.0, 1.0, 2.0]
+    assert checkpoint.digest({"w": jnp.array([0.0, 1.0, 2.5])}) != meta["digest"]
+    assert checkpoint.digest({"v": jnp.arange(3.0)}) != meta["digest"]  # the path counts too
+    with pytest.raises(Damaged, match=r"checkpoint 1 in .* is damaged \(state: its arrays differ from those saved\)"):
+        checkpoint.restore_state(tmp_path, 1, target, checkpoint.digest({"w": jnp.array([0.0, 1.0, 2.5])}))
+
+
+def test_best_is_the_latest_of_equals_and_passes_over_damaged_metrics(tmp_path: Path) -> None:
+    """As orbax ranks them: the lowest val_ppl, the latest of equals; an unreadable metrics record is skipped."""
+    save_epochs(tmp_path, [3.0, 2.0, 2.0])
+    assert checkpoint.best_step(tmp_path) == 3
+    (tmp_path / "checkpoints" / "3" / "metrics" / "metrics").write_text("{")
+    assert checkpoint.best_step(tmp_path) == 2
+    with pytest.raises(Damaged, match=r"checkpoint 3 .* is damaged \(metrics: JSONDecodeError\)"):
+        checkpoint.restore_meta(tmp_path, 3)
 
 
 def test_keeps_the_best_by_val_ppl_too(tmp_path: Path) -> None:
