@@ -1,11 +1,16 @@
 """Live training progress: a tqdm bar on a terminal, plain lines elsewhere, nothing with --quiet, and
 with --json one JSON object per epoch on stdout. It is fed once per compiled chunk of epochs, with
-metrics that training fetched anyway, so it adds no host sync."""
+metrics that training fetched anyway, so it adds no host sync; while a chunk runs longer than
+HEARTBEAT_S (a long epoch of a big text), a thread says how long it has been running."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import IO, Any
 
 from tqdm import tqdm
@@ -25,6 +30,9 @@ def describe(r: dict[str, Any]) -> str:
     return f"train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}{units}{speed}{skipped}"
 
 
+HEARTBEAT_S = 10.0  # the longest a run stays silent
+
+
 def eta_text(seconds: float) -> str:
     seconds = max(int(round(seconds)), 0)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
@@ -38,9 +46,11 @@ class Progress:
     on `out`."""
 
     def __init__(self, epochs: int, mode: str = "auto", as_json: bool = False, err: IO[str] | None = None,
-                 out: IO[str] | None = None, unit: str = "epoch", span: int = 1) -> None:
+                 out: IO[str] | None = None, unit: str = "epoch", span: int = 1,
+                 heartbeat: float = HEARTBEAT_S) -> None:
         """`epochs` is the run's length in `unit` ('epoch', or 'step' for a run by steps), each record
-        covering `span` of them (a run by steps: its evaluation interval)."""
+        covering `span` of them (a run by steps: its evaluation interval); `heartbeat` the longest
+        silence once `watch` is called."""
         self.err, self.out = err or sys.stderr, out or sys.stdout
         if mode == "auto":
             mode = "bar" if self.err.isatty() else "lines"
@@ -48,13 +58,56 @@ class Progress:
         self.start: int | None = None
         self.bar: tqdm | None = None
         self.trained_s = 0.0  # the epochs' own seconds: compiling, saving and sampling are not in them
+        self.heartbeat, self.at = heartbeat, 0
+        self.last_record = self.last_shown = time.monotonic()
+        self.lock, self.stopped = threading.Lock(), threading.Event()
 
     @classmethod
     def of(cls, cfg: Any, mode: str = "auto", as_json: bool = False) -> Progress:
         """The progress of a run of `cfg` (a Config): its length and unit, a record per evaluation."""
         return cls(cfg.length, mode, as_json, unit=cfg.unit, span=cfg.eval_every or 1)
 
+    @contextlib.contextmanager
+    def watching(self, start: int) -> Iterator[None]:
+        """Inside, while the records after `start` are awaited, show a line (or refresh the bar) whenever
+        `heartbeat` seconds pass without one."""
+        if self.mode == "quiet":
+            yield
+            return
+        self.at, self.stopped = start, threading.Event()
+        self.last_record = self.last_shown = time.monotonic()
+        threading.Thread(target=self._beat, name="jaxrnn-progress", daemon=True).start()
+        try:
+            yield
+        finally:
+            self.stopped.set()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(min(1.0, self.heartbeat / 4)):
+            with self.lock:
+                now = time.monotonic()
+                if now - self.last_shown >= self.heartbeat and not self.stopped.is_set():
+                    self._running(now)
+
+    def _running(self, now: float) -> None:
+        """Where the run is while a chunk trains: the next record's unit, and for how long it has run."""
+        done = self.at - (self.start if self.start is not None else self.at)
+        took = f" (one {self.unit} took {eta_text(self.trained_s / done)})" if done > 0 and self.unit == "epoch" else ""
+        text = f"running {eta_text(now - self.last_record)}{took}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+        else:
+            nxt = min(self.at + (1 if self.unit == "epoch" else self.span), self.epochs)
+            print(f"{self.unit} {nxt}/{self.epochs}  {text}", file=self.err, flush=True)
+        self.last_shown = now
+
     def __call__(self, r: dict[str, Any]) -> None:
+        with self.lock:
+            self._show(r)
+            self.at = r[self.unit]
+            self.last_record = self.last_shown = time.monotonic()
+
+    def _show(self, r: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(r), file=self.out, flush=True)
         self.trained_s += r.get("seconds") or 0.0
@@ -73,5 +126,6 @@ class Progress:
             print(f"{self.unit} {at}/{self.epochs}  {describe(r)}  eta {eta_text(eta)}", file=self.err, flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        with self.lock:
+            if self.bar is not None:
+                self.bar.close()

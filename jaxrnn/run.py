@@ -218,7 +218,8 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
 
     with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
           Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts,
-          contextlib.closing(shown) if shown else nothing):
+          contextlib.closing(shown) if shown else nothing,
+          on_epoch.watching(start) if isinstance(on_epoch, Progress) else nothing):
         try:
             state, new = fit(cfg, corpus, model, state, start, per_step=per_step, on_chunk=on_chunk)
             done = cfg.length

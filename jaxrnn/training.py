@@ -7,6 +7,7 @@ calls the jitted step from Python once per batch, as the chapters do.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -248,10 +249,17 @@ def evaluate_tokens(cfg: Config, model: LanguageModel, params: Params, tokens: n
     one device."""
     protocol = eval_protocol(cfg.eval, cfg.split)
     idx, mask = eval_plan(protocol, len(tokens) - cfg.num_steps, cfg.batch_size, cfg.num_steps)
-    steps = Steps(model, make_optimizer(cfg), cfg.num_steps, stream_eval=protocol == "stream")
-    evaluate = steps.jitted(layout(1, cfg.batch_size))["evaluate"]
+    evaluate = _evaluator(model, cfg.num_steps, protocol == "stream", cfg.batch_size)
     with jax.default_matmul_precision(cfg.precision):
         return float(evaluate(params, *map(jnp.asarray, (tokens, idx, mask))))
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluator(model: LanguageModel, num_steps: int, stream: bool, batch_size: int) -> Callable:
+    """The jitted evaluation of a model (models compare by their fields), kept so that evaluating
+    several checkpoints or files in one process traces and compiles it once per shape."""
+    steps = Steps(model, optax.identity(), num_steps, stream_eval=stream)  # evaluation needs no optimizer
+    return steps.jitted(layout(1, batch_size))["evaluate"]
 
 
 def bits(loss: float) -> float:

@@ -6,8 +6,10 @@ steps, the sine experiment and `--steps` runs, get `--steps 20`), and the Python
 `--data tinyshakespeare` reads the repo's slice of it (tests/data), which stands in for the whole.
 Exempt, as the issue says:
 the install and test commands themselves (`.ci/run` runs those), `tensorboard`, and the multi-host
-launch (tests/test_parallel.py runs two processes of one distributed run). `jaxrnn bench --quick`
-takes a minute and a half on 2 cores and the experiment scripts most of one: those run in the slow set.
+launch (tests/test_parallel.py runs two processes of one distributed run). The walk-through trains 14
+models (a minute to two on 2 cores), `jaxrnn bench --quick` takes a minute and a half and the
+experiment scripts most of one: all of them run in the slow set, which CI runs too; the default set
+checks that the README still holds the commands and runs its Python blocks.
 """
 
 from __future__ import annotations
@@ -94,10 +96,11 @@ def work(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def ran(call, work: Path) -> dict[str, subprocess.CompletedProcess]:
-    """The default set's commands, in the README's order."""
+    """The walk-through's commands (all but bench and the experiment scripts), in the README's order."""
     return {c: call(as_tested(c), work) for c in COMMANDS if not c.startswith(SLOW)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in COMMANDS if not c.startswith(SLOW)])
 def test_readme_command_runs(ran, work: Path, command: str) -> None:
     proc = ran[command]
@@ -105,6 +108,7 @@ def test_readme_command_runs(ran, work: Path, command: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_readme_commands_print_what_the_readme_says(ran, work: Path) -> None:
     """The walk-through's outputs: a result line per training run, a sample, perplexity and bpc, one
     line per run in `runs`, a resumed run that says so, and a plot."""

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import jax
@@ -189,6 +190,31 @@ def test_eta_counts_trained_epochs_not_compiling() -> None:
     p({**RECORD, "epoch": 1, "seconds": 2.0})  # however long the first chunk took to compile
     p({**RECORD, "epoch": 2, "seconds": 4.0})
     assert [line.rsplit("eta ", 1)[1] for line in err.getvalue().splitlines()] == ["0:18", "0:24"]
+
+
+def test_a_long_chunk_shows_a_line_every_heartbeat() -> None:
+    """While a chunk runs past the heartbeat, lines say which epoch is running and for how long; none
+    come once `watching` ends, nor in quiet mode."""
+    err = io.StringIO()
+    p = Progress(10, "lines", err=err, heartbeat=0.05)
+    with p.watching(2):
+        time.sleep(0.3)  # the first chunk after epoch 2 compiles and trains
+        p({**RECORD, "epoch": 3, "seconds": 4.0})
+        time.sleep(0.3)
+    time.sleep(0.2)
+    lines = err.getvalue().splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("epoch 3/10  train ppl")))
+    assert first >= 2 and all(re.fullmatch(r"epoch 3/10  running 0:00", line) for line in lines[:first]), lines
+    later = lines[first + 1:]
+    assert len(later) >= 2 and all(re.fullmatch(r"epoch 4/10  running 0:00 \(one epoch took 0:04\)", line)
+                                   for line in later), lines
+    count = len(lines)
+    time.sleep(0.2)
+    assert len(err.getvalue().splitlines()) == count  # stopped with the `with` block
+    quiet = io.StringIO()
+    with Progress(10, "quiet", err=quiet, heartbeat=0.01).watching(0):
+        time.sleep(0.1)
+    assert quiet.getvalue() == ""
 
 
 def test_python_api_shows_progress_unless_told_not_to(tiny_cfg, tiny_corpus, capsys) -> None:
