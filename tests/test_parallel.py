@@ -175,6 +175,7 @@ def hosts(tmp_path_factory, start_python) -> tuple[Path, dict[str, list[tuple[in
     return work, done
 
 
+@pytest.mark.slow  # two jaxrnn processes of one distributed run: 20-30 s each on 2 cores
 def test_two_processes_train_like_one_with_four_devices(hosts) -> None:
     """Same metrics and parameters (float32 rounding: gloo adds the gradient sums in its own order);
     process 0 prints the result line, process 1 nothing; the checkpoint restores in this 1-device process."""
@@ -192,6 +193,7 @@ def test_two_processes_train_like_one_with_four_devices(hosts) -> None:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # two jaxrnn processes of one distributed run: 20-30 s each on 2 cores
 def test_two_processes_resume_a_run(hosts) -> None:
     """Resumed from its first checkpoint by 2 processes, the run ends as the uninterrupted one."""
     work, done = hosts
@@ -205,6 +207,7 @@ def test_two_processes_resume_a_run(hosts) -> None:
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # two jaxrnn processes of one distributed run: 20-30 s each on 2 cores
 def test_an_error_of_process_0_stops_every_process(hosts) -> None:
     """Process 0 refuses a directory that holds a run; process 1 does not wait for it in a barrier but
     exits 2 too, naming process 0; the run is left as it was."""
@@ -216,6 +219,7 @@ def test_an_error_of_process_0_stops_every_process(hosts) -> None:
     assert len((work / "one" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow  # two jaxrnn processes of one distributed run: 20-30 s each on 2 cores
 def test_a_signal_to_one_process_stops_both_after_the_same_chunk(start_python, tmp_path: Path) -> None:
     """SIGTERM to process 1 alone (it signals itself as the save of epoch 2 begins, jaxrnn/faults.py): both
     processes stop (exit 128 + 15) with that chunk's checkpoint saved, instead of process 0 waiting for

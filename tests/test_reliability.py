@@ -879,6 +879,24 @@ NUMBERS = [(flag, value) for flag in ["--batch-size", "--num-steps", "--hidden",
            for value in ["0", "-3", "x1"] if (flag, value) not in {("--epochs", "0"), ("--lr", "x1")}]  # in test_cli
 
 
+@pytest.mark.parametrize("spec", ["bogus", "saving", "saving:x", "during:4", "saved:4:SIGFOO"])
+def test_a_fault_plan_not_of_its_form_exits_2_before_anything_runs(monkeypatch, capsys, tmp_path: Path,
+                                                                    spec: str) -> None:
+    monkeypatch.setenv(faults.ENV, spec)
+    faults.planned.cache_clear()
+    try:
+        assert cli.main(["train", *RUN_FLAGS, "--out", str(tmp_path / "run")]) == 2
+    finally:
+        monkeypatch.undo()
+        faults.planned.cache_clear()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"jaxrnn: error: {faults.ENV}={spec!r} is not POINT:N[:SIGNAL,...] with POINT one of save, saving, saved; "
+        f"unset {faults.ENV}")
+    assert not (tmp_path / "run").exists()
+    assert faults.parse("saving:4") == faults.Fault("saving", 4, (signal.SIGKILL,))
+    assert faults.parse("save:2:SIGINT,SIGINT").signals == (signal.SIGINT, signal.SIGINT)
+
+
 @pytest.mark.parametrize("flag, value", NUMBERS)
 def test_numbers_that_cannot_train_exit_2(capsys, tmp_path: Path, flag: str, value: str) -> None:
     """Zero, negative and non-numeric sizes and rates: exit 2 naming the flag, before anything is written."""
