@@ -38,13 +38,39 @@ def run_tool(*args: str, timeout: float = 120, env: dict | None = None) -> subpr
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("argv", [["tools/d2l_baseline.py", "--help"], ["tools/d2l_baseline.py", "train", "--help"],
-                                  ["tools/d2l_baseline.py", "reference", "--help"], ["tools/seed_vs_d2l.py", "--help"],
-                                  ["tools/race.py", "--help"]])
+SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for d in ("tools", "experiments") for p in (ROOT / d).glob("*.py")
+                 if 'if __name__ == "__main__":' in p.read_text())
+
+
+def test_every_script_is_listed() -> None:
+    """Every tool and experiment with a main is in SCRIPTS (the modules they share are not)."""
+    assert len(SCRIPTS) == 11 and {"tools/ablate.py", "experiments/rnn_scratch.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help(call, script: str) -> None:
+    """Imports resolve and the arguments parse: a script that has rotted fails here (in this process)."""
+    proc = call([ROOT / script, "--help"], ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:"), proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["tools/d2l_baseline.py", "train", "--help"],
+                                  ["tools/d2l_baseline.py", "reference", "--help"], ["tools/race.py", "--help"]])
 def test_help(argv):
     proc = run_tool(*argv)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: tools/")
+
+
+def test_ablate_runs_a_tiny_grid(call, tmp_path: Path) -> None:
+    """tools/ablate.py end to end on one cell of its grid, one epoch: a row with train tokens/s."""
+    out = tmp_path / "rows.json"
+    proc = call([ROOT / "tools/ablate.py", "--models", "scratch", "--unroll", "1", "--precision", "highest",
+                 "--epochs", "1", "--json-out", out], ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["tokens_per_s"] > 0, rows
 
 
 @pytest.mark.parametrize("argv, problem", [

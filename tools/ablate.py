@@ -12,7 +12,7 @@ import sys
 
 import jax
 
-from jaxrnn.bench import case_configs, first_windows, jaxrnn_train, table
+from jaxrnn.bench import case_configs, jaxrnn_train, table
 from jaxrnn.data import load_corpus
 from jaxrnn.parallel import use_cpu_cores
 
@@ -36,7 +36,7 @@ def main() -> int:
         base = base.replace(epochs=a.epochs)
     corpus = load_corpus(None, base.num_steps, 10000, 5000)
     if case == "large-train":
-        corpus = first_windows(corpus, base)
+        corpus = corpus.head(base.num_train, base.num_val)
     rows = []
     grid = itertools.product(a.models, a.cells, a.unroll, a.precision, a.dtype, a.devices)
     for model, cell, unroll, precision, dtype, devices in grid:
