@@ -122,6 +122,24 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+class StepStats(NamedTuple):
+    """What an optimizer step reports, each field stacked along the steps of a chunk or round: the loss
+    summed over the batch's real tokens, their count, and whether the update was non-finite (1.0)."""
+
+    loss_sum: Array
+    tokens: Array
+    skipped: Array
+
+
+class Jitted(NamedTuple):
+    """The jitted functions of `Steps` for one device layout."""
+
+    step: Callable
+    evaluate: Callable
+    chunk: Callable
+    round: Callable
+
+
 @dataclass(frozen=True)
 class Steps:
     """The jitted functions of one (model, optimizer) pair. A part's tokens live on the device; batches
@@ -167,10 +185,10 @@ class Steps:
         return per_device(params, tokens, idx_B, mask_B, step, h)
 
     def step(self, state: TrainState, tokens: Array, idx_B: Array, mask_B: Array, h: State | None = None
-             ) -> tuple[TrainState, Array, State]:
-        """One optimizer step on the mean loss of one batch; returns the new state, [loss sum, tokens,
-        non-finite?] and the batch's final recurrent state. A non-finite step adds nothing to the sums
-        when the optimizer skips it."""
+             ) -> tuple[TrainState, StepStats, State]:
+        """One optimizer step on the mean loss of one batch; returns the new state, its StepStats and the
+        batch's final recurrent state. A non-finite step adds nothing to the sums when the optimizer
+        skips it."""
         grad_sum, s, n, h = self.grad_sums(state.params, tokens, idx_B, mask_B, state.step, h)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -178,7 +196,7 @@ class Steps:
         bad = ~jnp.isfinite(s)
         if isinstance(opt_state, optax.ApplyIfFiniteState):
             s, n = jnp.where(bad, 0.0, s), jnp.where(bad, 0.0, n)
-        return TrainState(params, opt_state, state.step + 1), jnp.stack([s, n, bad.astype(s.dtype)]), h
+        return TrainState(params, opt_state, state.step + 1), StepStats(s, n, bad.astype(s.dtype)), h
 
     def evaluate(self, params: Params, tokens: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
         """Token-weighted mean loss over the windows a plan covers, each from a zero state, or with
@@ -194,9 +212,9 @@ class Steps:
         return acc[0] / acc[1]
 
     def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
-              val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[Array, Array]]:
-        """Several epochs, each with its validation, as one program; returns every step's
-        [loss sum, tokens, non-finite?] ([E, N, 3]) and each epoch's validation loss ([E]). With
+              val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[StepStats, Array]]:
+        """Several epochs, each with its validation, as one program; returns every step's StepStats
+        (fields [E, N]) and each epoch's validation loss ([E]). With
         `carry`, the recurrent state runs from batch to batch and restarts from zeros each epoch."""
 
         def batch(carry, b):
@@ -205,16 +223,16 @@ class Steps:
             return (st, h_last if self.carry else h), sn
 
         def epoch(st, plan):
-            (st, _), sn_Nx3 = lax.scan(batch, (st, self.model.init_state(plan[0].shape[1])), plan)
-            return st, (sn_Nx3, self.evaluate(st.params, val, val_idx, val_mask))
+            (st, _), stats_N = lax.scan(batch, (st, self.model.init_state(plan[0].shape[1])), plan)
+            return st, (stats_N, self.evaluate(st.params, val, val_idx, val_mask))
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
     def round(self, state: TrainState, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array, reset_K: Array,
-              h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, Array, Array]:
+              h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, StepStats, Array]:
         """K optimizer steps then one validation, as one program (training by steps); with `carry` the
         state `h` runs on from the round before and restarts from zeros where `reset_K` says (an
-        epoch's first step). Returns the state, the last recurrent state, [K, 3] sums, the val loss."""
+        epoch's first step). Returns the state, the last recurrent state, StepStats ([K]), the val loss."""
         zeros = self.model.init_state(idx_KxB.shape[1])
 
         def batch(carry, b):
@@ -224,24 +242,24 @@ class Steps:
             st, sn, h_last = self.step(st, train, idx, mask, h if self.carry else None)
             return (st, h_last if self.carry else h), sn
 
-        (state, h), sn_Kx3 = lax.scan(batch, (state, h), (idx_KxB, mask_KxB, reset_K))
-        return state, h, sn_Kx3, self.evaluate(state.params, val, val_idx, val_mask)
+        (state, h), stats_K = lax.scan(batch, (state, h), (idx_KxB, mask_KxB, reset_K))
+        return state, h, stats_K, self.evaluate(state.params, val, val_idx, val_mask)
 
-    def jitted(self, lay: Layout) -> dict[str, Callable]:
+    def jitted(self, lay: Layout) -> Jitted:
         """The jitted functions: batch plans split over the layout's devices and everything else
         replicated; `grad_sums` sums the gradients over the layout's mesh (parallel.py)."""
         R, b = lay.replicated, lay.batched
         H = NamedSharding(lay.mesh, P(AXIS))  # a recurrent state [B, H] (each leaf), split by rows
         self = replace(self, mesh=lay.mesh)
-        return {
-            "step": jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1), b(2)),
-                            out_shardings=(R, R, b(2))),
-            "evaluate": jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
-            "chunk": jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
-                             out_shardings=(R, R)),
-            "round": jax.jit(self.round, donate_argnums=(0, 6), in_shardings=(R, R, R, b(2), b(2), R, H, b(2), b(2)),
-                             out_shardings=(R, H, R, R)),
-        }
+        return Jitted(
+            step=jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1), b(2)),
+                         out_shardings=(R, R, b(2))),
+            evaluate=jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
+            chunk=jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
+                          out_shardings=(R, R)),
+            round=jax.jit(self.round, donate_argnums=(0, 6), in_shardings=(R, R, R, b(2), b(2), R, H, b(2), b(2)),
+                          out_shardings=(R, H, R, R)),
+        )
 
 
 def evaluate_tokens(cfg: Config, model: LanguageModel, params: Params, tokens: np.ndarray) -> float:
@@ -259,7 +277,7 @@ def _evaluator(model: LanguageModel, num_steps: int, stream: bool, batch_size: i
     """The jitted evaluation of a model (models compare by their fields), kept so that evaluating
     several checkpoints or files in one process traces and compiles it once per shape."""
     steps = Steps(model, optax.identity(), num_steps, stream_eval=stream)  # evaluation needs no optimizer
-    return steps.jitted(layout(1, batch_size))["evaluate"]
+    return steps.jitted(layout(1, batch_size)).evaluate
 
 
 def bits(loss: float) -> float:
@@ -267,11 +285,11 @@ def bits(loss: float) -> float:
     return loss / math.log(2)
 
 
-def record(where: dict[str, float], sn_Nx3: np.ndarray, val_loss: float, seconds: float, tokens: int, protocol: str
+def record(where: dict[str, float], stats: StepStats, val_loss: float, seconds: float, tokens: int, protocol: str
            ) -> dict[str, Any]:
     """One line of metrics.jsonl: where the run is (`epoch` and `step`), from the per-step sums since the
     last record and a validation loss; losses in nats per character."""
-    s, n, bad = sn_Nx3.sum(axis=0)
+    s, n, bad = np.stack(stats, axis=-1).sum(axis=0)  # summed as the steps' [N, 3] rows
     train_loss = float(s / n) if n > 0 else math.nan
     return {
         **where,
@@ -296,12 +314,12 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
         a = b
 
 
-def check_finite(first_step: int, spe: int, sn_ExNx3: np.ndarray, val_E: np.ndarray, skipping: bool) -> None:
+def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray, skipping: bool) -> None:
     """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped),
     or at the first evaluation that is not; rows of N steps from optimizer step `first_step`, each
     followed by an evaluation, `spe` steps an epoch."""
-    E, N, _ = sn_ExNx3.shape
-    bad = np.argwhere(sn_ExNx3[:, :, 2] > 0) if not skipping else np.zeros((0, 2), int)
+    N = stats.skipped.shape[1]
+    bad = np.argwhere(stats.skipped > 0) if not skipping else np.zeros((0, 2), int)
     bad_val = np.flatnonzero(~np.isfinite(val_E))
     if len(bad):
         step = first_step + bad[0][0] * N + bad[0][1] + 1
@@ -367,26 +385,28 @@ def fit(
             idx, mask = put_tree(plan, lay.batched(3))
             if not per_step and b - a not in compiled:
                 t0 = time.perf_counter()
-                compiled[b - a] = fns["chunk"].lower(state, train, val, idx, mask, val_idx, val_mask).compile()
+                compiled[b - a] = fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask).compile()
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if per_step:
-                sn, vals = [], []
+                stats, vals = [], []
                 for e in range(b - a):
                     h = model.init_state(cfg.batch_size)
                     for i in range(idx.shape[1]):
-                        state, sn_i, h_last = fns["step"](state, train, idx[e, i], mask[e, i], h)
+                        state, stats_i, h_last = fns.step(state, train, idx[e, i], mask[e, i], h)
                         h = h_last if cfg.batching == "sequential" else h
-                        sn.append(sn_i)
-                    vals.append(fns["evaluate"](state.params, val, val_idx, val_mask))
-                sn_ExNx3, val_E = jnp.stack(sn).reshape(b - a, idx.shape[1], 3), jnp.stack(vals)
+                        stats.append(stats_i)
+                    vals.append(fns.evaluate(state.params, val, val_idx, val_mask))
+                stats_ExN = StepStats(*(jnp.stack(x).reshape(b - a, idx.shape[1]) for x in zip(*stats)))
+                val_E = jnp.stack(vals)
             else:
-                state, (sn_ExNx3, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
-            sn_ExNx3, val_E = (np.asarray(x, np.float64) for x in jax.device_get((sn_ExNx3, val_E)))
+                state, (stats_ExN, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
+            stats_ExN, val_E = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get((stats_ExN, val_E)))
             timings["train_s"] += time.perf_counter() - t0
-            check_finite(a * spe, spe, sn_ExNx3, val_E, cfg.skip_nonfinite)
+            check_finite(a * spe, spe, stats_ExN, val_E, cfg.skip_nonfinite)
             seconds = (time.perf_counter() - t0) / (b - a)
-            records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, sn_ExNx3[e], float(val_E[e]), seconds,
+            records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, StepStats(*(x[e] for x in stats_ExN)),
+                              float(val_E[e]), seconds,
                               tokens_per_epoch, protocol) for e in range(b - a)]
             history += records
             if on_chunk is not None:
@@ -428,15 +448,15 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay:
             args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
             if b - g not in compiled:
                 t0 = time.perf_counter()
-                compiled[b - g] = fns["round"].lower(*args).compile()
+                compiled[b - g] = fns.round.lower(*args).compile()
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            state, h, sn_Kx3, val_loss = compiled[b - g](*args)
-            sn_Kx3, val_loss = (np.asarray(x, np.float64) for x in jax.device_get((sn_Kx3, val_loss)))
+            state, h, stats_K, val_loss = compiled[b - g](*args)
+            stats_K, val_loss = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get((stats_K, val_loss)))
             seconds = time.perf_counter() - t0
             timings["train_s"] += seconds
-            check_finite(g, spe, sn_Kx3[None], val_loss[None], cfg.skip_nonfinite)
-            records = [record({"step": b, "epoch": b / spe}, sn_Kx3, float(val_loss), seconds, tokens, protocol)]
+            check_finite(g, spe, StepStats(*(x[None] for x in stats_K)), val_loss[None], cfg.skip_nonfinite)
+            records = [record({"step": b, "epoch": b / spe}, stats_K, float(val_loss), seconds, tokens, protocol)]
             history += records
             save = b % cfg.save_every == 0 or b == cfg.steps
             if on_chunk is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from jaxrnn.data import load_corpus
 from jaxrnn.models import ScratchRNNLM, build_model
-from jaxrnn.training import Steps, fit, init_state, loss_sum, make_optimizer, perplexity, record
+from jaxrnn.training import Steps, StepStats, fit, init_state, loss_sum, make_optimizer, perplexity, record
 
 
 def mean_loss(model, params, windows, mask) -> jax.Array:
@@ -86,8 +86,8 @@ def test_perplexity_is_exp_of_loss() -> None:
         assert perplexity(loss) == pytest.approx(math.exp(loss), rel=1e-12)
     assert perplexity(1000.0) == math.inf
     # two steps: loss sums 30 and 10 over 10 and 10 tokens -> token-weighted mean 2.0; one skipped step
-    r = record({"epoch": 3, "step": 9}, np.array([[30.0, 10.0, 0.0], [10.0, 10.0, 0.0], [0.0, 0.0, 1.0]]), 2.5, 4.0,
-               1000, "d2l-windows")
+    stats = StepStats(np.array([30.0, 10.0, 0.0]), np.array([10.0, 10.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    r = record({"epoch": 3, "step": 9}, stats, 2.5, 4.0, 1000, "d2l-windows")
     assert r["train_ppl"] == pytest.approx(math.exp(2.0)) and r["val_ppl"] == pytest.approx(math.exp(2.5))
     assert r["epoch"] == 3 and r["tokens_per_s"] == 250 and r["skipped_steps"] == 1
 
@@ -125,7 +125,7 @@ def test_masked_partial_batch_weighs_like_d2l(tiny_cfg, tiny_corpus) -> None:
             got, sn, _ = step(init_state(model, tx, 0), train, idx, jnp.arange(16) < 5)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), got.params, want.params)
             np.testing.assert_allclose(sn, sn_want, rtol=1e-6)
-    assert float(sn_want[1]) == 5 * cfg.num_steps
+    assert float(sn_want.tokens) == 5 * cfg.num_steps
     assert int(got.step) == 1
 
 
