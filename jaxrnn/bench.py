@@ -273,23 +273,28 @@ def torch_available() -> bool:
 _LOAD = """
 import json, resource, sys, time
 import numpy as np
-from jaxrnn.data import load_corpus, sequential_plan
+from jaxrnn.data import batch_slice, load_corpus, sequential_plan
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 c = load_corpus(sys.argv[1], 64, preprocessing="none", split=(0.9, 0.1, 0.0))
 seconds = time.perf_counter() - t
-plan = sequential_plan(0, 0, c.spans["train"][1], 64, 64)
+n = c.spans["train"][1]
+plan = sequential_plan(0, 0, n, 64, 64)
+t = time.perf_counter()
+rounds = [batch_slice(0, 0, n, 64, k * 700, (k + 1) * 700) for k in range(3)]  # random batching, by steps
+round_s = (time.perf_counter() - t) / 3
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "chars": len(c.tokens), "dtype": str(c.tokens.dtype),
-                  "added_bytes": (peak - before) * 1024, "vocab": len(c.vocab)}))
+                  "added_bytes": (peak - before) * 1024, "vocab": len(c.vocab), "round_s": round_s}))
 """
 
 
 def big_corpus(quick: bool) -> dict[str, Any]:
     """Write a generated text of BIG_CHARS characters (The Time Machine's raw text over and over, each copy
     with its own line numbers, so the vocab is the text's plus digits), then load it in a fresh process:
-    reading, counting the vocab and encoding to the smallest integer type, timed, and the peak resident
-    memory that added (ru_maxrss), per character."""
+    reading, counting the vocab and encoding to the smallest integer type, timed; the batch plans of an
+    epoch of sequential batching and of three 700-step rounds of random batching (timed per round);
+    and the peak resident memory all that added (ru_maxrss), per character."""
     import subprocess
     import tempfile
 
@@ -306,9 +311,11 @@ def big_corpus(quick: bool) -> dict[str, Any]:
         out = subprocess.run([sys.executable, "-c", _LOAD, path], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
     log(f"big-corpus: {r['chars'] / 1e6:.1f} M characters as {r['dtype']} (vocab {r['vocab']}) in "
-        f"{r['seconds']:.2f} s, {r['added_bytes'] / r['chars']:.2f} bytes per character at peak")
+        f"{r['seconds']:.2f} s, {r['added_bytes'] / r['chars']:.2f} bytes per character at peak; a 700-step "
+        f"round of random batches planned in {r['round_s']:.2f} s")
     return {**row("big-corpus", "jaxrnn", r["seconds"], None, r["chars"] / r["seconds"], cell="-"),
-            "bytes_per_char": r["added_bytes"] / r["chars"], "chars": r["chars"], "dtype": r["dtype"]}
+            "bytes_per_char": r["added_bytes"] / r["chars"], "chars": r["chars"], "dtype": r["dtype"],
+            "round_s": r["round_s"]}
 
 
 # ---------------------------------------------------------------- the suite

@@ -349,9 +349,51 @@ def file_tokens(path: Path, vocab: Vocab, num_steps: int, preprocessing: str = "
     return vocab.encode(text)
 
 
+BIG_PART = 1 << 22  # windows: a part larger than this has its epoch order computed a slice at a time
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The shuffled window order of one epoch: a function of (seed, epoch) only."""
-    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+    return order_slice(seed, epoch, n, 0, n)
+
+
+def order_slice(seed: int, epoch: int, n: int, lo: int, hi: int) -> np.ndarray:
+    """Positions [lo, hi) of an epoch's shuffled order of `n` windows (int32). Up to BIG_PART windows it
+    is numpy's permutation (the chapters' sizes; every figure was measured with it); above, a keyed
+    pseudo-random permutation computed for the slice alone, so that a run by steps on a 100 MB text
+    holds a round's windows, not an epoch's order of 4 bytes a character."""
+    if n <= BIG_PART:
+        return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)[lo:hi]
+    keys = np.random.default_rng([seed, epoch, 1]).integers(0, 1 << 63, size=4, dtype=np.uint64)
+    x = _feistel(np.arange(lo, hi, dtype=np.uint64), n, keys)
+    while (out := x >= n).any():  # cycle-walk: apply again until inside [0, n); the domain is < 4n
+        x[out] = _feistel(x[out], n, keys)
+    return x.astype(np.int32)
+
+
+def _feistel(x: np.ndarray, n: int, keys: np.ndarray) -> np.ndarray:
+    """A bijection of [0, 2^k) (k even, 2^k >= n): one balanced Feistel round per key, splitmix64's
+    finalizer as the round function."""
+    half = max(1, (int(n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    left, right = x >> np.uint64(half), x & mask
+    with np.errstate(over="ignore"):
+        for key in keys:
+            z = right ^ key
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            left, right = right, left ^ ((z ^ (z >> np.uint64(31))) & mask)
+    return (left << np.uint64(half)) | right
+
+
+def batch_slice(seed: int, epoch: int, n: int, batch_size: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batches [lo, hi) of an epoch's random plan, as `batch_plan(epoch_order(seed, epoch, n), batch_size)`
+    has them, computing only their windows."""
+    a, b = lo * batch_size, min(hi * batch_size, n)
+    idx = np.zeros((hi - lo) * batch_size, np.int32)
+    idx[: max(b - a, 0)] = order_slice(seed, epoch, n, a, b)
+    mask = np.arange(a, a + len(idx)) < n
+    return idx.reshape(hi - lo, batch_size), mask.reshape(hi - lo, batch_size)
 
 
 def batch_plan(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

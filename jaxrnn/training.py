@@ -26,12 +26,14 @@ from jaxrnn.cells import State
 from jaxrnn.config import Config
 from jaxrnn.data import (
     Corpus,
+    batch_slice,
     check_batching,
     check_eval,
     chunk_plan,
     eval_plan,
     eval_protocol,
     eval_sample,
+    sequential_plan,
     steps_per_epoch,
 )
 from jaxrnn.errors import JaxrnnError
@@ -420,7 +422,10 @@ def round_plan(cfg: Config, n: int, spe: int, a: int, b: int) -> tuple[np.ndarra
     parts = []
     for e in range(a // spe, (b - 1) // spe + 1):
         lo, hi = max(a - e * spe, 0), min(b - e * spe, spe)
-        idx, mask = (x[0, lo:hi] for x in chunk_plan(cfg.seed, e, 1, n, cfg.batch_size, cfg.batching, cfg.num_steps))
+        if cfg.batching == "sequential":
+            idx, mask = (x[lo:hi] for x in sequential_plan(cfg.seed, e, n, cfg.batch_size, cfg.num_steps))
+        else:  # only these steps' windows: a big text's epoch order is never held whole
+            idx, mask = batch_slice(cfg.seed, e, n, cfg.batch_size, lo, hi)
         parts.append((idx, mask, np.arange(lo, hi) == 0))
     return tuple(np.concatenate(p) for p in zip(*parts))
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrnn import cli, run
+from jaxrnn import cli, data, run
 from jaxrnn.config import Config
 from jaxrnn.data import chunk_plan, eval_plan, eval_sample, steps_per_epoch
 from jaxrnn.errors import ConfigError
@@ -40,10 +40,14 @@ def test_round_plans_run_the_epochs_on_into_each_other(tiny_cfg, batching: str) 
     assert mask.shape == idx.shape and reset.tolist() == [(g % spe) == 0 for g in range(1, 8)]
 
 
-@pytest.mark.parametrize("batching", ["random", "sequential"])
-def test_steps_over_whole_epochs_train_as_epochs_do(tiny_cfg, tiny_corpus, batching: str) -> None:
+@pytest.mark.parametrize("batching", ["random", "sequential", "random-big"])
+def test_steps_over_whole_epochs_train_as_epochs_do(monkeypatch, tiny_cfg, tiny_corpus, batching: str) -> None:
     """A run of 3 epochs' worth of steps, evaluated and saved at each epoch's end, ends with the params and
-    the losses of the 3-epoch run: the same batches in the same order, the state reset alike."""
+    the losses of the 3-epoch run: the same batches in the same order, the state reset alike; also with
+    the order of a big part (BIG_PART lowered), which steps compute a slice at a time."""
+    if batching == "random-big":
+        monkeypatch.setattr(data, "BIG_PART", 100)
+        batching = "random"
     spe = SPE[batching]
     by_epochs = tiny_cfg(epochs=3, batching=batching, batch_size=128 if batching == "random" else 16, sigma=0.5)
     by_steps = by_epochs.replace(steps=3 * spe, eval_every=spe)
