@@ -450,7 +450,8 @@ def evaluate(trained: Trained, path: str | Path | None = None, part: str = "val"
 
 def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
     """Restore a run's checkpoint (the latest, 'best', or an epoch) in any process, on this machine's
-    devices, with no other input."""
+    devices, with no other input. A checkpoint that cannot be read whole raises Damaged, whose advice
+    names the latest other checkpoint that does: never another checkpoint's model in its place."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise JaxrnnError(f"run directory {run_dir} does not exist; pass --run with a directory written by train")
