@@ -50,7 +50,7 @@ class Progress:
                  heartbeat: float = HEARTBEAT_S) -> None:
         """`epochs` is the run's length in `unit` ('epoch', or 'step' for a run by steps), each record
         covering `span` of them (a run by steps: its evaluation interval); `heartbeat` the longest
-        silence once `watch` is called."""
+        silence inside `watching`."""
         self.err, self.out = err or sys.stderr, out or sys.stdout
         if mode == "auto":
             mode = "bar" if self.err.isatty() else "lines"

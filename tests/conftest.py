@@ -158,6 +158,15 @@ def ref() -> SimpleNamespace:
                            flat=flat_scratch, as_flax=as_flax)
 
 
+def state_leaves(run_dir: Path, step: int | str | None = None) -> dict[str, np.ndarray]:
+    """Every leaf of a run's restored TrainState (params, optimizer state, step), by path: what a resumed
+    run must match bit for bit."""
+    from jaxrnn import load
+
+    state = load(run_dir, step).state._asdict()
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}
+
+
 def _child_env() -> dict[str, str]:
     # The checkout goes first on PYTHONPATH: a child process in another cwd imports this code, whatever is installed.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+from conftest import state_leaves
 
-import jaxrnn
 from jaxrnn import checkpoint
 
 FLAGS = ["--hidden", "8", "--num-train", "512", "--num-val", "128", "--batch-size", "128", "--num-steps", "8",
@@ -64,11 +63,6 @@ class Intact:
     leaves: dict[str, np.ndarray]
 
 
-def leaves(run_dir: Path) -> dict[str, np.ndarray]:
-    state = jaxrnn.load(run_dir).state._asdict()
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}
-
-
 def files_of(step_dir: Path) -> list[str]:
     return sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file())
 
@@ -86,7 +80,7 @@ def intact(tmp_path_factory, call) -> Intact:
     sample = call(["sample", "--run", work / "run", *SAMPLE], work)
     evaluated = call(["eval", "--run", work / "run"], work)
     assert sample.returncode == evaluated.returncode == 0, sample.stderr + evaluated.stderr
-    return Intact(work / "run", trained.stdout, sample.stdout, evaluated.stdout, leaves(work / "run"))
+    return Intact(work / "run", trained.stdout, sample.stdout, evaluated.stdout, state_leaves(work / "run"))
 
 
 def test_the_grid_covers_every_file_of_a_checkpoint(intact) -> None:
@@ -150,7 +144,7 @@ def test_any_damage_is_read_whole_or_refused_in_one_line(intact, call, capfd, tm
             assert snapshot(run_dir / "damaged" / "2") == damaged, name  # set aside, not deleted
         else:
             assert "finished all 2 epochs already" in resumed.stderr, (name, resumed.stderr)
-        got = leaves(run_dir)
+        got = state_leaves(run_dir)
         assert got.keys() == intact.leaves.keys()
         assert all(np.array_equal(got[k], v) and got[k].dtype == v.dtype for k, v in intact.leaves.items()), name
         nothing_else_written(capfd, name)

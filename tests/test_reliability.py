@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import state_leaves
 
 import jaxrnn
 from jaxrnn import checkpoint, cli, faults, training
@@ -53,12 +54,6 @@ def parallel(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {k: pool.submit(f) for k, f in jobs.items()}
         return {k: f.result() for k, f in futures.items()}
-
-
-def state_leaves(run_dir: Path, step: int | str | None = None) -> dict[str, np.ndarray]:
-    """Every leaf of a restored TrainState (params, optimizer state, step), by path."""
-    state = jaxrnn.load(run_dir, step).state._asdict()
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
