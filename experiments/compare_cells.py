@@ -28,7 +28,7 @@ from jaxrnn.plots import plot_curves
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-hidden", type=int, default=256, help="the budget is a 1-layer tanh RNN of this width")
-    p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"])
+    p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"], choices=jaxrnn.config.CELLS)
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.005, help="Adam's learning rate (default 0.005)")

@@ -3,7 +3,7 @@
 The data are d2l's: x_t = sin(0.01 t) + N(0, 0.2^2) for t = 1..1000; the first 600 steps train, the
 rest test. The baseline is d2l's linear autoregressive model on the last tau = 4 values (fitted here
 in closed form, the least-squares optimum its SGD approaches). The RNN is jaxrnn's scratch cell
-(`cells.dense_unroll`, any of tanh/LSTM/GRU) reading the series one value at a time, with a linear
+(`cells.dense_unroll`, any cell of `cells.CELLS`) reading the series one value at a time, with a linear
 head predicting the next value, trained with Adam on windows of the training part (MSE). k-step
 predictions feed each model its own outputs for k steps after the observed past, as d2l does.
 
@@ -61,7 +61,7 @@ def rnn_run(p: dict, cell: str, x_TxB: jax.Array, state=None):
     """Read a batch of series (time-major); returns (state, the prediction of each next value)."""
     B, H = x_TxB.shape[1], p["head"]["w"].shape[0]
     state = cells.zero_state(cell, B, H) if state is None else state
-    state, hs = cells.dense_unroll(p["cell"], state, x_TxB[..., None], hoisted_backward=False, cell=cell)
+    state, hs = cells.dense_unroll(p["cell"], state, x_TxB[..., None], cells.Loop(cell, fast=False))
     return state, (hs @ p["head"]["w"] + p["head"]["b"])[..., 0]
 
 
@@ -112,7 +112,7 @@ def rnn_ahead(p: dict, cell: str, x: jax.Array, k: int) -> jax.Array:
 
 def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    a.add_argument("--cell", default="rnn", choices=["rnn", "lstm", "gru"])
+    a.add_argument("--cell", default="rnn", choices=list(cells.CELLS))
     a.add_argument("--hidden", type=int, default=16)
     a.add_argument("--steps", type=int, default=2000, help="Adam steps (default 2000)")
     a.add_argument("--seed", type=int, default=0)

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from jaxrnn import cells
-from jaxrnn.config import CELLS, Config
+from jaxrnn.config import Config
 from jaxrnn.data import PROMPT, Corpus, epoch_order, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json-out", metavar="FILE", help="also write the rows as a JSON list")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run (default all)")
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations (default all)")
-    p.add_argument("--cells", nargs="+", choices=CELLS, default=list(CELLS), help="recurrent cells (default all)")
+    raced = [name for name, cell in cells.CELLS.items() if cell.torch]
+    p.add_argument("--cells", nargs="+", choices=list(cells.CELLS), default=raced,
+                   help=f"recurrent cells (default those with a PyTorch twin: {' '.join(raced)})")
     p.add_argument("--data", metavar="FILE", help="corpus (default The Time Machine)")
 
 
@@ -95,7 +97,7 @@ def jaxrnn_decode(case: str, impl: str, cfg: Config, corpus: Corpus, batch: int,
 
 def _d2l_step(cfg: Config, p: dict, state: cells.State, x_BxV: jax.Array) -> tuple[cells.State, jax.Array]:
     """One step of d2l's scratch cells: the one-hot input's matmul inside the step, then the gates."""
-    return cells.cell_step(cfg.cell, cfg.gru_reset)(p, state, x_BxV @ p["W_xh"] + p["b_h"])
+    return cells.cell_spec(cfg.cell, cfg.gru_reset).step(p, state, x_BxV @ p["W_xh"] + p["b_h"])
 
 
 def _d2l_forward(cfg: Config, params: dict, X_BxT: jax.Array, V: int) -> jax.Array:
@@ -186,7 +188,7 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
     class LM(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell](V, cfg.hidden)
+            self.rnn = getattr(nn, cells.cell_spec(cfg.cell, cfg.gru_reset).torch)(V, cfg.hidden)
             self.head = nn.Linear(cfg.hidden, V)
 
         def forward(self, x_BxT, h=None):
@@ -363,9 +365,9 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
         batch = 256 if case == "decode-256" else 1
         training = case.endswith("train")
         for cell in args.cells:
-            cfg = base.replace(cell=cell)
+            cfg, twins = base.replace(cell=cell), cells.CELLS[cell]
             for impl in args.impls:
-                if impl == "torch" and not have_torch:
+                if (impl == "torch" and not (have_torch and twins.torch)) or (impl == "jaxrnn-flax" and not twins.flax):
                     continue
                 log(f"{case} {cell} {impl} ...")
                 if impl.startswith("jaxrnn-"):

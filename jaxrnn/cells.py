@@ -1,78 +1,74 @@
-"""Recurrent cells as pure functions over a params pytree: d2l's tanh RNN, LSTM and GRU.
+"""Recurrent cells as pure functions over a params pytree, one registry entry each (`CELLS`).
 
 `rnn_step` is the chapter's tanh cell as written (one-hot input times `W_xh`). `rnn_unroll` runs any
 cell over a sequence of token ids cheaply: `one_hot(x) @ W_xh` is the row gather `W_xh[x]`, done for
-every step at once outside the recurrence, so each step is one [B, H] x [H, G*H] matmul and the
-gate nonlinearities.
+every step at once outside the recurrence, so a step is the cell's own work on `xw = x W_xh + b_h`:
+for the tanh RNN, LSTM and GRU one [B, H] x [H, G*H] matmul and the gate nonlinearities.
 
-Every cell has the same parameters: `W_xh [V, G*H]`, `W_hh [H, G*H]` and `b_h [G*H]`, the G gates'
-matrices side by side (one matmul per step, not G), in PyTorch's and Flax's order: LSTM i, f, g, o;
-GRU r, z, n. The GRU has two forms. `after` (the default, Flax's and cuDNN's) applies the reset gate
-to `h W_hn + b_hn`, so it has a second bias `b_hn [H]`; `before` is d2l's (`(r * h) W_hn`), which
-needs a second matmul per step. The LSTM state is `(h, c)`; the others' is `h`.
+Every cell projects its input with `W_xh [V, G*H]` and `b_h [G*H]`, the G gates side by side, in
+PyTorch's and Flax's order (LSTM i, f, g, o; GRU r, z, n); what its step reads besides (`W_hh`, the
+GRU's `b_hn`) is its own. The GRU has two forms. `after` (the default, Flax's and cuDNN's) applies
+the reset gate to `h W_hn + b_hn`; `before` is d2l's (`(r * h) W_hn`), which needs a second matmul
+per step. The LSTM state is `(h, c)`; the others' is `h`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-CellParams = dict[str, Array]  # W_xh [V, G*H], W_hh [H, G*H], b_h [G*H], and the GRU's b_hn [H]
+CellParams = dict[str, Array]  # W_xh [V, G*H], b_h [G*H], and what the step reads: W_hh [H, G*H], ...
 State = Any  # h [B, H], or (h, c) for the LSTM
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # the cells of config.CELLS
+Step = Callable[[CellParams, State, Array], tuple[State, Array]]  # (params, state, xw) -> (state, h)
 
 
-def cell_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01, cell: str = "rnn",
-              gru_reset: str = "after") -> CellParams:
-    """Normal(0, sigma) weights and zero biases, as d2l's scratch cells."""
-    k_xh, k_hh = jax.random.split(key)
-    width = GATES[cell] * num_hiddens
-    params = {
-        "W_xh": sigma * jax.random.normal(k_xh, (num_inputs, width)),
-        "W_hh": sigma * jax.random.normal(k_hh, (num_hiddens, width)),
-        "b_h": jnp.zeros(width),
-    }
-    if cell == "gru" and gru_reset == "after":
-        params["b_hn"] = jnp.zeros(num_hiddens)
-    return params
+@dataclass(frozen=True)
+class Cell:
+    """A recurrent cell: everything the library, its benchmark and its tests know about it."""
+
+    gates: int  # G: the input projection is [I, G*H]
+    step: Step  # one time step, given xw = x W_xh + b_h
+    recurrent: Callable[[Array, int, float], CellParams]  # (key, H, sigma) -> what `step` reads besides xw
+    paired: bool = False  # the state is (h, c), as the LSTM's
+    flax: str | None = None  # its Flax twin, a flax.linen cell class (--impl flax); None: scratch only
+    torch: str | None = None  # the torch.nn module `jaxrnn bench` races it against; None: not raced
+    # a whole-sequence form with the same results and less work, (params, state, xw, unroll) -> (last, hs)
+    fast: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
+    # (hidden, backend) -> (use `fast`?, scan unroll): the fastest measured (docs/benchmarks.md)
+    plan: Callable[[int, str], tuple[bool, int]] = lambda hidden, backend: (True, 1)
 
 
-def rnn_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01) -> CellParams:
-    """d2l's RNNScratch parameters: the tanh cell of `cell_init`."""
-    return cell_init(key, num_inputs, num_hiddens, sigma)
+@dataclass(frozen=True)
+class Loop:
+    """How a cell runs over time: the cell and its form, then the execution plan. Neither `unroll` nor
+    `fast` changes a result, only the speed; `dtype` is the compute precision."""
 
+    cell: str = "rnn"
+    gru_reset: str = "after"  # the GRU's form, see the module docstring
+    unroll: int = 1
+    dtype: str = "float32"
+    fast: bool = True  # the cell's `fast` form where it has one
 
-def zero_state(cell: str, batch_size: int, num_hiddens: int, dtype: Any = jnp.float32) -> State:
-    h = jnp.zeros((batch_size, num_hiddens), dtype)
-    return (h, h) if cell == "lstm" else h
+    @property
+    def spec(self) -> Cell:
+        return cell_spec(self.cell, self.gru_reset)
 
-
-def rnn_step(params: CellParams, h_BxH: Array, x_BxV: Array) -> Array:
-    """One tanh step: h' = tanh(x W_xh + h W_hh + b_h)."""
-    return jnp.tanh(x_BxV @ params["W_xh"] + h_BxH @ params["W_hh"] + params["b_h"])
-
-
-def rnn_scan(params: CellParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Array]:
-    """The chapter's loop over time as a `lax.scan` of `rnn_step`; returns (last h, all h [T, B, H])."""
-
-    def step(h, x):
-        h = rnn_step(params, h, x)
-        return h, h
-
-    return lax.scan(step, h_BxH, x_TxBxV)
-
-
-# A step maps (params, state, xw) to (state, h), where xw = x W_xh + b_h was computed beforehand. For
-# every cell but d2l's GRU the step is one matmul g = h W_hh (`_matmul_then`) followed by an update
-# that uses no weight matrix.
 
 def _hidden(state: State) -> Array:
     return state[0] if isinstance(state, tuple) else state
+
+
+def _matmul_then(update: Callable) -> Step:
+    """A step that is one matmul g = h W_hh, then an update that reads no weight matrix."""
+    def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
+        return update(p, state, xw, _hidden(state) @ p["W_hh"])
+    return step
 
 
 def _tanh_update(p: CellParams, h: Array, xw: Array, g: Array) -> tuple[Array, Array]:
@@ -97,15 +93,6 @@ def _gru_update(p: CellParams, h: Array, xw: Array, g: Array) -> tuple[Array, Ar
     return h, h
 
 
-UPDATES = {"rnn": _tanh_update, "lstm": _lstm_update, "gru": _gru_update}
-
-
-def _matmul_then(update: Callable) -> Callable:
-    def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
-        return update(p, state, xw, _hidden(state) @ p["W_hh"])
-    return step
-
-
 def _gru_d2l_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
     """d2l's GRU: n = tanh(x W_xn + (r * h) W_hn + b_n)."""
     H = h.shape[-1]
@@ -115,45 +102,133 @@ def _gru_d2l_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
     return h, h
 
 
-def cell_step(cell: str, gru_reset: str = "after") -> Callable[[CellParams, State, Array], tuple[State, Array]]:
-    """The step function of a cell: (params, state, xw) -> (state, h)."""
-    if cell == "gru" and gru_reset == "before":
-        return _gru_d2l_step
-    return _matmul_then(UPDATES[cell])
+def _mingru_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
+    """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): z = sigmoid(x W_z + b_z), h~ = x W_h + b_h,
+    h' = (1 - z) h + z h~. Neither gate reads h, so the loop needs no matmul (see `_mingru_parallel`)."""
+    x_z, cand = jnp.split(xw, 2, axis=-1)
+    z = jax.nn.sigmoid(x_z)
+    h = (1 - z) * h + z * cand
+    return h, h
 
 
-def rnn_unroll(params: CellParams, state: State, tokens_TxB: Array, unroll: int = 1, dtype: str = "float32",
-               hoisted_backward: bool = True, cell: str = "rnn", gru_reset: str = "after") -> tuple[State, Array]:
+def _mingru_parallel(p: CellParams, h0: Array, xw_TxBx2H: Array, unroll: int = 1) -> tuple[Array, Array]:
+    """All of minGRU's states at once: h_t = a_t h_{t-1} + b_t with a = 1 - z, b = z h~ is a linear
+    recurrence, composed in log2(T) parallel rounds by `lax.associative_scan` instead of T steps."""
+    x_z, cand = jnp.split(xw_TxBx2H, 2, axis=-1)
+    z = jax.nn.sigmoid(x_z)
+    a, b = 1 - z, z * cand
+    b = b.at[0].add(a[0] * h0)  # h_0 = a_0 h0 + b_0: the initial state folded into the first step
+
+    def compose(first, second):  # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+        return first[0] * second[0], second[0] * first[1] + second[1]
+
+    hs_TxBxH = lax.associative_scan(compose, (a, b))[1]
+    return hs_TxBxH[-1], hs_TxBxH
+
+
+def _matrix(gates: int, extra: tuple[str, ...] = ()) -> Callable[[Array, int, float], CellParams]:
+    """The recurrent params of a matmul cell: W_hh [H, gates*H] normal(sigma), and zero biases `extra` [H]."""
+    def init(key: Array, hidden: int, sigma: float) -> CellParams:
+        W_hh = sigma * jax.random.normal(key, (hidden, gates * hidden))
+        return {"W_hh": W_hh, **{k: jnp.zeros(hidden) for k in extra}}
+    return init
+
+
+def _tanh_plan(hidden: int, backend: str) -> tuple[bool, int]:
+    """On GPUs the hoisted backward with unroll 8; on CPUs autodiff fully unrolled below hidden 128,
+    the hoisted backward with no unroll above (docs/benchmarks.md)."""
+    if backend != "cpu":
+        return True, 8
+    return (False, 32) if hidden < 128 else (True, 1)
+
+
+def _gated_plan(hidden: int, backend: str) -> tuple[bool, int]:
+    """LSTM and GRU: autodiff (a hoisted backward was slower on CPUs), no unroll on CPUs, 8 elsewhere
+    (docs/benchmarks.md)."""
+    return False, 1 if backend == "cpu" else 8
+
+
+CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
+    "rnn": Cell(1, _matmul_then(_tanh_update), _matrix(1), flax="SimpleCell", torch="RNN",
+                fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll)), plan=_tanh_plan),
+    "lstm": Cell(4, _matmul_then(_lstm_update), _matrix(4), paired=True, flax="OptimizedLSTMCell", torch="LSTM",
+                 plan=_gated_plan),
+    "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), flax="GRUCell", torch="GRU", plan=_gated_plan),
+    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, fast=_mingru_parallel),
+}
+GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), torch="GRU", plan=_gated_plan)  # --gru-reset before
+
+
+def cell_spec(cell: str, gru_reset: str = "after") -> Cell:
+    """The registry entry of a cell in its form."""
+    return GRU_D2L if (cell, gru_reset) == ("gru", "before") else CELLS[cell]
+
+
+def _tanh_last(hs_TxBxH: Array) -> tuple[Array, Array]:
+    return hs_TxBxH[-1], hs_TxBxH
+
+
+def cell_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01, cell: str = "rnn",
+              gru_reset: str = "after") -> CellParams:
+    """Normal(0, sigma) weights and zero biases, as d2l's scratch cells."""
+    k_xh, k_hh = jax.random.split(key)
+    spec = cell_spec(cell, gru_reset)
+    width = spec.gates * num_hiddens
+    return {"W_xh": sigma * jax.random.normal(k_xh, (num_inputs, width)), "b_h": jnp.zeros(width),
+            **spec.recurrent(k_hh, num_hiddens, sigma)}
+
+
+def rnn_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01) -> CellParams:
+    """d2l's RNNScratch parameters: the tanh cell of `cell_init`."""
+    return cell_init(key, num_inputs, num_hiddens, sigma)
+
+
+def zero_state(cell: str, batch_size: int, num_hiddens: int, dtype: Any = jnp.float32) -> State:
+    h = jnp.zeros((batch_size, num_hiddens), dtype)
+    return (h, h) if CELLS[cell].paired else h
+
+
+def rnn_step(params: CellParams, h_BxH: Array, x_BxV: Array) -> Array:
+    """One tanh step: h' = tanh(x W_xh + h W_hh + b_h)."""
+    return jnp.tanh(x_BxV @ params["W_xh"] + h_BxH @ params["W_hh"] + params["b_h"])
+
+
+def rnn_scan(params: CellParams, h_BxH: Array, x_TxBxV: Array) -> tuple[Array, Array]:
+    """The chapter's loop over time as a `lax.scan` of `rnn_step`; returns (last h, all h [T, B, H])."""
+
+    def step(h, x):
+        h = rnn_step(params, h, x)
+        return h, h
+
+    return lax.scan(step, h_BxH, x_TxBxV)
+
+
+def rnn_unroll(params: CellParams, state: State, tokens_TxB: Array, loop: Loop = Loop()) -> tuple[State, Array]:
     """Run a cell over one-hot tokens, computed cheaply; returns (last state, all h [T, B, H]).
 
     `one_hot(x) @ W_xh` is the row gather `W_xh[x]`, done for all steps at once outside the
     recurrence. The gather reads float32 weights, so its gradient (a scatter-add) stays float32,
     which is both exact and fast (bf16 scatter-adds are slow on GPUs)."""
-    xw_TxBxGH = params["W_xh"][tokens_TxB] + params["b_h"]
-    return recurrence(params, state, xw_TxBxGH, unroll, dtype, hoisted_backward, cell, gru_reset)
+    return recurrence(params, state, params["W_xh"][tokens_TxB] + params["b_h"], loop)
 
 
-def dense_unroll(params: CellParams, state: State, x_TxBxI: Array, unroll: int = 1, dtype: str = "float32",
-                 hoisted_backward: bool = True, cell: str = "rnn", gru_reset: str = "after") -> tuple[State, Array]:
+def dense_unroll(params: CellParams, state: State, x_TxBxI: Array, loop: Loop = Loop()) -> tuple[State, Array]:
     """Run a cell over dense inputs (an embedding, or the states of the layer below); the input
     projection of all steps is one [T*B, I] x [I, G*H] matmul outside the recurrence."""
-    xw_TxBxGH = x_TxBxI.astype(dtype) @ params["W_xh"].astype(dtype) + params["b_h"].astype(dtype)
-    return recurrence(params, state, xw_TxBxGH, unroll, dtype, hoisted_backward, cell, gru_reset)
+    dt = loop.dtype
+    return recurrence(params, state, x_TxBxI.astype(dt) @ params["W_xh"].astype(dt) + params["b_h"].astype(dt), loop)
 
 
-def recurrence(params: CellParams, state: State, xw_TxBxGH: Array, unroll: int = 1, dtype: str = "float32",
-               hoisted_backward: bool = True, cell: str = "rnn", gru_reset: str = "after") -> tuple[State, Array]:
-    """The loop over time, given every step's input projection `xw = x W_xh + b_h`, in `dtype`. The
-    tanh cell with `hoisted_backward` takes its gradient from `tanh_recurrence`'s VJP; every other
-    case from autodiff."""
-    xw_TxBxGH = xw_TxBxGH.astype(dtype)
-    state = jax.tree.map(lambda a: a.astype(dtype), state)
-    if cell == "rnn" and hoisted_backward:
-        hs_TxBxH = tanh_recurrence(params["W_hh"].astype(dtype), state, xw_TxBxGH, unroll)
-        return hs_TxBxH[-1], hs_TxBxH
-    recurrent = {k: v.astype(dtype) for k, v in params.items() if k in ("W_hh", "b_hn")}
-    step = functools.partial(cell_step(cell, gru_reset), recurrent)
-    return lax.scan(step, state, xw_TxBxGH, unroll=unroll)
+def recurrence(params: CellParams, state: State, xw_TxBxGH: Array, loop: Loop = Loop()) -> tuple[State, Array]:
+    """The loop over time, given every step's input projection `xw = x W_xh + b_h`, in the loop's
+    dtype: the cell's `fast` form if it has one and the loop asks for it, else a `lax.scan` of its step."""
+    xw_TxBxGH = xw_TxBxGH.astype(loop.dtype)
+    state = jax.tree.map(lambda a: a.astype(loop.dtype), state)
+    spec = loop.spec
+    own = {k: v.astype(loop.dtype) for k, v in params.items() if k not in ("W_xh", "b_h")}  # what the step reads
+    if loop.fast and spec.fast is not None:
+        return spec.fast(own, state, xw_TxBxGH, loop.unroll)
+    return lax.scan(functools.partial(spec.step, own), state, xw_TxBxGH, unroll=loop.unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -167,7 +242,7 @@ def tanh_recurrence(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array, unroll: int = 1
 
 
 def _recur(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array, unroll: int) -> Array:
-    return lax.scan(functools.partial(cell_step("rnn"), {"W_hh": W_hh}), h0_BxH, xw_TxBxH, unroll=unroll)[1]
+    return lax.scan(functools.partial(CELLS["rnn"].step, {"W_hh": W_hh}), h0_BxH, xw_TxBxH, unroll=unroll)[1]
 
 
 def _recur_fwd(W_hh, h0_BxH, xw_TxBxH, unroll):

@@ -1,8 +1,8 @@
 """The only module that knows orbax: save and restore a training state with the metadata to rebuild it.
 
-A checkpoint is `RUN_DIR/checkpoints/<epoch>/` with two items: `state` (params, optimizer state, step;
-plain arrays) and `meta` (JSON: config, vocab, epoch, metrics, and a sha256 digest of the state's arrays),
-plus orbax's record of its metrics. Restoring reads `meta` first, builds the model it names, restores
+A checkpoint is `RUN_DIR/checkpoints/<epoch>/` with two items: `state` (a `TrainState`: params, optimizer
+state, step; plain arrays) and `meta` (JSON: `Meta`, the schema, with a sha256 digest of the state's
+arrays), plus orbax's record of its metrics. Restoring reads `meta` first, builds the model it names, restores
 `state` against that model's abstract shapes on this machine's devices and checks the digest. Any file
 that cannot be read, or arrays that differ from those saved, make the checkpoint `Damaged`.
 """
@@ -13,9 +13,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,39 @@ import jax
 import numpy as np
 
 from jaxrnn import faults
+from jaxrnn.config import Config
+from jaxrnn.data import Vocab
 from jaxrnn.errors import CheckpointError, Damaged
 
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a checkpoint holds beside its arrays, so that it restores and samples with no other input:
+    the run's config, its vocab and default prompt, where the run was and its metrics there. Saved as
+    JSON with `format` and the arrays' `digest`; a field a checkpoint lacks reads as its default."""
+
+    config: dict[str, Any]
+    vocab: tuple[str, ...]
+    prompt: str | None = None  # the corpus' default prompt
+    epoch: int | float | None = None  # the run's epoch (fractional in a run by steps)
+    step: int | None = None  # the optimizer step of a run by steps
+    train_ppl: float | None = None
+    val_ppl: float | None = None
+    digest: str | None = None  # of the state's arrays, set by the save (checkpoints before it had none)
+
+    @classmethod
+    def of(cls, cfg: Config, vocab: Vocab, prompt: str, record: dict[str, Any]) -> Meta:
+        """The meta of a checkpoint saved at a metrics record."""
+        return cls(cfg.to_dict(), tuple(vocab.idx_to_token), prompt, record.get("epoch"), record.get("step"),
+                   record["train_ppl"], record["val_ppl"])
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Meta:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if k == "vocab" else v for k, v in d.items() if k in known})
 
 
 MAX_META_BYTES = 1 << 20  # a jaxrnn meta item is a few KB; anything near this is not ours
@@ -97,15 +128,17 @@ class Saver:
         self.pending: int | None = None  # the epoch being written in the background
         self.mgr = self._guard(0, lambda: manager(run_dir, create=True, background=True))
 
-    def save(self, epoch: int, state: Any, meta: dict[str, Any], val_ppl: float) -> None:
-        """Start writing the checkpoint of `epoch`, after the previous one is complete."""
+    def save(self, epoch: int, state: Any, meta: Meta) -> None:
+        """Start writing the checkpoint of `epoch` (a `TrainState`, or any pytree), after the previous one
+        is complete; orbax records `meta.val_ppl` to rank it."""
         import orbax.checkpoint as ocp
 
         self.wait()
         faults.reach("save", epoch)
-        state = _one_copy(state)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave({**meta, "format": FORMAT, "digest": digest(state)}))
+        state = _one_copy(state._asdict() if hasattr(state, "_asdict") else state)
+        meta = {**asdict(meta), "digest": digest(state), "format": FORMAT}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        val_ppl = meta["val_ppl"] if meta["val_ppl"] is not None else math.inf
         metrics = {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30}
         self._guard(epoch, lambda: _write(self.mgr, epoch, args, metrics))
         self.pending = epoch
@@ -139,10 +172,10 @@ class Saver:
         self._guard(epoch, self.mgr.close)
 
 
-def save(run_dir: Path, epoch: int, state: Any, meta: dict[str, Any], val_ppl: float) -> None:
+def save(run_dir: Path, epoch: int, state: Any, meta: Meta) -> None:
     """Write the checkpoint of `epoch`, complete or not at all; earlier checkpoints stay intact."""
     with Saver(run_dir) as saver:
-        saver.save(epoch, state, meta, val_ppl)
+        saver.save(epoch, state, meta)
 
 
 def steps(run_dir: Path) -> list[int]:
@@ -216,8 +249,8 @@ def _check_safe(step_dir: Path) -> None:
         raise CheckpointError(f"{meta} holds {size} bytes, far more than jaxrnn writes; refusing it")
 
 
-def restore_meta(run_dir: Path, epoch: int) -> dict[str, Any]:
-    """The JSON metadata of the checkpoint of `epoch`, after checking that orbax's record of its metrics
+def restore_meta(run_dir: Path, epoch: int) -> Meta:
+    """The metadata of the checkpoint of `epoch`, after checking that orbax's record of its metrics
     reads (a later save lists them all)."""
     import orbax.checkpoint as ocp
 
@@ -233,14 +266,20 @@ def restore_meta(run_dir: Path, epoch: int) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {epoch} in {run_dir} is not a jaxrnn checkpoint of format {FORMAT}; "
                               "retrain, or use the jaxrnn version that wrote it")
-    return meta
+    try:
+        return Meta.from_json(meta)
+    except TypeError:  # a required field missing
+        raise Damaged(epoch, run_dir, "meta: fields missing") from None
 
 
 def restore_state(run_dir: Path, epoch: int, abstract_state: Any, expect: str | None = None) -> Any:
-    """The saved state of `epoch`, laid out like `abstract_state` (a `jax.eval_shape` tree) on this
-    process' first device, after checking that the saved shapes are the expected ones, and after it
-    the arrays' digest against `expect` (the meta item's; checkpoints written before it had none)."""
+    """The saved state of `epoch`, laid out like `abstract_state` (a `jax.eval_shape` tree; a
+    `TrainState` gives a `TrainState`) on this process' first device, after checking that the saved
+    shapes are the expected ones, and after it the arrays' digest against `expect` (the meta's)."""
     import orbax.checkpoint as ocp
+
+    if hasattr(abstract_state, "_asdict"):  # a NamedTuple is saved as its dict
+        return type(abstract_state)(**restore_state(run_dir, epoch, abstract_state._asdict(), expect))
 
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_state)

@@ -6,6 +6,7 @@ stdout carries results only; progress, logs and warnings go to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jaxrnn import __version__, faults
-from jaxrnn.config import CHOICES, MODELS, PRESETS, Config
+from jaxrnn.config import GROUPS, PRESETS, Config, field_kind, flag
 from jaxrnn.errors import JaxrnnError, Stopped
 from jaxrnn.progress import Progress
 
@@ -28,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"jaxrnn: error: {message}; see '{self.prog} --help'\n")
 
 
-def _number(cast: Any, ok: Any, what: str, need: str) -> Any:
+def _number(cast: Any, what: str, ok: Any = lambda v: True, need: str = "") -> Any:
     """An argparse type: `cast` the text (else '... is not {what}'), then require `ok` (else '{need}')."""
 
     def parse(s: str):
@@ -43,11 +44,9 @@ def _number(cast: Any, ok: Any, what: str, need: str) -> Any:
     return parse
 
 
-_positive_int = _number(int, lambda v: v > 0, "an integer", "a positive integer")
-_positive_float = _number(float, lambda v: 0 < v < math.inf, "a number", "a positive finite number")
-_non_negative_int = _number(int, lambda v: v >= 0, "an integer", "0 or more")
-_non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number", "a finite number >= 0")
-_fraction = _number(float, lambda v: 0 <= v < 1, "a number", "in [0, 1)")
+_positive_int = _number(int, "an integer", lambda v: v > 0, "a positive integer")
+_positive_float = _number(float, "a number", lambda v: 0 < v < math.inf, "a positive finite number")
+_non_negative_int = _number(int, "an integer", lambda v: v >= 0, "0 or more")
 
 
 def _split(s: str) -> tuple[float, ...]:
@@ -73,54 +72,25 @@ def _step(s: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{s!r} is neither 'best' nor a positive epoch number") from None
 
 
-SWITCHES = ("skip_nonfinite", "tie", "tensorboard", "curves")  # Config's on/off settings, each a flag
-# flag -> (Config field, type, help); defaults come from the preset, else from Config().
-TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--model": ("model", str, "the chapters' names: scratch is --cell rnn --impl scratch, concise --impl flax"),
-    "--cell": ("cell", str, "recurrent cell: tanh rnn, lstm or gru (default rnn)"),
-    "--impl": ("impl", str, "scratch: pure functions; flax: nn.scan over Flax's cell (default scratch)"),
-    "--gru-reset": ("gru_reset", str, "scratch GRU: reset gate 'after' the matmul as Flax/cuDNN (default) "
-                    "or 'before' as d2l"),
-    "--epochs": ("epochs", _positive_int, "training epochs (default 100)"),
-    "--hidden": ("hidden", _positive_int, "hidden units (default 32)"),
-    "--batch-size": ("batch_size", _positive_int, "windows per batch (default 1024)"),
-    "--num-steps": ("num_steps", _positive_int, "time steps per window (default 32)"),
-    "--lr": ("lr", _positive_float, "learning rate (default 1)"),
-    "--clip": ("clip", _positive_float, "global gradient-norm clip (default 1)"),
-    "--seed": ("seed", _non_negative_int, "seed of the init and the data order (default 0)"),
-    "--data": ("data", str, "a corpus file, or a name: timemachine (default) or tinyshakespeare (raw text, first "
-               "90%% train, last 10%% validation, as nanoGPT), from $JAXRNN_DATA_DIR, the cache, or downloaded"),
-    "--num-train": ("num_train", _positive_int, "training windows (default 10000)"),
-    "--num-val": ("num_val", _positive_int, "validation windows (default 5000)"),
-    "--split": ("split", _split, "TRAIN,VAL,TEST fractions of the text, e.g. 0.8,0.1,0.1, in place of "
-                "--num-train/--num-val; a test part gets its perplexity and bpc printed at the end"),
-    "--preprocessing": ("preprocessing", str, "d2l: letters only, lower-case (default; tinyshakespeare: none); "
-                        "none: the text as it is"),
-    "--batching": ("batching", str, "random windows (default, d2l 1.0) or sequential streams with the hidden "
-                   "state carried between batches (truncated BPTT, reset each epoch)"),
-    "--eval": ("eval", str, "how validation and test parts are read: windows (default; d2l's counts at stride 1 "
-               "as the chapters, --split parts in non-overlapping windows, each token once from an empty state) or "
-               "stream (one pass with the state carried, each token with its whole left context)"),
-    "--save-every": ("save_every", _positive_int, "epochs per compiled chunk and checkpoint (default 10), or with "
-                     "--steps optimizer steps between checkpoints (default: at every evaluation)"),
-    "--steps": ("steps", _positive_int, "train for this many optimizer steps instead of --epochs (epochs run on "
-                "into each other in the same order); --save-every then counts steps"),
-    "--eval-every": ("eval_every", _positive_int, "with --steps: optimizer steps between evaluations (default "
-                     "steps / 10)"),
-    "--eval-batches": ("eval_batches", _positive_int, "validate on this many batches, the same seeded sample each "
-                       "time (nanoGPT's eval_iters), instead of the whole validation part"),
-    "--unroll": ("unroll", _positive_int, "lax.scan unroll (default: the measured best per backend)"),
-    "--precision": ("precision", str, "matmul precision (default highest: true float32)"),
-    "--dtype": ("dtype", str, "compute dtype (default float32)"),
-    "--devices": ("devices", _positive_int, "data-parallel devices (default all; on a CPU one per core)"),
-    "--layers": ("layers", _positive_int, "stacked recurrent layers (default 1)"),
-    "--embed": ("embed", _non_negative_int, "input embedding width; 0: one-hot inputs (default)"),
-    "--dropout": ("dropout", _fraction, "dropout rate on embeddings and every layer's outputs (default 0)"),
-    "--optimizer": ("optimizer", str, "sgd (default), adam, or adamw (decoupled weight decay)"),
-    "--weight-decay": ("weight_decay", _non_negative_float, "weight decay (default 0)"),
-    "--schedule": ("schedule", str, "learning rate over the run: constant (default) or cosine (to 0)"),
-    "--warmup": ("warmup", _non_negative_int, "optimizer steps of linear learning-rate warm-up (default 0)"),
-}
+def _add_config_flags(t: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per Config field, in `--help` groups: its type, choices and help from the field's
+    `setting`, the default in the help read from the field; ranges are `Config.validate`'s to check.
+    Flags default to None (not given), so a preset's or a saved config's values stand."""
+    groups = {name: t.add_argument_group(name) for name in GROUPS}
+    parse = {int: _number(int, "an integer"), float: _number(float, "a number"), str: str, tuple: _split}
+    for f in dataclasses.fields(Config):
+        meta, kind, value = f.metadata, field_kind(f), f.default
+        text = meta["help"].replace("%", "%%")
+        if kind is bool:  # a switch; one on by default is turned off by --no-NAME
+            name = flag(f.name) if not value else "--no-" + flag(f.name)[2:]
+            groups[meta["group"]].add_argument(name, dest=f.name, action="store_false" if value else "store_true",
+                                               default=None, help=text)
+            continue
+        if value is not None:
+            text += f" (default {value:g})" if kind is float else f" (default {value})"
+        choices = list(meta["choices"]) if meta["choices"] else None
+        groups[meta["group"]].add_argument(flag(f.name), type=parse[kind], default=None, choices=choices, help=text)
+    return groups
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,35 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
     t.add_argument("--config", metavar="FILE", help="start from a saved config (a run's config.json); flags "
                    "override it")
-    for flag, (_, typ, text) in TRAIN_FLAGS.items():
-        choices = MODELS if flag == "--model" else CHOICES.get(TRAIN_FLAGS[flag][0])
-        kw: dict[str, Any] = {"choices": list(choices)} if choices else {}
-        t.add_argument(flag, type=typ, default=None, help=text, **kw)
-    t.add_argument("--tie", action="store_true", default=None,
-                   help="use the input embedding as the output layer (needs --embed equal to --hidden)")
-    t.add_argument("--skip-nonfinite", action="store_true", default=None,
-                   help="skip steps whose loss is nan or inf instead of stopping the run")
-    t.add_argument("--no-curves", dest="curves", action="store_false", default=None,
-                   help="do not draw RUN_DIR/curves.png (saves matplotlib's second of CPU in short runs)")
-    t.add_argument("--tensorboard", action="store_true", default=None,
-                   help="also log to RUN_DIR/tb for TensorBoard (needs the tensorboard extra: tensorboardX)")
-    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its config")
-    t.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
-    t.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
-                   help="stop at the first checkpoint after this many seconds of training, printing the result as "
-                   "at the end; --resume goes on (with a budget of its own, if given)")
-    t.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
-    t.add_argument("--distributed", action="store_true", help="one of several processes (hosts) training together "
-                   "through jax.distributed; JAX finds its peers on SLURM, Open MPI and TPU pods, else pass the next "
-                   "three; every process needs the same flags and --out on a filesystem they share")
-    t.add_argument("--coordinator", metavar="HOST:PORT", type=_host_port,
-                   help="with --distributed: process 0's address")
-    t.add_argument("--num-processes", type=_positive_int, help="with --distributed: how many processes take part")
-    t.add_argument("--process-id", type=_non_negative_int, help="with --distributed: this process' index, from 0")
     t.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings and errors still)")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch on stdout, and the final "
                    "result as one JSON line")
+    groups = _add_config_flags(t)
+    run_dir, hosts = groups["run directory"], groups["devices and hosts"]
+    run_dir.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<model>-<time>)")
+    run_dir.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its "
+                         "config")
+    run_dir.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    run_dir.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                         help="stop at the first checkpoint after this many seconds of training, printing the result "
+                         "as at the end; --resume goes on (with a budget of its own, if given)")
+    hosts.add_argument("--per-step", action="store_true", help="one jitted call per batch instead of fused chunks")
+    hosts.add_argument("--distributed", action="store_true", help="one of several processes (hosts) training "
+                       "together through jax.distributed; JAX finds its peers on SLURM, Open MPI and TPU pods, else "
+                       "pass the next three; every process needs the same flags and --out on a filesystem they share")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", type=_host_port,
+                       help="with --distributed: process 0's address")
+    hosts.add_argument("--num-processes", type=_positive_int, help="with --distributed: how many processes take "
+                       "part")
+    hosts.add_argument("--process-id", type=_non_negative_int, help="with --distributed: this process' index, "
+                       "from 0")
 
     s = sub.add_parser("sample", help="print text from a trained run")
     s.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
@@ -198,23 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields whose flags were given."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     if args.split is not None and (args.num_train is not None or args.num_val is not None):
         raise JaxrnnError("--split sets the train and validation parts by fraction; drop --num-train/--num-val")
     if args.preset and args.config:
         raise JaxrnnError("--preset and --config both name a starting config; drop one")
     base = PRESETS[args.preset] if args.preset else Config.load(args.config) if args.config else Config()
-    given = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in TRAIN_FLAGS.items()}
-    given.update({name: getattr(args, name) for name in SWITCHES})
-    return base.replace(**{k: v for k, v in given.items() if v is not None})
+    return base.replace(**_given(args))
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
     """--resume takes the run's saved config: settings that would change it are refused."""
-    flags = [f for f, (field, _, _) in TRAIN_FLAGS.items() if getattr(args, f[2:].replace("-", "_")) is not None]
-    flags += [f"--{n.replace('_', '-')}" for n in ("preset", "config", "out", *SWITCHES) if getattr(args, n)]
-    flags += ["--no-curves"] if args.curves is False else []
-    flags += ["--force"] if args.force else []
+    on = {f.name for f in dataclasses.fields(Config) if f.default is True}  # given as --no-NAME
+    flags = [f"--no-{flag(k)[2:]}" if k in on else flag(k) for k in _given(args)]
+    flags += [flag(n) for n in ("preset", "config", "out", "force") if getattr(args, n)]
     if flags:
         raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")
 
@@ -272,13 +237,13 @@ def result_line(perplexity: float, sample: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxrnn import run
+    from jaxrnn import run, rundir
     from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
     from jaxrnn.training import bits, perplexity
 
     if args.resume:
         _refuse_with_resume(args)
-    saved = os.path.join(args.resume, run.CONFIG) if args.resume else None
+    saved = os.path.join(args.resume, rundir.CONFIG) if args.resume else None
     cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
     use_cpu_cores(cfg.devices, cfg.batch_size, args.num_processes or 1)  # before JAX starts its CPU backend
     _check_distributed(args, cfg)
@@ -335,12 +300,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from jaxrnn import run
+    from jaxrnn import rundir
 
     rows = [("run", "best val ppl", "at", "best saved", "done", "model")]
-    for d in run.find_runs(args.root):
+    for d in rundir.find_runs(args.root):
         try:
-            s = run.summary(d)
+            s = rundir.summary(d)
         except JaxrnnError as e:
             print(f"jaxrnn: warning: skipping {d}: {e}", file=sys.stderr)
             continue
@@ -354,14 +319,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from jaxrnn import run
+    from jaxrnn import rundir
     from jaxrnn.plots import plot_curves
 
     histories = {}
     for d in args.run_dirs:
-        history = run.read_metrics(d)
+        history = rundir.read_metrics(d)
         if not history:
-            raise JaxrnnError(f"{d} has no epochs in {run.METRICS}; pass run directories written by 'jaxrnn train'")
+            raise JaxrnnError(f"{d} has no epochs in {rundir.METRICS}; pass run directories written by 'jaxrnn train'")
         histories[d] = history
     if len(histories) == 1:  # one run: the legend names the splits only
         histories = {"": next(iter(histories.values()))}

@@ -5,74 +5,148 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxrnn.data import BATCHINGS, EVALS, PREPROCESSING, source_of
 from jaxrnn.errors import ConfigError
 
+
+@dataclass(frozen=True)
+class Source:
+    """A corpus known by name (`--data NAME`): its file name in $JAXRNN_DATA_DIR or the cache, where it is
+    downloaded from, its sha1, and how it is read unless told otherwise."""
+
+    file: str
+    url: str
+    sha1: str
+    preprocessing: str = "d2l"
+    split: tuple[float, float, float] | None = None  # None: d2l's window counts
+
+
+CORPORA = {
+    # H. G. Wells' The Time Machine as d2l serves it (public domain): the chapters' corpus and the default
+    "timemachine": Source("timemachine.txt", "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
+                          "090b5e7e70c295757f55df93cb0a180b9691891a"),
+    # Tiny Shakespeare from karpathy/char-rnn, read as nanoGPT reads it: raw text, first 90% train, last 10% val
+    "tinyshakespeare": Source("tinyshakespeare.txt",
+                              "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                              "04486597058d11dcc2c556b1d0433891eb639d2e", "none", (0.9, 0.1, 0.0)),
+}
+DEFAULT_CORPUS = "timemachine"
+
+
+def source_of(data: str | os.PathLike | None) -> Source | None:
+    """The named corpus `--data` means (None: The Time Machine), or None for a file path."""
+    return CORPORA[DEFAULT_CORPUS] if data is None else CORPORA.get(str(data))
+
+
 MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
-CELLS = ("rnn", "lstm", "gru")
+CELLS = ("rnn", "lstm", "gru", "mingru")  # cells.CELLS, the registry, defines each
 IMPLS = ("scratch", "flax")
 GRU_RESETS = ("after", "before")
 PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+PREPROCESSING = ("d2l", "none")
+BATCHINGS = ("random", "sequential")
+EVALS = ("windows", "stream")  # how a part is read to measure its loss (data.eval_protocol says in full)
 RUN_INFO = ("data_sha1", "versions", "eval_protocol")  # what config.json records beside the settings
-# the settings that take one of a few names: Config field -> the names (the CLI's --flag choices)
-CHOICES = {"cell": CELLS, "impl": IMPLS, "gru_reset": GRU_RESETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-           "preprocessing": PREPROCESSING, "batching": BATCHINGS, "eval": EVALS, "precision": PRECISIONS,
-           "dtype": DTYPES}
+GROUPS = ("model", "data", "optimisation", "run directory", "devices and hosts")  # of `jaxrnn train --help`
+# what a number must be, checked by `validate`: (test, the words after 'must be', the advice)
+BOUNDS = {
+    "positive": (lambda v: v > 0, "a positive {noun}", "pass a value > 0"),
+    "non-negative": (lambda v: v >= 0, "{a_noun} >= 0", "pass a value >= 0"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)", "pass a value in [0, 1)"),
+}
+
+
+def setting(default: Any, group: str, help: str, bound: str | None = None, choices: tuple[str, ...] | None = None
+            ) -> Any:
+    """A Config field and its `jaxrnn train` flag: the flag's `--help` group and text (the default is
+    added from `Config()` unless it is None, which the text explains), the range of a number
+    (`BOUNDS`) or the names a setting takes; `validate` checks both."""
+    return field(default=default, metadata={"group": group, "help": help, "bound": bound, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines a run. Saved as `config.json` in every run and checkpoint."""
+    """Everything that defines a run, saved as `config.json` in every run and checkpoint; its defaults
+    are the seed config. Each field is a `jaxrnn train` flag (`--num-steps` for `num_steps`)."""
 
-    cell: str | None = None  # 'rnn' (tanh), 'lstm' or 'gru'; None: 'rnn', or what `model` names
-    impl: str | None = None  # 'scratch' (pure functions) or 'flax' (nn.scan over Flax's cell); None: 'scratch'
-    model: str | None = None  # the chapters' names, read into cell and impl and not kept: 'scratch' is
-    #                           rnn/scratch, 'concise' rnn/flax; a cell or impl that contradicts it is refused
-    gru_reset: str = "after"  # scratch GRU: reset gate on (h W_hn + b_hn) as Flax/cuDNN, or 'before' as d2l
-    epochs: int = 100
-    hidden: int = 32
-    batch_size: int = 1024
-    num_steps: int = 32
-    lr: float = 1.0
-    clip: float = 1.0
-    seed: int = 0
-    sigma: float = 0.01  # std of the scratch model's normal init (d2l's sigma)
-    num_train: int = 10000  # windows used for training (d2l's TimeMachine default)
-    num_val: int = 5000  # the next windows, used for validation
-    save_every: int | None = None  # epochs per compiled chunk and checkpoint (None: 10), or with `steps`
-    #                                optimizer steps between checkpoints (None: every evaluation)
-    steps: int | None = None  # train by optimizer steps instead of `epochs` (None: by epochs)
-    eval_every: int | None = None  # with `steps`: optimizer steps between evaluations (None: steps // 10)
-    eval_batches: int | None = None  # validate on this many batches, a fixed seeded sample (None: the whole part)
-    unroll: int | None = None  # lax.scan unroll, clipped to num_steps; None: the measured best per backend
-    precision: str = "highest"  # jax.default_matmul_precision: 'highest' is true float32 everywhere
-    skip_nonfinite: bool = False  # drop updates whose loss/gradients are nan or inf instead of stopping
-    dtype: str = "float32"  # compute dtype of the recurrence and head; params stay float32
-    layers: int = 1  # stacked recurrent layers
-    embed: int = 0  # width of an input embedding table; 0: one-hot inputs, as the chapters
-    tie: bool = False  # the head is the embedding's transpose (needs embed == hidden)
-    dropout: float = 0.0  # training only: on embedded inputs and every layer's output states
-    optimizer: str = "sgd"  # 'sgd' (the chapters'), 'adam' (L2 weight decay) or 'adamw' (decoupled)
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # learning rate over the run: 'constant' or 'cosine' (decay to 0)
-    warmup: int = 0  # optimizer steps of linear warm-up from 0 to lr
-    devices: int | None = None  # data-parallel devices; None: all local ones (parallel.py)
-    data: str | None = None  # a corpus file, or a name of data.CORPORA; None: The Time Machine
-    preprocessing: str | None = None  # 'd2l': letters only, lower-case; 'none': the text as it is; None: the
-    #                                   named corpus' own ('none' for tinyshakespeare), else 'd2l'
-    split: tuple[float, float, float] | None = None  # train/val/test fractions; None: num_train, num_val (or
-    #                                                  the named corpus' own: 0.9,0.1,0 for tinyshakespeare)
-    batching: str = "random"  # 'random' windows (d2l 1.0) or 'sequential' streams with the state carried
-    eval: str = "windows"  # 'windows': d2l's counts at stride 1, --split parts in blocks; 'stream': state carried
-    tensorboard: bool = False  # also log to RUN_DIR/tb with tensorboardX
-    curves: bool = True  # draw RUN_DIR/curves.png (matplotlib costs about 1 s of CPU per process)
+    cell: str | None = setting(None, "model", "recurrent cell: tanh rnn, lstm, gru, or mingru (minimal GRU, Feng "
+                               "et al. 2024; scratch only) (default rnn, or what --model names)", choices=CELLS)
+    impl: str | None = setting(None, "model", "scratch: pure functions; flax: nn.scan over Flax's cell (default "
+                               "scratch)", choices=IMPLS)
+    model: str | None = setting(None, "model", "the chapters' names, read into --cell and --impl and not kept: "
+                                "scratch is --cell rnn --impl scratch, concise --impl flax", choices=tuple(MODELS))
+    gru_reset: str = setting("after", "model", "scratch GRU: the reset gate 'after' the matmul as Flax/cuDNN "
+                             "(on h W_hn + b_hn), or 'before' as d2l", choices=GRU_RESETS)
+    epochs: int = setting(100, "optimisation", "training epochs", "positive")
+    hidden: int = setting(32, "model", "hidden units", "positive")
+    batch_size: int = setting(1024, "optimisation", "windows per batch", "positive")
+    num_steps: int = setting(32, "data", "time steps per window", "positive")
+    lr: float = setting(1.0, "optimisation", "learning rate", "positive")
+    clip: float = setting(1.0, "optimisation", "global gradient-norm clip", "positive")
+    seed: int = setting(0, "optimisation", "seed of the init, the data order and dropout", "non-negative")
+    sigma: float = setting(0.01, "model", "std of the scratch model's normal init (d2l's sigma)", "positive")
+    num_train: int = setting(10000, "data", "training windows (d2l's count)", "positive")
+    num_val: int = setting(5000, "data", "validation windows, the next ones", "positive")
+    save_every: int | None = setting(None, "run directory", "epochs per compiled chunk and checkpoint (default "
+                                     "10), or with --steps optimizer steps between checkpoints (default: at every "
+                                     "evaluation)", "positive")
+    steps: int | None = setting(None, "optimisation", "train for this many optimizer steps instead of --epochs "
+                                "(epochs run on into each other in the same order); --save-every then counts steps",
+                                "positive")
+    eval_every: int | None = setting(None, "optimisation", "with --steps: optimizer steps between evaluations "
+                                     "(default steps / 10)", "positive")
+    eval_batches: int | None = setting(None, "optimisation", "validate on this many batches, the same seeded sample "
+                                       "each time (nanoGPT's eval_iters), instead of the whole validation part",
+                                       "positive")
+    unroll: int | None = setting(None, "model", "lax.scan unroll, clipped to --num-steps (default: the measured "
+                                 "best per backend)", "positive")
+    precision: str = setting("highest", "model", "matmul precision; highest is true float32 everywhere",
+                             choices=PRECISIONS)
+    skip_nonfinite: bool = setting(False, "optimisation", "skip steps whose loss is nan or inf instead of stopping "
+                                   "the run")
+    dtype: str = setting("float32", "model", "compute dtype of the recurrence and head; params stay float32",
+                         choices=DTYPES)
+    layers: int = setting(1, "model", "stacked recurrent layers", "positive")
+    embed: int = setting(0, "model", "input embedding width; 0: one-hot inputs, as the chapters", "non-negative")
+    tie: bool = setting(False, "model", "use the input embedding as the output layer (needs --embed equal to "
+                        "--hidden)")
+    dropout: float = setting(0.0, "model", "dropout rate on embeddings and every layer's outputs, in training only",
+                             "fraction")
+    optimizer: str = setting("sgd", "optimisation", "sgd (the chapters'), adam (L2 weight decay) or adamw "
+                             "(decoupled weight decay)", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "optimisation", "weight decay", "non-negative")
+    schedule: str = setting("constant", "optimisation", "learning rate over the run: constant, or cosine (decay "
+                            "to 0)", choices=SCHEDULES)
+    warmup: int = setting(0, "optimisation", "optimizer steps of linear learning-rate warm-up from 0", "non-negative")
+    devices: int | None = setting(None, "devices and hosts", "data-parallel devices (default all; on a CPU one per "
+                                  "core)", "positive")
+    data: str | None = setting(None, "data", "a corpus file, or a name: timemachine (default) or tinyshakespeare "
+                               "(raw text, first 90% train, last 10% validation, as nanoGPT), from "
+                               "$JAXRNN_DATA_DIR, the cache, or downloaded")
+    preprocessing: str | None = setting(None, "data", "d2l: letters only, lower-case; none: the text as it is "
+                                        "(default: the named corpus' own, none for tinyshakespeare; else d2l)",
+                                        choices=PREPROCESSING)
+    split: tuple[float, float, float] | None = setting(
+        None, "data", "TRAIN,VAL,TEST fractions of the text, e.g. 0.8,0.1,0.1, in place of --num-train/--num-val "
+        "(default: the named corpus' own, 0.9,0.1,0 for tinyshakespeare); a test part gets its perplexity and bpc "
+        "printed at the end")
+    batching: str = setting("random", "data", "random windows (d2l 1.0) or sequential streams with the hidden state "
+                            "carried between batches (truncated BPTT, reset each epoch)", choices=BATCHINGS)
+    eval: str = setting("windows", "data", "how validation and test parts are read: windows (d2l's counts at stride "
+                        "1 as the chapters, --split parts in non-overlapping windows, each token once from an empty "
+                        "state) or stream (one pass with the state carried, each token with its whole left context)",
+                        choices=EVALS)
+    tensorboard: bool = setting(False, "run directory", "also log to RUN_DIR/tb for TensorBoard (needs the "
+                                "tensorboard extra: tensorboardX)")
+    curves: bool = setting(True, "run directory", "RUN_DIR/curves.png is drawn unless --no-curves (which saves "
+                           "matplotlib's second of CPU in short runs)")
 
     def __post_init__(self) -> None:
         cell, impl = resolve_model(self.model, self.cell, self.impl)
@@ -164,40 +238,36 @@ def resolve_model(model: str | None, cell: str | None, impl: str | None) -> tupl
     return want_cell, want_impl
 
 
+def flag(name: str) -> str:
+    """The `jaxrnn train` flag of a Config field: `--num-steps` for `num_steps`."""
+    return "--" + name.replace("_", "-")
+
+
+def field_kind(f: dataclasses.Field) -> type:
+    """The type a field holds besides None: bool, int, float, str or tuple."""
+    hint = str(f.type).split(" | ")[0]
+    return {"bool": bool, "int": int, "float": float, "str": str}.get(hint, tuple)
+
+
 def validate(cfg: Config) -> None:
-    """Refuse settings that cannot train, with a message that says which flag to fix."""
-    for name, allowed in CHOICES.items():
-        flag, v = "--" + name.replace("_", "-"), getattr(cfg, name)
-        if v not in allowed:
-            raise ConfigError(f"{flag} {v!r} is unknown; use one of {', '.join(allowed)}")
+    """Refuse settings that cannot train, with a message that says which flag to fix: every field's
+    choices and bounds (its `setting`), then the settings that depend on each other."""
+    for f in dataclasses.fields(cfg):
+        v, meta, kind = getattr(cfg, f.name), f.metadata, field_kind(f)
+        if v is None and f.default is None:
+            continue
+        if meta["choices"] and v not in meta["choices"]:
+            raise ConfigError(f"{flag(f.name)} {v!r} is unknown; use one of {', '.join(meta['choices'])}")
+        if meta["bound"]:
+            ok, need, advice = BOUNDS[meta["bound"]]
+            numbers = (int,) if kind is int else (int, float)
+            if isinstance(v, bool) or not isinstance(v, numbers) or not math.isfinite(v) or not ok(v):
+                noun = "integer" if kind is int else "finite number"
+                words = need.format(noun=noun, a_noun=("an " if kind is int else "a ") + noun)
+                raise ConfigError(f"{flag(f.name)} must be {words}, got {v!r}; {advice}")
     if cfg.gru_reset != "after" and (cfg.cell, cfg.impl) != ("gru", "scratch"):
         raise ConfigError(f"--gru-reset {cfg.gru_reset} applies to --cell gru --impl scratch only "
                           "(Flax's GRUCell resets after the matmul); drop --gru-reset")
-    positive_ints = {
-        "epochs": "--epochs",
-        "hidden": "--hidden",
-        "batch_size": "--batch-size",
-        "num_steps": "--num-steps",
-        "num_train": "--num-train",
-        "num_val": "--num-val",
-        "save_every": "--save-every",
-        "unroll": "--unroll",
-        "devices": "--devices",
-        "layers": "--layers",
-        "embed": "--embed",
-        "warmup": "--warmup",
-        "steps": "--steps",
-        "eval_every": "--eval-every",
-        "eval_batches": "--eval-batches",
-    }
-    for name, flag in positive_ints.items():
-        v = getattr(cfg, name)
-        if name in ("unroll", "devices", "steps", "eval_every", "eval_batches") and v is None:
-            continue
-        least = 0 if name in ("embed", "warmup") else 1
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            what = "a positive integer" if least else "an integer >= 0"
-            raise ConfigError(f"{flag} must be {what}, got {v!r}; pass a value >= {least}")
     if cfg.steps is None and cfg.eval_every is not None:
         raise ConfigError("--eval-every counts optimizer steps of a run trained by --steps; pass --steps N, or drop "
                           "--eval-every (a run by epochs evaluates after each)")
@@ -207,17 +277,6 @@ def validate(cfg: Config) -> None:
     if cfg.tie and cfg.embed != cfg.hidden:
         raise ConfigError(f"--tie shares the input embedding with the output layer, which needs --embed equal to "
                           f"--hidden ({cfg.embed} != {cfg.hidden}); pass --embed {cfg.hidden} or drop --tie")
-    for name, flag, top in (("dropout", "--dropout", 1.0), ("weight_decay", "--weight-decay", math.inf)):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < top:
-            span = "in [0, 1)" if top == 1.0 else "a finite number >= 0"
-            raise ConfigError(f"{flag} must be {span}, got {v!r}")
-    for name, flag in {"lr": "--lr", "clip": "--clip", "sigma": "--sigma"}.items():
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ConfigError(f"{flag} must be a positive finite number, got {v!r}; pass a value > 0")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
     if cfg.split is not None:
         fr = cfg.split
         if (len(fr) != 3 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fr)

@@ -20,31 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrnn.config import CORPORA, Source, source_of
 from jaxrnn.errors import DataError
 
-
-@dataclass(frozen=True)
-class Source:
-    """A corpus known by name (`--data NAME`): its file name in $JAXRNN_DATA_DIR or the cache, where it is
-    downloaded from, its sha1, and how it is read unless told otherwise."""
-
-    file: str
-    url: str
-    sha1: str
-    preprocessing: str = "d2l"
-    split: tuple[float, float, float] | None = None  # None: d2l's window counts
-
-
-CORPORA = {
-    # H. G. Wells' The Time Machine as d2l serves it (public domain): the chapters' corpus and the default
-    "timemachine": Source("timemachine.txt", "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
-                          "090b5e7e70c295757f55df93cb0a180b9691891a"),
-    # Tiny Shakespeare from karpathy/char-rnn, read as nanoGPT reads it: raw text, first 90% train, last 10% val
-    "tinyshakespeare": Source("tinyshakespeare.txt",
-                              "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-                              "04486597058d11dcc2c556b1d0433891eb639d2e", "none", (0.9, 0.1, 0.0)),
-}
-DEFAULT_CORPUS = "timemachine"
 # a source checkout carries The Time Machine for its tests: a clone trains offline (absent from a wheel)
 CHECKOUT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 TIMEMACHINE_URL = CORPORA["timemachine"].url
@@ -63,11 +41,6 @@ def cache_dir() -> Path:
     """The user cache directory: $XDG_CACHE_HOME/jaxrnn or ~/.cache/jaxrnn."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "jaxrnn"
-
-
-def source_of(data: str | os.PathLike | None) -> Source | None:
-    """The named corpus `--data` means (None: The Time Machine), or None for a file path."""
-    return CORPORA[DEFAULT_CORPUS] if data is None else CORPORA.get(str(data))
 
 
 def _checked(path: Path, source: Source) -> Path:
@@ -150,9 +123,6 @@ def code_points(text: str) -> Iterator[np.ndarray]:
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned integer type that holds every index of a vocab this size."""
     return np.dtype(np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
-PREPROCESSING = ("d2l", "none")
 
 
 def preprocess(text: str, how: str = "d2l") -> str:
@@ -411,9 +381,6 @@ def batch_plan(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarr
     return idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
 
 
-BATCHINGS = ("random", "sequential")
-
-
 def sequential_plan(seed: int, epoch: int, n: int, batch_size: int, num_steps: int, offset: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """d2l's sequential partitioning over `n` windows: after a random offset in [0, num_steps) (or the
@@ -426,9 +393,6 @@ def sequential_plan(seed: int, epoch: int, n: int, batch_size: int, num_steps: i
         offset = np.random.default_rng([seed, epoch]).integers(num_steps)
     starts = offset + stream * np.arange(batch_size)[None, :] + num_steps * np.arange(stream // num_steps)[:, None]
     return starts.astype(np.int32), np.ones(starts.shape, bool)
-
-
-EVALS = ("windows", "stream")  # how a part is read to measure its loss (eval_protocol says in full)
 
 
 def eval_protocol(evaluation: str, split: tuple[float, ...] | None) -> str:

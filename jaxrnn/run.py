@@ -14,11 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib.metadata
-import json
 import os
-import platform
-import shutil
 import signal
 import sys
 import time
@@ -29,20 +25,18 @@ from typing import Any
 
 import jax
 
-from jaxrnn import checkpoint
-from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD, Artifacts, summary_writer
-from jaxrnn.config import Config
-from jaxrnn.data import Corpus, Vocab, eval_protocol, file_tokens, load_corpus, part_spans, preprocess, source_of
+from jaxrnn import checkpoint, rundir
+from jaxrnn.artifacts import Artifacts, summary_writer
+from jaxrnn.config import Config, source_of
+from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
 from jaxrnn.errors import CheckpointError, ConfigError, Damaged, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
-from jaxrnn.progress import Progress, unit_of
+from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
 from jaxrnn.training import NonFiniteLoss, TrainState, check_trainable, evaluate_tokens, fit, init_state, make_optimizer
 
-CONFIG = "config.json"
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
-METRICS = "metrics.jsonl"
 OnEpoch = Callable[[dict[str, Any]], None]  # called with each record (an epoch's, or an evaluation's) as they come
 
 
@@ -106,13 +100,12 @@ class Trained:
         run_dir = Path(run_dir)
         if self.run_dir is not None and run_dir.resolve() == self.run_dir.resolve():
             return run_dir
-        sha1 = self.corpus.sha1 if self.corpus is not None else saved_sha1(self.run_dir)
-        _prepare_dir(run_dir, self.cfg, force, sha1)
+        sha1 = self.corpus.sha1 if self.corpus is not None else rundir.saved_sha1(self.run_dir)
+        rundir.prepare(run_dir, self.cfg, force, sha1)
         last = self.history[-1] if self.history and self.history[-1][self.cfg.unit] == self.done else \
             {self.cfg.unit: self.done, "train_ppl": None, "val_ppl": self.val_ppl}
-        _rewrite_metrics(run_dir, self.history)
-        checkpoint.save(run_dir, self.done, self.state._asdict(), meta_of(self.cfg, self.vocab, self.prompt, last),
-                        last["val_ppl"])
+        rundir.rewrite_metrics(run_dir, self.history)
+        checkpoint.save(run_dir, self.done, self.state, checkpoint.Meta.of(self.cfg, self.vocab, self.prompt, last))
         with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
             artifacts.update(self.history, [last], self.predict(self.prompt, SAMPLE_CHARS))
         return run_dir
@@ -148,37 +141,6 @@ def deferred_signals() -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Replace a file atomically: a reader sees the old or the new text, never half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl (up to `upto` epochs, or steps for a run by steps), each once; a
-    half-written last line, or a record after `upto`, is left out."""
-    path = Path(run_dir) / METRICS
-    records: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(r, dict):
-            continue
-        at = r.get(unit_of(r))
-        if isinstance(at, int) and (upto is None or at <= upto):
-            records[at] = r
-    return [records[e] for e in sorted(records)]
-
-
-def meta_of(cfg: Config, vocab: Vocab, prompt: str, record: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint needs beside the arrays to be restored and sampled with no other input."""
-    return {"config": cfg.to_dict(), "vocab": list(vocab.idx_to_token), "prompt": prompt, "epoch": record.get("epoch"),
-            "step": record.get("step"), "train_ppl": record["train_ppl"], "val_ppl": record["val_ppl"]}
-
-
 def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
               start: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch,
               time_budget: float | None = None) -> Trained:
@@ -198,12 +160,12 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             if on_epoch is not None:
                 on_epoch(r)
         if run_dir is not None:
-            on_primary(lambda: _append_metrics(run_dir, records))
+            on_primary(lambda: rundir.append_metrics(run_dir, records))
         if not save:
             return
         if run_dir is not None:
-            saver.save(records[-1][unit], state._asdict(), meta_of(cfg, corpus.vocab, corpus.prompt, records[-1]),
-                       records[-1]["val_ppl"])  # every process: each writes the shards it holds
+            meta = checkpoint.Meta.of(cfg, corpus.vocab, corpus.prompt, records[-1])
+            saver.save(records[-1][unit], state, meta)  # every process: each writes the shards it holds
             last_saved[unit] = records[-1][unit]
             if primary:
                 with jax.default_matmul_precision(cfg.precision):
@@ -244,55 +206,6 @@ class _BudgetSpent(Exception):
         self.state, self.done = state, done
 
 
-def _append_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    try:
-        with open(run_dir / METRICS, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-    except OSError as e:
-        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
-                          f"'jaxrnn train --resume {run_dir}'") from None
-
-
-def versions() -> dict[str, str]:
-    """The versions of Python and the libraries a run depends on, for config.json."""
-    names = ("jaxrnn", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return {"python": platform.python_version(), **found}
-
-
-def saved_sha1(run_dir: Path | None) -> str | None:
-    """The corpus sha1 a run directory's config.json records (None: no run directory, or none recorded)."""
-    try:
-        return json.loads((run_dir / CONFIG).read_text()).get("data_sha1") if run_dir is not None else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _prepare_dir(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> None:
-    if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
-        if not force:
-            raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
-                              "overwrite it, or --out NEW_DIR")
-        shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
-        shutil.rmtree(run_dir / "damaged", ignore_errors=True)
-        shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
-        for name in (METRICS, CURVES, SAMPLES):
-            (run_dir / name).unlink(missing_ok=True)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / CONFIG, data_sha1=data_sha1, versions=versions(),
-                 eval_protocol=eval_protocol(cfg.eval, cfg.split))
-        (run_dir / METRICS).write_text("")
-    except OSError as e:
-        raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") \
-            from None
-
-
 def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
           force: bool = False, progress: bool | OnEpoch = True, time_budget: float | None = None) -> Trained:
     """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints).
@@ -308,12 +221,12 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
         check_corpus(cfg, corpus)
     check_trainable(cfg, corpus)
     _check_per_step(cfg, per_step)
+    model = build_model(cfg, len(corpus.vocab))
     if cfg.tensorboard and out is not None:
         summary_writer()
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
-        on_primary(lambda: _prepare_dir(run_dir, cfg, force, corpus.sha1))
-    model = build_model(cfg, len(corpus.vocab))
+        on_primary(lambda: rundir.prepare(run_dir, cfg, force, corpus.sha1))
     return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
 
 
@@ -327,20 +240,20 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
     # `epoch` is the checkpoint's number: an epoch, or a step of a run by steps
     """Restore one checkpoint (no metrics), checking it against the run's config and the corpus' vocab if given."""
     meta = checkpoint.restore_meta(run_dir, epoch)
-    saved_cfg = Config.from_dict(meta["config"])
-    saved_vocab = Vocab(tuple(meta["vocab"]))
+    saved_cfg = Config.from_dict(meta.config)
+    saved_vocab = Vocab(meta.vocab)
     if cfg is not None and saved_cfg != cfg:
-        diff = sorted(k for k, v in cfg.to_dict().items() if meta["config"].get(k) != v)
+        diff = sorted(k for k, v in cfg.to_dict().items() if meta.config.get(k) != v)
         raise RunMismatch(f"checkpoint {epoch} in {run_dir} was written by another run (config differs in "
                               f"{diff}); restore the run's own config.json or start a new run with --out")
     if vocab is not None and saved_vocab.idx_to_token != vocab.idx_to_token:
         raise RunMismatch(f"checkpoint {epoch} in {run_dir} has another vocab than the corpus gives; "
                               "resume with the corpus the run was trained on")
     model = build_model(saved_cfg, len(saved_vocab))
-    abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed)._asdict())
-    state = TrainState(**checkpoint.restore_state(run_dir, epoch, abstract, meta.get("digest")))
-    return Trained(saved_cfg, saved_vocab, model, state, [], run_dir, epoch, float(meta["val_ppl"]),
-                   saved_prompt=meta.get("prompt"))
+    abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed))
+    state = checkpoint.restore_state(run_dir, epoch, abstract, meta.digest)
+    return Trained(saved_cfg, saved_vocab, model, state, [], run_dir, epoch, float(meta.val_ppl),
+                   saved_prompt=meta.prompt)
 
 
 def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True,
@@ -348,12 +261,13 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
     """Continue a run from its latest complete checkpoint with its saved config, ending with the same
     parameters as the run left alone; a run with no checkpoint restarts from the start."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise JaxrnnError(f"{run_dir} holds no {CONFIG}; pass --resume with a run directory written by jaxrnn train")
-    cfg = Config.load(run_dir / CONFIG)
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise JaxrnnError(f"{run_dir} holds no {rundir.CONFIG}; pass --resume with a run directory written by "
+                          "jaxrnn train")
+    cfg = Config.load(run_dir / rundir.CONFIG)
     _check_per_step(cfg, per_step)
     corpus = corpus_for(cfg)
-    sha1 = saved_sha1(run_dir)
+    sha1 = rundir.saved_sha1(run_dir)
     if sha1 not in (None, corpus.sha1):
         raise RunMismatch(f"the corpus {corpus.path} has changed since {run_dir} started (sha1 {corpus.sha1}, "
                           f"not {sha1}); restore the file the run trained on, or start a new run with --out")
@@ -378,9 +292,9 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
             checkpoint.saved_val_ppl(run_dir, epoch)
         except Damaged as e:
             on_primary(functools.partial(_set_aside, run_dir, epoch, e, "keeping the others"))
-    history = read_metrics(run_dir, upto=start)
+    history = rundir.read_metrics(run_dir, upto=start)
     barrier("metrics read")
-    on_primary(lambda: _rewrite_metrics(run_dir, history))
+    on_primary(lambda: rundir.rewrite_metrics(run_dir, history))
     if state is not None and start >= cfg.length:
         log(f"jaxrnn: {run_dir} finished all {cfg.length} {cfg.unit}s already")
         return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
@@ -393,13 +307,6 @@ def _set_aside(run_dir: Path, epoch: int, failed: CheckpointError | None, then: 
     why = failed.problem if isinstance(failed, Damaged) else failed
     why = why or f"another process cannot restore checkpoint {epoch} in {run_dir}"
     log(f"jaxrnn: warning: {why}; moved it to {checkpoint.set_aside(run_dir, epoch)}, {then}")
-
-
-def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    try:
-        _write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
-    except OSError as e:
-        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
 
 
 def corpus_for(cfg: Config) -> Corpus:
@@ -460,7 +367,7 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
         trained = _restore(run_dir, epoch)
     except Damaged as e:
         raise Damaged(epoch, run_dir, e.what, _past_damage(run_dir, epoch)) from None
-    return dataclasses.replace(trained, history=read_metrics(run_dir, upto=epoch))
+    return dataclasses.replace(trained, history=rundir.read_metrics(run_dir, upto=epoch))
 
 
 def _past_damage(run_dir: Path, damaged: int) -> str:
@@ -473,30 +380,3 @@ def _past_damage(run_dir: Path, damaged: int) -> str:
                 return f"pass --step {other}, the latest checkpoint that loads"
     return (f"no checkpoint of {run_dir} loads; 'jaxrnn train --resume {run_dir}' sets them aside and trains "
             "again from the start")
-
-
-def find_runs(root: str | Path) -> list[Path]:
-    """The run directories under `root` (those holding a config.json), `root` itself included, sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise JaxrnnError(f"{root} is not a directory; pass a directory that holds run directories")
-    found = {p.parent for p in root.rglob(CONFIG)
-             if p.is_file() and not {checkpoint.CHECKPOINTS, "damaged"} & set(p.relative_to(root).parts[:-1])}
-    return sorted(found)
-
-
-def summary(run_dir: Path) -> dict[str, Any]:
-    """A run's name, best validation perplexity (and its epoch, or step for a run by steps), the best
-    checkpoint's (what `--step best` loads; None when no checkpoint can be listed), how far it went and
-    how far it goes, from its files alone."""
-    cfg = Config.load(run_dir / CONFIG)
-    history = read_metrics(run_dir)
-    best = min((r for r in history if r.get("val_ppl") is not None), key=lambda r: r["val_ppl"], default=None)
-    try:
-        saved = checkpoint.resolve(run_dir, "best")
-    except CheckpointError:
-        saved = None
-    u = cfg.unit
-    return {"name": cfg.name, "epochs": cfg.length, "done": history[-1][u] if history else 0,
-            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best[u] if best else None,
-            "best_saved": saved, "unit": u}

@@ -42,7 +42,7 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
               temperature: Array, top_p: Array, num_preds: int, greedy: bool, unroll: int, top_k: int,
               nucleus: bool) -> Array:
     B, P = prompts_BxP.shape
-    logits_BxV = jnp.zeros((B, model.vocab_size))
+    logits_BxV = jnp.zeros((B, model.cfg.vocab_size))
 
     def warm(carry, t):
         h, last = carry
@@ -90,7 +90,7 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
     # 1000-character decode on a CPU
     toks = _generate(model, params, padded, lengths, np.uint32(seed), np.float32(max(temperature, 1e-6)),
                      np.float32(top_p), num_preds, temperature == 0.0, max(1, min(unroll, num_preds)),
-                     min(top_k, model.vocab_size), top_p < 1.0)
+                     min(top_k, model.cfg.vocab_size), top_p < 1.0)
     return np.asarray(toks)
 
 

@@ -167,7 +167,7 @@ class Steps:
         def local(p: Params, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
                   ) -> tuple[Params, Array, Array, State]:
             key = None
-            if self.model.dropout:
+            if self.model.cfg.dropout:
                 key = jax.random.fold_in(jax.random.key(self.seed), step)
                 key = key if self.mesh is None else jax.random.fold_in(key, lax.axis_index(AXIS))
             w = gather(tok, idx, self.num_steps + 1)

@@ -125,9 +125,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def np_cell_run(cell: str, gru_reset: str, p: dict, state, x_TxBxI: np.ndarray):
-    """d2l's cells in float64 numpy, one gate at a time, over inputs [T, B, I] (one-hot rows or
-    dense vectors): (last state, all h [T, B, H])."""
+    """d2l's cells (and minGRU) in float64 numpy, one gate at a time, over inputs [T, B, I] (one-hot
+    rows or dense vectors): (last state, all h [T, B, H])."""
     p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    if cell == "mingru":  # Feng et al. 2024, minGRU in sequential mode: gates z and candidate h~ read only x
+        (W_z, W_c), (b_z, b_c) = (np.split(p[k], 2, axis=-1) for k in ("W_xh", "b_h"))
+        h, hs = np.asarray(state, np.float64), []
+        for x in np.asarray(x_TxBxI, np.float64):
+            z = _sigmoid(x @ W_z + b_z)
+            h = (1 - z) * h + z * (x @ W_c + b_c)
+            hs.append(h)
+        return h, np.stack(hs)
     gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     W_x, W_h, b = (np.split(p[k], gates, axis=-1) for k in ("W_xh", "W_hh", "b_h"))
     h, c = (np.asarray(s, np.float64) for s in state) if cell == "lstm" else (np.asarray(state, np.float64), None)

@@ -14,7 +14,7 @@ import pytest
 import jaxrnn
 from jaxrnn import checkpoint
 from jaxrnn.errors import CheckpointError, Damaged, JaxrnnError
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM
+from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM
 from jaxrnn.training import init_state, make_optimizer
 
 PROMPT = "time traveller"
@@ -74,7 +74,8 @@ def test_load_an_earlier_epoch(trained) -> None:
         jaxrnn.load(trained.run_dir, step=7)
 
 
-@pytest.mark.parametrize("other", [ScratchRNNLM(28, 8), ConciseRNNLM(28, 16)], ids=["hidden-8", "concise"])
+@pytest.mark.parametrize("other", [ScratchRNNLM(ModelConfig(28, 8)), ConciseRNNLM(ModelConfig(28, 16))],
+                         ids=["hidden-8", "concise"])
 def test_restore_into_another_model_raises(trained, tiny_cfg, other) -> None:
     tx = make_optimizer(tiny_cfg())
     abstract = jax.eval_shape(lambda: init_state(other, tx, 0)._asdict())
@@ -92,17 +93,21 @@ def test_run_without_checkpoints_raises(tmp_path: Path, tiny_cfg) -> None:
         jaxrnn.load(tmp_path / "missing")
 
 
+def meta_at(epoch: int, val_ppl: float) -> checkpoint.Meta:
+    return checkpoint.Meta({"hidden": 3}, ("a", "b"), epoch=epoch, val_ppl=val_ppl)
+
+
 def save_epochs(run_dir: Path, val_ppls: list[float]) -> None:
     for epoch, val_ppl in enumerate(val_ppls, start=1):
-        checkpoint.save(run_dir, epoch, {"w": jnp.arange(3.0)}, {"epoch": epoch}, val_ppl)
+        checkpoint.save(run_dir, epoch, {"w": jnp.arange(3.0)}, meta_at(epoch, val_ppl))
 
 
 def test_keeps_the_latest_three(tmp_path: Path) -> None:
     save_epochs(tmp_path, [9.0, 8.0, 7.0, 6.0, 5.0])
     assert checkpoint.steps(tmp_path) == [3, 4, 5]
     epoch = checkpoint.resolve(tmp_path, None)
-    assert epoch == 5 and checkpoint.restore_meta(tmp_path, epoch) == {
-        "epoch": 5, "format": checkpoint.FORMAT, "digest": checkpoint.digest({"w": jnp.arange(3.0)})}
+    assert epoch == 5 and checkpoint.restore_meta(tmp_path, epoch) == checkpoint.Meta(
+        {"hidden": 3}, ("a", "b"), epoch=5, val_ppl=5.0, digest=checkpoint.digest({"w": jnp.arange(3.0)}))
 
 
 def test_arrays_that_differ_from_their_digest_are_damaged(tmp_path: Path) -> None:
@@ -110,9 +115,9 @@ def test_arrays_that_differ_from_their_digest_are_damaged(tmp_path: Path) -> Non
     save_epochs(tmp_path, [9.0])
     target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
     meta = checkpoint.restore_meta(tmp_path, 1)
-    assert checkpoint.restore_state(tmp_path, 1, target, meta["digest"])["w"].tolist() == [0.0, 1.0, 2.0]
-    assert checkpoint.digest({"w": jnp.array([0.0, 1.0, 2.5])}) != meta["digest"]
-    assert checkpoint.digest({"v": jnp.arange(3.0)}) != meta["digest"]  # the path counts too
+    assert checkpoint.restore_state(tmp_path, 1, target, meta.digest)["w"].tolist() == [0.0, 1.0, 2.0]
+    assert checkpoint.digest({"w": jnp.array([0.0, 1.0, 2.5])}) != meta.digest
+    assert checkpoint.digest({"v": jnp.arange(3.0)}) != meta.digest  # the path counts too
     with pytest.raises(Damaged, match=r"checkpoint 1 in .* is damaged \(state: its arrays differ from those saved\)"):
         checkpoint.restore_state(tmp_path, 1, target, checkpoint.digest({"w": jnp.array([0.0, 1.0, 2.5])}))
 
@@ -156,7 +161,7 @@ def test_background_saves_complete_and_a_failed_one_names_its_epoch(monkeypatch,
     with pytest.raises(CheckpointError, match=r"cannot save the checkpoint of epoch 3 .*No space left"):
         with checkpoint.Saver(tmp_path) as saver:
             for epoch in (1, 2, 3):
-                saver.save(epoch, {"w": jnp.full(3, float(epoch))}, {"epoch": epoch}, 10.0 - epoch)
+                saver.save(epoch, {"w": jnp.full(3, float(epoch))}, meta_at(epoch, 10.0 - epoch))
             assert saver.pending == 3  # still being written when save returned
     monkeypatch.undo()
     target = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
@@ -164,4 +169,4 @@ def test_background_saves_complete_and_a_failed_one_names_its_epoch(monkeypatch,
     with pytest.raises(CheckpointError, match=r"epoch 4 .*Read-only"):
         with checkpoint.Saver(tmp_path) as saver:
             monkeypatch.setattr(checkpoint, "_write", lambda *a: (_ for _ in ()).throw(OSError(30, "Read-only")))
-            saver.save(4, {"w": jnp.zeros(3)}, {"epoch": 4}, 1.0)
+            saver.save(4, {"w": jnp.zeros(3)}, meta_at(4, 1.0))

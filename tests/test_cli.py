@@ -162,7 +162,7 @@ def test_version(call, work: Path) -> None:
 # name -> (arguments, what must be left as it was, what the last stderr line says after "jaxrnn: error: ");
 # {run} is the trained scratch run directory.
 BAD_INPUTS: dict[str, tuple[list[str], str | None, str]] = {
-    "epochs-0": (["train", "--epochs", "0"], None, r"argument --epochs: '0' must be a positive integer; see "),
+    "epochs-0": (["train", "--epochs", "0"], None, r"--epochs must be a positive integer, got 0; pass a value > 0"),
     "lr-not-a-number": (["train", "--lr", "abc"], None, r"argument --lr: 'abc' is not a number; see "),
     "missing-data": (["train", *TINY_FLAGS, "--data", "missing.txt", "--out", "missing-data"], "missing-data",
                      r"corpus .*/missing\.txt does not exist; pass --data FILE"),
@@ -187,7 +187,8 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None, str]] = {
                         r"--top-p must be in \(0, 1\], got 1\.5; 1 keeps every token"),
     "tie-without-matching-embed": (["train", *TINY_FLAGS, "--embed", "8", "--tie", "--out", "tie"], "tie",
                                    r"--tie shares .* needs --embed equal to --hidden \(8 != 16\); pass --embed 16"),
-    "dropout-one": (["train", "--dropout", "1"], None, r"argument --dropout: '1' must be in \[0, 1\); see "),
+    "dropout-one": (["train", "--dropout", "1"], None,
+                    r"--dropout must be in \[0, 1\), got 1\.0; pass a value in \[0, 1\)"),
     "unknown-optimizer": (["train", "--optimizer", "rmsprop"], None,
                           r"argument --optimizer: invalid choice: 'rmsprop'"),
     "launch-flags-not-together": (["train", "--distributed", "--coordinator", "127.0.0.1:1234", "--out", "lf"], "lf",
@@ -249,3 +250,66 @@ def test_existing_run_is_left_intact(bad, work: Path) -> None:
     assert "--force" in bad["existing-run"].stderr.splitlines()[-1]
     assert len((work / "scratch" / "metrics.jsonl").read_text().splitlines()) == 1
     assert checkpoint.steps(work / "scratch") == [1]
+
+
+def _help_groups() -> dict[str, str]:
+    """`jaxrnn train --help` cut at its group headings: heading -> the text under it."""
+    from jaxrnn import cli
+
+    text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    parts = re.split(r"^(\S[^\n]*):\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_every_config_field_is_a_flag_in_its_group() -> None:
+    """Each Config field is a train flag listed under its `setting`'s group; the help gives the
+    field's default (its text restates none); a given flag reaches the config as the field's type."""
+    import dataclasses
+
+    from jaxrnn import cli
+    from jaxrnn.config import GROUPS, Config, field_kind, flag
+
+    groups = _help_groups()
+    assert set(GROUPS) <= set(groups)
+    parser = cli.build_parser()
+    for f in dataclasses.fields(Config):
+        name, kind = flag(f.name), field_kind(f)
+        if kind is bool and f.default:
+            name = "--no-" + name[2:]
+        block = groups[f.metadata["group"]]
+        assert re.search(rf"^  {name}\b", block, re.M), (name, f.metadata["group"])
+        entry = re.search(rf"^  {name}\b.*?(?=^  --|\Z)", block, re.M | re.S).group(0)
+        if f.default is not None and kind is not bool:  # the default, from the field and only from it
+            shown = f"{f.default:g}" if kind is float else str(f.default)
+            assert f"(default {shown})" in " ".join(entry.split()) and "(default" not in f.metadata["help"], entry
+        text = {bool: None, int: "3", float: "0.5", str: "flax", tuple: "0.8,0.1,0.1"}[kind]
+        if f.metadata["choices"]:
+            text = f.metadata["choices"][-1]
+        args = parser.parse_args(["train", name] + ([text] if text else []))
+        want = {bool: not f.default, int: 3, float: 0.5, str: text, tuple: (0.8, 0.1, 0.1)}[kind]
+        assert cli._given(args) == {f.name: want}
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--hidden", "0", "a positive integer, got 0; pass a value > 0"),
+    ("--warmup", "-1", r"an integer >= 0, got -1; pass a value >= 0"),
+    ("--lr", "0", r"a positive finite number, got 0\.0; pass a value > 0"),
+    ("--weight-decay", "-1", r"a finite number >= 0, got -1\.0; pass a value >= 0"),
+    ("--dropout", "1.5", r"in \[0, 1\), got 1\.5"),
+    ("--seed", "-2", r"an integer >= 0, got -2"),
+    ("--lr", "inf", r"a positive finite number, got inf"),
+    ("--lr", "abc", r"'abc' is not a number"),
+])
+def test_bounds_are_checked_once_by_the_config(capsys, flag: str, value: str, words: str) -> None:
+    """A number out of its field's range is refused by Config.validate with the flag's name (the
+    parser only reads numbers), exit 2 and one line."""
+    from jaxrnn import cli
+
+    code = None
+    try:
+        code = cli.main(["train", flag, value])
+    except SystemExit as e:  # argparse's own refusal of what is not a number
+        code = e.code
+    assert code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.match(rf"jaxrnn: error: (argument )?{flag}:? .*{words}", last), last

@@ -11,9 +11,10 @@ import numpy as np
 import optax
 import pytest
 
+from jaxrnn.cells import Loop
 from jaxrnn.config import Config
 from jaxrnn.errors import ConfigError
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM, build_model, dropout
+from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM, build_model, dropout
 from jaxrnn.training import Steps, fit, init_state, learning_rate, loss_sum, make_optimizer
 
 V, H, B, T = 11, 6, 4, 7
@@ -51,14 +52,14 @@ def random_states(key, cell: str, layers: int):
 
 @pytest.mark.parametrize(("cell", "shape"), CASES, ids=CASE_IDS)
 def test_stacked_models_match_float64_numpy_and_the_flax_twin(key, ref, cell: str, shape: dict) -> None:
-    scratch = ScratchRNNLM(V, H, cell=cell, hoisted_backward=False, **shape)
+    scratch = ScratchRNNLM(ModelConfig(V, H, Loop(cell, fast=False), **shape))
     p = big(scratch.init(key), key)
     assert ("W_hq" in p["head"]) != shape.get("tie", False)
     assert [k for k in p if k.startswith("rnn")] == ["rnn", *[f"rnn_{i}" for i in range(2, shape["layers"] + 1)]]
     tokens = jax.random.randint(jax.random.fold_in(key, 7), (B, T), 0, V)
     s0 = random_states(jax.random.fold_in(key, 9), cell, shape["layers"])
     want, want_s = np_stack_forward(ref, cell, p, np.asarray(tokens), list(s0), shape["layers"])
-    flax_lm = ConciseRNNLM(V, H, cell=cell, **shape)
+    flax_lm = ConciseRNNLM(ModelConfig(V, H, Loop(cell), **shape))
     q = ref.as_flax(cell, p)
     assert jax.tree.map(jnp.shape, q) == jax.tree.map(jnp.shape, flax_lm.init(key))
     flip = (lambda s: s[::-1]) if cell == "lstm" else (lambda s: s)  # Flax's LSTM carry is (c, h)
@@ -85,11 +86,11 @@ def test_dropout_keeps_the_expected_fraction_and_mean(key) -> None:
 
 @pytest.mark.parametrize("impl", [ScratchRNNLM, ConciseRNNLM], ids=["scratch", "flax"])
 def test_dropout_acts_in_training_only(key, impl) -> None:
-    model = impl(V, H, layers=2, embed=5, dropout=0.5)
+    model = impl(ModelConfig(V, H, layers=2, embed=5, dropout=0.5))
     p = model.init(key)
     tokens = jax.random.randint(key, (B, T), 0, V)
     s0 = model.init_state(B)
-    plain = impl(V, H, layers=2, embed=5).forward(p, tokens, s0)[0]
+    plain = impl(ModelConfig(V, H, layers=2, embed=5)).forward(p, tokens, s0)[0]
     np.testing.assert_array_equal(model.forward(p, tokens, s0)[0], plain)  # no key: deterministic
     a = model.forward(p, tokens, s0, jax.random.key(1))[0]
     np.testing.assert_array_equal(a, model.forward(p, tokens, s0, jax.random.key(1))[0])

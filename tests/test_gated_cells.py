@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn.cells import cell_init, rnn_unroll
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM
+from jaxrnn.cells import Loop, cell_init, rnn_unroll
+from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM
 
 V, H, B, T = 11, 6, 4, 7
-FORMS = [("rnn", "after"), ("lstm", "after"), ("gru", "after"), ("gru", "before")]
-FORM_IDS = ["rnn", "lstm", "gru", "gru-d2l"]
+FORMS = [("rnn", "after"), ("lstm", "after"), ("gru", "after"), ("gru", "before"), ("mingru", "after")]
+FORM_IDS = ["rnn", "lstm", "gru", "gru-d2l", "mingru"]
+FAST = [("rnn", "after"), ("mingru", "after")]  # the cells with a `fast` form: the hoisted backward, the parallel scan
 
 
 def random_params(key: jax.Array, cell: str, gru_reset: str, dtype=jnp.float32) -> dict:
@@ -40,15 +41,20 @@ def test_init_shapes(key) -> None:
     assert shapes["lstmafter"] == {"W_xh": (V, 4 * H), "W_hh": (H, 4 * H), "b_h": (4 * H,)}
     assert shapes["gruafter"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,), "b_hn": (H,)}
     assert shapes["grubefore"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,)}
+    assert shapes["mingruafter"] == {"W_xh": (V, 2 * H), "b_h": (2 * H,)}
 
 
 @pytest.mark.parametrize(("cell", "gru_reset"), FORMS, ids=FORM_IDS)
 @pytest.mark.parametrize("unroll", [1, T])
-def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, unroll: int) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["step", "fast"])
+def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, unroll: int, fast: bool) -> None:
+    """Every cell's step, and its `fast` form where it has one, against the numpy reference."""
+    if fast and (cell, gru_reset) not in FAST:
+        pytest.skip("no fast form")
     p, s0 = random_params(key, cell, gru_reset), random_state(jax.random.fold_in(key, 9), cell)
     want_s, want_hs = ref.cell_run(cell, gru_reset, p, s0, np.eye(V)[np.asarray(tokens)])
     with jax.default_matmul_precision("highest"):
-        got_s, got_hs = rnn_unroll(p, s0, tokens, unroll, hoisted_backward=False, cell=cell, gru_reset=gru_reset)
+        got_s, got_hs = rnn_unroll(p, s0, tokens, Loop(cell, gru_reset, unroll, fast=fast))
     np.testing.assert_allclose(got_hs, want_hs, atol=2e-6)
     for g, w in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
         np.testing.assert_allclose(g, w, atol=2e-6)
@@ -56,8 +62,9 @@ def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])  # the tanh cell: test_models.py
 def test_scratch_cells_equal_their_flax_twins(key, tokens, ref, cell: str) -> None:
-    scratch, flax_lm = ScratchRNNLM(V, H, cell=cell, hoisted_backward=False), ConciseRNNLM(V, H, cell=cell)
-    p = {"rnn": random_params(key, cell, "after"), "head": ScratchRNNLM(V, H, sigma=0.5).init(key)["head"]}
+    scratch = ScratchRNNLM(ModelConfig(V, H, Loop(cell, fast=False)))
+    flax_lm = ConciseRNNLM(ModelConfig(V, H, Loop(cell)))
+    p = {"rnn": random_params(key, cell, "after"), "head": ScratchRNNLM(ModelConfig(V, H, sigma=0.5)).init(key)["head"]}
     q = ref.as_flax(cell, p)
     assert jax.tree.map(jnp.shape, q) == jax.tree.map(jnp.shape, flax_lm.init(key))
     s0 = random_state(jax.random.fold_in(key, 9), cell)
@@ -85,8 +92,9 @@ def test_optimized_lstm_cell_equals_lstm_cell(key) -> None:
         np.testing.assert_allclose(g, w, atol=1e-6)
 
 
-@pytest.mark.parametrize(("cell", "gru_reset", "hoisted"), [(c, r, False) for c, r in FORMS] + [("rnn", "after", True)],
-                         ids=[*FORM_IDS, "rnn-hoisted"])
+@pytest.mark.parametrize(("cell", "gru_reset", "hoisted"),
+                         [(c, r, False) for c, r in FORMS] + [(c, r, True) for c, r in FAST],
+                         ids=[*FORM_IDS, "rnn-hoisted", "mingru-parallel"])
 def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, gru_reset: str, hoisted: bool) -> None:
     """<grad, d> against (L(p + eps d) - L(p - eps d)) / 2 eps along random directions d of every
     parameter and the initial state, for a loss on all outputs and the last state."""
@@ -97,7 +105,7 @@ def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, g
 
         @jax.jit
         def loss(p, s0):
-            s, hs = rnn_unroll(p, s0, tokens, 2, "float64", hoisted, cell, gru_reset)
+            s, hs = rnn_unroll(p, s0, tokens, Loop(cell, gru_reset, 2, "float64", hoisted))
             return (hs * w).sum() + sum((a**2).sum() for a in jax.tree.leaves(s))
 
         grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(p, s0)
@@ -110,3 +118,35 @@ def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, g
             fd = (loss(*shifted[0]) - loss(*shifted[1])) / (2 * eps)
             ad = sum((g * b).sum() for g, b in zip(jax.tree.leaves(grads), d))
             np.testing.assert_allclose(ad, fd, rtol=1e-6)
+
+
+def test_the_registry_is_the_list_of_cells() -> None:
+    """`cells.CELLS` defines every cell `--cell` offers, in config.CELLS' order; each twin it names
+    exists (torch's: its recurrent modules, named without importing it, an optional dependency)."""
+    from jaxrnn import cells, config
+
+    assert tuple(cells.CELLS) == config.CELLS
+    for name, cell in cells.CELLS.items():
+        assert cell.flax is None or issubclass(getattr(nn, cell.flax), nn.RNNCellBase), name
+        assert cell.torch in (None, "RNN", "LSTM", "GRU"), name
+
+
+def test_a_cell_without_a_flax_twin_is_refused_for_flax(tiny_cfg) -> None:
+    from jaxrnn.errors import ConfigError
+    from jaxrnn.models import build_model
+
+    with pytest.raises(ConfigError, match="--cell mingru has no Flax twin; pass --impl scratch"):
+        build_model(tiny_cfg(cell="mingru", impl="flax"), 28)
+
+
+def test_a_stacked_mingru_learns_and_decodes(tiny_cfg, tiny_corpus) -> None:
+    """minGRU through the whole library: two layers (one alone reads only a linear filter of its
+    inputs) train on the corpus, the parallel form in training and the step in decoding."""
+    import jaxrnn
+
+    cfg = tiny_cfg(cell="mingru", layers=2, epochs=3, optimizer="adam", lr=0.02)
+    trained = jaxrnn.train(cfg, corpus=tiny_corpus, progress=False)
+    ppl = [r["val_ppl"] for r in trained.history]
+    assert ppl[-1] < ppl[0] < len(tiny_corpus.vocab), ppl
+    text = trained.predict("time traveller", 10)
+    assert text.startswith("time traveller") and len(text) == len("time traveller") + 10

@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM, build_model, recurrence_plan
+from jaxrnn.cells import CELLS, Loop
+from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM, build_model, model_config
 
 V, H, B, T = 28, 16, 3, 7
 
 
 def scratch_params(key: jax.Array, scale: float = 0.5) -> dict:
     """ScratchRNNLM params with weights big enough for a non-linear, non-uniform output."""
-    params = ScratchRNNLM(V, H, sigma=scale).init(key)
+    params = ScratchRNNLM(ModelConfig(V, H, sigma=scale)).init(key)
     params["rnn"]["b_h"] = 0.3 * jax.random.normal(jax.random.fold_in(key, 1), (H,))
     params["head"]["b_q"] = 0.3 * jax.random.normal(jax.random.fold_in(key, 2), (V,))
     return params
@@ -25,7 +26,8 @@ def tokens(key) -> jax.Array:
     return jax.random.randint(jax.random.fold_in(key, 3), (B, T), 0, V)
 
 
-@pytest.mark.parametrize("model", [ScratchRNNLM(V, H), ConciseRNNLM(V, H)], ids=["scratch", "concise"])
+@pytest.mark.parametrize("model", [ScratchRNNLM(ModelConfig(V, H)), ConciseRNNLM(ModelConfig(V, H))],
+                         ids=["scratch", "concise"])
 def test_forward_shapes(model, key, tokens) -> None:
     params = model.init(key)
     logits, state = model.forward(params, tokens, model.init_state(B))
@@ -35,7 +37,7 @@ def test_forward_shapes(model, key, tokens) -> None:
 
 
 def test_scratch_init_like_d2l(key) -> None:
-    params = ScratchRNNLM(V, 256, sigma=0.01).init(key)
+    params = ScratchRNNLM(ModelConfig(V, 256, sigma=0.01)).init(key)
     shapes = jax.tree.map(jnp.shape, params)
     assert shapes == {"rnn": {"W_xh": (V, 256), "W_hh": (256, 256), "b_h": (256,)},
                       "head": {"W_hq": (256, V), "b_q": (V,)}}
@@ -45,7 +47,8 @@ def test_scratch_init_like_d2l(key) -> None:
 
 @pytest.mark.parametrize("unroll", [1, T])
 def test_same_weights_same_logits(key, tokens, ref, unroll: int) -> None:
-    scratch, concise = ScratchRNNLM(V, H, unroll=unroll), ConciseRNNLM(V, H, unroll=unroll)
+    shape = ModelConfig(V, H, Loop(unroll=unroll))
+    scratch, concise = ScratchRNNLM(shape), ConciseRNNLM(shape)
     p = scratch_params(key)
     q = ref.as_flax("rnn", p)
     assert jax.tree.structure(q) == jax.tree.structure(concise.init(key))
@@ -65,7 +68,7 @@ def test_scratch_matches_float64_numpy(key, tokens, ref, unroll: int) -> None:
     h0 = 0.5 * np.asarray(jax.random.normal(jax.random.fold_in(key, 5), (B, H)))
     want, want_h = ref.lm_forward(ref.flat(p), np.asarray(tokens), h0)
     with jax.default_matmul_precision("highest"):
-        got, got_h = ScratchRNNLM(V, H, unroll=unroll).forward(p, tokens, jnp.asarray(h0))
+        got, got_h = ScratchRNNLM(ModelConfig(V, H, Loop(unroll=unroll))).forward(p, tokens, jnp.asarray(h0))
     np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(got_h, want_h, atol=2e-6)
 
@@ -73,7 +76,8 @@ def test_scratch_matches_float64_numpy(key, tokens, ref, unroll: int) -> None:
 @pytest.mark.parametrize("kind", ["scratch", "concise"])
 def test_state_carries_across_calls(key, tokens, ref, kind: str) -> None:
     p = scratch_params(key)
-    model, params = (ScratchRNNLM(V, H), p) if kind == "scratch" else (ConciseRNNLM(V, H), ref.as_flax("rnn", p))
+    shape = ModelConfig(V, H)
+    model, params = (ScratchRNNLM(shape), p) if kind == "scratch" else (ConciseRNNLM(shape), ref.as_flax("rnn", p))
     h0 = model.init_state(B)
     with jax.default_matmul_precision("highest"):
         whole, h_whole = model.forward(params, tokens, h0)
@@ -87,7 +91,7 @@ def test_state_carries_across_calls(key, tokens, ref, kind: str) -> None:
 def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, ref, kind: str) -> None:
     p = scratch_params(key)
     make, params = (ScratchRNNLM, p) if kind == "scratch" else (ConciseRNNLM, ref.as_flax("rnn", p))
-    f32, bf16 = make(V, H, dtype="float32"), make(V, H, dtype="bfloat16")
+    f32, bf16 = make(ModelConfig(V, H, Loop(dtype="float32"))), make(ModelConfig(V, H, Loop(dtype="bfloat16")))
     h0 = f32.init_state(B)
     with jax.default_matmul_precision("highest"):
         want, want_h = f32.forward(params, tokens, h0)
@@ -101,19 +105,22 @@ def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, ref, kin
 
 def test_build_model_picks_the_class(tiny_cfg) -> None:
     m = build_model(tiny_cfg(model="scratch", hidden=12, sigma=0.02, unroll=32), 28)
-    hoisted = jax.default_backend() != "cpu"  # small hidden on CPU: autodiff's backward (recurrence_plan)
-    assert m == ScratchRNNLM(28, 12, 0.02, unroll=8, dtype="float32", hoisted_backward=hoisted)  # clipped
+    fast = jax.default_backend() != "cpu"  # small hidden on CPU: autodiff's backward (the tanh cell's plan)
+    assert m == ScratchRNNLM(ModelConfig(28, 12, Loop(unroll=8, fast=fast), sigma=0.02))  # unroll clipped to 8
     c = build_model(tiny_cfg(model="concise", hidden=12, unroll=4), 30)
-    assert c == ConciseRNNLM(30, 12, unroll=4, dtype="float32")
+    assert isinstance(c, ConciseRNNLM) and c.cfg == model_config(tiny_cfg(model="concise", hidden=12, unroll=4), 30)
     g = build_model(tiny_cfg(cell="gru", gru_reset="before", hidden=12, unroll=4), 30)
-    assert g == ScratchRNNLM(30, 12, 0.01, 4, "float32", g.hoisted_backward, cell="gru", gru_reset="before")
-    lstm = build_model(tiny_cfg(cell="lstm", impl="flax", hidden=12, unroll=4), 30)
-    assert lstm == ConciseRNNLM(30, 12, 4, cell="lstm")
+    assert isinstance(g, ScratchRNNLM) and g.cfg.loop.gru_reset == "before" and g.cfg.loop.unroll == 4
+    lstm = build_model(tiny_cfg(cell="lstm", impl="flax", hidden=12, unroll=4, layers=2, dropout=0.1), 30)
+    assert lstm == ConciseRNNLM(ModelConfig(30, 12, Loop("lstm", unroll=4, fast=False), layers=2, dropout=0.1))
 
 
-def test_recurrence_plan_by_backend_and_size() -> None:
-    """The measured choices: GPU hoisted/8; CPU autodiff/32 for small hidden, hoisted/1 for large."""
-    assert recurrence_plan(32, "gpu") == (True, 8)
-    assert recurrence_plan(32, "cpu") == (False, 32)
-    assert recurrence_plan(256, "cpu") == (True, 1)
-    assert recurrence_plan(32, "cpu", "lstm") == recurrence_plan(32, "cpu", "gru") == (False, 1)
+def test_plans_by_backend_and_size() -> None:
+    """The measured choices (use the fast form?, unroll): the tanh cell GPU hoisted/8, CPU autodiff/32
+    for small hidden and hoisted/1 for large; LSTM and GRU autodiff, unroll 1 on CPU; minGRU parallel."""
+    plan = {name: cell.plan for name, cell in CELLS.items()}
+    assert plan["rnn"](32, "gpu") == (True, 8)
+    assert plan["rnn"](32, "cpu") == (False, 32)
+    assert plan["rnn"](256, "cpu") == (True, 1)
+    assert plan["lstm"](32, "cpu") == plan["gru"](32, "cpu") == (False, 1)
+    assert plan["mingru"](32, "cpu")[0]

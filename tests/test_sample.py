@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrnn.cells import Loop
 from jaxrnn.errors import JaxrnnError
-from jaxrnn.models import ConciseRNNLM, ScratchRNNLM
+from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM
 from jaxrnn.sample import generate, predict, samples
 
 H = 16
@@ -24,10 +25,10 @@ def lm(request, tiny_corpus):
     key, V = jax.random.key(1), len(tiny_corpus.vocab)
     cell = request.param.split("-")[0] if "-" in request.param else "rnn"
     if request.param in ("scratch", "lstm-scratch"):
-        model = ScratchRNNLM(V, H, cell=cell)
-        params = ScratchRNNLM(V, H, sigma=0.5, cell=cell).init(key)
+        model = ScratchRNNLM(ModelConfig(V, H, Loop(cell)))
+        params = ScratchRNNLM(ModelConfig(V, H, Loop(cell), sigma=0.5)).init(key)
     else:
-        model = ConciseRNNLM(V, H, cell=cell)
+        model = ConciseRNNLM(ModelConfig(V, H, Loop(cell)))
         params = model.init(key)
     params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.fold_in(key, a.size), a.shape), params)
     return model, params, tiny_corpus.vocab
@@ -171,7 +172,7 @@ def test_unknown_prompt_chars_warn_and_read_as_unk(lm, capsys) -> None:
                                       ({"top_p": 1.5, "temperature": 1.0}, "--top-p"),
                                       ({"top_k": 3}, "--temperature > 0")])
 def test_invalid_top_k_top_p_raise(tiny_corpus, kw: dict, flag: str) -> None:
-    model = ScratchRNNLM(len(tiny_corpus.vocab), 4)
+    model = ScratchRNNLM(ModelConfig(len(tiny_corpus.vocab), 4))
     with pytest.raises(JaxrnnError, match=re.escape(flag)):
         predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, **kw)
 
@@ -188,6 +189,6 @@ def test_samples_draw_independently(lm) -> None:
 
 @pytest.mark.parametrize("temperature", [-1.0, math.nan])
 def test_invalid_temperature_raises(tiny_corpus, temperature: float) -> None:
-    model = ScratchRNNLM(len(tiny_corpus.vocab), 4)
+    model = ScratchRNNLM(ModelConfig(len(tiny_corpus.vocab), 4))
     with pytest.raises(JaxrnnError, match="temperature"):
         predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, temperature=temperature)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrnn import cli, data, run
+from jaxrnn import cli, data, run, rundir
 from jaxrnn.config import Config
 from jaxrnn.data import chunk_plan, eval_plan, eval_sample, steps_per_epoch
 from jaxrnn.errors import ConfigError
@@ -102,10 +102,10 @@ def test_time_budget_stops_at_a_checkpoint_and_resume_ends_exactly(tiny_cfg, tmp
     assert resumed.done == whole.done == 9
     same_params(resumed.params, whole.params)
     def losses(d: str) -> list[tuple]:
-        return [(r["step"], r["train_loss"], r["val_loss"]) for r in run.read_metrics(tmp_path / d)]
+        return [(r["step"], r["train_loss"], r["val_loss"]) for r in rundir.read_metrics(tmp_path / d)]
 
     assert losses("cut") == losses("whole")
-    assert [r["step"] for r in run.read_metrics(tmp_path / "whole")] == [2, 4, 6, 8, 9]
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "whole")] == [2, 4, 6, 8, 9]
 
 
 def test_steps_flags_through_the_cli(tmp_path: Path, capsys) -> None:

@@ -15,7 +15,7 @@ import jax
 import matplotlib.image
 import pytest
 
-from jaxrnn import checkpoint, cli, data, run
+from jaxrnn import checkpoint, cli, data, run, rundir
 from jaxrnn.config import PRESETS, Config
 from jaxrnn.models import build_model
 from jaxrnn.progress import Progress
@@ -63,7 +63,7 @@ def test_json_output_is_one_object_per_epoch_then_the_result(json_run) -> None:
     out, lines = json_run
     objs = [json.loads(line) for line in lines]
     assert [o["epoch"] for o in objs[:4]] == [1, 2, 3, 4]
-    assert objs[:4] == run.read_metrics(out)
+    assert objs[:4] == rundir.read_metrics(out)
     final = objs[4]
     assert len(objs) == 5 and final["run_dir"] == str(out) and final["epoch"] == 4
     assert final["perplexity"] == objs[3]["val_ppl"] and final["sample"].startswith("time traveller")
@@ -72,7 +72,7 @@ def test_json_output_is_one_object_per_epoch_then_the_result(json_run) -> None:
 
 def test_run_dir_records_config_data_and_versions(json_run) -> None:
     out, _ = json_run
-    saved = json.loads((out / run.CONFIG).read_text())
+    saved = json.loads((out / rundir.CONFIG).read_text())
     assert saved["data_sha1"] == data.TIMEMACHINE_SHA1
     assert saved["versions"]["jax"] == jax.__version__ and set(saved["versions"]) >= {"python", "flax", "optax",
                                                                                         "orbax-checkpoint", "numpy"}
@@ -82,7 +82,7 @@ def test_run_dir_records_config_data_and_versions(json_run) -> None:
 def test_samples_and_curves_at_each_save(json_run) -> None:
     out, lines = json_run
     samples = (out / "samples.txt").read_text().splitlines()
-    metrics = run.read_metrics(out)
+    metrics = rundir.read_metrics(out)
     final = json.loads(lines[-1])
     assert [s.split("  ")[0] for s in samples] == ["epoch 2", "epoch 4"]
     assert samples[1] == f"epoch 4  val ppl {metrics[3]['val_ppl']:.2f}  {final['sample']!r}"
@@ -109,7 +109,7 @@ def test_tensorboard_events_hold_the_metrics(json_run) -> None:
     assert len(files) == 1
     scalars = {(v.tag, e.step): v.simple_value for e in read_events(files[0]) for v in e.summary.value
                if v.HasField("simple_value")}
-    for r in run.read_metrics(out):
+    for r in rundir.read_metrics(out):
         assert scalars[("val_ppl", r["epoch"])] == pytest.approx(r["val_ppl"], rel=1e-6)
         assert scalars[("train_ppl", r["epoch"])] == pytest.approx(r["train_ppl"], rel=1e-6)
 
@@ -119,15 +119,15 @@ def test_saved_config_reproduces_the_run(json_run, tmp_path: Path, capsys) -> No
     a flag after it overrides the saved value."""
     out, _ = json_run
     again = tmp_path / "again"
-    assert cli.main(["train", "--config", str(out / run.CONFIG), "--quiet", "--out", str(again)]) == 0
+    assert cli.main(["train", "--config", str(out / rundir.CONFIG), "--quiet", "--out", str(again)]) == 0
     assert capsys.readouterr().err == ""  # --quiet: nothing on stderr
     drop = ("seconds", "tokens_per_s")
-    strip = [{k: v for k, v in r.items() if k not in drop} for r in run.read_metrics(out)]
-    assert [{k: v for k, v in r.items() if k not in drop} for r in run.read_metrics(again)] == strip
-    assert cli.main(["train", "--config", str(out / run.CONFIG), "--epochs", "1", "--quiet", "--out",
+    strip = [{k: v for k, v in r.items() if k not in drop} for r in rundir.read_metrics(out)]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rundir.read_metrics(again)] == strip
+    assert cli.main(["train", "--config", str(out / rundir.CONFIG), "--epochs", "1", "--quiet", "--out",
                      str(tmp_path / "short")]) == 0
-    assert len(run.read_metrics(tmp_path / "short")) == 1
-    assert cli.main(["train", "--config", str(out / run.CONFIG), "--preset", "d2l-scratch", "--out",
+    assert len(rundir.read_metrics(tmp_path / "short")) == 1
+    assert cli.main(["train", "--config", str(out / rundir.CONFIG), "--preset", "d2l-scratch", "--out",
                      str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("jaxrnn: error: --preset and --config")
 
@@ -139,9 +139,9 @@ def test_resume_refuses_a_changed_corpus(tmp_path: Path, capsys) -> None:
     flags = [*FLAGS, "--epochs", "2", "--save-every", "1", "--data", str(corpus), "--quiet", "--no-curves"]
     assert cli.main(["train", *flags, "--epochs", "1", "--out", str(out)]) == 0
     assert (out / "samples.txt").is_file() and not (out / "curves.png").exists()
-    saved = json.loads((out / run.CONFIG).read_text())
+    saved = json.loads((out / rundir.CONFIG).read_text())
     saved["epochs"] = 2
-    (out / run.CONFIG).write_text(json.dumps(saved))  # as if stopped after epoch 1 of 2
+    (out / rundir.CONFIG).write_text(json.dumps(saved))  # as if stopped after epoch 1 of 2
     corpus.write_text(corpus.read_text() + "\nmore text\n")
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(out)]) == 2
@@ -156,8 +156,8 @@ def test_runs_lists_each_run_with_its_best_val_ppl(json_run, tmp_path: Path, cap
     root = tmp_path / "root"
     shutil.copytree(out, root / "a" / "first")
     shutil.copytree(out, root / "second")
-    (root / "second" / run.METRICS).write_text("")  # a run that has not finished an epoch
-    metrics = run.read_metrics(out)
+    (root / "second" / rundir.METRICS).write_text("")  # a run that has not finished an epoch
+    metrics = rundir.read_metrics(out)
     best = min(metrics, key=lambda r: r["val_ppl"])
     saved = min((r for r in metrics if r["epoch"] in checkpoint.steps(out)), key=lambda r: r["val_ppl"])
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrnn.data import load_corpus
-from jaxrnn.models import ScratchRNNLM, build_model
+from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model
 from jaxrnn.training import Steps, StepStats, fit, init_state, loss_sum, make_optimizer, perplexity, record
 
 
@@ -21,8 +21,8 @@ def mean_loss(model, params, windows, mask) -> jax.Array:
 
 def small_problem(key: jax.Array, V: int = 5, H: int = 3, B: int = 4, T: int = 4):
     """A tiny scratch model with non-trivial weights, a batch of windows and a mask hiding row 1."""
-    model = ScratchRNNLM(V, H)
-    params = ScratchRNNLM(V, H, sigma=0.7).init(key)
+    model = ScratchRNNLM(ModelConfig(V, H))
+    params = ScratchRNNLM(ModelConfig(V, H, sigma=0.7)).init(key)
     params["rnn"]["b_h"] = 0.3 * jax.random.normal(jax.random.fold_in(key, 1), (H,))
     params["head"]["b_q"] = 0.3 * jax.random.normal(jax.random.fold_in(key, 2), (V,))
     windows = jax.random.randint(jax.random.fold_in(key, 3), (B, T + 1), 0, V)

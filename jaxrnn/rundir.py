@@ -1,0 +1,136 @@
+"""The files of a run directory beside its checkpoints: `config.json` (every setting, with the corpus'
+sha1, the library versions and the evaluation protocol), `metrics.jsonl` (one JSON record per epoch, or
+per evaluation of a run by steps), and what `jaxrnn runs` lists from them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from jaxrnn import checkpoint
+from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD
+from jaxrnn.config import Config
+from jaxrnn.data import eval_protocol
+from jaxrnn.errors import CheckpointError, JaxrnnError
+from jaxrnn.progress import unit_of
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace a file atomically: a reader sees the old or the new text, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl (up to `upto` epochs, or steps for a run by steps), each once; a
+    half-written last line, or a record after `upto`, is left out."""
+    path = Path(run_dir) / METRICS
+    records: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(r, dict):
+            continue
+        at = r.get(unit_of(r))
+        if isinstance(at, int) and (upto is None or at <= upto):
+            records[at] = r
+    return [records[e] for e in sorted(records)]
+
+
+def append_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Add records to metrics.jsonl, one JSON object a line."""
+    try:
+        with open(run_dir / METRICS, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    except OSError as e:
+        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
+                          f"'jaxrnn train --resume {run_dir}'") from None
+
+
+def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl with `history`, atomically."""
+    try:
+        write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    except OSError as e:
+        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
+
+
+def versions() -> dict[str, str]:
+    """The versions of Python and the libraries a run depends on, for config.json."""
+    names = ("jaxrnn", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return {"python": platform.python_version(), **found}
+
+
+def saved_sha1(run_dir: Path | None) -> str | None:
+    """The corpus sha1 a run directory's config.json records (None: no run directory, or none recorded)."""
+    try:
+        return json.loads((run_dir / CONFIG).read_text()).get("data_sha1") if run_dir is not None else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> None:
+    """Make `run_dir` a new run's: refuse one that holds a run unless `force` (then clear it), write
+    config.json (with the corpus' sha1, the library versions and the evaluation protocol) and an
+    empty metrics.jsonl."""
+    if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
+        if not force:
+            raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
+                              "overwrite it, or --out NEW_DIR")
+        shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(run_dir / "damaged", ignore_errors=True)
+        shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
+        for name in (METRICS, CURVES, SAMPLES):
+            (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG, data_sha1=data_sha1, versions=versions(),
+                 eval_protocol=eval_protocol(cfg.eval, cfg.split))
+        (run_dir / METRICS).write_text("")
+    except OSError as e:
+        raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") \
+            from None
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """The run directories under `root` (those holding a config.json), `root` itself included, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise JaxrnnError(f"{root} is not a directory; pass a directory that holds run directories")
+    found = {p.parent for p in root.rglob(CONFIG)
+             if p.is_file() and not {checkpoint.CHECKPOINTS, "damaged"} & set(p.relative_to(root).parts[:-1])}
+    return sorted(found)
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """A run's name, best validation perplexity (and its epoch, or step for a run by steps), the best
+    checkpoint's (what `--step best` loads; None when no checkpoint can be listed), how far it went and
+    how far it goes, from its files alone."""
+    cfg = Config.load(run_dir / CONFIG)
+    history = read_metrics(run_dir)
+    best = min((r for r in history if r.get("val_ppl") is not None), key=lambda r: r["val_ppl"], default=None)
+    try:
+        saved = checkpoint.resolve(run_dir, "best")
+    except CheckpointError:
+        saved = None
+    u = cfg.unit
+    return {"name": cfg.name, "epochs": cfg.length, "done": history[-1][u] if history else 0,
+            "best_val_ppl": best["val_ppl"] if best else None, "best_epoch": best[u] if best else None,
+            "best_saved": saved, "unit": u}
