@@ -16,6 +16,8 @@ V, H, B, T = 11, 6, 4, 7
 FORMS = [("rnn", "after"), ("lstm", "after"), ("gru", "after"), ("gru", "before"), ("mingru", "after")]
 FORM_IDS = ["rnn", "lstm", "gru", "gru-d2l", "mingru"]
 FAST = [("rnn", "after"), ("mingru", "after")]  # the cells with a `fast` form: the hoisted backward, the parallel scan
+EVERY_FORM = [(c, r, False) for c, r in FORMS] + [(c, r, True) for c, r in FAST]  # (cell, gru_reset, fast)
+EVERY_FORM_IDS = [*FORM_IDS, "rnn-hoisted", "mingru-parallel"]
 
 
 def random_params(key: jax.Array, cell: str, gru_reset: str, dtype=jnp.float32) -> dict:
@@ -44,13 +46,10 @@ def test_init_shapes(key) -> None:
     assert shapes["mingruafter"] == {"W_xh": (V, 2 * H), "b_h": (2 * H,)}
 
 
-@pytest.mark.parametrize(("cell", "gru_reset"), FORMS, ids=FORM_IDS)
+@pytest.mark.parametrize(("cell", "gru_reset", "fast"), EVERY_FORM, ids=EVERY_FORM_IDS)
 @pytest.mark.parametrize("unroll", [1, T])
-@pytest.mark.parametrize("fast", [False, True], ids=["step", "fast"])
 def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, unroll: int, fast: bool) -> None:
     """Every cell's step, and its `fast` form where it has one, against the numpy reference."""
-    if fast and (cell, gru_reset) not in FAST:
-        pytest.skip("no fast form")
     p, s0 = random_params(key, cell, gru_reset), random_state(jax.random.fold_in(key, 9), cell)
     want_s, want_hs = ref.cell_run(cell, gru_reset, p, s0, np.eye(V)[np.asarray(tokens)])
     with jax.default_matmul_precision("highest"):
@@ -92,9 +91,7 @@ def test_optimized_lstm_cell_equals_lstm_cell(key) -> None:
         np.testing.assert_allclose(g, w, atol=1e-6)
 
 
-@pytest.mark.parametrize(("cell", "gru_reset", "hoisted"),
-                         [(c, r, False) for c, r in FORMS] + [(c, r, True) for c, r in FAST],
-                         ids=[*FORM_IDS, "rnn-hoisted", "mingru-parallel"])
+@pytest.mark.parametrize(("cell", "gru_reset", "hoisted"), EVERY_FORM, ids=EVERY_FORM_IDS)
 def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, gru_reset: str, hoisted: bool) -> None:
     """<grad, d> against (L(p + eps d) - L(p - eps d)) / 2 eps along random directions d of every
     parameter and the initial state, for a loss on all outputs and the last state."""
