@@ -148,13 +148,19 @@ def _gated_plan(hidden: int, backend: str) -> tuple[bool, int]:
     return False, 1 if backend == "cpu" else 8
 
 
+def _mingru_plan(hidden: int, backend: str) -> tuple[bool, int]:
+    """minGRU: on CPUs the step loop, which measured faster than the parallel scan's log2(T) passes over
+    [T, B, H] (docs/benchmarks.md); elsewhere the parallel scan, meant for accelerators (not yet measured)."""
+    return backend != "cpu", 1
+
+
 CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
     "rnn": Cell(1, _matmul_then(_tanh_update), _matrix(1), flax="SimpleCell", torch="RNN",
                 fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll)), plan=_tanh_plan),
     "lstm": Cell(4, _matmul_then(_lstm_update), _matrix(4), paired=True, flax="OptimizedLSTMCell", torch="LSTM",
                  plan=_gated_plan),
     "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), flax="GRUCell", torch="GRU", plan=_gated_plan),
-    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, fast=_mingru_parallel),
+    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, fast=_mingru_parallel, plan=_mingru_plan),
 }
 GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), torch="GRU", plan=_gated_plan)  # --gru-reset before
 

@@ -117,10 +117,11 @@ def test_build_model_picks_the_class(tiny_cfg) -> None:
 
 def test_plans_by_backend_and_size() -> None:
     """The measured choices (use the fast form?, unroll): the tanh cell GPU hoisted/8, CPU autodiff/32
-    for small hidden and hoisted/1 for large; LSTM and GRU autodiff, unroll 1 on CPU; minGRU parallel."""
+    for small hidden and hoisted/1 for large; LSTM and GRU autodiff, unroll 1 on CPU; minGRU's step loop
+    on CPU, its parallel scan elsewhere."""
     plan = {name: cell.plan for name, cell in CELLS.items()}
     assert plan["rnn"](32, "gpu") == (True, 8)
     assert plan["rnn"](32, "cpu") == (False, 32)
     assert plan["rnn"](256, "cpu") == (True, 1)
     assert plan["lstm"](32, "cpu") == plan["gru"](32, "cpu") == (False, 1)
-    assert plan["mingru"](32, "cpu")[0]
+    assert plan["mingru"](32, "cpu") == (False, 1) and plan["mingru"](32, "gpu")[0]
