@@ -35,7 +35,7 @@ from jaxrnn.training import fit, init_state, make_optimizer, perplexity
 
 CASES = ("seed-train", "large-train", "decode-1", "decode-256", "big-corpus")
 BIG_CHARS = 100_000_000  # the big-corpus case's text (10 M with --quick)
-IMPLS = ("jaxrnn-scratch", "jaxrnn-concise", "d2l-way", "torch")
+IMPLS = ("jaxrnn-scratch", "jaxrnn-concise", "jaxrnn-pallas", "d2l-way", "torch")
 DECODE_CHARS = 1000
 
 
@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="reduced cases (10 epochs, fewer steps); ratios still hold")
     p.add_argument("--json-out", metavar="FILE", help="also write the rows as a JSON list")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run (default all)")
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations (default all)")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, help="implementations (default all; jaxrnn-pallas, the scratch "
+                   "cells' Pallas kernels, on GPUs only: a CPU runs them in interpret mode)")
     raced = [name for name, cell in cells.CELLS.items() if cell.torch]
     p.add_argument("--cells", nargs="+", choices=list(cells.CELLS), default=raced,
                    help=f"recurrent cells (default those with a PyTorch twin: {' '.join(raced)})")
@@ -347,8 +348,9 @@ def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
 
 def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
     on_gpu = jax.default_backend() == "gpu"
+    impls = args.impls or [i for i in IMPLS if i != "jaxrnn-pallas" or on_gpu]
     have_torch = torch_available()
-    if "torch" in args.impls and not have_torch:
+    if "torch" in impls and not have_torch:
         log("torch is not installed: no torch rows (pip install 'jaxrnn[bench]')")
     rows: list[dict[str, Any]] = []
     corpora: dict[int, Corpus] = {}
@@ -366,12 +368,15 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
         training = case.endswith("train")
         for cell in args.cells:
             cfg, twins = base.replace(cell=cell), cells.CELLS[cell]
-            for impl in args.impls:
-                if (impl == "torch" and not (have_torch and twins.torch)) or (impl == "jaxrnn-flax" and not twins.flax):
+            for impl in impls:
+                missing = {"torch": not (have_torch and twins.torch), "jaxrnn-concise": not twins.flax,
+                           "jaxrnn-pallas": not twins.kernel}
+                if missing.get(impl):
                     continue
                 log(f"{case} {cell} {impl} ...")
                 if impl.startswith("jaxrnn-"):
-                    c = cfg.replace(impl="scratch" if impl == "jaxrnn-scratch" else "flax")
+                    c = cfg.replace(impl="flax" if impl == "jaxrnn-concise" else "scratch",
+                                    kernel="pallas" if impl == "jaxrnn-pallas" else cfg.kernel)
                     r = (jaxrnn_train(case, impl, c, corpus) if training
                          else jaxrnn_decode(case, impl, c, corpus, batch, reps))
                 elif impl == "d2l-way":
@@ -391,13 +396,13 @@ def _fmt(v: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Rows with each one's tokens/s as a ratio to the d2l-way and torch rows of the same case."""
-    head = f"{'case':<12} {'cell':<5} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
+    head = f"{'case':<12} {'cell':<6} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
            f"{'val_ppl':>7} {'x d2l-way':>9} {'x torch':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         base = {b["impl"]: b["tokens_per_s"] for b in rows if b["case"] == r["case"] and b["cell"] == r["cell"]}
         ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) else None for k in ("d2l-way", "torch")]
-        lines.append(f"{r['case']:<12} {r['cell']:<5} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
+        lines.append(f"{r['case']:<12} {r['cell']:<6} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
                      f"{_fmt(r['compile_s'], '9.2f')} {_fmt(r['tokens_per_s'], '11,.0f')} {_fmt(r['val_ppl'], '7.2f')} "
                      f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}")
     return "\n".join(lines)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from jaxrnn import kernels
+
 CellParams = dict[str, Array]  # W_xh [V, G*H], b_h [G*H], and what the step reads: W_hh [H, G*H], ...
 State = Any  # h [B, H], or (h, c) for the LSTM
 Step = Callable[[CellParams, State, Array], tuple[State, Array]]  # (params, state, xw) -> (state, h)
@@ -35,25 +37,29 @@ class Cell:
     gates: int  # G: the input projection is [I, G*H]
     step: Step  # one time step, given xw = x W_xh + b_h
     recurrent: Callable[[Array, int, float], CellParams]  # (key, H, sigma) -> what `step` reads besides xw
+    # (hidden, backend) -> (use `fast`?, scan unroll): the fastest measured (docs/benchmarks.md)
+    plan: Callable[[int, str], tuple[bool, int]]
     paired: bool = False  # the state is (h, c), as the LSTM's
     flax: str | None = None  # its Flax twin, a flax.linen cell class (--impl flax); None: scratch only
     torch: str | None = None  # the torch.nn module `jaxrnn bench` races it against; None: not raced
     # a whole-sequence form with the same results and less work, (params, state, xw, unroll) -> (last, hs)
     fast: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
-    # (hidden, backend) -> (use `fast`?, scan unroll): the fastest measured (docs/benchmarks.md)
-    plan: Callable[[int, str], tuple[bool, int]] = lambda hidden, backend: (True, 1)
+    # the time loop as Pallas kernels (kernels.py), (params, state, xw, unroll) -> (last, hs); None: scan only
+    kernel: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
 
 
 @dataclass(frozen=True)
 class Loop:
-    """How a cell runs over time: the cell and its form, then the execution plan. Neither `unroll` nor
-    `fast` changes a result, only the speed; `dtype` is the compute precision."""
+    """How a cell runs over time: the cell and its form, then the execution plan. `unroll`, `fast` and
+    `kernel` change a result only by rounding (float32: within 1e-5; bfloat16 more), and the speed;
+    `dtype` is the compute precision."""
 
     cell: str = "rnn"
     gru_reset: str = "after"  # the GRU's form, see the module docstring
     unroll: int = 1
     dtype: str = "float32"
     fast: bool = True  # the cell's `fast` form where it has one
+    kernel: str = "scan"  # 'pallas': the cell's Pallas kernels (Cell.kernel)
 
     @property
     def spec(self) -> Cell:
@@ -106,8 +112,7 @@ def _mingru_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
     """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): z = sigmoid(x W_z + b_z), h~ = x W_h + b_h,
     h' = (1 - z) h + z h~. Neither gate reads h, so the loop needs no matmul (see `_mingru_parallel`)."""
     x_z, cand = jnp.split(xw, 2, axis=-1)
-    z = jax.nn.sigmoid(x_z)
-    h = (1 - z) * h + z * cand
+    h = jax.nn.sigmoid(-x_z) * h + jax.nn.sigmoid(x_z) * cand  # 1 - z as sigmoid(-x): exact where z is near 1
     return h, h
 
 
@@ -115,8 +120,7 @@ def _mingru_parallel(p: CellParams, h0: Array, xw_TxBx2H: Array, unroll: int = 1
     """All of minGRU's states at once: h_t = a_t h_{t-1} + b_t with a = 1 - z, b = z h~ is a linear
     recurrence, composed in log2(T) parallel rounds by `lax.associative_scan` instead of T steps."""
     x_z, cand = jnp.split(xw_TxBx2H, 2, axis=-1)
-    z = jax.nn.sigmoid(x_z)
-    a, b = 1 - z, z * cand
+    a, b = jax.nn.sigmoid(-x_z), jax.nn.sigmoid(x_z) * cand
     b = b.at[0].add(a[0] * h0)  # h_0 = a_0 h0 + b_0: the initial state folded into the first step
 
     def compose(first, second):  # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
@@ -155,14 +159,15 @@ def _mingru_plan(hidden: int, backend: str) -> tuple[bool, int]:
 
 
 CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
-    "rnn": Cell(1, _matmul_then(_tanh_update), _matrix(1), flax="SimpleCell", torch="RNN",
-                fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll)), plan=_tanh_plan),
-    "lstm": Cell(4, _matmul_then(_lstm_update), _matrix(4), paired=True, flax="OptimizedLSTMCell", torch="LSTM",
-                 plan=_gated_plan),
-    "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), flax="GRUCell", torch="GRU", plan=_gated_plan),
-    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, fast=_mingru_parallel, plan=_mingru_plan),
+    "rnn": Cell(1, _matmul_then(_tanh_update), _matrix(1), _tanh_plan, flax="SimpleCell", torch="RNN",
+                fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll)),
+                kernel=kernels.tanh_layer),
+    "lstm": Cell(4, _matmul_then(_lstm_update), _matrix(4), _gated_plan, paired=True, flax="OptimizedLSTMCell",
+                 torch="LSTM"),
+    "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU"),
+    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, _mingru_plan, fast=_mingru_parallel),
 }
-GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), torch="GRU", plan=_gated_plan)  # --gru-reset before
+GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), _gated_plan, torch="GRU")  # --gru-reset before
 
 
 def cell_spec(cell: str, gru_reset: str = "after") -> Cell:
@@ -227,11 +232,14 @@ def dense_unroll(params: CellParams, state: State, x_TxBxI: Array, loop: Loop = 
 
 def recurrence(params: CellParams, state: State, xw_TxBxGH: Array, loop: Loop = Loop()) -> tuple[State, Array]:
     """The loop over time, given every step's input projection `xw = x W_xh + b_h`, in the loop's
-    dtype: the cell's `fast` form if it has one and the loop asks for it, else a `lax.scan` of its step."""
+    dtype: the cell's Pallas kernels if the loop asks for them, else its `fast` form if it has one and
+    the loop asks for it, else a `lax.scan` of its step."""
     xw_TxBxGH = xw_TxBxGH.astype(loop.dtype)
     state = jax.tree.map(lambda a: a.astype(loop.dtype), state)
     spec = loop.spec
     own = {k: v.astype(loop.dtype) for k, v in params.items() if k not in ("W_xh", "b_h")}  # what the step reads
+    if loop.kernel == "pallas":
+        return spec.kernel(own, state, xw_TxBxGH, loop.unroll)
     if loop.fast and spec.fast is not None:
         return spec.fast(own, state, xw_TxBxGH, loop.unroll)
     return lax.scan(functools.partial(spec.step, own), state, xw_TxBxGH, unroll=loop.unroll)

@@ -81,10 +81,9 @@ def _add_config_flags(t: argparse.ArgumentParser) -> dict[str, argparse._Argumen
     for f in dataclasses.fields(Config):
         meta, kind, value = f.metadata, field_kind(f), f.default
         text = meta["help"].replace("%", "%%")
-        if kind is bool:  # a switch; one on by default is turned off by --no-NAME
-            name = flag(f.name) if not value else "--no-" + flag(f.name)[2:]
-            groups[meta["group"]].add_argument(name, dest=f.name, action="store_false" if value else "store_true",
-                                               default=None, help=text)
+        if kind is bool:  # --NAME and --no-NAME, so a flag can turn off what a preset or config turned on
+            groups[meta["group"]].add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None,
+                                               help=text + f" (default {'on' if value else 'off'})")
             continue
         if value is not None:
             text += f" (default {value:g})" if kind is float else f" (default {value})"
@@ -177,8 +176,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
     """--resume takes the run's saved config: settings that would change it are refused."""
-    on = {f.name for f in dataclasses.fields(Config) if f.default is True}  # given as --no-NAME
-    flags = [f"--no-{flag(k)[2:]}" if k in on else flag(k) for k in _given(args)]
+    flags = [f"--no-{flag(k)[2:]}" if v is False else flag(k) for k, v in _given(args).items()]
     flags += [flag(n) for n in ("preset", "config", "out", "force") if getattr(args, n)]
     if flags:
         raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")

@@ -48,6 +48,7 @@ IMPLS = ("scratch", "flax")
 GRU_RESETS = ("after", "before")
 PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
+KERNELS = ("auto", "scan", "pallas")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 PREPROCESSING = ("d2l", "none")
@@ -65,8 +66,8 @@ BOUNDS = {
 
 def setting(default: Any, group: str, help: str, bound: str | None = None, choices: tuple[str, ...] | None = None
             ) -> Any:
-    """A Config field and its `jaxrnn train` flag: the flag's `--help` group and text (the default is
-    added from `Config()` unless it is None, which the text explains), the range of a number
+    """A Config field and its `jaxrnn train` flag: the flag's `--help` group and text (the field's
+    default is added unless it is None, which the text explains), the range of a number
     (`BOUNDS`) or the names a setting takes; `validate` checks both."""
     return field(default=default, metadata={"group": group, "help": help, "bound": bound, "choices": choices})
 
@@ -109,6 +110,10 @@ class Config:
                                  "best per backend)", "positive")
     precision: str = setting("highest", "model", "matmul precision; highest is true float32 everywhere",
                              choices=PRECISIONS)
+    kernel: str = setting("auto", "model", "how a layer's time loop runs: scan (lax.scan, compiled by XLA), "
+                          "pallas (one Pallas kernel per layer and direction; the scratch tanh cell; on a CPU in "
+                          "interpret mode, slow, for tests), or auto: the measured best, scan until Pallas is measured "
+                          "on a GPU", choices=KERNELS)
     skip_nonfinite: bool = setting(False, "optimisation", "skip steps whose loss is nan or inf instead of stopping "
                                    "the run")
     dtype: str = setting("float32", "model", "compute dtype of the recurrence and head; params stay float32",
@@ -145,7 +150,7 @@ class Config:
                         choices=EVALS)
     tensorboard: bool = setting(False, "run directory", "also log to RUN_DIR/tb for TensorBoard (needs the "
                                 "tensorboard extra: tensorboardX)")
-    curves: bool = setting(True, "run directory", "RUN_DIR/curves.png is drawn unless --no-curves (which saves "
+    curves: bool = setting(True, "run directory", "draw RUN_DIR/curves.png at each checkpoint (--no-curves saves "
                            "matplotlib's second of CPU in short runs)")
 
     def __post_init__(self) -> None:
@@ -155,11 +160,13 @@ class Config:
         object.__setattr__(self, "model", None)
         if isinstance(self.split, (list, tuple)):  # a JSON list from config.json reads as the same tuple
             object.__setattr__(self, "split", tuple(self.split))
-        if isinstance(self.steps, int) and self.steps > 0:
-            object.__setattr__(self, "eval_every", self.eval_every or max(self.steps // 10, 1))
-            object.__setattr__(self, "save_every", self.save_every or self.eval_every)
-        else:
-            object.__setattr__(self, "save_every", self.save_every or 10)
+        if isinstance(self.steps, int) and self.steps > 0:  # defaults only where not given: validate checks what was
+            if self.eval_every is None:
+                object.__setattr__(self, "eval_every", max(self.steps // 10, 1))
+            if self.save_every is None and _positive_int(self.eval_every):
+                object.__setattr__(self, "save_every", self.eval_every)
+        elif self.save_every is None:
+            object.__setattr__(self, "save_every", 10)
         source = source_of(self.data)  # a named corpus brings how it is read, unless told otherwise
         if self.preprocessing is None:
             object.__setattr__(self, "preprocessing", source.preprocessing if source else "d2l")
@@ -244,9 +251,17 @@ def flag(name: str) -> str:
 
 
 def field_kind(f: dataclasses.Field) -> type:
-    """The type a field holds besides None: bool, int, float, str or tuple."""
+    """The type a field holds besides None, read from its annotation (`int | None`): bool, int, float,
+    str or tuple (of floats); another annotation has no flag form and is refused."""
     hint = str(f.type).split(" | ")[0]
-    return {"bool": bool, "int": int, "float": float, "str": str}.get(hint, tuple)
+    kinds = {"bool": bool, "int": int, "float": float, "str": str, "tuple[float, float, float]": tuple}
+    if hint not in kinds:
+        raise TypeError(f"Config.{f.name}: annotation {f.type!r} has no flag form; use one of {', '.join(kinds)}")
+    return kinds[hint]
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def validate(cfg: Config) -> None:
@@ -258,10 +273,15 @@ def validate(cfg: Config) -> None:
             continue
         if meta["choices"] and v not in meta["choices"]:
             raise ConfigError(f"{flag(f.name)} {v!r} is unknown; use one of {', '.join(meta['choices'])}")
+        if kind is bool and not isinstance(v, bool):
+            raise ConfigError(f"{flag(f.name)} must be true or false, got {v!r}")
+        if kind is str and not isinstance(v, str):
+            raise ConfigError(f"{flag(f.name)} must be a string, got {v!r}")
         if meta["bound"]:
             ok, need, advice = BOUNDS[meta["bound"]]
             numbers = (int,) if kind is int else (int, float)
-            if isinstance(v, bool) or not isinstance(v, numbers) or not math.isfinite(v) or not ok(v):
+            if (isinstance(v, bool) or not isinstance(v, numbers) or (isinstance(v, float) and not math.isfinite(v))
+                    or not ok(v)):
                 noun = "integer" if kind is int else "finite number"
                 words = need.format(noun=noun, a_noun=("an " if kind is int else "a ") + noun)
                 raise ConfigError(f"{flag(f.name)} must be {words}, got {v!r}; {advice}")

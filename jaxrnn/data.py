@@ -27,7 +27,6 @@ from jaxrnn.errors import DataError
 CHECKOUT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 TIMEMACHINE_URL = CORPORA["timemachine"].url
 TIMEMACHINE_SHA1 = CORPORA["timemachine"].sha1
-TIMEMACHINE_NAME = CORPORA["timemachine"].file
 UNK = "<unk>"
 PROMPT = "time traveller"  # the chapters' warm-up prefix
 PROMPT_CHARS = 20  # the longest default prompt taken from another corpus

@@ -190,17 +190,29 @@ class ConciseRNNLM:
         return net.apply({"params": params}, tokens_BxT, state, True, rngs={"dropout": key})
 
 
-def model_config(cfg: Config, vocab_size: int, backend: str | None = None) -> ModelConfig:
-    """The model a run's config names, its loop planned for `backend` (None: JAX's default) where
-    the config leaves it open (`cells.Cell.plan`); the unroll is clipped to the window."""
-    fast, unroll = cells.cell_spec(cfg.cell, cfg.gru_reset).plan(cfg.hidden, backend or jax.default_backend())
-    loop = cells.Loop(cfg.cell, cfg.gru_reset, min(cfg.unroll or unroll, cfg.num_steps), cfg.dtype, fast)
+def model_config(cfg: Config, vocab_size: int) -> ModelConfig:
+    """The model a run's config names, its loop planned for JAX's default backend where the config
+    leaves it open (`cells.Cell.plan`); the unroll is clipped to the window."""
+    fast, unroll = cells.cell_spec(cfg.cell, cfg.gru_reset).plan(cfg.hidden, jax.default_backend())
+    kernel = "scan" if cfg.kernel == "auto" else cfg.kernel  # Pallas kernels wait for a GPU measurement
+    loop = cells.Loop(cfg.cell, cfg.gru_reset, min(cfg.unroll or unroll, cfg.num_steps), cfg.dtype, fast, kernel)
     return ModelConfig(vocab_size, cfg.hidden, loop, cfg.layers, cfg.embed, cfg.tie, cfg.dropout, cfg.sigma)
+
+
+def check_buildable(cfg: Config) -> None:
+    """Refuse a cell and implementation the registry cannot build (a cell without a Flax twin, Pallas
+    kernels a cell does not have), before any data is read."""
+    if cfg.impl == "flax" and cells.CELLS[cfg.cell].flax is None:
+        raise ConfigError(f"--cell {cfg.cell} has no Flax twin; pass --impl scratch")
+    if cfg.kernel == "pallas" and (cfg.impl == "flax" or cells.cell_spec(cfg.cell, cfg.gru_reset).kernel is None):
+        have = [name for name, cell in cells.CELLS.items() if cell.kernel]
+        raise ConfigError(f"--kernel pallas runs the scratch cells that have Pallas kernels ({', '.join(have)}), "
+                          f"not --cell {cfg.cell} --impl {cfg.impl}; pass --kernel scan, or one of those with --impl "
+                          "scratch")
 
 
 def build_model(cfg: Config, vocab_size: int) -> LanguageModel:
     """The model a config names: `ScratchRNNLM` or `ConciseRNNLM` on its `model_config`."""
-    if cfg.impl == "flax" and cells.CELLS[cfg.cell].flax is None:
-        raise ConfigError(f"--cell {cfg.cell} has no Flax twin; pass --impl scratch")
+    check_buildable(cfg)
     model = ScratchRNNLM if cfg.impl == "scratch" else ConciseRNNLM
     return model(model_config(cfg, vocab_size))

@@ -30,7 +30,7 @@ from jaxrnn.artifacts import Artifacts, summary_writer
 from jaxrnn.config import Config, source_of
 from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
 from jaxrnn.errors import CheckpointError, ConfigError, Damaged, JaxrnnError, RunMismatch, Stopped
-from jaxrnn.models import LanguageModel, build_model
+from jaxrnn.models import LanguageModel, build_model, check_buildable
 from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
 from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
@@ -213,6 +213,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     `time_budget` seconds stop the run at the first checkpoint past them (`resume` goes on). A relative
     `cfg.data` is made absolute, so the run resumes from any working directory. Everything that can
     refuse the run is checked before the run directory is made."""
+    check_buildable(cfg)
     if source_of(cfg.data) is None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()), preprocessing=cfg.preprocessing, split=cfg.split)
     if corpus is None:
@@ -252,8 +253,8 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
     model = build_model(saved_cfg, len(saved_vocab))
     abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(saved_cfg), saved_cfg.seed))
     state = checkpoint.restore_state(run_dir, epoch, abstract, meta.digest)
-    return Trained(saved_cfg, saved_vocab, model, state, [], run_dir, epoch, float(meta.val_ppl),
-                   saved_prompt=meta.prompt)
+    val_ppl = None if meta.val_ppl is None else float(meta.val_ppl)
+    return Trained(saved_cfg, saved_vocab, model, state, [], run_dir, epoch, val_ppl, saved_prompt=meta.prompt)
 
 
 def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True,

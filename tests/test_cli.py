@@ -262,8 +262,9 @@ def _help_groups() -> dict[str, str]:
 
 
 def test_every_config_field_is_a_flag_in_its_group() -> None:
-    """Each Config field is a train flag listed under its `setting`'s group; the help gives the
-    field's default (its text restates none); a given flag reaches the config as the field's type."""
+    """Each Config field is a train flag listed under its `setting`'s group (a switch as --NAME and
+    --no-NAME); the help gives the field's default (its text restates none); a given flag reaches the
+    config as the field's type."""
     import dataclasses
 
     from jaxrnn import cli
@@ -274,8 +275,6 @@ def test_every_config_field_is_a_flag_in_its_group() -> None:
     parser = cli.build_parser()
     for f in dataclasses.fields(Config):
         name, kind = flag(f.name), field_kind(f)
-        if kind is bool and f.default:
-            name = "--no-" + name[2:]
         block = groups[f.metadata["group"]]
         assert re.search(rf"^  {name}\b", block, re.M), (name, f.metadata["group"])
         entry = re.search(rf"^  {name}\b.*?(?=^  --|\Z)", block, re.M | re.S).group(0)
@@ -285,7 +284,8 @@ def test_every_config_field_is_a_flag_in_its_group() -> None:
         text = {bool: None, int: "3", float: "0.5", str: "flax", tuple: "0.8,0.1,0.1"}[kind]
         if f.metadata["choices"]:
             text = f.metadata["choices"][-1]
-        args = parser.parse_args(["train", name] + ([text] if text else []))
+        given = "--no-" + name[2:] if kind is bool and f.default else name  # a switch: the way off its default
+        args = parser.parse_args(["train", given] + ([text] if text else []))
         want = {bool: not f.default, int: 3, float: 0.5, str: text, tuple: (0.8, 0.1, 0.1)}[kind]
         assert cli._given(args) == {f.name: want}
 
@@ -313,3 +313,37 @@ def test_bounds_are_checked_once_by_the_config(capsys, flag: str, value: str, wo
     assert code == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert re.match(rf"jaxrnn: error: (argument )?{flag}:? .*{words}", last), last
+
+
+def test_a_switch_a_preset_turns_on_can_be_turned_off(capsys) -> None:
+    """`--no-NAME` overrides a saved or preset `true`, and `--resume` refuses it by the name given."""
+    from jaxrnn import cli
+    from jaxrnn.config import Config
+
+    args = cli.build_parser().parse_args(["train", "--preset", "d2l-scratch", "--tensorboard", "--no-curves"])
+    assert cli.config_from_args(args) == Config(model="scratch", tensorboard=True, curves=False)
+    args = cli.build_parser().parse_args(["train", "--preset", "lstm-2x256", "--embed", "256", "--tie", "--no-tie"])
+    assert cli.config_from_args(args).tie is False  # the last of the two wins, as argparse's switches do
+    assert cli.main(["train", "--resume", "somewhere", "--no-curves", "--tie"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("drop --tie --no-curves")
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    (dict(steps=100, eval_every=0), "--eval-every must be a positive integer, got 0"),
+    (dict(steps=100, eval_every=-5), "--eval-every must be a positive integer, got -5"),
+    (dict(save_every=0), "--save-every must be a positive integer, got 0"),
+    (dict(epochs=10**400), None),
+    (dict(tie="yes"), "--tie must be true or false, got 'yes'"),
+    (dict(data=5), "--data must be a string, got 5"),
+])
+def test_a_config_refuses_what_it_cannot_train(changes: dict, words: str | None) -> None:
+    """Out-of-range and ill-typed values, as a hand-edited config.json may hold, are refused by name:
+    none is replaced by a default, and a huge integer is a number like any other."""
+    from jaxrnn.config import Config
+    from jaxrnn.errors import ConfigError
+
+    if words is None:
+        assert Config(**changes).epochs == 10**400
+        return
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Config(**changes)
