@@ -49,10 +49,11 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--num-steps", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--kernel", default="auto", help="scan or pallas (jaxrnn train --kernel)")
     p.add_argument("--out", help="keep the trace here")
     a = p.parse_args()
     cfg = Config(model=a.model, hidden=a.hidden, batch_size=a.batch_size, num_steps=a.num_steps,
-                 epochs=a.epochs, save_every=a.epochs)
+                 epochs=a.epochs, save_every=a.epochs, kernel=a.kernel)
     corpus = load_corpus(None, cfg.num_steps, cfg.num_train, cfg.num_val)
     model = build_model(cfg, len(corpus.vocab))
     fit(cfg.replace(epochs=1, save_every=1), corpus, model)  # warm: allocator, autotuning
