@@ -163,8 +163,9 @@ CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
                 fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll)),
                 kernel=kernels.tanh_layer),
     "lstm": Cell(4, _matmul_then(_lstm_update), _matrix(4), _gated_plan, paired=True, flax="OptimizedLSTMCell",
-                 torch="LSTM"),
-    "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU"),
+                 torch="LSTM", kernel=kernels.matmul_layer(_lstm_update)),
+    "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU",
+                kernel=kernels.matmul_layer(_gru_update)),
     "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, _mingru_plan, fast=_mingru_parallel),
 }
 GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), _gated_plan, torch="GRU")  # --gru-reset before
