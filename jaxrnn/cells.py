@@ -66,14 +66,10 @@ class Loop:
         return cell_spec(self.cell, self.gru_reset)
 
 
-def _hidden(state: State) -> Array:
-    return state[0] if isinstance(state, tuple) else state
-
-
 def _matmul_then(update: Callable) -> Step:
     """A step that is one matmul g = h W_hh, then an update that reads no weight matrix."""
     def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
-        return update(p, state, xw, _hidden(state) @ p["W_hh"])
+        return update(p, state, xw, kernels.hidden(state) @ p["W_hh"])
     return step
 
 

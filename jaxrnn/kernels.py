@@ -132,12 +132,12 @@ def matmul_layer(update: Callable) -> Callable[..., tuple[Any, Array]]:
     @jax.custom_vjp
     def loop(W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array) -> tuple[Any, Array]:
         states, _ = _matmul_forward(update, W_hh, others, state, xw_TxBxGH)
-        return jax.tree.map(lambda s: s[-1], states), _first(states)
+        return jax.tree.map(lambda s: s[-1], states), hidden(states)
 
     def fwd(W_hh, others, state, xw_TxBxGH):
         states, g_TxBxGH = _matmul_forward(update, W_hh, others, state, xw_TxBxGH)
         before = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None].astype(s.dtype), s[:-1]]), state, states)
-        return (jax.tree.map(lambda s: s[-1], states), _first(states)), (W_hh, others, state, before, xw_TxBxGH,
+        return (jax.tree.map(lambda s: s[-1], states), hidden(states)), (W_hh, others, state, before, xw_TxBxGH,
                                                                           g_TxBxGH)
 
     def bwd(res, cts):
@@ -145,7 +145,7 @@ def matmul_layer(update: Callable) -> Callable[..., tuple[Any, Array]]:
         d_last, dhs_TxBxH = cts
         dxw, dg, d_state, d_others = _matmul_backward(update, W_hh, others, before, xw_TxBxGH, g_TxBxGH, dhs_TxBxH,
                                                       d_last)
-        dW_hh = jnp.einsum("tbi,tbj->ij", _first(before), dg, preferred_element_type=_acc(W_hh.dtype))
+        dW_hh = jnp.einsum("tbi,tbj->ij", hidden(before), dg, preferred_element_type=_acc(W_hh.dtype))
         d_state = jax.tree.map(lambda d, s: d.astype(s.dtype), d_state, state)
         return dW_hh.astype(W_hh.dtype), d_others, d_state, dxw
 
@@ -158,12 +158,12 @@ def matmul_layer(update: Callable) -> Callable[..., tuple[Any, Array]]:
     return layer
 
 
-def _first(state: Any) -> Array:
-    """h of a state (h, or the pair (h, c))."""
+def hidden(state: Any) -> Array:
+    """h of a cell's state (h, or the LSTM's pair (h, c))."""
     return state[0] if isinstance(state, tuple) else state
 
 
-def _with_first(state: Any, h: Array) -> Any:
+def _withhidden(state: Any, h: Array) -> Any:
     return (h, *state[1:]) if isinstance(state, tuple) else h
 
 
@@ -182,7 +182,7 @@ def _matmul_forward(update: Callable, W_hh: Array, others: dict[str, Array], sta
 
         def step(t: Array, s: tuple) -> tuple:
             s = jax.tree.unflatten(tree, list(s))
-            g = jnp.dot(_first(s), w, preferred_element_type=acc).astype(dtype)
+            g = jnp.dot(hidden(s), w, preferred_element_type=acc).astype(dtype)
             s, _ = update(o, s, xw_ref[t], g)
             for r, v in zip(s_refs, jax.tree.leaves(s)):
                 r[t] = v.astype(r.dtype)
@@ -227,12 +227,12 @@ def _matmul_backward(update: Callable, W_hh: Array, others: dict[str, Array], be
             t = T - 1 - i
             s_prev = jax.tree.unflatten(tree, [r[t] for r in p_refs])
             ds = jax.tree.unflatten(tree, [d.astype(dtype) for d in ds])
-            ds = _with_first(ds, _first(ds) + dh_ref[t])
+            ds = _withhidden(ds, hidden(ds) + dh_ref[t])
             _, vjp = jax.vjp(lambda o_, s_, x_, g_: update(o_, s_, x_, g_)[0], o, s_prev, xw_ref[t], g_ref[t])
             do, ds_prev, dxw, dg = vjp(ds)
             dxw_ref[t], dg_ref[t] = dxw.astype(dxw_ref.dtype), dg.astype(dg_ref.dtype)
             back = jnp.dot(dg, wt, preferred_element_type=acc)
-            ds_prev = _with_first(ds_prev, _first(ds_prev).astype(acc) + back)
+            ds_prev = _withhidden(ds_prev, hidden(ds_prev).astype(acc) + back)
             d_o = tuple(a + do[m].astype(acc) for a, m in zip(d_o, names))
             return tuple(d.astype(acc) for d in jax.tree.leaves(ds_prev)), d_o
 
