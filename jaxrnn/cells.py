@@ -46,6 +46,9 @@ class Cell:
     fast: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
     # the time loop as Pallas kernels (kernels.py), (params, state, xw, unroll) -> (last, hs); None: scan only
     kernel: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
+    # a step that is one matmul g = h W_hh and then this, (params, state, xw's gates, g's gates) -> (state, h):
+    # what the Pallas kernels run (greedy decoding's too)
+    update: Callable[[CellParams, State, tuple, tuple], tuple[State, Array]] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,30 +69,32 @@ class Loop:
         return cell_spec(self.cell, self.gru_reset)
 
 
-def _matmul_then(update: Callable) -> Step:
-    """A step that is one matmul g = h W_hh, then an update that reads no weight matrix."""
+def _matmul_then(update: Callable, gates: int) -> Step:
+    """A step that is one matmul g = h W_hh, then an update of the gates' slices of xw and g that reads
+    no weight matrix (the form `kernels.matmul_layer` runs too)."""
     def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
-        return update(p, state, xw, kernels.hidden(state) @ p["W_hh"])
+        g = kernels.hidden(state) @ p["W_hh"]
+        return update(p, state, jnp.split(xw, gates, axis=-1), jnp.split(g, gates, axis=-1))
     return step
 
 
-def _tanh_update(p: CellParams, h: Array, xw: Array, g: Array) -> tuple[Array, Array]:
-    h = jnp.tanh(xw + g)
+def _tanh_update(p: CellParams, h: Array, xs: tuple[Array], gs: tuple[Array]) -> tuple[Array, Array]:
+    h = jnp.tanh(xs[0] + gs[0])
     return h, h
 
 
-def _lstm_update(p: CellParams, state: tuple[Array, Array], xw: Array, g: Array) -> tuple[tuple[Array, Array], Array]:
+def _lstm_update(p: CellParams, state: tuple[Array, Array], xs: tuple[Array, ...], gs: tuple[Array, ...]
+                 ) -> tuple[tuple[Array, Array], Array]:
     _, c = state
-    i, f, cand, o = jnp.split(xw + g, 4, axis=-1)
+    i, f, cand, o = (x + g for x, g in zip(xs, gs))
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(cand)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (h, c), h
 
 
-def _gru_update(p: CellParams, h: Array, xw: Array, g: Array) -> tuple[Array, Array]:
+def _gru_update(p: CellParams, h: Array, xs: tuple[Array, ...], gs: tuple[Array, ...]) -> tuple[Array, Array]:
     """Flax's and cuDNN's GRU: n = tanh(x W_xn + b_n + r * (h W_hn + b_hn))."""
-    x_r, x_z, x_n = jnp.split(xw, 3, axis=-1)
-    g_r, g_z, g_n = jnp.split(g, 3, axis=-1)
+    (x_r, x_z, x_n), (g_r, g_z, g_n) = xs, gs
     r, z = jax.nn.sigmoid(x_r + g_r), jax.nn.sigmoid(x_z + g_z)
     h = (1 - z) * jnp.tanh(x_n + r * (g_n + p["b_hn"])) + z * h
     return h, h
@@ -154,14 +159,17 @@ def _mingru_plan(hidden: int, backend: str) -> tuple[bool, int]:
     return backend != "cpu", 1
 
 
+def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callable, **twins) -> Cell:
+    """A cell whose step is one matmul then `update`: its scan step and its Pallas kernels from the update."""
+    kernel = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates)
+    return Cell(gates, _matmul_then(update, gates), recurrent, plan, kernel=kernel, update=update, **twins)
+
+
 CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
-    "rnn": Cell(1, _matmul_then(_tanh_update), _matrix(1), _tanh_plan, flax="SimpleCell", torch="RNN",
-                fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll)),
-                kernel=kernels.tanh_layer),
-    "lstm": Cell(4, _matmul_then(_lstm_update), _matrix(4), _gated_plan, paired=True, flax="OptimizedLSTMCell",
-                 torch="LSTM", kernel=kernels.matmul_layer(_lstm_update)),
-    "gru": Cell(3, _matmul_then(_gru_update), _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU",
-                kernel=kernels.matmul_layer(_gru_update)),
+    "rnn": _matmul_cell(1, _tanh_update, _matrix(1), _tanh_plan, flax="SimpleCell", torch="RNN",
+                        fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll))),
+    "lstm": _matmul_cell(4, _lstm_update, _matrix(4), _gated_plan, paired=True, flax="OptimizedLSTMCell", torch="LSTM"),
+    "gru": _matmul_cell(3, _gru_update, _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU"),
     "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, _mingru_plan, fast=_mingru_parallel),
 }
 GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), _gated_plan, torch="GRU")  # --gru-reset before
@@ -273,8 +281,7 @@ def _recur_bwd(unroll, res, dhs_TxBxH):
     dh0_BxH, da_TxBxH = lax.scan(step, jnp.zeros_like(h0_BxH), (dhs_TxBxH, hs_TxBxH), reverse=True,
                                  unroll=unroll)
     h_prev_TxBxH = jnp.concatenate([h0_BxH[None], hs_TxBxH[:-1]])
-    dW_hh = jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, da_TxBxH, preferred_element_type=jnp.float32)
-    return dW_hh.astype(W_hh.dtype), dh0_BxH, da_TxBxH
+    return kernels.dW(h_prev_TxBxH, da_TxBxH).astype(W_hh.dtype), dh0_BxH, da_TxBxH
 
 
 tanh_recurrence.defvjp(_recur_fwd, _recur_bwd)

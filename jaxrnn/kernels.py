@@ -15,6 +15,7 @@ measured.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
 
 
 def _interpret() -> bool:
@@ -33,13 +35,70 @@ def _acc(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+ROWS = 16  # Triton's smallest matmul: batches are padded to a multiple of it
+
+
+MAX_HIDDEN = 256  # the widest layer whose W_hh one program holds (docs/benchmarks.md)
+
+
+def shape_problem(hidden: int, embed: int = 0) -> str | None:
+    """Why Triton cannot compile the kernels for these widths, or None: its arrays are powers of two, at
+    least `ROWS` wide (its smallest matmul), and one program holds a layer's whole W_hh."""
+    for flag, n in (("--hidden", hidden), ("--embed", embed)):
+        if n and (n < ROWS or n & (n - 1)):
+            return f"{flag} {n} is not a power of two of at least {ROWS}"
+    if hidden > MAX_HIDDEN:
+        return f"--hidden {hidden} is over {MAX_HIDDEN}, the widest W_hh one program holds"
+    return None
+
+
 def _batch_block(B: int) -> int:
-    """Rows of the batch one program walks: the largest power of two up to 64 dividing B (all of it
-    when none does)."""
-    for b in (64, 32, 16):
-        if B % b == 0:
-            return b
-    return B
+    """Rows of the batch one program walks: the largest of 64, 32 and 16 dividing B (a multiple of 16)."""
+    return next(b for b in (64, 32, ROWS) if B % b == 0)
+
+
+def _batch_padded(run: Callable, state: Any, xw_TxBxN: Array) -> tuple[Any, Array]:
+    """`run(state, xw) -> (last state, all h)` on a batch padded with zero rows to a multiple of `ROWS`,
+    the results cut back (zero rows get zero cotangents, so the gradients are unchanged)."""
+    B, pad = xw_TxBxN.shape[1], -xw_TxBxN.shape[1] % ROWS
+    if not pad:
+        return run(state, xw_TxBxN)
+    last, hs = run(jax.tree.map(lambda s: jnp.pad(s, ((0, pad), (0, 0))), state),
+                   jnp.pad(xw_TxBxN, ((0, 0), (0, pad), (0, 0))))
+    return jax.tree.map(lambda s: s[:B], last), hs[:, :B]
+
+
+def _dot(a: Array, b: Array, acc) -> Array:
+    """a @ b accumulated in `acc`, at the caller's `jax.default_matmul_precision` (read when traced: a
+    kernel's jaxpr carries it, and Triton would otherwise take TF32 for every float32 matmul)."""
+    p = jax.config.jax_default_matmul_precision
+    return jnp.dot(a.astype(b.dtype), b, precision=None if p is None else lax.Precision(p), preferred_element_type=acc)
+
+
+def _warps(H: int) -> int:
+    """Warps per program on a GPU: 4 for narrow layers, 8 from hidden 128."""
+    return 4 if H < 128 else 8
+
+
+def _call(kernel: Callable, name: str, blocks: int, H: int, **specs) -> Callable:
+    """`pl.pallas_call` over `blocks` batch blocks: Triton on GPUs (Pallas' other GPU lowering, Mosaic
+    GPU, copies whole blocks into shared memory, which a [T, b, H] sequence outgrows), interpret mode on
+    CPUs."""
+    params = None if _interpret() else plt.CompilerParams(num_warps=_warps(H), num_stages=1)
+    return pl.pallas_call(kernel, grid=(blocks,), interpret=_interpret(), name=name, compiler_params=params, **specs)
+
+
+def _specs(T: int, b: int, H: int, G: int = 0) -> tuple[pl.BlockSpec, pl.BlockSpec, pl.BlockSpec]:
+    """(a [b, H] state block; a [T, b, H] sequence block; a [T, b, G, H] gated sequence block, or the
+    [H, H] weights, whole, to every program, when G is 0)."""
+    last = (pl.BlockSpec((T, b, G, H), lambda i: (0, i, 0, 0)) if G else pl.BlockSpec((H, H), lambda i: (0, 0)))
+    return pl.BlockSpec((b, H), lambda i: (i, 0)), pl.BlockSpec((T, b, H), lambda i: (0, i, 0)), last
+
+
+def dW(h_prev_TxBxH: Array, d_TxBxN: Array) -> Array:
+    """sum_t h_{t-1}^T d_t, [H, N], accumulated in at least float32: a recurrent weight's gradient as
+    one matmul over all steps, from the states before each step and the gradients at its matmul's output."""
+    return jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, d_TxBxN, preferred_element_type=_acc(d_TxBxN.dtype))
 
 
 def _forward_kernel(w_ref, h0_ref, xw_ref, hs_ref) -> None:
@@ -47,7 +106,7 @@ def _forward_kernel(w_ref, h0_ref, xw_ref, hs_ref) -> None:
     w, acc = w_ref[...], _acc(hs_ref.dtype)
 
     def step(t: Array, h: Array) -> Array:
-        g = jnp.dot(h, w, preferred_element_type=acc)
+        g = _dot(h, w, acc)
         h = jnp.tanh(xw_ref[t].astype(acc) + g).astype(hs_ref.dtype)
         hs_ref[t] = h
         return h
@@ -64,24 +123,17 @@ def _backward_kernel(wt_ref, hs_ref, dhs_ref, da_ref, dh0_ref) -> None:
         h = hs_ref[t].astype(acc)
         da = (g + dhs_ref[t].astype(acc)) * (1 - h * h)
         da_ref[t] = da.astype(da_ref.dtype)
-        return jnp.dot(da.astype(wt.dtype), wt, preferred_element_type=acc)
+        return _dot(da, wt, acc)
 
     dh0_ref[...] = lax.fori_loop(0, T, step, jnp.zeros(dh0_ref.shape, acc)).astype(dh0_ref.dtype)
 
 
-def _specs(T: int, b: int, H: int) -> tuple[pl.BlockSpec, pl.BlockSpec, pl.BlockSpec]:
-    """(the weights, whole, to every program; a [b, H] state block; a [T, b, H] sequence block)."""
-    return (pl.BlockSpec((H, H), lambda i: (0, 0)), pl.BlockSpec((b, H), lambda i: (i, 0)),
-            pl.BlockSpec((T, b, H), lambda i: (0, i, 0)))
-
-
 def _forward(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
     (T, B, H), b = xw_TxBxH.shape, _batch_block(xw_TxBxH.shape[1])
-    weights, state, sequence = _specs(T, b, H)
-    return pl.pallas_call(_forward_kernel, out_shape=jax.ShapeDtypeStruct(xw_TxBxH.shape, xw_TxBxH.dtype),
-                          grid=(B // b,), in_specs=[weights, state, sequence], out_specs=sequence,
-                          interpret=_interpret(), name="tanh_recurrence_fwd")(W_hh, h0_BxH.astype(xw_TxBxH.dtype),
-                                                                              xw_TxBxH)
+    state, sequence, weights = _specs(T, b, H)
+    return _call(_forward_kernel, "tanh_recurrence_fwd", B // b, H,
+                 out_shape=jax.ShapeDtypeStruct(xw_TxBxH.shape, xw_TxBxH.dtype), in_specs=[weights, state, sequence],
+                 out_specs=sequence)(W_hh, h0_BxH.astype(xw_TxBxH.dtype), xw_TxBxH)
 
 
 @jax.custom_vjp
@@ -99,15 +151,15 @@ def _fwd(W_hh, h0_BxH, xw_TxBxH):
 def _bwd(res, dhs_TxBxH):
     W_hh, h0_BxH, hs_TxBxH = res
     (T, B, H), b = hs_TxBxH.shape, _batch_block(hs_TxBxH.shape[1])
-    weights, state, sequence = _specs(T, b, H)
-    da_TxBxH, dh0_BxH = pl.pallas_call(
-        _backward_kernel, out_shape=(jax.ShapeDtypeStruct(hs_TxBxH.shape, hs_TxBxH.dtype),
-                                     jax.ShapeDtypeStruct(h0_BxH.shape, h0_BxH.dtype)),
-        grid=(B // b,), in_specs=[weights, sequence, sequence], out_specs=(sequence, state),
-        interpret=_interpret(), name="tanh_recurrence_bwd")(W_hh.T, hs_TxBxH, dhs_TxBxH.astype(hs_TxBxH.dtype))
+    state, sequence, weights = _specs(T, b, H)
+    da_TxBxH, dh0_BxH = _call(
+        _backward_kernel, "tanh_recurrence_bwd", B // b, H,
+        out_shape=(jax.ShapeDtypeStruct(hs_TxBxH.shape, hs_TxBxH.dtype),
+                   jax.ShapeDtypeStruct(h0_BxH.shape, h0_BxH.dtype)),
+        in_specs=[weights, sequence, sequence], out_specs=(sequence, state),
+    )(W_hh.T, hs_TxBxH, dhs_TxBxH.astype(hs_TxBxH.dtype))
     h_prev_TxBxH = jnp.concatenate([h0_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
-    dW_hh = jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, da_TxBxH, preferred_element_type=_acc(W_hh.dtype))
-    return dW_hh.astype(W_hh.dtype), dh0_BxH, da_TxBxH
+    return dW(h_prev_TxBxH, da_TxBxH).astype(W_hh.dtype), dh0_BxH, da_TxBxH
 
 
 pallas_tanh_recurrence.defvjp(_fwd, _bwd)
@@ -115,45 +167,47 @@ pallas_tanh_recurrence.defvjp(_fwd, _bwd)
 
 def tanh_layer(params: dict[str, Array], h0_BxH: Array, xw_TxBxH: Array, unroll: int = 1) -> tuple[Array, Array]:
     """The tanh cell's `kernel` form for `cells.recurrence`: (last h, all h)."""
-    hs_TxBxH = pallas_tanh_recurrence(params["W_hh"], h0_BxH, xw_TxBxH)
-    return hs_TxBxH[-1], hs_TxBxH
+    def run(h0, xw):
+        hs = pallas_tanh_recurrence(params["W_hh"], h0, xw)
+        return hs[-1], hs
+    return _batch_padded(run, h0_BxH, xw_TxBxH)
 
 
-
-def matmul_layer(update: Callable) -> Callable[..., tuple[Any, Array]]:
-    """The time loop of a cell whose step is g = h W_hh then `update(others, state, xw, g) -> (state, h)`
-    (the LSTM's and the GRU's; `others` holds what else the update reads, the GRU's b_hn), as two Pallas
-    kernels under a custom VJP: the forward writes every state and every g; the backward walks time in
-    reverse carrying the state's cotangent, takes each step's gradient through `update` (`jax.vjp`,
-    inside the kernel) and writes dxw_t and dg_t; dW_hh = sum_t h_{t-1}^T dg_t is one matmul after it,
-    and the gradient of `others` a sum over the batch blocks' partial sums. Returns
-    `layer(params, state, xw, unroll) -> (last state, all h)` for `cells.Cell.kernel`."""
+def matmul_layer(update: Callable, gates: int) -> Callable[..., tuple[Any, Array]]:
+    """The time loop of a cell whose step is one matmul g = h W_hh, then `update(others, state, xs, gs)
+    -> (state, h)` on the `gates` slices of xw and g (the LSTM's and the GRU's; `others` holds what
+    else the update reads, the GRU's b_hn), as two Pallas kernels under a custom VJP: the forward
+    writes every state and every g; the backward walks time in reverse carrying the state's cotangent,
+    takes each step's gradient through `update` (`jax.vjp`, inside the kernel) and writes dxw_t and
+    dg_t; dW_hh = sum_t h_{t-1}^T dg_t is one matmul after it, and the gradient of `others` a sum over
+    the batch blocks' partial sums. Each gate is its own [b, H] array inside the kernels (Triton's
+    arrays are powers of two in size). Returns `layer(params, state, xw, unroll) -> (last state, all
+    h)` for `cells.Cell.kernel`."""
 
     @jax.custom_vjp
     def loop(W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array) -> tuple[Any, Array]:
-        states, _ = _matmul_forward(update, W_hh, others, state, xw_TxBxGH)
+        states, _ = _matmul_forward(update, gates, W_hh, others, state, xw_TxBxGH)
         return jax.tree.map(lambda s: s[-1], states), hidden(states)
 
     def fwd(W_hh, others, state, xw_TxBxGH):
-        states, g_TxBxGH = _matmul_forward(update, W_hh, others, state, xw_TxBxGH)
+        states, g_TxBxGxH = _matmul_forward(update, gates, W_hh, others, state, xw_TxBxGH)
         before = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None].astype(s.dtype), s[:-1]]), state, states)
         return (jax.tree.map(lambda s: s[-1], states), hidden(states)), (W_hh, others, state, before, xw_TxBxGH,
-                                                                          g_TxBxGH)
+                                                                          g_TxBxGxH)
 
     def bwd(res, cts):
-        W_hh, others, state, before, xw_TxBxGH, g_TxBxGH = res
+        W_hh, others, state, before, xw_TxBxGH, g_TxBxGxH = res
         d_last, dhs_TxBxH = cts
-        dxw, dg, d_state, d_others = _matmul_backward(update, W_hh, others, before, xw_TxBxGH, g_TxBxGH, dhs_TxBxH,
-                                                      d_last)
-        dW_hh = jnp.einsum("tbi,tbj->ij", hidden(before), dg, preferred_element_type=_acc(W_hh.dtype))
+        dxw, dg, d_state, d_others = _matmul_backward(update, gates, W_hh, others, before, xw_TxBxGH, g_TxBxGxH,
+                                                      dhs_TxBxH, d_last)
         d_state = jax.tree.map(lambda d, s: d.astype(s.dtype), d_state, state)
-        return dW_hh.astype(W_hh.dtype), d_others, d_state, dxw
+        return dW(hidden(before), dg).astype(W_hh.dtype), d_others, d_state, dxw
 
     loop.defvjp(fwd, bwd)
 
     def layer(params: dict[str, Array], state: Any, xw_TxBxGH: Array, unroll: int = 1) -> tuple[Any, Array]:
         others = {k: v for k, v in params.items() if k != "W_hh"}
-        return loop(params["W_hh"], others, state, xw_TxBxGH)
+        return _batch_padded(functools.partial(loop, params["W_hh"], others), state, xw_TxBxGH)
 
     return layer
 
@@ -167,9 +221,19 @@ def _withhidden(state: Any, h: Array) -> Any:
     return (h, *state[1:]) if isinstance(state, tuple) else h
 
 
-def _matmul_forward(update: Callable, W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array):
-    """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G*H])."""
-    (T, B, GH), H = xw_TxBxGH.shape, W_hh.shape[0]
+def _up(tree: Any, acc) -> Any:
+    """A pytree of arrays in the kernels' compute dtype (Triton's math functions take float32)."""
+    return jax.tree.map(lambda a: a.astype(acc), tree)
+
+
+def _by_gate(W: Array, gates: int) -> Array:
+    """[I, G*H] -> [G, I, H]: each gate's block of columns."""
+    return W.reshape(W.shape[0], gates, W.shape[1] // gates).transpose(1, 0, 2)
+
+
+def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array):
+    """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G, H])."""
+    (T, B, _), H = xw_TxBxGH.shape, W_hh.shape[0]
     b, dtype = _batch_block(B), xw_TxBxGH.dtype
     leaves, tree = jax.tree.flatten(state)
     names = sorted(others)
@@ -178,33 +242,34 @@ def _matmul_forward(update: Callable, W_hh: Array, others: dict[str, Array], sta
     def kernel(*refs) -> None:
         w_ref, o_refs, s0_refs = refs[0], refs[1:1 + n], refs[1 + n:1 + n + k]
         xw_ref, s_refs, g_ref = refs[1 + n + k], refs[2 + n + k:2 + n + 2 * k], refs[2 + n + 2 * k]
-        w, o, acc = w_ref[...], {name: r[...] for name, r in zip(names, o_refs)}, _acc(dtype)
+        acc = _acc(dtype)
+        ws, o = [w_ref[j] for j in range(G)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
 
         def step(t: Array, s: tuple) -> tuple:
             s = jax.tree.unflatten(tree, list(s))
-            g = jnp.dot(hidden(s), w, preferred_element_type=acc).astype(dtype)
-            s, _ = update(o, s, xw_ref[t], g)
+            gs = tuple(_dot(hidden(s), w, acc).astype(dtype) for w in ws)
+            s, _ = update(o, _up(s, acc), tuple(xw_ref[t, :, j, :].astype(acc) for j in range(G)), _up(gs, acc))
             for r, v in zip(s_refs, jax.tree.leaves(s)):
                 r[t] = v.astype(r.dtype)
-            g_ref[t] = g
-            return tuple(jax.tree.leaves(s))
+            for j in range(G):
+                g_ref[t, :, j, :] = gs[j]
+            return tuple(v.astype(dtype) for v in jax.tree.leaves(s))
 
         lax.fori_loop(0, T, step, tuple(r[...] for r in s0_refs))
 
-    row = pl.BlockSpec((b, H), lambda i: (i, 0))
-    seq, seq_g = pl.BlockSpec((T, b, H), lambda i: (0, i, 0)), pl.BlockSpec((T, b, GH), lambda i: (0, i, 0))
-    whole = [pl.BlockSpec(W_hh.shape, lambda i: (0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
-                                                            for m in names]
-    outs = pl.pallas_call(
-        kernel, out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, GH), dtype)],
-        grid=(B // b,), in_specs=[*whole, *[row] * k, seq_g], out_specs=[*[seq] * k, seq_g],
-        interpret=_interpret(), name="matmul_recurrence_fwd",
-    )(W_hh, *[others[m] for m in names], *[s.astype(dtype) for s in leaves], xw_TxBxGH)
+    row, seq, seq_g = _specs(T, b, H, G)
+    whole = [pl.BlockSpec((G, H, H), lambda i: (0, 0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
+                                                               for m in names]
+    outs = _call(kernel, "matmul_recurrence_fwd", B // b, H,
+                 out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, G, H), dtype)],
+                 in_specs=[*whole, *[row] * k, seq_g], out_specs=[*[seq] * k, seq_g],
+                 )(_by_gate(W_hh, G), *[others[m] for m in names], *[s.astype(dtype) for s in leaves],
+                   xw_TxBxGH.reshape(T, B, G, H))
     return jax.tree.unflatten(tree, outs[:k]), outs[k]
 
 
-def _matmul_backward(update: Callable, W_hh: Array, others: dict[str, Array], before: Any, xw_TxBxGH: Array,
-                     g_TxBxGH: Array, dhs_TxBxH: Array, d_last: Any):
+def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Array], before: Any,
+                     xw_TxBxGH: Array, g_TxBxGxH: Array, dhs_TxBxH: Array, d_last: Any):
     """(dxw [T, B, G*H], dg [T, B, G*H], the start state's cotangent, the cotangent of `others`)."""
     (T, B, GH), H = xw_TxBxGH.shape, W_hh.shape[0]
     b, dtype = _batch_block(B), xw_TxBxGH.dtype
@@ -220,21 +285,24 @@ def _matmul_backward(update: Callable, W_hh: Array, others: dict[str, Array], be
         dl_refs = refs[4 + n + k:4 + n + 2 * k]  # the last state's cotangent
         dxw_ref, dg_ref = refs[4 + n + 2 * k], refs[5 + n + 2 * k]
         ds0_refs, do_refs = refs[6 + n + 2 * k:6 + n + 3 * k], refs[6 + n + 3 * k:]
-        wt, o = wt_ref[...], {name: r[...] for name, r in zip(names, o_refs)}
+        wts, o = [wt_ref[j] for j in range(G)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
 
         def step(i: Array, carry: tuple) -> tuple:
             ds, d_o = carry
             t = T - 1 - i
-            s_prev = jax.tree.unflatten(tree, [r[t] for r in p_refs])
-            ds = jax.tree.unflatten(tree, [d.astype(dtype) for d in ds])
-            ds = _withhidden(ds, hidden(ds) + dh_ref[t])
-            _, vjp = jax.vjp(lambda o_, s_, x_, g_: update(o_, s_, x_, g_)[0], o, s_prev, xw_ref[t], g_ref[t])
-            do, ds_prev, dxw, dg = vjp(ds)
-            dxw_ref[t], dg_ref[t] = dxw.astype(dxw_ref.dtype), dg.astype(dg_ref.dtype)
-            back = jnp.dot(dg, wt, preferred_element_type=acc)
-            ds_prev = _withhidden(ds_prev, hidden(ds_prev).astype(acc) + back)
-            d_o = tuple(a + do[m].astype(acc) for a, m in zip(d_o, names))
-            return tuple(d.astype(acc) for d in jax.tree.leaves(ds_prev)), d_o
+            s_prev = jax.tree.unflatten(tree, [r[t].astype(acc) for r in p_refs])
+            ds = jax.tree.unflatten(tree, list(ds))
+            ds = _withhidden(ds, hidden(ds) + dh_ref[t].astype(acc))
+            xs, gs = (tuple(r[t, :, j, :].astype(acc) for j in range(G)) for r in (xw_ref, g_ref))
+            _, vjp = jax.vjp(lambda o_, s_, x_, g_: update(o_, s_, x_, g_)[0], o, s_prev, xs, gs)
+            do, ds_prev, dxs, dgs = vjp(ds)
+            back = jnp.zeros(hidden(ds_prev).shape, acc)
+            for j in range(G):
+                dxw_ref[t, :, j, :] = dxs[j].astype(dxw_ref.dtype)
+                dg_ref[t, :, j, :] = dgs[j].astype(dg_ref.dtype)
+                back += _dot(dgs[j], wts[j], acc)
+            ds_prev = _withhidden(ds_prev, hidden(ds_prev) + back)
+            return tuple(jax.tree.leaves(ds_prev)), tuple(a + do[m] for a, m in zip(d_o, names))
 
         start = (tuple(r[...].astype(acc) for r in dl_refs), tuple(jnp.zeros(o[m].shape, acc) for m in names))
         ds0, d_o = lax.fori_loop(0, T, step, start)
@@ -243,20 +311,89 @@ def _matmul_backward(update: Callable, W_hh: Array, others: dict[str, Array], be
         for r, v in zip(do_refs, d_o):
             r[...] = v[None].astype(r.dtype)
 
-    row = pl.BlockSpec((b, H), lambda i: (i, 0))
-    seq, seq_g = pl.BlockSpec((T, b, H), lambda i: (0, i, 0)), pl.BlockSpec((T, b, GH), lambda i: (0, i, 0))
-    whole = [pl.BlockSpec((GH, H), lambda i: (0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
-                                                         for m in names]
+    row, seq, seq_g = _specs(T, b, H, G)
+    whole = [pl.BlockSpec((G, H, H), lambda i: (0, 0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
+                                                               for m in names]
     partial = [pl.BlockSpec((1, *others[m].shape), lambda i: (i, 0)) for m in names]  # one sum per batch block
-    outs = pl.pallas_call(
-        kernel,
-        out_shape=[jax.ShapeDtypeStruct((T, B, GH), dtype)] * 2 + [jax.ShapeDtypeStruct((B, H), acc)] * k
-        + [jax.ShapeDtypeStruct((blocks, *others[m].shape), acc) for m in names],
-        grid=(blocks,), in_specs=[*whole, *[seq] * k, seq_g, seq_g, seq, *[row] * k],
-        out_specs=[seq_g, seq_g, *[row] * k, *partial], interpret=_interpret(), name="matmul_recurrence_bwd",
-    )(W_hh.T, *[others[m] for m in names], *before_leaves, xw_TxBxGH, g_TxBxGH, dhs_TxBxH.astype(dtype),
-      *[d.astype(acc) for d in last_leaves])
-    dxw, dg = outs[0], outs[1]
+    outs = _call(kernel, "matmul_recurrence_bwd", blocks, H,
+                 out_shape=[jax.ShapeDtypeStruct((T, B, G, H), dtype)] * 2 + [jax.ShapeDtypeStruct((B, H), acc)] * k
+                 + [jax.ShapeDtypeStruct((blocks, *others[m].shape), acc) for m in names],
+                 in_specs=[*whole, *[seq] * k, seq_g, seq_g, seq, *[row] * k],
+                 out_specs=[seq_g, seq_g, *[row] * k, *partial],
+                 )(_by_gate(W_hh, G).transpose(0, 2, 1), *[others[m] for m in names], *before_leaves,
+                   xw_TxBxGH.reshape(T, B, G, H), g_TxBxGxH, dhs_TxBxH.astype(dtype),
+                   *[d.astype(acc) for d in last_leaves])
+    dxw, dg = outs[0].reshape(T, B, GH), outs[1].reshape(T, B, GH)
     d_state = jax.tree.unflatten(tree, outs[2:2 + k])
     d_others = {m: outs[2 + k + j].sum(0).astype(others[m].dtype) for j, m in enumerate(names)}
     return dxw, dg, d_state, d_others
+
+
+def _pow2(n: int, least: int = ROWS) -> int:
+    return max(least, 1 << (n - 1).bit_length())
+
+
+def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], embed: Array | None, W_hq: Array,
+                  b_q: Array, states: list[Any], tok_B: Array, num_preds: int) -> Array:
+    """`num_preds` greedy tokens [B, N] from `tok_B` on, as one Pallas kernel over all steps: each step
+    selects the token's input row (a one-hot matmul at full precision: exact), runs every layer's step
+    (`update` on the gates' slices, as `matmul_layer`), the head and the argmax on chip, instead of a
+    handful of XLA kernels a step. `layers` holds each layer's W_xh, b_h, W_hh and what else `update`
+    reads, `embed` the input table (None: one-hot inputs), `states` each layer's state after the
+    warm-up; W_hq's dtype is the compute dtype. The vocab is padded to a power of two with logits of
+    -inf, the batch to a multiple of 16 rows (Triton's smallest matmul)."""
+    B, V = tok_B.shape[0], b_q.shape[0]
+    dtype, H, G = W_hq.dtype, W_hq.shape[0], gates
+    Bp, Vp, acc, exact = B + -B % ROWS, _pow2(V), _acc(W_hq.dtype), lax.Precision.HIGHEST
+    b = _batch_block(Bp)
+    names = [sorted(k for k in p if k not in ("W_xh", "b_h", "W_hh")) for p in layers]
+    weights = [] if embed is None else [jnp.pad(embed.astype(dtype), ((0, Vp - V), (0, 0)))]
+    for layer, (p, others) in enumerate(zip(layers, names)):
+        selected = layer == 0 and embed is None  # W_xh's rows are selected: kept in full precision, as the model
+        W_xh = jnp.pad(p["W_xh"], ((0, Vp - V), (0, 0))) if selected else p["W_xh"]
+        weights += [_by_gate(W_xh.astype(acc if selected else dtype), G),
+                    p["b_h"].astype(acc if selected else dtype).reshape(G, H), _by_gate(p["W_hh"].astype(dtype), G),
+                    *[p[m].astype(dtype) for m in others]]
+    weights += [jnp.pad(W_hq, ((0, 0), (0, Vp - V))),
+                jnp.pad(b_q.astype(jnp.float32), (0, Vp - V), constant_values=-jnp.inf)]
+    leaves, tree = jax.tree.flatten([jax.tree.map(lambda s: jnp.pad(s.astype(dtype), ((0, Bp - B), (0, 0))), s)
+                                     for s in states])
+
+    def kernel(*refs) -> None:
+        w_refs, s_refs, tok_ref, out_ref = refs[:len(weights)], refs[len(weights):-2], refs[-2], refs[-1]
+        table, i, plan = (None, 0, []) if embed is None else (w_refs[0][...], 1, [])
+        for others in names:  # per layer: W_xh's and b_h's gates, W_hh's gates, what else update reads
+            wx, bx, wh = ([r[j] for j in range(G)] for r in w_refs[i:i + 3])
+            plan.append((wx, bx, wh, {m: w_refs[i + 3 + j][...].astype(acc) for j, m in enumerate(others)}))
+            i += 3 + len(others)
+        wq, bq = w_refs[-2][...], w_refs[-1][...]
+
+        def step(n: Array, carry: tuple) -> tuple:
+            tok, s = carry
+            out_ref[n] = tok
+            s = jax.tree.unflatten(tree, list(s))
+            onehot = (lax.broadcasted_iota(jnp.int32, (b, Vp), 1) == tok[:, None]).astype(acc)
+            x = onehot if table is None else jnp.dot(onehot.astype(dtype), table, precision=exact,
+                                                     preferred_element_type=acc)
+            new = []
+            for layer, (wx, bx, wh, o) in enumerate(plan):
+                if layer == 0 and table is None:  # (W_xh[tok] + b_h) in full precision, then the compute dtype
+                    xs = [(jnp.dot(onehot, w, precision=exact, preferred_element_type=acc) + c).astype(dtype)
+                          for w, c in zip(wx, bx)]
+                else:
+                    xs = [_dot(x, w, acc).astype(dtype).astype(acc) + c.astype(acc) for w, c in zip(wx, bx)]
+                gs = [_dot(hidden(s[layer]), w, acc).astype(dtype) for w in wh]
+                state, x = update(o, _up(s[layer], acc), _up(tuple(xs), acc), _up(tuple(gs), acc))
+                new.append(jax.tree.map(lambda v: v.astype(dtype), state))
+            logits = _dot(x, wq, acc) + bq
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32), tuple(jax.tree.leaves(new))
+
+        lax.fori_loop(0, num_preds, step, (tok_ref[...], tuple(r[...] for r in s_refs)))
+
+    whole = [pl.BlockSpec(a.shape, lambda i, n=a.ndim: (0,) * n) for a in weights]
+    toks = _call(kernel, "greedy_decode", Bp // b, H, out_shape=jax.ShapeDtypeStruct((num_preds, Bp), jnp.int32),
+                 in_specs=[*whole, *[pl.BlockSpec((b, H), lambda i: (i, 0))] * len(leaves),
+                           pl.BlockSpec((b,), lambda i: (i,))],
+                 out_specs=pl.BlockSpec((num_preds, b), lambda i: (0, i)),
+                 )(*weights, *leaves, jnp.pad(tok_B.astype(jnp.int32), (0, Bp - B)))
+    return toks[:, :B].T

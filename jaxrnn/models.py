@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jaxrnn import cells
+from jaxrnn import cells, kernels
 from jaxrnn.cells import Loop, State
 from jaxrnn.config import Config
 from jaxrnn.errors import ConfigError
@@ -137,6 +137,17 @@ class ScratchRNNLM:
         return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), joined(new)
 
 
+    def greedy(self, params: Params, state: State, tok_B: Array, num_preds: int) -> Array:
+        """Greedy tokens [B, N], `tok_B` first, from the state after the warm-up, as one Pallas kernel
+        (`kernels.greedy_decode`); for cells with a matmul-then-update step (`cells.Cell.update`)."""
+        c, dtype = self.cfg, self.cfg.loop.dtype
+        embed = params["embed"]["E"] if c.embed else None
+        W_hq = embed.T if c.tie else params["head"]["W_hq"]
+        layers = [params[layer_name(i)] for i in range(c.layers)]
+        return kernels.greedy_decode(c.loop.spec.update, c.loop.spec.gates, layers, embed, W_hq.astype(dtype),
+                                     params["head"]["b_q"], list(per_layer(state, c.layers)), tok_B, num_preds)
+
+
 class _ConciseNet(nn.Module):
     """One-hot (or nn.Embed) inputs -> `layers` x nn.scan(Flax cell) -> nn.Dense (or the tied
     embedding), time-major inside; dropout as the scratch model's."""
@@ -209,6 +220,9 @@ def check_buildable(cfg: Config) -> None:
         raise ConfigError(f"--kernel pallas runs the scratch cells that have Pallas kernels ({', '.join(have)}), "
                           f"not --cell {cfg.cell} --impl {cfg.impl}; pass --kernel scan, or one of those with --impl "
                           "scratch")
+    problem = kernels.shape_problem(cfg.hidden, cfg.embed) if cfg.kernel == "pallas" else None
+    if problem and jax.default_backend() == "gpu":
+        raise ConfigError(f"--kernel pallas on a GPU compiles with Triton: {problem}; pass --kernel scan")
 
 
 def build_model(cfg: Config, vocab_size: int) -> LanguageModel:

@@ -37,10 +37,10 @@ def filter_logits(logits_BxV: Array, top_k: int, top_p: Array | None) -> Array:
     return logits_BxV
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_preds", "greedy", "unroll", "top_k", "nucleus"))
+@functools.partial(jax.jit, static_argnames=("model", "num_preds", "greedy", "unroll", "top_k", "nucleus", "kernel"))
 def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_B: Array, seed: Array,
               temperature: Array, top_p: Array, num_preds: int, greedy: bool, unroll: int, top_k: int,
-              nucleus: bool) -> Array:
+              nucleus: bool, kernel: bool) -> Array:
     B, P = prompts_BxP.shape
     logits_BxV = jnp.zeros((B, model.cfg.vocab_size))
 
@@ -52,6 +52,8 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
         return (h, jnp.where(live, logits[:, 0], last)), None
 
     (h, logits_BxV), _ = lax.scan(warm, (model.init_state(B), logits_BxV), jnp.arange(P))
+    if kernel:  # greedy, every step in one Pallas kernel
+        return model.greedy(params, h, jnp.argmax(logits_BxV, axis=-1), num_preds)
 
     def emit(carry, k):
         h, logits = carry
@@ -70,11 +72,14 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
 
 def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], num_preds: int,
              temperature: float = 0.0, seed: int = 0, unroll: int = 8, top_k: int = 0,
-             top_p: float = 1.0) -> np.ndarray:
+             top_p: float = 1.0, kernel: bool | None = None) -> np.ndarray:
     """`num_preds` new token ids for each prompt (lists of ids, each at least one long), as one
     compiled call: greedy when `temperature` is 0, else sampled with the given seed from
     softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all) and to the
-    nucleus of probability `top_p` (1: all). Each prompt of a batch draws its own tokens."""
+    nucleus of probability `top_p` (1: all). Each prompt of a batch draws its own tokens.
+
+    Greedy decoding runs as one Pallas kernel (`kernel`) where it pays: None takes it for a model whose
+    loop runs on Pallas kernels, off CPUs (a CPU only interprets a Pallas kernel, slowly)."""
     check_sampling(num_preds, temperature, top_k, top_p)
     if not 0 <= seed < 2**32:
         raise JaxrnnError(f"--seed must be in [0, 2**32), got {seed}; pass a smaller non-negative seed")
@@ -88,10 +93,19 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
         padded[i, : len(p)] = p
     # numpy arguments, not eager jnp ops: each of those costs tens of microseconds, a tenth of a
     # 1000-character decode on a CPU
+    if kernel is None:
+        kernel = decodes_by_kernel(model) and jax.default_backend() != "cpu"
     toks = _generate(model, params, padded, lengths, np.uint32(seed), np.float32(max(temperature, 1e-6)),
                      np.float32(top_p), num_preds, temperature == 0.0, max(1, min(unroll, num_preds)),
-                     min(top_k, model.cfg.vocab_size), top_p < 1.0)
+                     min(top_k, model.cfg.vocab_size), top_p < 1.0, kernel and temperature == 0.0)
     return np.asarray(toks)
+
+
+def decodes_by_kernel(model: LanguageModel) -> bool:
+    """Whether greedy decoding of `model` can run as one Pallas kernel (`kernels.greedy_decode`): a
+    scratch model whose loop runs on Pallas kernels, with a matmul-then-update cell."""
+    loop = model.cfg.loop
+    return hasattr(model, "greedy") and loop.kernel == "pallas" and loop.spec.update is not None
 
 
 def check_sampling(num_preds: int, temperature: float, top_k: int, top_p: float) -> None:

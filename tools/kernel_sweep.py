@@ -1,0 +1,185 @@
+"""Time one layer's training step (the recurrence forward and backward) on the scan path and on the Pallas
+kernels, over cells, shapes, dtypes and the kernels' batch block, and check the kernels against the scan path
+on the same device; then greedy decoding by the kernel against the scan loop. One process, one table.
+
+Each row: cell, T, B, H, dtype, precision, impl (scan, or pallas with its batch block and warps), compile_s,
+step_ms (median of 5 rounds of 20 chained calls), tokens_per_s (T*B per step), err (max relative error of
+the states and of the gradients against the scan path; null for the scan rows), or error (why it failed).
+A case that fails (a shape Triton refuses, say) is recorded and the sweep goes on.
+
+usage: python tools/kernel_sweep.py [--quick] [--json-out FILE] [--budget SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import cells, kernels
+from jaxrnn.cells import Loop
+from jaxrnn.models import ModelConfig, ScratchRNNLM
+from jaxrnn.sample import generate
+
+SEED = (32, 1024, 32)  # T, B, H of the seed config
+
+
+def cases(quick: bool) -> list[dict[str, Any]]:
+    """The grid, most telling first (a budget cuts the tail): the batch block and warps at the seed shape
+    (tanh), every cell at the seed shape (float32 at both precisions, bfloat16), then wider layers over
+    256 steps at cuDNN's precision (TF32) and in bfloat16."""
+    out = []
+    for b, w in [(16, 4)] if quick else [(16, 4), (32, 4), (64, 4), (16, 2), (16, 8)]:
+        out.append(dict(cell="rnn", shape=SEED, dtype="float32", precision="highest", block=b, warps=w))
+    kinds = [("float32", "highest"), ("float32", "default"), ("bfloat16", "default")]
+    for shape in [SEED] if quick else [SEED, (256, 128, 128), (256, 128, 256), (256, 128, 64)]:
+        for dtype, precision in kinds[:1] if quick else kinds if shape == SEED else kinds[1:]:
+            for cell in ("rnn", "lstm", "gru"):
+                out.append(dict(cell=cell, shape=shape, dtype=dtype, precision=precision, block=None, warps=None))
+    return out
+
+
+def layer_problem(cell: str, T: int, B: int, H: int, dtype: str):
+    key = jax.random.PRNGKey(0)
+    p = cells.cell_init(key, 4, H, 1.0 / np.sqrt(H), cell)
+    p = {k: v + 0.1 * jax.random.normal(jax.random.fold_in(key, i), v.shape) for i, (k, v) in enumerate(p.items())}
+    own = {k: v.astype(dtype) for k, v in p.items() if k not in ("W_xh", "b_h")}
+    s0 = cells.zero_state(cell, B, H, dtype)
+    xw = jax.random.normal(jax.random.fold_in(key, 7), (T, B, cells.CELLS[cell].gates * H)).astype(dtype)
+    w = jax.random.normal(jax.random.fold_in(key, 8), (T, B, H)).astype(jnp.float32)
+    return own, s0, xw, w
+
+
+def step_fn(loop: Loop, w):
+    """value and gradients of sum(h * w) over every state, w.r.t. the recurrent params, start state and xw."""
+    def loss(own, s0, xw):
+        spec = loop.spec
+        _, hs = (spec.kernel(own, s0, xw) if loop.kernel == "pallas" else
+                 spec.fast(own, s0, xw, loop.unroll) if loop.fast and spec.fast else
+                 jax.lax.scan(lambda s, x: spec.step(own, s, x), s0, xw, unroll=loop.unroll))
+        return (hs.astype(jnp.float32) * w).sum(), hs
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+def timed(fn, args, rounds: int = 5, calls: int = 20) -> tuple[float, float, Any]:
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            r = fn(*args)
+        jax.block_until_ready(r)
+        times.append((time.perf_counter() - t0) / calls)
+    return compile_s, statistics.median(times), out
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def run_case(c: dict[str, Any]) -> list[dict[str, Any]]:
+    (T, B, H), cell = c["shape"], c["cell"]
+    own, s0, xw, w = layer_problem(cell, T, B, H, c["dtype"])
+    fast, unroll = cells.CELLS[cell].plan(H, jax.default_backend())
+    base = dict(cell=cell, T=T, B=B, H=H, dtype=c["dtype"], precision=c["precision"])
+    rows = []
+    with jax.default_matmul_precision(c["precision"]):
+        cs, ms, ref = timed(step_fn(Loop(cell, unroll=unroll, dtype=c["dtype"], fast=fast), w), (own, s0, xw))
+        rows.append(dict(base, impl=f"scan u{unroll}", compile_s=cs, step_ms=ms * 1e3, tokens_per_s=T * B / ms))
+        old = kernels._batch_block, kernels._warps
+        try:
+            if c["block"]:
+                kernels._batch_block, kernels._warps = (lambda _: c["block"]), (lambda _: c["warps"])
+            b, wp = kernels._batch_block(B), kernels._warps(H)
+            impl = f"pallas b{b} w{wp}"
+            try:
+                cs, ms, got = timed(step_fn(Loop(cell, dtype=c["dtype"], kernel="pallas"), w), (own, s0, xw))
+            except Exception as e:  # noqa: BLE001 (a shape the compiler refuses is a result)
+                return rows + [dict(base, impl=impl, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
+        finally:
+            kernels._batch_block, kernels._warps = old
+    (_, hs_ref), g_ref = ref
+    (_, hs), g = got
+    err = max([rel(hs, hs_ref)] + [rel(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref))])
+    rows.append(dict(base, impl=impl, compile_s=cs, step_ms=ms * 1e3, tokens_per_s=T * B / ms, err=err))
+    return rows
+
+
+def decode_rows(quick: bool) -> list[dict[str, Any]]:
+    """Greedy decoding of 1000 characters after a 14-character prompt, the scan loop against the kernel,
+    for 1 and 256 prompts; the tokens must agree (float32, precision highest)."""
+    rows = []
+    for cell in ("rnn", "lstm", "gru"):
+        model = ScratchRNNLM(ModelConfig(28, 32, Loop(cell, kernel="pallas"), sigma=0.3))
+        params = model.init(jax.random.PRNGKey(1))
+        for batch in (1, 256):
+            prompts = [np.arange(14) % 28] * batch
+            base = dict(cell=cell, T=1000, B=batch, H=32, dtype="float32", precision="highest")
+            with jax.default_matmul_precision("highest"):
+                got = {}
+                for impl, kernel in (("scan", False), ("pallas", True)):
+                    try:
+                        cs, ms, toks = timed(functools.partial(generate, model, params, prompts, 1000, kernel=kernel),
+                                             (), rounds=3, calls=3)
+                    except Exception as e:  # noqa: BLE001
+                        rows.append(dict(base, impl=f"decode {impl}", error=f"{type(e).__name__}: {str(e)[:300]}"))
+                        continue
+                    got[impl] = toks
+                    rows.append(dict(base, impl=f"decode {impl}", compile_s=cs, step_ms=ms * 1e3,
+                                     tokens_per_s=1000 * batch / ms))
+                if len(got) == 2:
+                    rows[-1]["err"] = float((got["scan"] != got["pallas"]).mean())  # fraction of tokens that differ
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'cell':<5} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<16} {'compile_s':>9} " \
+           f"{'step_ms':>9} {'tokens/s':>13} {'err':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lead = f"{r['cell']:<5} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<16}"
+        if "error" in r:
+            lines.append(f"{lead} FAILED {r['error'][:120]}")
+            continue
+        err = f"{r['err']:8.1e}" if r.get("err") is not None else f"{'-':>8}"
+        lines.append(f"{lead} {r['compile_s']:9.2f} {r['step_ms']:9.3f} {r['tokens_per_s']:13,.0f} {err}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the seed shape only, float32 (a check that it runs)")
+    p.add_argument("--json-out")
+    p.add_argument("--budget", type=float, default=600, help="seconds: cases after it are skipped")
+    a = p.parse_args()
+    print(f"kernel_sweep: jax {jax.__version__} on {jax.devices()[0].device_kind}", file=sys.stderr, flush=True)
+    start, rows = time.perf_counter(), []
+    for c in cases(a.quick):
+        if time.perf_counter() - start > a.budget:
+            print(f"kernel_sweep: budget spent, skipping {c}", file=sys.stderr, flush=True)
+            continue
+        new = run_case(c)
+        for r in new:
+            print(json.dumps(r), file=sys.stderr, flush=True)
+        rows += new
+    rows += decode_rows(a.quick)
+    print(table(rows), flush=True)
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
