@@ -35,32 +35,28 @@ def _acc(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-ROWS = 16  # Triton's smallest matmul: batches are padded to a multiple of it
+MIN_DIM = 16  # Triton's smallest matmul dimension
+BLOCK = 16  # batch rows one program walks, a multiple of MIN_DIM: the fastest of 16, 32 and 64 on an H100
+WARPS = 4  # warps per program (2, 4 and 8 measured within 5% of each other at the seed shape)
+MAX_WEIGHT_BYTES = 128 * 1024  # the largest W_hh Triton fit in shared memory on an H100 (192 KiB did not)
 
 
-MAX_HIDDEN = 256  # the widest layer whose W_hh one program holds (docs/benchmarks.md)
-
-
-def shape_problem(hidden: int, embed: int = 0) -> str | None:
+def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "float32") -> str | None:
     """Why Triton cannot compile the kernels for these widths, or None: its arrays are powers of two, at
-    least `ROWS` wide (its smallest matmul), and one program holds a layer's whole W_hh."""
+    least `MIN_DIM` wide, and a program holds the layer's whole W_hh in shared memory (docs/benchmarks.md)."""
     for flag, n in (("--hidden", hidden), ("--embed", embed)):
-        if n and (n < ROWS or n & (n - 1)):
-            return f"{flag} {n} is not a power of two of at least {ROWS}"
-    if hidden > MAX_HIDDEN:
-        return f"--hidden {hidden} is over {MAX_HIDDEN}, the widest W_hh one program holds"
+        if n and (n < MIN_DIM or n & (n - 1)):
+            return f"{flag} {n} is not a power of two of at least {MIN_DIM}"
+    size = gates * hidden * hidden * jnp.dtype(dtype).itemsize
+    if size > MAX_WEIGHT_BYTES:
+        return f"W_hh at --hidden {hidden} is {size // 1024} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB a program holds"
     return None
 
 
-def _batch_block(B: int) -> int:
-    """Rows of the batch one program walks: the largest of 64, 32 and 16 dividing B (a multiple of 16)."""
-    return next(b for b in (64, 32, ROWS) if B % b == 0)
-
-
 def _batch_padded(run: Callable, state: Any, xw_TxBxN: Array) -> tuple[Any, Array]:
-    """`run(state, xw) -> (last state, all h)` on a batch padded with zero rows to a multiple of `ROWS`,
+    """`run(state, xw) -> (last state, all h)` on a batch padded with zero rows to a multiple of `BLOCK`,
     the results cut back (zero rows get zero cotangents, so the gradients are unchanged)."""
-    B, pad = xw_TxBxN.shape[1], -xw_TxBxN.shape[1] % ROWS
+    B, pad = xw_TxBxN.shape[1], -xw_TxBxN.shape[1] % BLOCK
     if not pad:
         return run(state, xw_TxBxN)
     last, hs = run(jax.tree.map(lambda s: jnp.pad(s, ((0, pad), (0, 0))), state),
@@ -75,16 +71,11 @@ def _dot(a: Array, b: Array, acc) -> Array:
     return jnp.dot(a.astype(b.dtype), b, precision=None if p is None else lax.Precision(p), preferred_element_type=acc)
 
 
-def _warps(H: int) -> int:
-    """Warps per program on a GPU: 4 for narrow layers, 8 from hidden 128."""
-    return 4 if H < 128 else 8
-
-
-def _call(kernel: Callable, name: str, blocks: int, H: int, **specs) -> Callable:
+def _call(kernel: Callable, name: str, blocks: int, **specs) -> Callable:
     """`pl.pallas_call` over `blocks` batch blocks: Triton on GPUs (Pallas' other GPU lowering, Mosaic
     GPU, copies whole blocks into shared memory, which a [T, b, H] sequence outgrows), interpret mode on
     CPUs."""
-    params = None if _interpret() else plt.CompilerParams(num_warps=_warps(H), num_stages=1)
+    params = None if _interpret() else plt.CompilerParams(num_warps=WARPS, num_stages=1)
     return pl.pallas_call(kernel, grid=(blocks,), interpret=_interpret(), name=name, compiler_params=params, **specs)
 
 
@@ -129,9 +120,9 @@ def _backward_kernel(wt_ref, hs_ref, dhs_ref, da_ref, dh0_ref) -> None:
 
 
 def _forward(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
-    (T, B, H), b = xw_TxBxH.shape, _batch_block(xw_TxBxH.shape[1])
+    (T, B, H), b = xw_TxBxH.shape, BLOCK
     state, sequence, weights = _specs(T, b, H)
-    return _call(_forward_kernel, "tanh_recurrence_fwd", B // b, H,
+    return _call(_forward_kernel, "tanh_recurrence_fwd", B // b,
                  out_shape=jax.ShapeDtypeStruct(xw_TxBxH.shape, xw_TxBxH.dtype), in_specs=[weights, state, sequence],
                  out_specs=sequence)(W_hh, h0_BxH.astype(xw_TxBxH.dtype), xw_TxBxH)
 
@@ -150,10 +141,10 @@ def _fwd(W_hh, h0_BxH, xw_TxBxH):
 
 def _bwd(res, dhs_TxBxH):
     W_hh, h0_BxH, hs_TxBxH = res
-    (T, B, H), b = hs_TxBxH.shape, _batch_block(hs_TxBxH.shape[1])
+    (T, B, H), b = hs_TxBxH.shape, BLOCK
     state, sequence, weights = _specs(T, b, H)
     da_TxBxH, dh0_BxH = _call(
-        _backward_kernel, "tanh_recurrence_bwd", B // b, H,
+        _backward_kernel, "tanh_recurrence_bwd", B // b,
         out_shape=(jax.ShapeDtypeStruct(hs_TxBxH.shape, hs_TxBxH.dtype),
                    jax.ShapeDtypeStruct(h0_BxH.shape, h0_BxH.dtype)),
         in_specs=[weights, sequence, sequence], out_specs=(sequence, state),
@@ -234,7 +225,7 @@ def _by_gate(W: Array, gates: int) -> Array:
 def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array):
     """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G, H])."""
     (T, B, _), H = xw_TxBxGH.shape, W_hh.shape[0]
-    b, dtype = _batch_block(B), xw_TxBxGH.dtype
+    b, dtype = BLOCK, xw_TxBxGH.dtype
     leaves, tree = jax.tree.flatten(state)
     names = sorted(others)
     n, k = len(names), len(leaves)
@@ -260,7 +251,7 @@ def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Arr
     row, seq, seq_g = _specs(T, b, H, G)
     whole = [pl.BlockSpec((G, H, H), lambda i: (0, 0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
                                                                for m in names]
-    outs = _call(kernel, "matmul_recurrence_fwd", B // b, H,
+    outs = _call(kernel, "matmul_recurrence_fwd", B // b,
                  out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, G, H), dtype)],
                  in_specs=[*whole, *[row] * k, seq_g], out_specs=[*[seq] * k, seq_g],
                  )(_by_gate(W_hh, G), *[others[m] for m in names], *[s.astype(dtype) for s in leaves],
@@ -272,7 +263,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
                      xw_TxBxGH: Array, g_TxBxGxH: Array, dhs_TxBxH: Array, d_last: Any):
     """(dxw [T, B, G*H], dg [T, B, G*H], the start state's cotangent, the cotangent of `others`)."""
     (T, B, GH), H = xw_TxBxGH.shape, W_hh.shape[0]
-    b, dtype = _batch_block(B), xw_TxBxGH.dtype
+    b, dtype = BLOCK, xw_TxBxGH.dtype
     before_leaves, tree = jax.tree.flatten(before)
     last_leaves = jax.tree.leaves(d_last)
     names = sorted(others)
@@ -315,7 +306,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
     whole = [pl.BlockSpec((G, H, H), lambda i: (0, 0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
                                                                for m in names]
     partial = [pl.BlockSpec((1, *others[m].shape), lambda i: (i, 0)) for m in names]  # one sum per batch block
-    outs = _call(kernel, "matmul_recurrence_bwd", blocks, H,
+    outs = _call(kernel, "matmul_recurrence_bwd", blocks,
                  out_shape=[jax.ShapeDtypeStruct((T, B, G, H), dtype)] * 2 + [jax.ShapeDtypeStruct((B, H), acc)] * k
                  + [jax.ShapeDtypeStruct((blocks, *others[m].shape), acc) for m in names],
                  in_specs=[*whole, *[seq] * k, seq_g, seq_g, seq, *[row] * k],
@@ -329,7 +320,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
     return dxw, dg, d_state, d_others
 
 
-def _pow2(n: int, least: int = ROWS) -> int:
+def _pow2(n: int, least: int = MIN_DIM) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
@@ -341,11 +332,11 @@ def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], 
     handful of XLA kernels a step. `layers` holds each layer's W_xh, b_h, W_hh and what else `update`
     reads, `embed` the input table (None: one-hot inputs), `states` each layer's state after the
     warm-up; W_hq's dtype is the compute dtype. The vocab is padded to a power of two with logits of
-    -inf, the batch to a multiple of 16 rows (Triton's smallest matmul)."""
+    -inf, the batch to a multiple of `BLOCK` rows."""
     B, V = tok_B.shape[0], b_q.shape[0]
     dtype, H, G = W_hq.dtype, W_hq.shape[0], gates
-    Bp, Vp, acc, exact = B + -B % ROWS, _pow2(V), _acc(W_hq.dtype), lax.Precision.HIGHEST
-    b = _batch_block(Bp)
+    b = BLOCK
+    Bp, Vp, acc, exact = B + -B % b, _pow2(V), _acc(W_hq.dtype), lax.Precision.HIGHEST
     names = [sorted(k for k in p if k not in ("W_xh", "b_h", "W_hh")) for p in layers]
     weights = [] if embed is None else [jnp.pad(embed.astype(dtype), ((0, Vp - V), (0, 0)))]
     for layer, (p, others) in enumerate(zip(layers, names)):
@@ -391,7 +382,7 @@ def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], 
         lax.fori_loop(0, num_preds, step, (tok_ref[...], tuple(r[...] for r in s_refs)))
 
     whole = [pl.BlockSpec(a.shape, lambda i, n=a.ndim: (0,) * n) for a in weights]
-    toks = _call(kernel, "greedy_decode", Bp // b, H, out_shape=jax.ShapeDtypeStruct((num_preds, Bp), jnp.int32),
+    toks = _call(kernel, "greedy_decode", Bp // b, out_shape=jax.ShapeDtypeStruct((num_preds, Bp), jnp.int32),
                  in_specs=[*whole, *[pl.BlockSpec((b, H), lambda i: (i, 0))] * len(leaves),
                            pl.BlockSpec((b,), lambda i: (i,))],
                  out_specs=pl.BlockSpec((num_preds, b), lambda i: (0, i)),

@@ -220,7 +220,8 @@ def check_buildable(cfg: Config) -> None:
         raise ConfigError(f"--kernel pallas runs the scratch cells that have Pallas kernels ({', '.join(have)}), "
                           f"not --cell {cfg.cell} --impl {cfg.impl}; pass --kernel scan, or one of those with --impl "
                           "scratch")
-    problem = kernels.shape_problem(cfg.hidden, cfg.embed) if cfg.kernel == "pallas" else None
+    spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
+    problem = kernels.shape_problem(cfg.hidden, cfg.embed, spec.gates, cfg.dtype) if cfg.kernel == "pallas" else None
     if problem and jax.default_backend() == "gpu":
         raise ConfigError(f"--kernel pallas on a GPU compiles with Triton: {problem}; pass --kernel scan")
 

@@ -19,13 +19,13 @@ part() {  # part SECONDS TITLE COMMAND...: run a part under a time limit, its st
   echo "== $title: exit ${PIPESTATUS[0]} in $((SECONDS - start)) s" | tee -a "$out/summary.txt"
 }
 part 30 env bash -c "nvidia-smi -L; $py -c \"import jax, flax, optax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__)\""
-part 150 "layer sweep" $py tools/kernel_sweep.py --budget 100 --json-out "$out/json/sweep.json"
+part 150 "layer sweep" $py tools/kernel_sweep.py --budget 110 --json-out "$out/json/sweep.json"
 part 80 "seed config" $py -m jaxrnn.cli bench --cases seed-train --impls jaxrnn-scratch jaxrnn-pallas torch \
   --json-out "$out/json/bench_seed.json"
 part 70 "decoding" $py -m jaxrnn.cli bench --quick --cases decode-1 decode-256 \
   --impls jaxrnn-scratch jaxrnn-pallas d2l-way torch --json-out "$out/json/bench_decode.json"
 part 40 "kernels per step" $py tools/profile_chunk.py --kernel pallas
-part 80 "kernel tests" bash -c "$py -m pytest -q -n 0 -p no:cacheprovider tests/test_kernels.py > $out/pytest.txt 2>&1; tail -3 $out/pytest.txt"
+part 80 "kernel tests" bash -c "$py -m pytest -q -n 0 -p no:cacheprovider --tb=short tests/test_kernels.py > $out/pytest.txt 2>&1; tail -3 $out/pytest.txt"
 [ -n "${LARGE:-}" ] && part 100 "large shape" $py -m jaxrnn.cli bench --quick --cases large-train \
   --impls jaxrnn-scratch torch --cells lstm gru --json-out "$out/json/bench_large.json"
 tar -czf "$out/results.tgz" -C "$out" json && rm -rf "$out/json"
