@@ -49,7 +49,7 @@ def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "flo
             return f"{flag} {n} is not a power of two of at least {MIN_DIM}"
     size = gates * hidden * hidden * jnp.dtype(dtype).itemsize
     if size > MAX_WEIGHT_BYTES:
-        return f"W_hh at --hidden {hidden} is {size // 1024} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB a program holds"
+        return f"W_hh at --hidden {hidden} is {size // 1024} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB that fit"
     return None
 
 
