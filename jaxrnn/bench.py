@@ -376,7 +376,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
                 log(f"{case} {cell} {impl} ...")
                 if impl.startswith("jaxrnn-"):
                     c = cfg.replace(impl="flax" if impl == "jaxrnn-concise" else "scratch",
-                                    kernel="pallas" if impl == "jaxrnn-pallas" else cfg.kernel)
+                                    kernel="pallas" if impl == "jaxrnn-pallas" else "scan")
                     r = (jaxrnn_train(case, impl, c, corpus) if training
                          else jaxrnn_decode(case, impl, c, corpus, batch, reps))
                 elif impl == "d2l-way":

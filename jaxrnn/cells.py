@@ -49,6 +49,7 @@ class Cell:
     # a step that is one matmul g = h W_hh and then this, (params, state, xw's gates, g's gates) -> (state, h):
     # what the Pallas kernels run (greedy decoding's too)
     update: Callable[[CellParams, State, tuple, tuple], tuple[State, Array]] | None = None
+    matmul_gates: int | None = None  # the gate blocks of W_hh that matmul covers (None: all; d2l's GRU: 2)
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,15 @@ class Loop:
         return cell_spec(self.cell, self.gru_reset)
 
 
-def _matmul_then(update: Callable, gates: int) -> Step:
-    """A step that is one matmul g = h W_hh, then an update of the gates' slices of xw and g that reads
-    no weight matrix (the form `kernels.matmul_layer` runs too)."""
+def _matmul_then(update: Callable, gates: int, matmul_gates: int | None = None) -> Step:
+    """A step that is one matmul g = h W_hh (over W_hh's first `matmul_gates` gate blocks), then an update
+    of the gates' slices of xw and g (the form `kernels.matmul_layer` runs too; `kernels.recurrent_split`
+    hands the update W_hh's other blocks as `W_rest`)."""
     def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
-        g = kernels.hidden(state) @ p["W_hh"]
-        return update(p, state, jnp.split(xw, gates, axis=-1), jnp.split(g, gates, axis=-1))
+        W_mm, others = kernels.recurrent_split(p, gates, matmul_gates)
+        g = kernels.hidden(state) @ W_mm
+        return update(others, state, jnp.split(xw, gates, axis=-1),
+                      jnp.split(g, matmul_gates or gates, axis=-1))
     return step
 
 
@@ -100,12 +104,13 @@ def _gru_update(p: CellParams, h: Array, xs: tuple[Array, ...], gs: tuple[Array,
     return h, h
 
 
-def _gru_d2l_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
-    """d2l's GRU: n = tanh(x W_xn + (r * h) W_hn + b_n)."""
-    H = h.shape[-1]
-    x_rz, x_n = xw[..., : 2 * H], xw[..., 2 * H:]
-    r, z = jnp.split(jax.nn.sigmoid(x_rz + h @ p["W_hh"][:, : 2 * H]), 2, axis=-1)
-    h = (1 - z) * jnp.tanh(x_n + (r * h) @ p["W_hh"][:, 2 * H:]) + z * h
+def _gru_d2l_update(p: CellParams, h: Array, xs: tuple[Array, ...], gs: tuple[Array, ...]
+                    ) -> tuple[Array, Array]:
+    """d2l's GRU: n = tanh(x W_xn + (r * h) W_hn + b_n); the step's matmul covers r and z, and W_hn,
+    W_hh's last block, comes as `W_rest`."""
+    (x_r, x_z, x_n), (g_r, g_z) = xs, gs
+    r, z = jax.nn.sigmoid(x_r + g_r), jax.nn.sigmoid(x_z + g_z)
+    h = (1 - z) * jnp.tanh(x_n + kernels.dot(r * h, p["W_rest"])) + z * h
     return h, h
 
 
@@ -159,10 +164,12 @@ def _mingru_plan(hidden: int, backend: str) -> tuple[bool, int]:
     return backend != "cpu", 1
 
 
-def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callable, **twins) -> Cell:
+def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callable, matmul_gates: int | None = None,
+                 **twins) -> Cell:
     """A cell whose step is one matmul then `update`: its scan step and its Pallas kernels from the update."""
-    kernel = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates)
-    return Cell(gates, _matmul_then(update, gates), recurrent, plan, kernel=kernel, update=update, **twins)
+    kernel = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates, matmul_gates)
+    return Cell(gates, _matmul_then(update, gates, matmul_gates), recurrent, plan, kernel=kernel, update=update,
+                matmul_gates=matmul_gates, **twins)
 
 
 CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
@@ -172,7 +179,8 @@ CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
     "gru": _matmul_cell(3, _gru_update, _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU"),
     "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, _mingru_plan, fast=_mingru_parallel),
 }
-GRU_D2L = Cell(3, _gru_d2l_step, _matrix(3), _gated_plan, torch="GRU")  # --gru-reset before
+# --gru-reset before: d2l's GRU
+GRU_D2L = _matmul_cell(3, _gru_d2l_update, _matrix(3), _gated_plan, matmul_gates=2, torch="GRU")
 
 
 def cell_spec(cell: str, gru_reset: str = "after") -> Cell:

@@ -38,7 +38,7 @@ def _acc(dtype) -> jnp.dtype:
 MIN_DIM = 16  # Triton's smallest matmul dimension
 BLOCK = 16  # batch rows one program walks, a multiple of MIN_DIM: the fastest of 16, 32 and 64 on an H100
 WARPS = 4  # warps per program (2, 4 and 8 measured within 5% of each other at the seed shape)
-MAX_WEIGHT_BYTES = 128 * 1024  # the largest W_hh Triton fit in shared memory on an H100 (192 KiB did not)
+MAX_WEIGHT_BYTES = 192 * 1024  # the largest W_hh measured to fit in an H100's shared memory (256 KiB did not)
 
 
 def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "float32") -> str | None:
@@ -164,16 +164,18 @@ def tanh_layer(params: dict[str, Array], h0_BxH: Array, xw_TxBxH: Array, unroll:
     return _batch_padded(run, h0_BxH, xw_TxBxH)
 
 
-def matmul_layer(update: Callable, gates: int) -> Callable[..., tuple[Any, Array]]:
+def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None) -> Callable[..., tuple[Any, Array]]:
     """The time loop of a cell whose step is one matmul g = h W_hh, then `update(others, state, xs, gs)
-    -> (state, h)` on the `gates` slices of xw and g (the LSTM's and the GRU's; `others` holds what
-    else the update reads, the GRU's b_hn), as two Pallas kernels under a custom VJP: the forward
-    writes every state and every g; the backward walks time in reverse carrying the state's cotangent,
-    takes each step's gradient through `update` (`jax.vjp`, inside the kernel) and writes dxw_t and
-    dg_t; dW_hh = sum_t h_{t-1}^T dg_t is one matmul after it, and the gradient of `others` a sum over
-    the batch blocks' partial sums. Each gate is its own [b, H] array inside the kernels (Triton's
-    arrays are powers of two in size). Returns `layer(params, state, xw, unroll) -> (last state, all
-    h)` for `cells.Cell.kernel`."""
+    -> (state, h)` on the `gates` slices xs of xw and the slices gs of g (the LSTM's and the GRU's;
+    `others` holds what else the update reads, the GRU's b_hn), as two Pallas kernels under a custom VJP:
+    the forward writes every state and every g; the backward walks time in reverse carrying the state's
+    cotangent, takes each step's gradient through `update` (`jax.vjp`, inside the kernel) and writes
+    dxw_t and dg_t; dW_hh = sum_t h_{t-1}^T dg_t is one matmul after it, and the gradient of `others` a
+    sum over the batch blocks' partial sums. When the matmul covers only the first `matmul_gates` of
+    W_hh's gate blocks (d2l's GRU, whose third block multiplies r * h), the update gets the rest as
+    `others["W_rest"]` and multiplies by it itself (`dot`). Each gate is its own [b, H] array inside the
+    kernels (Triton's arrays are powers of two in size). Returns `layer(params, state, xw, unroll) ->
+    (last state, all h)` for `cells.Cell.kernel`."""
 
     @jax.custom_vjp
     def loop(W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array) -> tuple[Any, Array]:
@@ -197,8 +199,8 @@ def matmul_layer(update: Callable, gates: int) -> Callable[..., tuple[Any, Array
     loop.defvjp(fwd, bwd)
 
     def layer(params: dict[str, Array], state: Any, xw_TxBxGH: Array, unroll: int = 1) -> tuple[Any, Array]:
-        others = {k: v for k, v in params.items() if k != "W_hh"}
-        return _batch_padded(functools.partial(loop, params["W_hh"], others), state, xw_TxBxGH)
+        W_mm, others = recurrent_split(params, gates, matmul_gates)
+        return _batch_padded(functools.partial(loop, W_mm, others), state, xw_TxBxGH)
 
     return layer
 
@@ -212,6 +214,26 @@ def _withhidden(state: Any, h: Array) -> Any:
     return (h, *state[1:]) if isinstance(state, tuple) else h
 
 
+def recurrent_split(params: dict[str, Array], gates: int, matmul_gates: int | None = None
+                    ) -> tuple[Array, dict[str, Array]]:
+    """(the columns of W_hh a step's matmul covers, what else its update reads: the cell's other recurrent
+    params, and W_hh's remaining columns as `W_rest`)."""
+    W = params["W_hh"]
+    cut = W.shape[1] // gates * (matmul_gates or gates)
+    others = {k: v for k, v in params.items() if k not in ("W_hh", "W_xh", "b_h")}
+    return (W, others) if cut == W.shape[1] else (W[:, :cut], others | {"W_rest": W[:, cut:]})
+
+
+def dot(a: Array, b: Array) -> Array:
+    """a @ b at the caller's matmul precision, for an `update` that multiplies by a weight itself."""
+    return _dot(a, b, _acc(b.dtype)).astype(jnp.promote_types(a.dtype, b.dtype))
+
+
+def _whole(a: Array) -> pl.BlockSpec:
+    """All of `a` to every program."""
+    return pl.BlockSpec(a.shape, lambda i, n=a.ndim: (0,) * n)
+
+
 def _up(tree: Any, acc) -> Any:
     """A pytree of arrays in the kernels' compute dtype (Triton's math functions take float32)."""
     return jax.tree.map(lambda a: a.astype(acc), tree)
@@ -223,8 +245,9 @@ def _by_gate(W: Array, gates: int) -> Array:
 
 
 def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array):
-    """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G, H])."""
+    """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, Gm, H])."""
     (T, B, _), H = xw_TxBxGH.shape, W_hh.shape[0]
+    Gm = W_hh.shape[1] // H  # the matmul's gates
     b, dtype = BLOCK, xw_TxBxGH.dtype
     leaves, tree = jax.tree.flatten(state)
     names = sorted(others)
@@ -234,7 +257,7 @@ def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Arr
         w_ref, o_refs, s0_refs = refs[0], refs[1:1 + n], refs[1 + n:1 + n + k]
         xw_ref, s_refs, g_ref = refs[1 + n + k], refs[2 + n + k:2 + n + 2 * k], refs[2 + n + 2 * k]
         acc = _acc(dtype)
-        ws, o = [w_ref[j] for j in range(G)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
+        ws, o = [w_ref[j] for j in range(Gm)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
 
         def step(t: Array, s: tuple) -> tuple:
             s = jax.tree.unflatten(tree, list(s))
@@ -242,27 +265,26 @@ def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Arr
             s, _ = update(o, _up(s, acc), tuple(xw_ref[t, :, j, :].astype(acc) for j in range(G)), _up(gs, acc))
             for r, v in zip(s_refs, jax.tree.leaves(s)):
                 r[t] = v.astype(r.dtype)
-            for j in range(G):
+            for j in range(Gm):
                 g_ref[t, :, j, :] = gs[j]
             return tuple(v.astype(dtype) for v in jax.tree.leaves(s))
 
         lax.fori_loop(0, T, step, tuple(r[...] for r in s0_refs))
 
-    row, seq, seq_g = _specs(T, b, H, G)
-    whole = [pl.BlockSpec((G, H, H), lambda i: (0, 0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
-                                                               for m in names]
+    (row, seq, seq_x), seq_g = _specs(T, b, H, G), _specs(T, b, H, Gm)[2]
+    weights = [_by_gate(W_hh, Gm), *[others[m] for m in names]]
     outs = _call(kernel, "matmul_recurrence_fwd", B // b,
-                 out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, G, H), dtype)],
-                 in_specs=[*whole, *[row] * k, seq_g], out_specs=[*[seq] * k, seq_g],
-                 )(_by_gate(W_hh, G), *[others[m] for m in names], *[s.astype(dtype) for s in leaves],
-                   xw_TxBxGH.reshape(T, B, G, H))
+                 out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, Gm, H), dtype)],
+                 in_specs=[*map(_whole, weights), *[row] * k, seq_x], out_specs=[*[seq] * k, seq_g],
+                 )(*weights, *[s.astype(dtype) for s in leaves], xw_TxBxGH.reshape(T, B, G, H))
     return jax.tree.unflatten(tree, outs[:k]), outs[k]
 
 
 def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Array], before: Any,
                      xw_TxBxGH: Array, g_TxBxGxH: Array, dhs_TxBxH: Array, d_last: Any):
-    """(dxw [T, B, G*H], dg [T, B, G*H], the start state's cotangent, the cotangent of `others`)."""
+    """(dxw [T, B, G*H], dg [T, B, Gm*H], the start state's cotangent, the cotangent of `others`)."""
     (T, B, GH), H = xw_TxBxGH.shape, W_hh.shape[0]
+    Gm = W_hh.shape[1] // H
     b, dtype = BLOCK, xw_TxBxGH.dtype
     before_leaves, tree = jax.tree.flatten(before)
     last_leaves = jax.tree.leaves(d_last)
@@ -276,7 +298,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
         dl_refs = refs[4 + n + k:4 + n + 2 * k]  # the last state's cotangent
         dxw_ref, dg_ref = refs[4 + n + 2 * k], refs[5 + n + 2 * k]
         ds0_refs, do_refs = refs[6 + n + 2 * k:6 + n + 3 * k], refs[6 + n + 3 * k:]
-        wts, o = [wt_ref[j] for j in range(G)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
+        wts, o = [wt_ref[j] for j in range(Gm)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
 
         def step(i: Array, carry: tuple) -> tuple:
             ds, d_o = carry
@@ -284,12 +306,13 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
             s_prev = jax.tree.unflatten(tree, [r[t].astype(acc) for r in p_refs])
             ds = jax.tree.unflatten(tree, list(ds))
             ds = _withhidden(ds, hidden(ds) + dh_ref[t].astype(acc))
-            xs, gs = (tuple(r[t, :, j, :].astype(acc) for j in range(G)) for r in (xw_ref, g_ref))
+            xs, gs = (tuple(r[t, :, j, :].astype(acc) for j in range(n)) for r, n in ((xw_ref, G), (g_ref, Gm)))
             _, vjp = jax.vjp(lambda o_, s_, x_, g_: update(o_, s_, x_, g_)[0], o, s_prev, xs, gs)
             do, ds_prev, dxs, dgs = vjp(ds)
             back = jnp.zeros(hidden(ds_prev).shape, acc)
             for j in range(G):
                 dxw_ref[t, :, j, :] = dxs[j].astype(dxw_ref.dtype)
+            for j in range(Gm):
                 dg_ref[t, :, j, :] = dgs[j].astype(dg_ref.dtype)
                 back += _dot(dgs[j], wts[j], acc)
             ds_prev = _withhidden(ds_prev, hidden(ds_prev) + back)
@@ -302,19 +325,19 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
         for r, v in zip(do_refs, d_o):
             r[...] = v[None].astype(r.dtype)
 
-    row, seq, seq_g = _specs(T, b, H, G)
-    whole = [pl.BlockSpec((G, H, H), lambda i: (0, 0, 0))] + [pl.BlockSpec(others[m].shape, lambda i: (0,))
-                                                               for m in names]
-    partial = [pl.BlockSpec((1, *others[m].shape), lambda i: (i, 0)) for m in names]  # one sum per batch block
+    (row, seq, seq_x), seq_g = _specs(T, b, H, G), _specs(T, b, H, Gm)[2]
+    weights = [_by_gate(W_hh, Gm).transpose(0, 2, 1), *[others[m] for m in names]]
+    partial = [pl.BlockSpec((1, *others[m].shape), lambda i, n=others[m].ndim: (i,) + (0,) * n)  # a sum per block
+               for m in names]
     outs = _call(kernel, "matmul_recurrence_bwd", blocks,
-                 out_shape=[jax.ShapeDtypeStruct((T, B, G, H), dtype)] * 2 + [jax.ShapeDtypeStruct((B, H), acc)] * k
+                 out_shape=[jax.ShapeDtypeStruct((T, B, G, H), dtype), jax.ShapeDtypeStruct((T, B, Gm, H), dtype)]
+                 + [jax.ShapeDtypeStruct((B, H), acc)] * k
                  + [jax.ShapeDtypeStruct((blocks, *others[m].shape), acc) for m in names],
-                 in_specs=[*whole, *[seq] * k, seq_g, seq_g, seq, *[row] * k],
-                 out_specs=[seq_g, seq_g, *[row] * k, *partial],
-                 )(_by_gate(W_hh, G).transpose(0, 2, 1), *[others[m] for m in names], *before_leaves,
-                   xw_TxBxGH.reshape(T, B, G, H), g_TxBxGxH, dhs_TxBxH.astype(dtype),
+                 in_specs=[*map(_whole, weights), *[seq] * k, seq_x, seq_g, seq, *[row] * k],
+                 out_specs=[seq_x, seq_g, *[row] * k, *partial],
+                 )(*weights, *before_leaves, xw_TxBxGH.reshape(T, B, G, H), g_TxBxGxH, dhs_TxBxH.astype(dtype),
                    *[d.astype(acc) for d in last_leaves])
-    dxw, dg = outs[0].reshape(T, B, GH), outs[1].reshape(T, B, GH)
+    dxw, dg = outs[0].reshape(T, B, GH), outs[1].reshape(T, B, Gm * H)
     d_state = jax.tree.unflatten(tree, outs[2:2 + k])
     d_others = {m: outs[2 + k + j].sum(0).astype(others[m].dtype) for j, m in enumerate(names)}
     return dxw, dg, d_state, d_others
@@ -324,8 +347,9 @@ def _pow2(n: int, least: int = MIN_DIM) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
-def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], embed: Array | None, W_hq: Array,
-                  b_q: Array, states: list[Any], tok_B: Array, num_preds: int) -> Array:
+def greedy_decode(update: Callable, gates: int, matmul_gates: int | None, layers: list[dict[str, Array]],
+                  embed: Array | None, W_hq: Array, b_q: Array, states: list[Any], tok_B: Array,
+                  num_preds: int) -> Array:
     """`num_preds` greedy tokens [B, N] from `tok_B` on, as one Pallas kernel over all steps: each step
     selects the token's input row (a one-hot matmul at full precision: exact), runs every layer's step
     (`update` on the gates' slices, as `matmul_layer`), the head and the argmax on chip, instead of a
@@ -337,14 +361,16 @@ def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], 
     dtype, H, G = W_hq.dtype, W_hq.shape[0], gates
     b = BLOCK
     Bp, Vp, acc, exact = B + -B % b, _pow2(V), _acc(W_hq.dtype), lax.Precision.HIGHEST
-    names = [sorted(k for k in p if k not in ("W_xh", "b_h", "W_hh")) for p in layers]
-    weights = [] if embed is None else [jnp.pad(embed.astype(dtype), ((0, Vp - V), (0, 0)))]
-    for layer, (p, others) in enumerate(zip(layers, names)):
+    weights, names, Gm = [] if embed is None else [jnp.pad(embed.astype(dtype), ((0, Vp - V), (0, 0)))], [], 0
+    for layer, p in enumerate(layers):
         selected = layer == 0 and embed is None  # W_xh's rows are selected: kept in full precision, as the model
         W_xh = jnp.pad(p["W_xh"], ((0, Vp - V), (0, 0))) if selected else p["W_xh"]
+        W_mm, others = recurrent_split(p, gates, matmul_gates)
+        Gm = W_mm.shape[1] // H
+        names.append(sorted(others))
         weights += [_by_gate(W_xh.astype(acc if selected else dtype), G),
-                    p["b_h"].astype(acc if selected else dtype).reshape(G, H), _by_gate(p["W_hh"].astype(dtype), G),
-                    *[p[m].astype(dtype) for m in others]]
+                    p["b_h"].astype(acc if selected else dtype).reshape(G, H), _by_gate(W_mm.astype(dtype), Gm),
+                    *[others[m].astype(dtype) for m in names[-1]]]
     weights += [jnp.pad(W_hq, ((0, 0), (0, Vp - V))),
                 jnp.pad(b_q.astype(jnp.float32), (0, Vp - V), constant_values=-jnp.inf)]
     leaves, tree = jax.tree.flatten([jax.tree.map(lambda s: jnp.pad(s.astype(dtype), ((0, Bp - B), (0, 0))), s)
@@ -354,7 +380,7 @@ def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], 
         w_refs, s_refs, tok_ref, out_ref = refs[:len(weights)], refs[len(weights):-2], refs[-2], refs[-1]
         table, i, plan = (None, 0, []) if embed is None else (w_refs[0][...], 1, [])
         for others in names:  # per layer: W_xh's and b_h's gates, W_hh's gates, what else update reads
-            wx, bx, wh = ([r[j] for j in range(G)] for r in w_refs[i:i + 3])
+            wx, bx, wh = ([r[j] for j in range(n)] for r, n in zip(w_refs[i:i + 3], (G, G, Gm)))
             plan.append((wx, bx, wh, {m: w_refs[i + 3 + j][...].astype(acc) for j, m in enumerate(others)}))
             i += 3 + len(others)
         wq, bq = w_refs[-2][...], w_refs[-1][...]
@@ -381,9 +407,8 @@ def greedy_decode(update: Callable, gates: int, layers: list[dict[str, Array]], 
 
         lax.fori_loop(0, num_preds, step, (tok_ref[...], tuple(r[...] for r in s_refs)))
 
-    whole = [pl.BlockSpec(a.shape, lambda i, n=a.ndim: (0,) * n) for a in weights]
     toks = _call(kernel, "greedy_decode", Bp // b, out_shape=jax.ShapeDtypeStruct((num_preds, Bp), jnp.int32),
-                 in_specs=[*whole, *[pl.BlockSpec((b, H), lambda i: (i, 0))] * len(leaves),
+                 in_specs=[*map(_whole, weights), *[pl.BlockSpec((b, H), lambda i: (i, 0))] * len(leaves),
                            pl.BlockSpec((b,), lambda i: (i,))],
                  out_specs=pl.BlockSpec((num_preds, b), lambda i: (0, i)),
                  )(*weights, *leaves, jnp.pad(tok_B.astype(jnp.int32), (0, Bp - B)))
