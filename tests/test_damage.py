@@ -100,8 +100,12 @@ def nothing_else_written(capfd, name: str) -> None:
     assert not fd_out and not fd_err, (name, fd_out, fd_err)
 
 
-@pytest.mark.parametrize("kind", DAMAGE)
-@pytest.mark.parametrize("glob", FILES)
+# every file by default, each damaged one way (each way two or three times over the files); every other pair slow
+GRID = [pytest.param(glob, kind, marks=() if (i + j) % len(DAMAGE) == 0 else pytest.mark.slow, id=f"{glob}-{kind}")
+        for i, glob in enumerate(FILES) for j, kind in enumerate(DAMAGE)]
+
+
+@pytest.mark.parametrize(("glob", "kind"), GRID)
 def test_any_damage_is_read_whole_or_refused_in_one_line(intact, call, capfd, tmp_path: Path, glob: str,
                                                          kind: str) -> None:
     """For each file the glob matches, in its own copy of the run: `sample` and `eval` give the intact output

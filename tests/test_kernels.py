@@ -52,13 +52,13 @@ def test_kernels_equal_the_scan_path(key, cell: str, B: int, T: int) -> None:
     p, s0, tokens = problem(key, B, T, cell)
     w = jax.random.normal(jax.random.fold_in(key, 3), (T, B, H))
     with jax.default_matmul_precision("highest"):
-        want_s, want_hs = rnn_unroll(p, s0, tokens, loop_of(cell, fast=False))
-        got_s, got_hs = rnn_unroll(p, s0, tokens, loop_of(cell, kernel="pallas"))
+        want_s, want_hs = jax.jit(rnn_unroll, static_argnums=3)(p, s0, tokens, loop_of(cell, fast=False))
+        got_s, got_hs = jax.jit(rnn_unroll, static_argnums=3)(p, s0, tokens, loop_of(cell, kernel="pallas"))
         # float32 rounding in another order (on an H100, up to 1.1e-6 after 9 steps; cells.Loop: within 1e-5)
         np.testing.assert_allclose(got_hs, want_hs, atol=1e-5)
         for g, w_ in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
             np.testing.assert_allclose(g, w_, atol=1e-5)
-        want = jax.grad(loss_of(loop_of(cell, fast=False), tokens, w), argnums=(0, 1))(p, s0)
+        want = jax.jit(jax.grad(loss_of(loop_of(cell, fast=False), tokens, w), argnums=(0, 1)))(p, s0)
         got = jax.jit(jax.grad(loss_of(loop_of(cell, kernel="pallas"), tokens, w), argnums=(0, 1)))(p, s0)
     for g, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # float32 sums in another order
         np.testing.assert_allclose(g, w_, rtol=1e-5, atol=1e-6 * float(jnp.abs(w_).max()))
@@ -85,13 +85,14 @@ def test_kernels_match_float64_numpy_and_finite_differences(key, ref, cell: str)
 @pytest.mark.parametrize("cell", KERNEL_FORMS)
 def test_bfloat16_kernels_are_close_to_float32(key, cell: str) -> None:
     p, h0, tokens = problem(key, 16, 6, cell)
+    run = jax.jit(lambda p, h0, loop: rnn_unroll(p, h0, tokens, loop)[1], static_argnums=2)
     with jax.default_matmul_precision("highest"):
-        want = rnn_unroll(p, h0, tokens, loop_of(cell, fast=False))[1]
+        want = run(p, h0, loop_of(cell, fast=False))
     bf16 = loop_of(cell, dtype="bfloat16", kernel="pallas")
-    got = rnn_unroll(p, h0, tokens, bf16)[1]
+    got = run(p, h0, bf16)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.05)
-    grads = jax.grad(lambda q: rnn_unroll(q, h0, tokens, bf16)[1].astype(jnp.float32).sum())(p)
+    grads = jax.jit(jax.grad(lambda q: rnn_unroll(q, h0, tokens, bf16)[1].astype(jnp.float32).sum()))(p)
     assert all(g.dtype == jnp.float32 and jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
