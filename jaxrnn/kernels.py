@@ -37,7 +37,7 @@ def _acc(dtype) -> jnp.dtype:
 
 MIN_DIM = 16  # Triton's smallest matmul dimension
 BLOCK = 16  # batch rows one program walks, a multiple of MIN_DIM: the fastest of 16, 32 and 64 on an H100
-WARPS = 4  # warps per program (2, 4 and 8 measured within 5% of each other at the seed shape)
+WARPS = 4  # warps per program: the fastest of 2, 4 and 8 at the seed shape over two runs
 MAX_WEIGHT_BYTES = 192 * 1024  # the largest W_hh measured to fit in an H100's shared memory (256 KiB did not)
 
 
@@ -127,10 +127,15 @@ def _forward(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
                  out_specs=sequence)(W_hh, h0_BxH.astype(xw_TxBxH.dtype), xw_TxBxH)
 
 
-@jax.custom_vjp
 def pallas_tanh_recurrence(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
     """All states of h_t = tanh(xw_t + h_{t-1} W_hh), [T, B, H], in `xw`'s dtype: `cells.tanh_recurrence`
     as Pallas kernels (the forward and the backward each one kernel over the whole time loop)."""
+    return _batch_padded(lambda h0, xw: (None, _tanh_loop(W_hh, h0, xw)), h0_BxH, xw_TxBxH)[1]
+
+
+@jax.custom_vjp
+def _tanh_loop(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
+    """`pallas_tanh_recurrence` on a batch of whole blocks."""
     return _forward(W_hh, h0_BxH, xw_TxBxH)
 
 
@@ -153,15 +158,13 @@ def _bwd(res, dhs_TxBxH):
     return dW(h_prev_TxBxH, da_TxBxH).astype(W_hh.dtype), dh0_BxH, da_TxBxH
 
 
-pallas_tanh_recurrence.defvjp(_fwd, _bwd)
+_tanh_loop.defvjp(_fwd, _bwd)
 
 
 def tanh_layer(params: dict[str, Array], h0_BxH: Array, xw_TxBxH: Array, unroll: int = 1) -> tuple[Array, Array]:
     """The tanh cell's `kernel` form for `cells.recurrence`: (last h, all h)."""
-    def run(h0, xw):
-        hs = pallas_tanh_recurrence(params["W_hh"], h0, xw)
-        return hs[-1], hs
-    return _batch_padded(run, h0_BxH, xw_TxBxH)
+    hs_TxBxH = pallas_tanh_recurrence(params["W_hh"], h0_BxH, xw_TxBxH)
+    return hs_TxBxH[-1], hs_TxBxH
 
 
 def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None) -> Callable[..., tuple[Any, Array]]:
