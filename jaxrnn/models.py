@@ -136,7 +136,6 @@ class ScratchRNNLM:
         logits_TxBxV = x @ W_hq.astype(dtype) + params["head"]["b_q"].astype(dtype)
         return logits_TxBxV.transpose(1, 0, 2).astype(jnp.float32), joined(new)
 
-
     def greedy(self, params: Params, state: State, tok_B: Array, num_preds: int) -> Array:
         """Greedy tokens [B, N], `tok_B` first, from the state after the warm-up, as one Pallas kernel
         (`kernels.greedy_decode`); for cells with a matmul-then-update step (`cells.Cell.update`)."""

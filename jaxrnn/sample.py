@@ -95,6 +95,9 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
     # 1000-character decode on a CPU
     if kernel is None:
         kernel = decodes_by_kernel(model) and jax.default_backend() != "cpu"
+    elif kernel and not decodes_by_kernel(model):
+        raise JaxrnnError("greedy decoding by kernel needs a scratch model on Pallas kernels (--kernel pallas) "
+                          "with the tanh RNN, LSTM or GRU; pass kernel=None to decode by the scan loop")
     toks = _generate(model, params, padded, lengths, np.uint32(seed), np.float32(max(temperature, 1e-6)),
                      np.float32(top_p), num_preds, temperature == 0.0, max(1, min(unroll, num_preds)),
                      min(top_k, model.cfg.vocab_size), top_p < 1.0, kernel and temperature == 0.0)

@@ -131,6 +131,12 @@ def test_greedy_decoding_kernel_equals_the_scan_loop(cell: str, layers: int, emb
     np.testing.assert_array_equal(got, want)
 
 
+def test_decoding_by_kernel_is_refused_for_a_model_without_kernels(key) -> None:
+    model = ScratchRNNLM(ModelConfig(V, H, Loop("rnn")))
+    with pytest.raises(jaxrnn.errors.JaxrnnError, match="greedy decoding by kernel needs a scratch model"):
+        generate(model, model.init(key), [np.array([1])], 3, kernel=True)
+
+
 def test_bfloat16_greedy_decoding_kernel_runs(key) -> None:
     model = ScratchRNNLM(ModelConfig(V, H, Loop("lstm", dtype="bfloat16", kernel="pallas"), sigma=0.5))
     toks = generate(model, model.init(key), [np.array([1, 2])], 12, kernel=True)
