@@ -30,6 +30,7 @@ from jaxrnn.models import ModelConfig, ScratchRNNLM
 from jaxrnn.sample import generate
 
 SEED = (32, 1024, 32)  # T, B, H of the seed config
+FORMS = {"rnn": ("rnn", "after"), "lstm": ("lstm", "after"), "gru": ("gru", "after"), "gru-d2l": ("gru", "before")}
 
 
 def cases(quick: bool) -> list[dict[str, Any]]:
@@ -45,18 +46,18 @@ def cases(quick: bool) -> list[dict[str, Any]]:
     out = []
     for shape, todo, block, warps in grid:
         for dtype, precision in todo[:1] if quick else todo:
-            for cell in ("rnn",) if block else ("rnn", "lstm", "gru"):
+            for cell in ("rnn",) if block else FORMS:
                 out.append(dict(cell=cell, shape=shape, dtype=dtype, precision=precision, block=block, warps=warps))
     return out
 
 
-def layer_problem(cell: str, T: int, B: int, H: int, dtype: str):
-    key = jax.random.PRNGKey(0)
-    p = cells.cell_init(key, 4, H, 1.0 / np.sqrt(H), cell)
+def layer_problem(form: str, T: int, B: int, H: int, dtype: str):
+    key, (cell, reset) = jax.random.PRNGKey(0), FORMS[form]
+    p = cells.cell_init(key, 4, H, 1.0 / np.sqrt(H), cell, reset)
     p = {k: v + 0.1 * jax.random.normal(jax.random.fold_in(key, i), v.shape) for i, (k, v) in enumerate(p.items())}
     own = {k: v.astype(dtype) for k, v in p.items() if k not in ("W_xh", "b_h")}
     s0 = cells.zero_state(cell, B, H, dtype)
-    xw = jax.random.normal(jax.random.fold_in(key, 7), (T, B, cells.CELLS[cell].gates * H)).astype(dtype)
+    xw = jax.random.normal(jax.random.fold_in(key, 7), (T, B, cells.cell_spec(cell, reset).gates * H)).astype(dtype)
     w = jax.random.normal(jax.random.fold_in(key, 8), (T, B, H)).astype(jnp.float32)
     return own, s0, xw, w
 
@@ -94,18 +95,18 @@ def rel(a, b) -> float:
 def run_case(c: dict[str, Any]) -> list[dict[str, Any]]:
     (T, B, H), cell = c["shape"], c["cell"]
     own, s0, xw, w = layer_problem(cell, T, B, H, c["dtype"])
-    fast, unroll = cells.CELLS[cell].plan(H, jax.default_backend())
+    fast, unroll = cells.cell_spec(*FORMS[cell]).plan(H, jax.default_backend())
     base = dict(cell=cell, T=T, B=B, H=H, dtype=c["dtype"], precision=c["precision"])
     rows = []
     with jax.default_matmul_precision(c["precision"]):
-        cs, ms, ref = timed(step_fn(Loop(cell, unroll=unroll, dtype=c["dtype"], fast=fast), w), (own, s0, xw))
+        cs, ms, ref = timed(step_fn(Loop(*FORMS[cell], unroll=unroll, dtype=c["dtype"], fast=fast), w), (own, s0, xw))
         rows.append(dict(base, impl=f"scan u{unroll}", compile_s=cs, step_ms=ms * 1e3, tokens_per_s=T * B / ms))
         old = kernels.BLOCK, kernels.WARPS
         try:
             kernels.BLOCK, kernels.WARPS = c["block"] or old[0], c["warps"] or old[1]
             impl = f"pallas b{kernels.BLOCK} w{kernels.WARPS}"
             try:
-                cs, ms, got = timed(step_fn(Loop(cell, dtype=c["dtype"], kernel="pallas"), w), (own, s0, xw))
+                cs, ms, got = timed(step_fn(Loop(*FORMS[cell], dtype=c["dtype"], kernel="pallas"), w), (own, s0, xw))
             except Exception as e:  # noqa: BLE001 (a shape the compiler refuses is a result)
                 return rows + [dict(base, impl=impl, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
         finally:
@@ -121,8 +122,8 @@ def decode_rows(quick: bool) -> list[dict[str, Any]]:
     """Greedy decoding of 1000 characters after a 14-character prompt, the scan loop against the kernel,
     for 1 and 256 prompts; the tokens must agree (float32, precision highest)."""
     rows = []
-    for cell in ("rnn", "lstm", "gru"):
-        model = ScratchRNNLM(ModelConfig(28, 32, Loop(cell, kernel="pallas"), sigma=0.3))
+    for cell in FORMS:
+        model = ScratchRNNLM(ModelConfig(28, 32, Loop(*FORMS[cell], kernel="pallas"), sigma=0.3))
         params = model.init(jax.random.PRNGKey(1))
         for batch in (1, 256):
             prompts = [np.arange(14) % 28] * batch
@@ -145,11 +146,11 @@ def decode_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'cell':<5} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<16} {'compile_s':>9} " \
+    head = f"{'cell':<7} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<16} {'compile_s':>9} " \
            f"{'step_ms':>9} {'tokens/s':>13} {'err':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lead = f"{r['cell']:<5} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<16}"
+        lead = f"{r['cell']:<7} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<16}"
         if "error" in r:
             lines.append(f"{lead} FAILED {r['error'][:120]}")
             continue
