@@ -79,11 +79,14 @@ def _call(kernel: Callable, name: str, blocks: int, **specs) -> Callable:
     return pl.pallas_call(kernel, grid=(blocks,), interpret=_interpret(), name=name, compiler_params=params, **specs)
 
 
-def _specs(T: int, b: int, H: int, G: int = 0) -> tuple[pl.BlockSpec, pl.BlockSpec, pl.BlockSpec]:
-    """(a [b, H] state block; a [T, b, H] sequence block; a [T, b, G, H] gated sequence block, or the
-    [H, H] weights, whole, to every program, when G is 0)."""
-    last = (pl.BlockSpec((T, b, G, H), lambda i: (0, i, 0, 0)) if G else pl.BlockSpec((H, H), lambda i: (0, 0)))
-    return pl.BlockSpec((b, H), lambda i: (i, 0)), pl.BlockSpec((T, b, H), lambda i: (0, i, 0)), last
+def _specs(T: int, b: int, H: int) -> tuple[pl.BlockSpec, pl.BlockSpec]:
+    """Program i's rows: (a [b, H] state block, a [T, b, H] sequence block)."""
+    return pl.BlockSpec((b, H), lambda i: (i, 0)), pl.BlockSpec((T, b, H), lambda i: (0, i, 0))
+
+
+def _gated(T: int, b: int, G: int, H: int) -> pl.BlockSpec:
+    """Program i's rows of a [T, B, G, H] sequence of G gates."""
+    return pl.BlockSpec((T, b, G, H), lambda i: (0, i, 0, 0))
 
 
 def dW(h_prev_TxBxH: Array, d_TxBxN: Array) -> Array:
@@ -121,9 +124,10 @@ def _backward_kernel(wt_ref, hs_ref, dhs_ref, da_ref, dh0_ref) -> None:
 
 def _forward(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
     (T, B, H), b = xw_TxBxH.shape, BLOCK
-    state, sequence, weights = _specs(T, b, H)
+    state, sequence = _specs(T, b, H)
     return _call(_forward_kernel, "tanh_recurrence_fwd", B // b,
-                 out_shape=jax.ShapeDtypeStruct(xw_TxBxH.shape, xw_TxBxH.dtype), in_specs=[weights, state, sequence],
+                 out_shape=jax.ShapeDtypeStruct(xw_TxBxH.shape, xw_TxBxH.dtype),
+                 in_specs=[_whole(W_hh), state, sequence],
                  out_specs=sequence)(W_hh, h0_BxH.astype(xw_TxBxH.dtype), xw_TxBxH)
 
 
@@ -147,12 +151,12 @@ def _fwd(W_hh, h0_BxH, xw_TxBxH):
 def _bwd(res, dhs_TxBxH):
     W_hh, h0_BxH, hs_TxBxH = res
     (T, B, H), b = hs_TxBxH.shape, BLOCK
-    state, sequence, weights = _specs(T, b, H)
+    state, sequence = _specs(T, b, H)
     da_TxBxH, dh0_BxH = _call(
         _backward_kernel, "tanh_recurrence_bwd", B // b,
         out_shape=(jax.ShapeDtypeStruct(hs_TxBxH.shape, hs_TxBxH.dtype),
                    jax.ShapeDtypeStruct(h0_BxH.shape, h0_BxH.dtype)),
-        in_specs=[weights, sequence, sequence], out_specs=(sequence, state),
+        in_specs=[_whole(W_hh), sequence, sequence], out_specs=(sequence, state),
     )(W_hh.T, hs_TxBxH, dhs_TxBxH.astype(hs_TxBxH.dtype))
     h_prev_TxBxH = jnp.concatenate([h0_BxH[None].astype(hs_TxBxH.dtype), hs_TxBxH[:-1]])
     return dW(h_prev_TxBxH, da_TxBxH).astype(W_hh.dtype), dh0_BxH, da_TxBxH
@@ -274,7 +278,7 @@ def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Arr
 
         lax.fori_loop(0, T, step, tuple(r[...] for r in s0_refs))
 
-    (row, seq, seq_x), seq_g = _specs(T, b, H, G), _specs(T, b, H, Gm)[2]
+    (row, seq), seq_x, seq_g = _specs(T, b, H), _gated(T, b, G, H), _gated(T, b, Gm, H)
     weights = [_by_gate(W_hh, Gm), *[others[m] for m in names]]
     outs = _call(kernel, "matmul_recurrence_fwd", B // b,
                  out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, Gm, H), dtype)],
@@ -328,7 +332,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
         for r, v in zip(do_refs, d_o):
             r[...] = v[None].astype(r.dtype)
 
-    (row, seq, seq_x), seq_g = _specs(T, b, H, G), _specs(T, b, H, Gm)[2]
+    (row, seq), seq_x, seq_g = _specs(T, b, H), _gated(T, b, G, H), _gated(T, b, Gm, H)
     weights = [_by_gate(W_hh, Gm).transpose(0, 2, 1), *[others[m] for m in names]]
     partial = [pl.BlockSpec((1, *others[m].shape), lambda i, n=others[m].ndim: (i,) + (0,) * n)  # a sum per block
                for m in names]
