@@ -2,15 +2,16 @@
 matmul and an update inside one kernel, instead of one XLA while-loop iteration (several kernels) a step.
 
 `pallas_tanh_recurrence(W_hh, h0, xw)` is `cells.tanh_recurrence` as two kernels: the forward walks
-time keeping h in registers/shared memory and writes every h_t; the backward walks time in reverse
-carrying dh and writes every da_t (the gradient at tanh's input); dW_hh is then one matmul over all
-steps, as the scan path forms it. `matmul_layer(update)` does the same for any cell whose step is one
-matmul then an update (the LSTM and the GRU), taking each step's gradient through the update with
-`jax.vjp` inside the backward kernel. The grid splits the batch into blocks, each walked by one program.
+time keeping h on chip and writes every h_t; the backward walks time in reverse carrying dh and writes
+every da_t (the gradient at tanh's input); dW_hh is then one matmul over all steps, as the scan path
+forms it. `matmul_layer(update, gates)` does the same for any cell whose step is one matmul then an
+update (the LSTM and both GRU forms), taking each step's gradient through the update with `jax.vjp`
+inside the backward kernel. `greedy_decode` runs all of greedy decoding (every layer, the head, the
+argmax) as one kernel. The grid splits the batch into blocks of `BLOCK` rows, one program each.
 
-On a CPU there is no Pallas compiler: the kernels run in Pallas' interpret mode (the same program,
-evaluated op by op), which is how the test suite checks them. GPU figures: docs/benchmarks.md, once
-measured.
+On GPUs they compile with Triton (`shape_problem` says which widths it takes); on a CPU there is no
+Pallas compiler, so they run in Pallas' interpret mode (the same program, evaluated op by op), which is
+how the test suite checks them. H100 figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -218,7 +218,12 @@ def pallas_pays(cfg: Config, backend: str) -> bool:
     spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
     return (backend == "gpu" and cfg.impl == "scratch" and spec.kernel is not None
             and spec.matmul_gates is None  # d2l's GRU form: its kernels have not yet run on a GPU
-            and kernels.shape_problem(cfg.hidden, cfg.embed, spec.gates, cfg.dtype) is None)
+            and _kernel_shape_problem(cfg) is None)
+
+
+def _kernel_shape_problem(cfg: Config) -> str | None:
+    """Why Triton cannot compile the config's kernels (`kernels.shape_problem`), or None."""
+    return kernels.shape_problem(cfg.hidden, cfg.embed, cells.cell_spec(cfg.cell, cfg.gru_reset).gates, cfg.dtype)
 
 
 def check_buildable(cfg: Config) -> None:
@@ -231,8 +236,7 @@ def check_buildable(cfg: Config) -> None:
         raise ConfigError(f"--kernel pallas runs the scratch cells that have Pallas kernels ({', '.join(have)}), "
                           f"not --cell {cfg.cell} --impl {cfg.impl}; pass --kernel scan, or one of those with --impl "
                           "scratch")
-    spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
-    problem = kernels.shape_problem(cfg.hidden, cfg.embed, spec.gates, cfg.dtype) if cfg.kernel == "pallas" else None
+    problem = _kernel_shape_problem(cfg) if cfg.kernel == "pallas" else None
     if problem and jax.default_backend() == "gpu":
         raise ConfigError(f"--kernel pallas on a GPU compiles with Triton: {problem}; pass --kernel scan")
 
