@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
-from jaxrnn import kernels
+from jaxrnn import kernels, step_kernels
 
 CellParams = dict[str, Array]  # W_xh [V, G*H], b_h [G*H], and what the step reads: W_hh [H, G*H], ...
 State = Any  # h [B, H], or (h, c) for the LSTM
@@ -166,8 +166,17 @@ def _mingru_plan(hidden: int, backend: str) -> tuple[bool, int]:
 
 def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callable, matmul_gates: int | None = None,
                  **twins) -> Cell:
-    """A cell whose step is one matmul then `update`: its scan step and its Pallas kernels from the update."""
-    kernel = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates, matmul_gates)
+    """A cell whose step is one matmul then `update`: its scan step and its Pallas kernels from the update
+    (the whole-loop kernels where W_hh fits on chip, else a kernel per step; d2l's GRU has only the former)."""
+    whole = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates, matmul_gates)
+    per_step = None if matmul_gates else kernels.matmul_layer(update, gates, None, step_kernels.forward,
+                                                              step_kernels.backward)
+
+    def kernel(params: CellParams, state: State, xw: Array, unroll: int = 1) -> tuple[State, Array]:
+        W = params["W_hh"]
+        fits = per_step is None or kernels.on_chip(W.shape[0], gates, W.dtype)
+        return (whole if fits else per_step)(params, state, xw, unroll)
+
     return Cell(gates, _matmul_then(update, gates, matmul_gates), recurrent, plan, kernel=kernel, update=update,
                 matmul_gates=matmul_gates, **twins)
 

@@ -111,10 +111,11 @@ class Config:
     precision: str = setting("highest", "model", "matmul precision; highest is true float32 everywhere",
                              choices=PRECISIONS)
     kernel: str = setting("auto", "model", "how a layer's time loop runs: scan (lax.scan, compiled by XLA), "
-                          "pallas (one Pallas kernel for the loop, one for its gradient, one for greedy decoding; "
-                          "the scratch tanh RNN, LSTM and GRU at power-of-two widths whose W_hh fits in 192 KiB; "
-                          "on a CPU in interpret mode, slow, for tests), or auto: pallas on GPUs where it fits "
-                          "(not yet for d2l's GRU form), scan elsewhere: the measured best", choices=KERNELS)
+                          "pallas (one Pallas kernel for the loop, one for its gradient, one for greedy decoding, "
+                          "where W_hh fits in 192 KiB; wider, a kernel per step; the scratch tanh RNN, LSTM and GRU "
+                          "at power-of-two widths; on a CPU in interpret mode, slow, for tests), or auto: pallas on "
+                          "GPUs where W_hh fits (not yet for d2l's GRU form), scan elsewhere: the measured best",
+                          choices=KERNELS)
     skip_nonfinite: bool = setting(False, "optimisation", "skip steps whose loss is nan or inf instead of stopping "
                                    "the run")
     dtype: str = setting("float32", "model", "compute dtype of the recurrence and head; params stay float32",

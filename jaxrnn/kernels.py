@@ -27,11 +27,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 
-def _interpret() -> bool:
+def interpreted() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def _acc(dtype) -> jnp.dtype:
+def compute_dtype(dtype) -> jnp.dtype:
     """The dtype a kernel computes in: float32 for bfloat16 or float32 data, float64 for float64."""
     return jnp.promote_types(dtype, jnp.float32)
 
@@ -42,15 +42,23 @@ WARPS = 4  # warps per program: the fastest of 2, 4 and 8 at the seed shape over
 MAX_WEIGHT_BYTES = 192 * 1024  # the largest W_hh measured to fit in an H100's shared memory (256 KiB did not)
 
 
-def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "float32") -> str | None:
+def on_chip(hidden: int, gates: int = 1, dtype: str = "float32") -> bool:
+    """Whether a layer's W_hh fits in one program's shared memory, where the whole-loop kernels hold it
+    (docs/benchmarks.md); wider layers run a kernel per time step (`step_kernels.py`)."""
+    return gates * hidden * hidden * jnp.dtype(dtype).itemsize <= MAX_WEIGHT_BYTES
+
+
+def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "float32", per_step: bool = True
+                  ) -> str | None:
     """Why Triton cannot compile the kernels for these widths, or None: its arrays are powers of two, at
-    least `MIN_DIM` wide, and a program holds the layer's whole W_hh in shared memory (docs/benchmarks.md)."""
+    least `MIN_DIM` wide; a layer whose W_hh is not `on_chip` needs a cell with per-step kernels."""
     for flag, n in (("--hidden", hidden), ("--embed", embed)):
         if n and (n < MIN_DIM or n & (n - 1)):
             return f"{flag} {n} is not a power of two of at least {MIN_DIM}"
-    size = gates * hidden * hidden * jnp.dtype(dtype).itemsize
-    if size > MAX_WEIGHT_BYTES:
-        return f"W_hh at --hidden {hidden} is {size // 1024} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB that fit"
+    if not per_step and not on_chip(hidden, gates, dtype):
+        size = gates * hidden * hidden * jnp.dtype(dtype).itemsize
+        return (f"W_hh at --hidden {hidden} is {size // 1024} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB one "
+                f"program holds, and this cell has no per-step kernels for wider layers")
     return None
 
 
@@ -65,19 +73,20 @@ def _batch_padded(run: Callable, state: Any, xw_TxBxN: Array) -> tuple[Any, Arra
     return jax.tree.map(lambda s: s[:B], last), hs[:, :B]
 
 
-def _dot(a: Array, b: Array, acc) -> Array:
+def matmul(a: Array, b: Array, acc) -> Array:
     """a @ b accumulated in `acc`, at the caller's `jax.default_matmul_precision` (read when traced: a
     kernel's jaxpr carries it, and Triton would otherwise take TF32 for every float32 matmul)."""
     p = jax.config.jax_default_matmul_precision
     return jnp.dot(a.astype(b.dtype), b, precision=None if p is None else lax.Precision(p), preferred_element_type=acc)
 
 
-def _call(kernel: Callable, name: str, blocks: int, **specs) -> Callable:
-    """`pl.pallas_call` over `blocks` batch blocks: Triton on GPUs (Pallas' other GPU lowering, Mosaic
-    GPU, copies whole blocks into shared memory, which a [T, b, H] sequence outgrows), interpret mode on
-    CPUs."""
-    params = None if _interpret() else plt.CompilerParams(num_warps=WARPS, num_stages=1)
-    return pl.pallas_call(kernel, grid=(blocks,), interpret=_interpret(), name=name, compiler_params=params, **specs)
+def call(kernel: Callable, name: str, grid: int | tuple[int, ...], **specs) -> Callable:
+    """`pl.pallas_call` over `grid` (an int: that many batch blocks): Triton on GPUs (Pallas' other GPU
+    lowering, Mosaic GPU, copies whole blocks into shared memory, which a [T, b, H] sequence outgrows),
+    interpret mode on CPUs."""
+    params = None if interpreted() else plt.CompilerParams(num_warps=WARPS, num_stages=1)
+    grid = (grid,) if isinstance(grid, int) else grid
+    return pl.pallas_call(kernel, grid=grid, interpret=interpreted(), name=name, compiler_params=params, **specs)
 
 
 def _specs(T: int, b: int, H: int) -> tuple[pl.BlockSpec, pl.BlockSpec]:
@@ -93,15 +102,15 @@ def _gated(T: int, b: int, G: int, H: int) -> pl.BlockSpec:
 def dW(h_prev_TxBxH: Array, d_TxBxN: Array) -> Array:
     """sum_t h_{t-1}^T d_t, [H, N], accumulated in at least float32: a recurrent weight's gradient as
     one matmul over all steps, from the states before each step and the gradients at its matmul's output."""
-    return jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, d_TxBxN, preferred_element_type=_acc(d_TxBxN.dtype))
+    return jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, d_TxBxN, preferred_element_type=compute_dtype(d_TxBxN.dtype))
 
 
 def _forward_kernel(w_ref, h0_ref, xw_ref, hs_ref) -> None:
     """h_t = tanh(xw_t + h_{t-1} W_hh) for t = 0..T-1, h held by the program; math in at least float32."""
-    w, acc = w_ref[...], _acc(hs_ref.dtype)
+    w, acc = w_ref[...], compute_dtype(hs_ref.dtype)
 
     def step(t: Array, h: Array) -> Array:
-        g = _dot(h, w, acc)
+        g = matmul(h, w, acc)
         h = jnp.tanh(xw_ref[t].astype(acc) + g).astype(hs_ref.dtype)
         hs_ref[t] = h
         return h
@@ -111,14 +120,14 @@ def _forward_kernel(w_ref, h0_ref, xw_ref, hs_ref) -> None:
 
 def _backward_kernel(wt_ref, hs_ref, dhs_ref, da_ref, dh0_ref) -> None:
     """From t = T-1 down to 0: da_t = (g + dh_t) (1 - h_t^2), g <- da_t W_hh^T; dh0 is the last g."""
-    wt, T, acc = wt_ref[...], hs_ref.shape[0], _acc(hs_ref.dtype)
+    wt, T, acc = wt_ref[...], hs_ref.shape[0], compute_dtype(hs_ref.dtype)
 
     def step(i: Array, g: Array) -> Array:
         t = T - 1 - i
         h = hs_ref[t].astype(acc)
         da = (g + dhs_ref[t].astype(acc)) * (1 - h * h)
         da_ref[t] = da.astype(da_ref.dtype)
-        return _dot(da, wt, acc)
+        return matmul(da, wt, acc)
 
     dh0_ref[...] = lax.fori_loop(0, T, step, jnp.zeros(dh0_ref.shape, acc)).astype(dh0_ref.dtype)
 
@@ -126,7 +135,7 @@ def _backward_kernel(wt_ref, hs_ref, dhs_ref, da_ref, dh0_ref) -> None:
 def _forward(W_hh: Array, h0_BxH: Array, xw_TxBxH: Array) -> Array:
     (T, B, H), b = xw_TxBxH.shape, BLOCK
     state, sequence = _specs(T, b, H)
-    return _call(_forward_kernel, "tanh_recurrence_fwd", B // b,
+    return call(_forward_kernel, "tanh_recurrence_fwd", B // b,
                  out_shape=jax.ShapeDtypeStruct(xw_TxBxH.shape, xw_TxBxH.dtype),
                  in_specs=[_whole(W_hh), state, sequence],
                  out_specs=sequence)(W_hh, h0_BxH.astype(xw_TxBxH.dtype), xw_TxBxH)
@@ -153,7 +162,7 @@ def _bwd(res, dhs_TxBxH):
     W_hh, h0_BxH, hs_TxBxH = res
     (T, B, H), b = hs_TxBxH.shape, BLOCK
     state, sequence = _specs(T, b, H)
-    da_TxBxH, dh0_BxH = _call(
+    da_TxBxH, dh0_BxH = call(
         _backward_kernel, "tanh_recurrence_bwd", B // b,
         out_shape=(jax.ShapeDtypeStruct(hs_TxBxH.shape, hs_TxBxH.dtype),
                    jax.ShapeDtypeStruct(h0_BxH.shape, h0_BxH.dtype)),
@@ -172,7 +181,8 @@ def tanh_layer(params: dict[str, Array], h0_BxH: Array, xw_TxBxH: Array, unroll:
     return hs_TxBxH[-1], hs_TxBxH
 
 
-def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None) -> Callable[..., tuple[Any, Array]]:
+def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None, forward: Callable | None = None,
+                 backward: Callable | None = None) -> Callable[..., tuple[Any, Array]]:
     """The time loop of a cell whose step is one matmul g = h W_hh, then `update(others, state, xs, gs)
     -> (state, h)` on the `gates` slices xs of xw and the slices gs of g (the LSTM's and the GRU's;
     `others` holds what else the update reads, the GRU's b_hn), as two Pallas kernels under a custom VJP:
@@ -182,16 +192,18 @@ def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None) 
     sum over the batch blocks' partial sums. When the matmul covers only the first `matmul_gates` of
     W_hh's gate blocks (d2l's GRU, whose third block multiplies r * h), the update gets the rest as
     `others["W_rest"]` and multiplies by it itself (`dot`). Each gate is its own [b, H] array inside the
-    kernels (Triton's arrays are powers of two in size). Returns `layer(params, state, xw, unroll) ->
-    (last state, all h)` for `cells.Cell.kernel`."""
+    kernels (Triton's arrays are powers of two in size). `forward` and `backward` replace the two kernels
+    (`step_kernels.py`'s, a kernel per step, for layers too wide for one program). Returns `layer(params,
+    state, xw, unroll) -> (last state, all h)` for `cells.Cell.kernel`."""
+    forward, backward = forward or _matmul_forward, backward or _matmul_backward
 
     @jax.custom_vjp
     def loop(W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array) -> tuple[Any, Array]:
-        states, _ = _matmul_forward(update, gates, W_hh, others, state, xw_TxBxGH)
+        states, _ = forward(update, gates, W_hh, others, state, xw_TxBxGH)
         return jax.tree.map(lambda s: s[-1], states), hidden(states)
 
     def fwd(W_hh, others, state, xw_TxBxGH):
-        states, g_TxBxGxH = _matmul_forward(update, gates, W_hh, others, state, xw_TxBxGH)
+        states, g_TxBxGxH = forward(update, gates, W_hh, others, state, xw_TxBxGH)
         before = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None].astype(s.dtype), s[:-1]]), state, states)
         return (jax.tree.map(lambda s: s[-1], states), hidden(states)), (W_hh, others, state, before, xw_TxBxGH,
                                                                           g_TxBxGxH)
@@ -199,8 +211,8 @@ def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None) 
     def bwd(res, cts):
         W_hh, others, state, before, xw_TxBxGH, g_TxBxGxH = res
         d_last, dhs_TxBxH = cts
-        dxw, dg, d_state, d_others = _matmul_backward(update, gates, W_hh, others, before, xw_TxBxGH, g_TxBxGxH,
-                                                      dhs_TxBxH, d_last)
+        dxw, dg, d_state, d_others = backward(update, gates, W_hh, others, before, xw_TxBxGH, g_TxBxGxH, dhs_TxBxH,
+                                              d_last)
         d_state = jax.tree.map(lambda d, s: d.astype(s.dtype), d_state, state)
         return dW(hidden(before), dg).astype(W_hh.dtype), d_others, d_state, dxw
 
@@ -218,7 +230,7 @@ def hidden(state: Any) -> Array:
     return state[0] if isinstance(state, tuple) else state
 
 
-def _withhidden(state: Any, h: Array) -> Any:
+def with_hidden(state: Any, h: Array) -> Any:
     return (h, *state[1:]) if isinstance(state, tuple) else h
 
 
@@ -234,7 +246,7 @@ def recurrent_split(params: dict[str, Array], gates: int, matmul_gates: int | No
 
 def dot(a: Array, b: Array) -> Array:
     """a @ b at the caller's matmul precision, for an `update` that multiplies by a weight itself."""
-    return _dot(a, b, _acc(b.dtype)).astype(jnp.promote_types(a.dtype, b.dtype))
+    return matmul(a, b, compute_dtype(b.dtype)).astype(jnp.promote_types(a.dtype, b.dtype))
 
 
 def _whole(a: Array) -> pl.BlockSpec:
@@ -242,12 +254,12 @@ def _whole(a: Array) -> pl.BlockSpec:
     return pl.BlockSpec(a.shape, lambda i, n=a.ndim: (0,) * n)
 
 
-def _up(tree: Any, acc) -> Any:
+def upcast(tree: Any, acc) -> Any:
     """A pytree of arrays in the kernels' compute dtype (Triton's math functions take float32)."""
     return jax.tree.map(lambda a: a.astype(acc), tree)
 
 
-def _by_gate(W: Array, gates: int) -> Array:
+def by_gate(W: Array, gates: int) -> Array:
     """[I, G*H] -> [G, I, H]: each gate's block of columns."""
     return W.reshape(W.shape[0], gates, W.shape[1] // gates).transpose(1, 0, 2)
 
@@ -264,13 +276,13 @@ def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Arr
     def kernel(*refs) -> None:
         w_ref, o_refs, s0_refs = refs[0], refs[1:1 + n], refs[1 + n:1 + n + k]
         xw_ref, s_refs, g_ref = refs[1 + n + k], refs[2 + n + k:2 + n + 2 * k], refs[2 + n + 2 * k]
-        acc = _acc(dtype)
+        acc = compute_dtype(dtype)
         ws, o = [w_ref[j] for j in range(Gm)], {name: r[...].astype(acc) for name, r in zip(names, o_refs)}
 
         def step(t: Array, s: tuple) -> tuple:
             s = jax.tree.unflatten(tree, list(s))
-            gs = tuple(_dot(hidden(s), w, acc).astype(dtype) for w in ws)
-            s, _ = update(o, _up(s, acc), tuple(xw_ref[t, :, j, :].astype(acc) for j in range(G)), _up(gs, acc))
+            gs = tuple(matmul(hidden(s), w, acc).astype(dtype) for w in ws)
+            s, _ = update(o, upcast(s, acc), tuple(xw_ref[t, :, j, :].astype(acc) for j in range(G)), upcast(gs, acc))
             for r, v in zip(s_refs, jax.tree.leaves(s)):
                 r[t] = v.astype(r.dtype)
             for j in range(Gm):
@@ -280,8 +292,8 @@ def _matmul_forward(update: Callable, G: int, W_hh: Array, others: dict[str, Arr
         lax.fori_loop(0, T, step, tuple(r[...] for r in s0_refs))
 
     (row, seq), seq_x, seq_g = _specs(T, b, H), _gated(T, b, G, H), _gated(T, b, Gm, H)
-    weights = [_by_gate(W_hh, Gm), *[others[m] for m in names]]
-    outs = _call(kernel, "matmul_recurrence_fwd", B // b,
+    weights = [by_gate(W_hh, Gm), *[others[m] for m in names]]
+    outs = call(kernel, "matmul_recurrence_fwd", B // b,
                  out_shape=[jax.ShapeDtypeStruct((T, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, Gm, H), dtype)],
                  in_specs=[*map(_whole, weights), *[row] * k, seq_x], out_specs=[*[seq] * k, seq_g],
                  )(*weights, *[s.astype(dtype) for s in leaves], xw_TxBxGH.reshape(T, B, G, H))
@@ -297,7 +309,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
     before_leaves, tree = jax.tree.flatten(before)
     last_leaves = jax.tree.leaves(d_last)
     names = sorted(others)
-    n, k, blocks, acc = len(names), len(before_leaves), B // b, _acc(dtype)
+    n, k, blocks, acc = len(names), len(before_leaves), B // b, compute_dtype(dtype)
 
     def kernel(*refs) -> None:
         wt_ref, o_refs = refs[0], refs[1:1 + n]
@@ -313,7 +325,7 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
             t = T - 1 - i
             s_prev = jax.tree.unflatten(tree, [r[t].astype(acc) for r in p_refs])
             ds = jax.tree.unflatten(tree, list(ds))
-            ds = _withhidden(ds, hidden(ds) + dh_ref[t].astype(acc))
+            ds = with_hidden(ds, hidden(ds) + dh_ref[t].astype(acc))
             xs, gs = (tuple(r[t, :, j, :].astype(acc) for j in range(n)) for r, n in ((xw_ref, G), (g_ref, Gm)))
             _, vjp = jax.vjp(lambda o_, s_, x_, g_: update(o_, s_, x_, g_)[0], o, s_prev, xs, gs)
             do, ds_prev, dxs, dgs = vjp(ds)
@@ -322,8 +334,8 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
                 dxw_ref[t, :, j, :] = dxs[j].astype(dxw_ref.dtype)
             for j in range(Gm):
                 dg_ref[t, :, j, :] = dgs[j].astype(dg_ref.dtype)
-                back += _dot(dgs[j], wts[j], acc)
-            ds_prev = _withhidden(ds_prev, hidden(ds_prev) + back)
+                back += matmul(dgs[j], wts[j], acc)
+            ds_prev = with_hidden(ds_prev, hidden(ds_prev) + back)
             return tuple(jax.tree.leaves(ds_prev)), tuple(a + do[m] for a, m in zip(d_o, names))
 
         start = (tuple(r[...].astype(acc) for r in dl_refs), tuple(jnp.zeros(o[m].shape, acc) for m in names))
@@ -334,10 +346,10 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
             r[...] = v[None].astype(r.dtype)
 
     (row, seq), seq_x, seq_g = _specs(T, b, H), _gated(T, b, G, H), _gated(T, b, Gm, H)
-    weights = [_by_gate(W_hh, Gm).transpose(0, 2, 1), *[others[m] for m in names]]
+    weights = [by_gate(W_hh, Gm).transpose(0, 2, 1), *[others[m] for m in names]]
     partial = [pl.BlockSpec((1, *others[m].shape), lambda i, n=others[m].ndim: (i,) + (0,) * n)  # a sum per block
                for m in names]
-    outs = _call(kernel, "matmul_recurrence_bwd", blocks,
+    outs = call(kernel, "matmul_recurrence_bwd", blocks,
                  out_shape=[jax.ShapeDtypeStruct((T, B, G, H), dtype), jax.ShapeDtypeStruct((T, B, Gm, H), dtype)]
                  + [jax.ShapeDtypeStruct((B, H), acc)] * k
                  + [jax.ShapeDtypeStruct((blocks, *others[m].shape), acc) for m in names],
@@ -368,7 +380,7 @@ def greedy_decode(update: Callable, gates: int, matmul_gates: int | None, layers
     B, V = tok_B.shape[0], b_q.shape[0]
     dtype, H, G = W_hq.dtype, W_hq.shape[0], gates
     b = BLOCK
-    Bp, Vp, acc, exact = B + -B % b, _pow2(V), _acc(W_hq.dtype), lax.Precision.HIGHEST
+    Bp, Vp, acc, exact = B + -B % b, _pow2(V), compute_dtype(W_hq.dtype), lax.Precision.HIGHEST
     weights, names, Gm = [] if embed is None else [jnp.pad(embed.astype(dtype), ((0, Vp - V), (0, 0)))], [], 0
     for layer, p in enumerate(layers):
         selected = layer == 0 and embed is None  # W_xh's rows are selected: kept in full precision, as the model
@@ -376,8 +388,8 @@ def greedy_decode(update: Callable, gates: int, matmul_gates: int | None, layers
         W_mm, others = recurrent_split(p, gates, matmul_gates)
         Gm = W_mm.shape[1] // H
         names.append(sorted(others))
-        weights += [_by_gate(W_xh.astype(acc if selected else dtype), G),
-                    p["b_h"].astype(acc if selected else dtype).reshape(G, H), _by_gate(W_mm.astype(dtype), Gm),
+        weights += [by_gate(W_xh.astype(acc if selected else dtype), G),
+                    p["b_h"].astype(acc if selected else dtype).reshape(G, H), by_gate(W_mm.astype(dtype), Gm),
                     *[others[m].astype(dtype) for m in names[-1]]]
     weights += [jnp.pad(W_hq, ((0, 0), (0, Vp - V))),
                 jnp.pad(b_q.astype(jnp.float32), (0, Vp - V), constant_values=-jnp.inf)]
@@ -406,16 +418,16 @@ def greedy_decode(update: Callable, gates: int, matmul_gates: int | None, layers
                     xs = [(jnp.dot(onehot, w, precision=exact, preferred_element_type=acc) + c).astype(dtype)
                           for w, c in zip(wx, bx)]
                 else:
-                    xs = [_dot(x, w, acc).astype(dtype).astype(acc) + c.astype(acc) for w, c in zip(wx, bx)]
-                gs = [_dot(hidden(s[layer]), w, acc).astype(dtype) for w in wh]
-                state, x = update(o, _up(s[layer], acc), _up(tuple(xs), acc), _up(tuple(gs), acc))
+                    xs = [matmul(x, w, acc).astype(dtype).astype(acc) + c.astype(acc) for w, c in zip(wx, bx)]
+                gs = [matmul(hidden(s[layer]), w, acc).astype(dtype) for w in wh]
+                state, x = update(o, upcast(s[layer], acc), upcast(tuple(xs), acc), upcast(tuple(gs), acc))
                 new.append(jax.tree.map(lambda v: v.astype(dtype), state))
-            logits = _dot(x, wq, acc) + bq
+            logits = matmul(x, wq, acc) + bq
             return jnp.argmax(logits, axis=-1).astype(jnp.int32), tuple(jax.tree.leaves(new))
 
         lax.fori_loop(0, num_preds, step, (tok_ref[...], tuple(r[...] for r in s_refs)))
 
-    toks = _call(kernel, "greedy_decode", Bp // b, out_shape=jax.ShapeDtypeStruct((num_preds, Bp), jnp.int32),
+    toks = call(kernel, "greedy_decode", Bp // b, out_shape=jax.ShapeDtypeStruct((num_preds, Bp), jnp.int32),
                  in_specs=[*map(_whole, weights), *[pl.BlockSpec((b, H), lambda i: (i, 0))] * len(leaves),
                            pl.BlockSpec((b,), lambda i: (i,))],
                  out_specs=pl.BlockSpec((num_preds, b), lambda i: (0, i)),

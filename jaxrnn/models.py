@@ -212,18 +212,20 @@ def model_config(cfg: Config, vocab_size: int) -> ModelConfig:
 
 
 def pallas_pays(cfg: Config, backend: str) -> bool:
-    """`--kernel auto`'s choice: the Pallas kernels on GPUs wherever they compile (on an H100 they trained
-    1.2-4x faster than the scan path at every width that fits, and decoded 2-3x faster); the scan path
-    elsewhere (a CPU only interprets them; TPUs are not measured). docs/benchmarks.md."""
+    """`--kernel auto`'s choice: the whole-loop Pallas kernels on GPUs wherever they compile (on an H100
+    they trained 1.2-4x faster than the scan path at every width that fits, and decoded 2-3x faster); the
+    scan path elsewhere (a CPU only interprets them; TPUs and the per-step kernels of wider layers are not
+    measured). docs/benchmarks.md."""
     spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
     return (backend == "gpu" and cfg.impl == "scratch" and spec.kernel is not None
             and spec.matmul_gates is None  # d2l's GRU form: its kernels have not yet run on a GPU
-            and _kernel_shape_problem(cfg) is None)
+            and kernels.on_chip(cfg.hidden, spec.gates, cfg.dtype) and _kernel_shape_problem(cfg) is None)
 
 
 def _kernel_shape_problem(cfg: Config) -> str | None:
     """Why Triton cannot compile the config's kernels (`kernels.shape_problem`), or None."""
-    return kernels.shape_problem(cfg.hidden, cfg.embed, cells.cell_spec(cfg.cell, cfg.gru_reset).gates, cfg.dtype)
+    spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
+    return kernels.shape_problem(cfg.hidden, cfg.embed, spec.gates, cfg.dtype, per_step=spec.matmul_gates is None)
 
 
 def check_buildable(cfg: Config) -> None:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
+from jaxrnn import kernels
 from jaxrnn.data import Vocab
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
@@ -106,9 +107,11 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
 
 def decodes_by_kernel(model: LanguageModel) -> bool:
     """Whether greedy decoding of `model` can run as one Pallas kernel (`kernels.greedy_decode`): a
-    scratch model whose loop runs on Pallas kernels, with a matmul-then-update cell."""
-    loop = model.cfg.loop
-    return hasattr(model, "greedy") and loop.kernel == "pallas" and loop.spec.update is not None
+    scratch model whose loop runs on Pallas kernels, with a matmul-then-update cell whose W_hh fits on
+    chip (the decoding kernel holds every weight)."""
+    cfg = model.cfg
+    return (hasattr(model, "greedy") and cfg.loop.kernel == "pallas" and cfg.loop.spec.update is not None
+            and kernels.on_chip(cfg.hidden, cfg.loop.spec.gates, cfg.loop.dtype))
 
 
 def check_sampling(num_preds: int, temperature: float, top_k: int, top_p: float) -> None:

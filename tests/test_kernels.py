@@ -1,5 +1,6 @@
-"""kernels.py's Pallas kernels for every cell that has them, in interpret mode on CPU: against the scan
-path, the float64 reference, finite differences, in bfloat16, and through a training run."""
+"""The Pallas kernels for every cell that has them, in interpret mode on CPU: against the scan path, the
+float64 reference, finite differences, in bfloat16, and through a training run; kernels.py's whole-loop
+kernels, and step_kernels.py's per-step kernels for wide layers (the `per_step` fixture)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import jaxrnn
+from jaxrnn import kernels, step_kernels
 from jaxrnn.cells import CELLS, Loop, cell_init, rnn_unroll
 from jaxrnn.errors import ConfigError
 from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model, check_buildable, pallas_pays
@@ -35,6 +37,14 @@ def problem(key: jax.Array, B: int, T: int, form: str = "rnn", dtype=jnp.float32
     return p, ((h, c) if cell == "lstm" else h), tokens
 
 
+@pytest.fixture
+def per_step(monkeypatch) -> None:
+    """Every layer on the per-step kernels, as if no W_hh fitted on chip, in blocks of 8 columns: a
+    16-wide layer spans two blocks and its matmuls two chunks."""
+    monkeypatch.setattr(kernels, "MAX_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(step_kernels, "COLS", 8)
+
+
 def loss_of(loop: Loop, tokens, w):
     def loss(p, s0):
         s, hs = rnn_unroll(p, s0, tokens, loop)
@@ -42,18 +52,23 @@ def loss_of(loop: Loop, tokens, w):
     return loss
 
 
-# each form once by default: three blocks of 16 rows, or one padded block (and one step); the others slow
-@pytest.mark.parametrize(("cell", "B", "T"), [
-    ("rnn", 48, 9), ("lstm", 5, 1), ("gru", 48, 9), ("gru-d2l", 5, 3),
-    *[pytest.param(*case, marks=pytest.mark.slow) for case in [("rnn", 5, 7), ("rnn", 32, 1), ("lstm", 48, 9),
-                                                               ("gru", 5, 3), ("gru-d2l", 48, 9)]]])
-def test_kernels_equal_the_scan_path(key, cell: str, B: int, T: int) -> None:
+# each form once by default: three blocks of 16 rows, or one padded block (and one step); the others slow;
+# the per-step kernels (no d2l GRU form) once each
+@pytest.mark.parametrize(("cell", "B", "T", "wide"), [
+    ("rnn", 48, 9, False), ("lstm", 5, 1, False), ("gru", 48, 9, False), ("gru-d2l", 5, 3, False),
+    ("rnn", 48, 5, True), ("lstm", 5, 3, True), ("gru", 20, 4, True),
+    *[pytest.param(*case, False, marks=pytest.mark.slow) for case in [
+        ("rnn", 5, 7), ("rnn", 32, 1), ("lstm", 48, 9), ("gru", 5, 3), ("gru-d2l", 48, 9)]]])
+def test_kernels_equal_the_scan_path(key, request, cell: str, B: int, T: int, wide: bool) -> None:
     """Forward and gradients (params and start state, for a loss on all states and the last state)."""
+    if wide:
+        request.getfixturevalue("per_step")
     p, s0, tokens = problem(key, B, T, cell)
     w = jax.random.normal(jax.random.fold_in(key, 3), (T, B, H))
+    run = jax.jit(lambda p, s0, loop: rnn_unroll(p, s0, tokens, loop), static_argnums=2)  # traced afresh
     with jax.default_matmul_precision("highest"):
-        want_s, want_hs = jax.jit(rnn_unroll, static_argnums=3)(p, s0, tokens, loop_of(cell, fast=False))
-        got_s, got_hs = jax.jit(rnn_unroll, static_argnums=3)(p, s0, tokens, loop_of(cell, kernel="pallas"))
+        want_s, want_hs = run(p, s0, loop_of(cell, fast=False))
+        got_s, got_hs = run(p, s0, loop_of(cell, kernel="pallas"))
         # float32 rounding in another order (on an H100, up to 1.1e-6 after 9 steps; cells.Loop: within 1e-5)
         np.testing.assert_allclose(got_hs, want_hs, atol=1e-5)
         for g, w_ in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
@@ -64,8 +79,11 @@ def test_kernels_equal_the_scan_path(key, cell: str, B: int, T: int) -> None:
         np.testing.assert_allclose(g, w_, rtol=1e-5, atol=1e-6 * float(jnp.abs(w_).max()))
 
 
-@pytest.mark.parametrize("cell", KERNEL_FORMS)
-def test_kernels_match_float64_numpy_and_finite_differences(key, ref, cell: str) -> None:
+@pytest.mark.parametrize(("cell", "wide"), [*[(f, False) for f in KERNEL_FORMS], ("gru", True),
+                                             *[pytest.param(f, True, marks=pytest.mark.slow) for f in ("rnn", "lstm")]])
+def test_kernels_match_float64_numpy_and_finite_differences(key, ref, request, cell: str, wide: bool) -> None:
+    if wide:
+        request.getfixturevalue("per_step")
     with jax.enable_x64(True):
         p, h0, tokens = problem(key, 6, 5, cell, jnp.float64)
         _, want_hs = ref.cell_run(*FORMS[cell], p, h0, np.eye(V)[np.asarray(tokens)])
@@ -82,8 +100,11 @@ def test_kernels_match_float64_numpy_and_finite_differences(key, ref, cell: str)
         np.testing.assert_allclose(sum((g * b).sum() for g, b in zip(jax.tree.leaves(grads), d)), fd, rtol=1e-7)
 
 
-@pytest.mark.parametrize("cell", KERNEL_FORMS)
-def test_bfloat16_kernels_are_close_to_float32(key, cell: str) -> None:
+@pytest.mark.parametrize(("cell", "wide"), [*[(f, False) for f in KERNEL_FORMS], ("lstm", True),
+                                             *[pytest.param(f, True, marks=pytest.mark.slow) for f in ("rnn", "gru")]])
+def test_bfloat16_kernels_are_close_to_float32(key, request, cell: str, wide: bool) -> None:
+    if wide:
+        request.getfixturevalue("per_step")
     p, h0, tokens = problem(key, 16, 6, cell)
     run = jax.jit(lambda p, h0, loop: rnn_unroll(p, h0, tokens, loop)[1], static_argnums=2)
     with jax.default_matmul_precision("highest"):
@@ -96,11 +117,15 @@ def test_bfloat16_kernels_are_close_to_float32(key, cell: str) -> None:
     assert all(g.dtype == jnp.float32 and jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-# the tanh kernel, and (slow) the gated one with a pair as state
-@pytest.mark.parametrize("cell", ["rnn", pytest.param("lstm", marks=pytest.mark.slow)])
-def test_a_run_with_pallas_kernels_trains_as_the_scan_path(tiny_cfg, tiny_corpus, cell: str) -> None:
+# the tanh kernel, and (slow) the gated one with a pair as state, and the per-step kernels
+@pytest.mark.parametrize(("cell", "wide"), [("rnn", False), *[pytest.param(*case, marks=pytest.mark.slow) for case in
+                                                              [("lstm", False), ("rnn", True), ("lstm", True)]]])
+def test_a_run_with_pallas_kernels_trains_as_the_scan_path(tiny_cfg, tiny_corpus, request, cell: str, wide: bool
+                                                           ) -> None:
     """`--kernel pallas` through the whole training program (fused chunks, two devices): the params
     after an epoch equal the scan path's to float32 rounding."""
+    if wide:
+        request.getfixturevalue("per_step")
     with jax.default_matmul_precision("highest"):
         want = jaxrnn.train(tiny_cfg(cell=cell, kernel="scan"), corpus=tiny_corpus, progress=False).params
         got = jaxrnn.train(tiny_cfg(cell=cell, kernel="pallas"), corpus=tiny_corpus, progress=False).params
@@ -131,8 +156,12 @@ def test_greedy_decoding_kernel_equals_the_scan_loop(cell: str, layers: int, emb
     np.testing.assert_array_equal(got, want)
 
 
-def test_decoding_by_kernel_is_refused_for_a_model_without_kernels(key) -> None:
-    model = ScratchRNNLM(ModelConfig(V, H, Loop("rnn")))
+@pytest.mark.parametrize("wide", [False, True], ids=["scan", "per-step"])
+def test_decoding_by_kernel_is_refused_for_a_model_without_kernels(key, request, wide: bool) -> None:
+    """A model on the scan path, or one whose W_hh does not fit on chip (the decoding kernel holds it)."""
+    if wide:
+        request.getfixturevalue("per_step")
+    model = ScratchRNNLM(ModelConfig(V, H, Loop("rnn", kernel="pallas" if wide else "scan")))
     with pytest.raises(jaxrnn.errors.JaxrnnError, match="greedy decoding by kernel needs a scratch model"):
         generate(model, model.init(key), [np.array([1])], 3, kernel=True)
 
@@ -158,6 +187,8 @@ def test_pallas_on_a_gpu_refuses_widths_triton_cannot_compile(tiny_cfg, monkeypa
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with pytest.raises(ConfigError, match="--hidden 24 is not a power of two of at least 16; pass --kernel scan"):
         check_buildable(tiny_cfg(kernel="pallas", hidden=24))
-    with pytest.raises(ConfigError, match="W_hh at --hidden 256 is 256 KiB, over the 192 KiB that fit"):
-        check_buildable(tiny_cfg(kernel="pallas", hidden=256))
+    with pytest.raises(ConfigError, match="W_hh at --hidden 256 is 768 KiB, over the 192 KiB one program holds, "
+                                          "and this cell has no per-step kernels for wider layers"):
+        check_buildable(tiny_cfg(kernel="pallas", hidden=256, cell="gru", gru_reset="before"))
     check_buildable(tiny_cfg(kernel="pallas", hidden=64))
+    check_buildable(tiny_cfg(kernel="pallas", hidden=1024, cell="lstm"))  # per-step kernels
