@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from jaxrnn import cells
-from jaxrnn.config import Config
+from jaxrnn.config import DTYPES, PRECISIONS, Config
 from jaxrnn.data import PROMPT, Corpus, epoch_order, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", nargs="+", choices=list(cells.CELLS), default=raced,
                    help=f"recurrent cells (default those with a PyTorch twin: {' '.join(raced)})")
     p.add_argument("--data", metavar="FILE", help="corpus (default The Time Machine)")
+    p.add_argument("--precision", choices=PRECISIONS, default="highest", help="float32 matmul precision of every "
+                   "row: highest (true float32; torch with TF32 off), or default (TF32 on GPUs: cuDNN's own default)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype of the jaxrnn and torch rows")
 
 
 def row(case: str, impl: str, wall_s: float | None, compile_s: float | None, tokens_per_s: float | None,
@@ -183,6 +186,8 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = "gpu" if dev.type == "cuda" else "cpu"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = cfg.precision != "highest"
+    dtype = getattr(torch, cfg.dtype)
     V = len(corpus.vocab)
     torch.manual_seed(cfg.seed)
 
@@ -193,10 +198,10 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
             self.head = nn.Linear(cfg.hidden, V)
 
         def forward(self, x_BxT, h=None):
-            hs, h = self.rnn(F.one_hot(x_BxT.T, V).float(), h)
-            return self.head(hs), h  # [T, B, V]
+            hs, h = self.rnn(F.one_hot(x_BxT.T, V).to(dtype), h)
+            return self.head(hs).float(), h  # [T, B, V]
 
-    model = LM().to(dev)
+    model = LM().to(dev, dtype)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -367,7 +372,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
         batch = 256 if case == "decode-256" else 1
         training = case.endswith("train")
         for cell in args.cells:
-            cfg, twins = base.replace(cell=cell), cells.CELLS[cell]
+            cfg, twins = base.replace(cell=cell, dtype=args.dtype, precision=args.precision), cells.CELLS[cell]
             for impl in impls:
                 missing = {"torch": not (have_torch and twins.torch), "jaxrnn-concise": not twins.flax,
                            "jaxrnn-pallas": not twins.kernel}
@@ -376,14 +381,15 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
                 log(f"{case} {cell} {impl} ...")
                 if impl.startswith("jaxrnn-"):
                     c = cfg.replace(impl="flax" if impl == "jaxrnn-concise" else "scratch",
-                                    kernel="pallas" if impl == "jaxrnn-pallas" else "scan")
+                                    kernel="pallas" if impl == "jaxrnn-pallas" else "scan", dtype=args.dtype,
+                                    precision=args.precision)
                     r = (jaxrnn_train(case, impl, c, corpus) if training
                          else jaxrnn_decode(case, impl, c, corpus, batch, reps))
                 elif impl == "d2l-way":
                     r = d2l_way_train(case, cfg, corpus) if training else d2l_way_decode(case, cfg, corpus, batch, reps)
                 else:
                     r = torch_rows(case, cfg, corpus, batch, reps)
-                rows.append(r)
+                rows.append(r if impl == "d2l-way" else {**r, "dtype": cfg.dtype, "precision": cfg.precision})
     return rows
 
 

@@ -9,9 +9,10 @@ update (the LSTM and both GRU forms), taking each step's gradient through the up
 inside the backward kernel. `greedy_decode` runs all of greedy decoding (every layer, the head, the
 argmax) as one kernel. The grid splits the batch into blocks of `BLOCK` rows, one program each.
 
-On GPUs they compile with Triton (`shape_problem` says which widths it takes); on a CPU there is no
-Pallas compiler, so they run in Pallas' interpret mode (the same program, evaluated op by op), which is
-how the test suite checks them. H100 figures: docs/benchmarks.md.
+On GPUs they compile with Triton (`shape_problem` says which widths it takes; a W_hh that is not
+`on_chip` goes to `step_kernels.py`'s kernel per step); on a CPU there is no Pallas compiler, so they
+run in Pallas' interpret mode (the same program, evaluated op by op), which is how the test suite
+checks them. H100 figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations

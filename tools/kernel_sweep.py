@@ -2,6 +2,8 @@
 kernels, over cells, shapes, dtypes and the kernels' batch block, and check the kernels against the scan path
 on the same device; then greedy decoding by the kernel against the scan loop. One process, one table.
 
+Layers whose W_hh does not fit on chip run step_kernels.py's kernel per step (impl `pallas ... c<columns>`).
+
 Each row: cell, T, B, H, dtype, precision, impl (scan, or pallas with its batch block and warps), compile_s,
 step_ms (median of 5 rounds of 20 chained calls), tokens_per_s (T*B per step), err (max relative error of
 the states and of the gradients against the scan path; null for the scan rows), or error (why it failed).
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import cells, kernels
+from jaxrnn import cells, kernels, step_kernels
 from jaxrnn.cells import Loop
 from jaxrnn.models import ModelConfig, ScratchRNNLM
 from jaxrnn.sample import generate
@@ -35,20 +37,19 @@ FORMS = {"rnn": ("rnn", "after"), "lstm": ("lstm", "after"), "gru": ("gru", "aft
 
 def cases(quick: bool) -> list[dict[str, Any]]:
     """The grid, most telling first (a budget cuts the tail): every cell at the seed shape (float32 at both
-    precisions, bfloat16), wider layers over 256 steps at cuDNN's precision (TF32) and in bfloat16, the
-    batch block and warps at the seed shape (tanh), then a layer too wide for the kernels."""
+    precisions, bfloat16), wider layers over 256 steps at cuDNN's precision (TF32) and in bfloat16 (from
+    256 on the per-step kernels, the issue's 1024 among them), the batch block and warps at the seed shape
+    (tanh), then the per-step kernels' columns per program at 1024 (LSTM)."""
     kinds = [("float32", "highest"), ("float32", "default"), ("bfloat16", "default")]
-    grid = [(SEED, kinds, None, None)]
+    grid = [(SEED, kinds, {}, FORMS)]
     if not quick:
-        grid += [((256, 128, 64), kinds[1:], None, None), ((256, 128, 128), kinds[1:], None, None)]
-        grid += [(SEED, kinds[:1], b, w) for b, w in [(32, 4), (64, 4), (16, 2), (16, 8)]]
-        grid += [((256, 128, 256), kinds[1:], None, None)]
-    out = []
-    for shape, todo, block, warps in grid:
-        for dtype, precision in todo[:1] if quick else todo:
-            for cell in ("rnn",) if block else FORMS:
-                out.append(dict(cell=cell, shape=shape, dtype=dtype, precision=precision, block=block, warps=warps))
-    return out
+        grid += [((256, 128, h), kinds[1:], {}, FORMS) for h in (64, 128)]
+        grid += [((256, 128, h), kinds[1:], {}, [f for f in FORMS if f != "gru-d2l"]) for h in (1024, 256)]
+        grid += [(SEED, kinds[:1], dict(block=b, warps=w), ["rnn"]) for b, w in [(32, 4), (64, 4), (16, 2), (16, 8)]]
+        grid += [((256, 128, 1024), kinds[1:2], dict(cols=c), ["lstm"]) for c in (16, 64)]
+    return [dict(cell=cell, shape=shape, dtype=dtype, precision=precision, **tune)
+            for shape, todo, tune, forms in grid for dtype, precision in (todo[:1] if quick else todo)
+            for cell in forms]
 
 
 def layer_problem(form: str, T: int, B: int, H: int, dtype: str):
@@ -101,16 +102,18 @@ def run_case(c: dict[str, Any]) -> list[dict[str, Any]]:
     with jax.default_matmul_precision(c["precision"]):
         cs, ms, ref = timed(step_fn(Loop(*FORMS[cell], unroll=unroll, dtype=c["dtype"], fast=fast), w), (own, s0, xw))
         rows.append(dict(base, impl=f"scan u{unroll}", compile_s=cs, step_ms=ms * 1e3, tokens_per_s=T * B / ms))
-        old = kernels.BLOCK, kernels.WARPS
+        old = kernels.BLOCK, kernels.WARPS, step_kernels.COLS
         try:
-            kernels.BLOCK, kernels.WARPS = c["block"] or old[0], c["warps"] or old[1]
-            impl = f"pallas b{kernels.BLOCK} w{kernels.WARPS}"
+            kernels.BLOCK, kernels.WARPS = c.get("block", old[0]), c.get("warps", old[1])
+            step_kernels.COLS = c.get("cols", old[2])
+            per_step = not kernels.on_chip(H, cells.cell_spec(*FORMS[cell]).gates, c["dtype"])
+            impl = f"pallas b{kernels.BLOCK} w{kernels.WARPS}" + (f" c{step_kernels.COLS}" if per_step else "")
             try:
                 cs, ms, got = timed(step_fn(Loop(*FORMS[cell], dtype=c["dtype"], kernel="pallas"), w), (own, s0, xw))
             except Exception as e:  # noqa: BLE001 (a shape the compiler refuses is a result)
                 return rows + [dict(base, impl=impl, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
         finally:
-            kernels.BLOCK, kernels.WARPS = old
+            kernels.BLOCK, kernels.WARPS, step_kernels.COLS = old
     (_, hs_ref), g_ref = ref
     (_, hs), g = got
     err = max([rel(hs, hs_ref)] + [rel(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref))])
@@ -146,11 +149,11 @@ def decode_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'cell':<7} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<16} {'compile_s':>9} " \
+    head = f"{'cell':<7} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<18} {'compile_s':>9} " \
            f"{'step_ms':>9} {'tokens/s':>13} {'err':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lead = f"{r['cell']:<7} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<16}"
+        lead = f"{r['cell']:<7} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<18}"
         if "error" in r:
             lines.append(f"{lead} FAILED {r['error'][:120]}")
             continue
