@@ -22,11 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # The Time Machine and what d2l's own code makes of it (tools/d2l_baseline.py)
 # The corpus comes from the repo, whatever the user's environment or cache holds: no network, no setup.
 os.environ["JAXRNN_DATA_DIR"] = str(DATA)
-# One persistent compilation cache for the whole session, shared by in-process runs and the CLI
-# subprocesses (which leave a user-set JAX cache alone): the same tiny programs compile once, not in
+# One persistent compilation cache for the whole session, shared by in-process runs, the CLI
+# subprocesses (which leave a user-set JAX cache alone) and the pytest-xdist workers (started after this
+# file runs in the controller, they inherit its environment): the same tiny programs compile once, not in
 # every test that trains. A fresh directory per session, so no test sees programs from another.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxrnn-test-xla-")
-atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+if "JAXRNN_TEST_XLA_CACHE" not in os.environ:  # the controller, or a run without workers
+    os.environ["JAXRNN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxrnn-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAXRNN_TEST_XLA_CACHE"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXRNN_TEST_XLA_CACHE"]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 import jax  # noqa: E402
