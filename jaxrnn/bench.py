@@ -27,8 +27,9 @@ import numpy as np
 import optax
 
 from jaxrnn import cells
+from jaxrnn.batching import epoch_order
 from jaxrnn.config import DTYPES, PRECISIONS, Config
-from jaxrnn.data import PROMPT, Corpus, epoch_order, load_corpus
+from jaxrnn.data import PROMPT, Corpus, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
 from jaxrnn.training import fit, init_state, make_optimizer, perplexity
@@ -281,7 +282,8 @@ def torch_available() -> bool:
 _LOAD = """
 import json, resource, sys, time
 import numpy as np
-from jaxrnn.data import batch_slice, load_corpus, sequential_plan
+from jaxrnn.data import load_corpus
+from jaxrnn.batching import batch_slice, sequential_plan
 
 
 def high_water() -> int:

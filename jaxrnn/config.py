@@ -53,7 +53,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 PREPROCESSING = ("d2l", "none")
 BATCHINGS = ("random", "sequential")
-EVALS = ("windows", "stream")  # how a part is read to measure its loss (data.eval_protocol says in full)
+EVALS = ("windows", "stream")  # how a part is read to measure its loss (batching.eval_protocol says in full)
 RUN_INFO = ("data_sha1", "versions", "eval_protocol")  # what config.json records beside the settings
 GROUPS = ("model", "data", "optimisation", "run directory", "devices and hosts")  # of `jaxrnn train --help`
 # what a number must be, checked by `validate`: (test, the words after 'must be', the advice)

@@ -14,8 +14,8 @@ from typing import Any
 
 from jaxrnn import checkpoint
 from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD
+from jaxrnn.batching import eval_protocol
 from jaxrnn.config import Config
-from jaxrnn.data import eval_protocol
 from jaxrnn.errors import CheckpointError, JaxrnnError
 from jaxrnn.progress import unit_of
 

@@ -22,10 +22,7 @@ from jax import Array, lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrnn.cells import State
-from jaxrnn.config import Config
-from jaxrnn.data import (
-    Corpus,
+from jaxrnn.batching import (
     batch_slice,
     check_batching,
     check_eval,
@@ -36,6 +33,9 @@ from jaxrnn.data import (
     sequential_plan,
     steps_per_epoch,
 )
+from jaxrnn.cells import State
+from jaxrnn.config import Config
+from jaxrnn.data import Corpus
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout, put_tree

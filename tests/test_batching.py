@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxrnn import cli
-from jaxrnn.data import UNK, eval_plan, eval_protocol, load_corpus, sequential_plan, split_spans, steps_per_epoch
+from jaxrnn.batching import eval_plan, eval_protocol, sequential_plan, steps_per_epoch
+from jaxrnn.data import UNK, load_corpus, split_spans
 from jaxrnn.errors import ConfigError, DataError
 from jaxrnn.models import build_model
 from jaxrnn.training import evaluate_tokens, fit

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxrnn import data
+from jaxrnn import batching, data
+from jaxrnn.batching import batch_plan, chunk_plan, epoch_order
 from jaxrnn.config import Config
-from jaxrnn.data import UNK, Vocab, batch_plan, chunk_plan, epoch_order, find_corpus, load_corpus, preprocess, windows
+from jaxrnn.data import UNK, Vocab, find_corpus, load_corpus, preprocess, windows
 from jaxrnn.errors import DataError
 
 REF = json.loads((Path(__file__).resolve().parent / "data" / "d2l_timemachine.json").read_text())
@@ -264,19 +265,19 @@ def test_a_big_parts_order_is_a_permutation_computed_a_slice_at_a_time(monkeypat
     function of (seed, epoch), any slice equal to the whole order's, and batches [lo, hi) as batch_plan
     cuts the whole order. At or below BIG_PART it stays numpy's permutation."""
     small = epoch_order(0, 3, n)
-    monkeypatch.setattr(data, "BIG_PART", 10)
+    monkeypatch.setattr(batching, "BIG_PART", 10)
     order = epoch_order(0, 3, n)
     assert sorted(order.tolist()) == list(range(n)) and order.dtype == np.int32
     assert not np.array_equal(order, small) and not np.array_equal(order, np.arange(n))
     np.testing.assert_array_equal(epoch_order(0, 3, n), order)
     assert not np.array_equal(epoch_order(0, 4, n), order) and not np.array_equal(epoch_order(1, 3, n), order)
-    np.testing.assert_array_equal(data.order_slice(0, 3, n, n // 3, n - 1), order[n // 3:n - 1])
+    np.testing.assert_array_equal(batching.order_slice(0, 3, n, n // 3, n - 1), order[n // 3:n - 1])
     idx, mask = batch_plan(order, 8)
-    got = data.batch_slice(0, 3, n, 8, 1, len(idx))
+    got = batching.batch_slice(0, 3, n, 8, 1, len(idx))
     np.testing.assert_array_equal(got[0], idx[1:])
     np.testing.assert_array_equal(got[1], mask[1:])
     monkeypatch.undo()
-    np.testing.assert_array_equal(data.batch_slice(0, 3, n, 8, 0, 2)[0], batch_plan(small, 8)[0][:2])
+    np.testing.assert_array_equal(batching.batch_slice(0, 3, n, 8, 0, 2)[0], batch_plan(small, 8)[0][:2])
 
 
 def test_batch_plan_covers_every_window_once() -> None:

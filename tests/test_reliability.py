@@ -31,7 +31,8 @@ from conftest import state_leaves
 import jaxrnn
 from jaxrnn import checkpoint, cli, faults, rundir, training
 from jaxrnn import run as jrun
-from jaxrnn.data import epoch_order, load_corpus
+from jaxrnn.batching import epoch_order
+from jaxrnn.data import load_corpus
 
 MODEL = ["--num-train", "1024", "--num-val", "256", "--batch-size", "128", "--num-steps", "8", "--unroll", "1"]
 FLAGS = ["--hidden", "16", "--no-curves", *MODEL]  # curves.png is tested in test_tool.py

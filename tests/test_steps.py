@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrnn import cli, data, run, rundir
+from jaxrnn import cli, run, rundir
+from jaxrnn.batching import chunk_plan, eval_plan, eval_sample, steps_per_epoch
 from jaxrnn.config import Config
-from jaxrnn.data import chunk_plan, eval_plan, eval_sample, steps_per_epoch
 from jaxrnn.errors import ConfigError
 from jaxrnn.models import build_model
 from jaxrnn.training import evaluate_tokens, fit, round_plan
@@ -46,7 +46,7 @@ def test_steps_over_whole_epochs_train_as_epochs_do(monkeypatch, tiny_cfg, tiny_
     the losses of the 3-epoch run: the same batches in the same order, the state reset alike; also with
     the order of a big part (BIG_PART lowered), which steps compute a slice at a time."""
     if batching == "random-big":
-        monkeypatch.setattr(data, "BIG_PART", 100)
+        monkeypatch.setattr("jaxrnn.batching.BIG_PART", 100)
         batching = "random"
     spe = SPE[batching]
     by_epochs = tiny_cfg(epochs=3, batching=batching, batch_size=128 if batching == "random" else 16, sigma=0.5)
