@@ -32,11 +32,11 @@ from jaxrnn.kernels import compute_dtype, hidden, matmul, upcast, with_hidden
 COLS = 32  # W_hh's columns (of each gate) one program computes, and the inner dimension's chunk
 
 
-def _shape(W_hh: Array, xw_TxBxGH: Array, G: int) -> tuple[int, int, int, int, int, int]:
-    """(T, B, H, Gm: the matmul's gates, b: rows a program, c: its columns)."""
+def _shape(W_hh: Array, xw_TxBxGH: Array, G: int) -> tuple[int, int, int, int, int]:
+    """(T, B, H, b: rows a program, c: its columns)."""
     (T, B, _), H = xw_TxBxGH.shape, W_hh.shape[0]
-    assert W_hh.shape[1] == G * H, "per-step kernels cover all of W_hh's gate blocks"
-    return T, B, H, G, kernels.BLOCK, min(COLS, H)
+    assert W_hh.shape[1] == G * H, "per-step kernels cover all of W_hh's gate blocks (no W_rest)"
+    return T, B, H, kernels.BLOCK, min(COLS, H)
 
 
 def _groups(refs: tuple, *sizes: int) -> list[tuple]:
@@ -65,7 +65,7 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
             ) -> tuple[Any, Array]:
     """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G, H]), a kernel a step.
     The states' buffers are [T+1, B, H], the start state first: step t reads row t and writes row t+1."""
-    T, B, H, Gm, b, c = _shape(W_hh, xw_TxBxGH, G)
+    T, B, H, b, c = _shape(W_hh, xw_TxBxGH, G)
     dtype, acc = xw_TxBxGH.dtype, compute_dtype(xw_TxBxGH.dtype)
     leaves, tree = jax.tree.flatten(state)
     names, k = sorted(others), len(leaves)
@@ -79,21 +79,21 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
         s, _ = update(o, upcast(s, acc), tuple(x_ref[t, :, j, :].astype(acc) for j in range(G)), upcast(tuple(gs), acc))
         for r, v in zip(so_refs, jax.tree.leaves(s)):
             r[t + 1, :, cols] = v.astype(dtype)
-        for j in range(Gm):
-            g_ref[t, :, j, :] = gs[j]
+        for j, g in enumerate(gs):
+            g_ref[t, :, j, :] = g
 
     rows = pl.BlockSpec((T + 1, b, H), lambda i, j: (0, i, 0))  # the program's rows, every column
     cut = pl.BlockSpec((T, b, G, c), lambda i, j: (0, i, 0, j))  # its rows and columns of every gate
     step = kernels.call(
         kernel, "matmul_step_fwd", (B // b, H // c),
-        out_shape=[jax.ShapeDtypeStruct((T + 1, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, Gm, H), dtype)],
-        in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), pl.BlockSpec((Gm, H, c), lambda i, j: (0, 0, j)),
+        out_shape=[jax.ShapeDtypeStruct((T + 1, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, G, H), dtype)],
+        in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), pl.BlockSpec((G, H, c), lambda i, j: (0, 0, j)),
                   *[pl.BlockSpec((c,), lambda i, j: (j,))] * len(names), cut, *[rows] * k, cut],
         out_specs=[*[rows] * k, cut], input_output_aliases={3 + len(names) + n: n for n in range(k + 1)})
-    weights = [kernels.by_gate(W_hh, Gm), *[others[m] for m in names], xw_TxBxGH.reshape(T, B, G, H)]
+    weights = [kernels.by_gate(W_hh, G), *[others[m] for m in names], xw_TxBxGH.reshape(T, B, G, H)]
     bufs = [jnp.zeros((T + 1, B, H), dtype).at[0].set(s.astype(dtype)) for s in leaves]
     bufs = lax.fori_loop(0, T, lambda t, bufs: tuple(step(_index(t), *weights, *bufs)),
-                         (*bufs, jnp.zeros((T, B, Gm, H), dtype)))
+                         (*bufs, jnp.zeros((T, B, G, H), dtype)))
     return jax.tree.unflatten(tree, [s[1:] for s in bufs[:k]]), bufs[k]
 
 
@@ -102,7 +102,7 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
     """(dxw [T, B, G*H], dg [T, B, G*H], the start state's cotangent, the cotangent of `others`), a kernel a
     step from t = T-1 down to 0. Carried from step to step: dg [T+1, B, G, H] (row T zero), the part of
     the state's cotangent that does not pass through W_hh, and each block's sum of the `others`' one."""
-    T, B, H, Gm, b, c = _shape(W_hh, xw_TxBxGH, G)
+    T, B, H, b, c = _shape(W_hh, xw_TxBxGH, G)
     dtype, acc = xw_TxBxGH.dtype, compute_dtype(xw_TxBxGH.dtype)
     before_leaves, tree = jax.tree.flatten(before)
     names, k, blocks = sorted(others), len(before_leaves), B // b
@@ -117,12 +117,11 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
         ds = with_hidden(ds, hidden(ds) + back + dh_ref[t].astype(acc))
         s_prev = jax.tree.unflatten(tree, [r[t].astype(acc) for r in p_refs])
         o = {m: r[...].astype(acc) for m, r in zip(names, o_refs)}
-        xs, gs = (tuple(r[t, :, j, :].astype(acc) for j in range(m)) for r, m in ((x_ref, G), (g_ref, Gm)))
+        xs, gs = (tuple(r[t, :, j, :].astype(acc) for j in range(G)) for r in (x_ref, g_ref))
         _, vjp = jax.vjp(lambda o_, s_, x_, g_: update(o_, s_, x_, g_)[0], o, s_prev, xs, gs)
         do, ds_prev, dxs, dgs = vjp(ds)
-        for j in range(Gm):
-            dg_ref[t, :, j, cols] = dgs[j].astype(dtype)
         for j in range(G):
+            dg_ref[t, :, j, cols] = dgs[j].astype(dtype)
             dx_ref[t, :, j, :] = dxs[j].astype(dtype)
         for r, v in zip(co_refs, jax.tree.leaves(ds_prev)):
             r[...] = v
@@ -131,21 +130,21 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
 
     cut = pl.BlockSpec((T, b, G, c), lambda i, j: (0, i, 0, j))
     seq, block = pl.BlockSpec((T, b, c), lambda i, j: (0, i, j)), pl.BlockSpec((b, c), lambda i, j: (i, j))
-    dg_rows = pl.BlockSpec((T + 1, b, Gm, H), lambda i, j: (0, i, 0, 0))
+    dg_rows = pl.BlockSpec((T + 1, b, G, H), lambda i, j: (0, i, 0, 0))
     partial = pl.BlockSpec((1, c), lambda i, j: (i, j))  # a sum per batch block
     first = 5 + n + k  # the carried inputs, aliased to the outputs: dg, the cotangents, the sums; then dxw
     step = kernels.call(
         kernel, "matmul_step_bwd", (blocks, H // c),
-        out_shape=[jax.ShapeDtypeStruct((T + 1, B, Gm, H), dtype), jax.ShapeDtypeStruct((T, B, G, H), dtype)]
+        out_shape=[jax.ShapeDtypeStruct((T + 1, B, G, H), dtype), jax.ShapeDtypeStruct((T, B, G, H), dtype)]
         + [jax.ShapeDtypeStruct((B, H), acc)] * k + [jax.ShapeDtypeStruct((blocks, H), acc)] * n,
-        in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), pl.BlockSpec((Gm, H, c), lambda i, j: (0, 0, j)),
+        in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), pl.BlockSpec((G, H, c), lambda i, j: (0, 0, j)),
                   *[pl.BlockSpec((c,), lambda i, j: (j,))] * n, cut, cut, seq, *[seq] * k,
                   dg_rows, *[block] * k, *[partial] * n, cut],
         out_specs=[dg_rows, cut, *[block] * k, *[partial] * n],
         input_output_aliases={first: 0, first + 1 + k + n: 1, **{first + 1 + m: 2 + m for m in range(k + n)}})
-    fixed = [kernels.by_gate(W_hh, Gm).transpose(0, 2, 1), *[others[m] for m in names], xw_TxBxGH.reshape(T, B, G, H),
+    fixed = [kernels.by_gate(W_hh, G).transpose(0, 2, 1), *[others[m] for m in names], xw_TxBxGH.reshape(T, B, G, H),
              g_TxBxGxH, dhs_TxBxH.astype(dtype), *[s.astype(dtype) for s in before_leaves]]
-    start = (jnp.zeros((T + 1, B, Gm, H), dtype), *[d.astype(acc) for d in jax.tree.leaves(d_last)],
+    start = (jnp.zeros((T + 1, B, G, H), dtype), *[d.astype(acc) for d in jax.tree.leaves(d_last)],
              *[jnp.zeros((blocks, H), acc) for _ in names], jnp.zeros((T, B, G, H), dtype))
 
     def body(i: Array, bufs: tuple) -> tuple:
@@ -153,7 +152,7 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
         return out[0], *out[2:], out[1]
 
     dg, *carried, dx = lax.fori_loop(0, T, body, start)
-    dg = dg[:T].reshape(T, B, Gm * H)
+    dg = dg[:T].reshape(T, B, G * H)
     direct = jax.tree.unflatten(tree, carried[:k])  # step 0's share; dh0 adds dg_0 W_hh^T
     d_state = with_hidden(direct, hidden(direct) + matmul(dg[0], W_hh.T, acc))
     d_others = {m: d.sum(0).astype(others[m].dtype) for m, d in zip(names, carried[k:])}
