@@ -169,8 +169,7 @@ def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callab
     """A cell whose step is one matmul then `update`: its scan step and its Pallas kernels from the update
     (the whole-loop kernels where W_hh fits on chip, else a kernel per step; d2l's GRU has only the former)."""
     whole = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates, matmul_gates)
-    per_step = None if matmul_gates else kernels.matmul_layer(update, gates, None, step_kernels.forward,
-                                                              step_kernels.backward)
+    per_step = None if matmul_gates else kernels.matmul_layer(update, gates, loop=step_kernels.PER_STEP)
 
     def kernel(params: CellParams, state: State, xw: Array, unroll: int = 1) -> tuple[State, Array]:
         W = params["W_hh"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +63,10 @@ def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "flo
     return None
 
 
-def _batch_padded(run: Callable, state: Any, xw_TxBxN: Array) -> tuple[Any, Array]:
-    """`run(state, xw) -> (last state, all h)` on a batch padded with zero rows to a multiple of `BLOCK`,
-    the results cut back (zero rows get zero cotangents, so the gradients are unchanged)."""
-    B, pad = xw_TxBxN.shape[1], -xw_TxBxN.shape[1] % BLOCK
+def _batch_padded(run: Callable, state: Any, xw_TxBxN: Array, rows: int | None = None) -> tuple[Any, Array]:
+    """`run(state, xw) -> (last state, all h)` on a batch padded with zero rows to a multiple of `rows`
+    (`BLOCK`), the results cut back (zero rows get zero cotangents, so the gradients are unchanged)."""
+    B, pad = xw_TxBxN.shape[1], -xw_TxBxN.shape[1] % (rows or BLOCK)
     if not pad:
         return run(state, xw_TxBxN)
     last, hs = run(jax.tree.map(lambda s: jnp.pad(s, ((0, pad), (0, 0))), state),
@@ -182,8 +182,18 @@ def tanh_layer(params: dict[str, Array], h0_BxH: Array, xw_TxBxH: Array, unroll:
     return hs_TxBxH[-1], hs_TxBxH
 
 
-def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None, forward: Callable | None = None,
-                 backward: Callable | None = None) -> Callable[..., tuple[Any, Array]]:
+class LoopKernels(NamedTuple):
+    """A layer's time loop as kernels for `matmul_layer`: `forward(update, G, W_hh, others, state, xw) ->
+    (every state, every g)`, `backward(update, G, W_hh, others, states before, xw, g, dhs, d_last) ->
+    (dxw, dg, d_state, d_others)`, and `rows()`, the batch rows one program takes (read when traced)."""
+
+    forward: Callable
+    backward: Callable
+    rows: Callable[[], int]
+
+
+def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None, loop: LoopKernels | None = None
+                 ) -> Callable[..., tuple[Any, Array]]:
     """The time loop of a cell whose step is one matmul g = h W_hh, then `update(others, state, xs, gs)
     -> (state, h)` on the `gates` slices xs of xw and the slices gs of g (the LSTM's and the GRU's;
     `others` holds what else the update reads, the GRU's b_hn), as two Pallas kernels under a custom VJP:
@@ -193,13 +203,13 @@ def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None, 
     sum over the batch blocks' partial sums. When the matmul covers only the first `matmul_gates` of
     W_hh's gate blocks (d2l's GRU, whose third block multiplies r * h), the update gets the rest as
     `others["W_rest"]` and multiplies by it itself (`dot`). Each gate is its own [b, H] array inside the
-    kernels (Triton's arrays are powers of two in size). `forward` and `backward` replace the two kernels
-    (`step_kernels.py`'s, a kernel per step, for layers too wide for one program). Returns `layer(params,
-    state, xw, unroll) -> (last state, all h)` for `cells.Cell.kernel`."""
-    forward, backward = forward or _matmul_forward, backward or _matmul_backward
+    kernels (Triton's arrays are powers of two in size). `loop` replaces the two kernels (`WHOLE`;
+    `step_kernels.PER_STEP`, a kernel per step, for layers too wide for one program). Returns
+    `layer(params, state, xw, unroll) -> (last state, all h)` for `cells.Cell.kernel`."""
+    forward, backward, rows = loop or WHOLE
 
     @jax.custom_vjp
-    def loop(W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array) -> tuple[Any, Array]:
+    def run(W_hh: Array, others: dict[str, Array], state: Any, xw_TxBxGH: Array) -> tuple[Any, Array]:
         states, _ = forward(update, gates, W_hh, others, state, xw_TxBxGH)
         return jax.tree.map(lambda s: s[-1], states), hidden(states)
 
@@ -217,11 +227,11 @@ def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None, 
         d_state = jax.tree.map(lambda d, s: d.astype(s.dtype), d_state, state)
         return dW(hidden(before), dg).astype(W_hh.dtype), d_others, d_state, dxw
 
-    loop.defvjp(fwd, bwd)
+    run.defvjp(fwd, bwd)
 
     def layer(params: dict[str, Array], state: Any, xw_TxBxGH: Array, unroll: int = 1) -> tuple[Any, Array]:
         W_mm, others = recurrent_split(params, gates, matmul_gates)
-        return _batch_padded(functools.partial(loop, W_mm, others), state, xw_TxBxGH)
+        return _batch_padded(functools.partial(run, W_mm, others), state, xw_TxBxGH, rows())
 
     return layer
 
@@ -362,6 +372,9 @@ def _matmul_backward(update: Callable, G: int, W_hh: Array, others: dict[str, Ar
     d_state = jax.tree.unflatten(tree, outs[2:2 + k])
     d_others = {m: outs[2 + k + j].sum(0).astype(others[m].dtype) for j, m in enumerate(names)}
     return dxw, dg, d_state, d_others
+
+
+WHOLE = LoopKernels(_matmul_forward, _matmul_backward, lambda: BLOCK)  # the time loop in one kernel each way
 
 
 def _pow2(n: int, least: int = MIN_DIM) -> int:

@@ -13,7 +13,7 @@ dxw_t and the direct part for the step before. dW_hh is one matmul after the loo
 
 Every buffer is a whole [T(+1), B, ...] array handed from step to step and written in place
 (`input_output_aliases`); step t's index comes in as a one-element array. The functions take and return
-what `kernels.matmul_layer`'s forward and backward do. The GRU in d2l's form multiplies r * h by W_hn,
+what `kernels.matmul_layer`'s forward and backward do (`PER_STEP`). The GRU in d2l's form multiplies r * h by W_hn,
 which needs every column of r, so it has no per-step kernels.
 """
 
@@ -29,14 +29,18 @@ from jax.experimental import pallas as pl
 from jaxrnn import kernels
 from jaxrnn.kernels import compute_dtype, hidden, matmul, upcast, with_hidden
 
-COLS = 32  # W_hh's columns (of each gate) one program computes, and the inner dimension's chunk
+# Not yet measured on a GPU (tools/kernel_sweep.py sweeps them): every row block reads its columns of W_hh
+# each step, so rows are many (W_hh read B / ROWS times a step) and columns few (H / COLS programs a block).
+ROWS = 64  # batch rows one program takes
+COLS = 16  # W_hh's columns (of each gate) one program computes
+CHUNK = 64  # the inner dimension's slice per matmul
 
 
-def _shape(W_hh: Array, xw_TxBxGH: Array, G: int) -> tuple[int, int, int, int, int]:
-    """(T, B, H, b: rows a program, c: its columns)."""
+def _shape(W_hh: Array, xw_TxBxGH: Array, G: int) -> tuple[int, int, int, int, int, int]:
+    """(T, B, H, b: rows a program, c: its columns, the inner chunk); B is a multiple of `ROWS`."""
     (T, B, _), H = xw_TxBxGH.shape, W_hh.shape[0]
     assert W_hh.shape[1] == G * H, "per-step kernels cover all of W_hh's gate blocks (no W_rest)"
-    return T, B, H, kernels.BLOCK, min(COLS, H)
+    return T, B, H, ROWS, min(COLS, H), min(CHUNK, H)
 
 
 def _groups(refs: tuple, *sizes: int) -> list[tuple]:
@@ -45,16 +49,17 @@ def _groups(refs: tuple, *sizes: int) -> list[tuple]:
     return [refs[end - size:end] for size, end in zip(sizes, ends)]
 
 
-def _gate_products(x_at: Any, w_ref: Any, b: int, c: int, acc: Any) -> list[Array]:
-    """For each gate g, sum over chunks k of x_at(g, k) @ w[g, k], [b, c]: `w_ref` holds [G, H, c] (the
-    program's columns of every gate's block), `x_at(g, k)` reads the [b, c] chunk k of gate g's rows."""
-    G, H = w_ref.shape[0], w_ref.shape[1]
+def _gate_products(x_at: Any, w_ref: Any, b: int, k: int, acc: Any) -> list[Array]:
+    """For each gate g, the sum over inner chunks ks of x_at(g, ks) @ w[g, ks], [b, c]: `w_ref` holds
+    [G, H, c] (the program's columns of every gate's block), `x_at(g, ks)` reads gate g's rows' [b, k]
+    chunk ks."""
+    G, H, c = w_ref.shape
 
-    def chunk(k: Array, sums: tuple) -> tuple:
-        ks = pl.ds(k * c, c)
+    def chunk(i: Array, sums: tuple) -> tuple:
+        ks = pl.ds(i * k, k)
         return tuple(s + matmul(x_at(g, ks), w_ref[g, ks, :], acc) for g, s in enumerate(sums))
 
-    return list(lax.fori_loop(0, H // c, chunk, tuple(jnp.zeros((b, c), acc) for _ in range(G))))
+    return list(lax.fori_loop(0, H // k, chunk, tuple(jnp.zeros((b, c), acc) for _ in range(G))))
 
 
 def _index(t: Array) -> Array:
@@ -65,7 +70,7 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
             ) -> tuple[Any, Array]:
     """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G, H]), a kernel a step.
     The states' buffers are [T+1, B, H], the start state first: step t reads row t and writes row t+1."""
-    T, B, H, b, c = _shape(W_hh, xw_TxBxGH, G)
+    T, B, H, b, c, inner = _shape(W_hh, xw_TxBxGH, G)
     dtype, acc = xw_TxBxGH.dtype, compute_dtype(xw_TxBxGH.dtype)
     leaves, tree = jax.tree.flatten(state)
     names, k = sorted(others), len(leaves)
@@ -73,7 +78,7 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
     def kernel(t_ref, w_ref, *refs) -> None:
         o_refs, (x_ref,), s_refs, _, so_refs, (g_ref,) = _groups(refs, len(names), 1, k, 1, k, 1)
         t, cols = t_ref[0], pl.ds(pl.program_id(1) * c, c)
-        gs = [s.astype(dtype) for s in _gate_products(lambda g, ks: s_refs[0][t, :, ks], w_ref, b, c, acc)]
+        gs = [s.astype(dtype) for s in _gate_products(lambda g, ks: s_refs[0][t, :, ks], w_ref, b, inner, acc)]
         s = jax.tree.unflatten(tree, [r[t, :, cols] for r in s_refs])
         o = {m: r[...].astype(acc) for m, r in zip(names, o_refs)}
         s, _ = update(o, upcast(s, acc), tuple(x_ref[t, :, j, :].astype(acc) for j in range(G)), upcast(tuple(gs), acc))
@@ -102,7 +107,7 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
     """(dxw [T, B, G*H], dg [T, B, G*H], the start state's cotangent, the cotangent of `others`), a kernel a
     step from t = T-1 down to 0. Carried from step to step: dg [T+1, B, G, H] (row T zero), the part of
     the state's cotangent that does not pass through W_hh, and each block's sum of the `others`' one."""
-    T, B, H, b, c = _shape(W_hh, xw_TxBxGH, G)
+    T, B, H, b, c, inner = _shape(W_hh, xw_TxBxGH, G)
     dtype, acc = xw_TxBxGH.dtype, compute_dtype(xw_TxBxGH.dtype)
     before_leaves, tree = jax.tree.flatten(before)
     names, k, blocks = sorted(others), len(before_leaves), B // b
@@ -112,7 +117,7 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
         o_refs, (x_ref, g_ref, dh_ref), p_refs, (dgi_ref,), ci_refs, oi_refs, _, (dg_ref, dx_ref), co_refs, do_refs = \
             _groups(refs, n, 3, k, 1, k, n, 1, 2, k, n)
         t, cols = t_ref[0], pl.ds(pl.program_id(1) * c, c)
-        back = sum(_gate_products(lambda g, ks: dgi_ref[t + 1, :, g, ks], wt_ref, b, c, acc))  # dg_{t+1} W_hh^T
+        back = sum(_gate_products(lambda g, ks: dgi_ref[t + 1, :, g, ks], wt_ref, b, inner, acc))  # dg_{t+1} W_hh^T
         ds = jax.tree.unflatten(tree, [r[...] for r in ci_refs])
         ds = with_hidden(ds, hidden(ds) + back + dh_ref[t].astype(acc))
         s_prev = jax.tree.unflatten(tree, [r[t].astype(acc) for r in p_refs])
@@ -157,3 +162,6 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
     d_state = with_hidden(direct, hidden(direct) + matmul(dg[0], W_hh.T, acc))
     d_others = {m: d.sum(0).astype(others[m].dtype) for m, d in zip(names, carried[k:])}
     return dx.reshape(T, B, G * H), dg, d_state, d_others
+
+
+PER_STEP = kernels.LoopKernels(forward, backward, lambda: ROWS)  # for `kernels.matmul_layer`

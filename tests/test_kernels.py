@@ -39,10 +39,13 @@ def problem(key: jax.Array, B: int, T: int, form: str = "rnn", dtype=jnp.float32
 
 @pytest.fixture
 def per_step(monkeypatch) -> None:
-    """Every layer on the per-step kernels, as if no W_hh fitted on chip, in blocks of 8 columns: a
-    16-wide layer spans two blocks and its matmuls two chunks (on a GPU 16, Triton's least)."""
+    """Every layer on the per-step kernels, as if no W_hh fitted on chip, in blocks of 16 rows and 8
+    columns, the matmuls in chunks of 8: a 16-wide layer spans two blocks and two chunks (on a GPU 16,
+    Triton's least)."""
     monkeypatch.setattr(kernels, "MAX_WEIGHT_BYTES", 0)
-    monkeypatch.setattr(step_kernels, "COLS", 8 if kernels.interpreted() else kernels.MIN_DIM)
+    monkeypatch.setattr(step_kernels, "ROWS", kernels.MIN_DIM)
+    for name in ("COLS", "CHUNK"):
+        monkeypatch.setattr(step_kernels, name, 8 if kernels.interpreted() else kernels.MIN_DIM)
 
 
 def loss_of(loop: Loop, tokens, w):
