@@ -13,8 +13,8 @@ dxw_t and the direct part for the step before. dW_hh is one matmul after the loo
 
 Every buffer is a whole [T(+1), B, ...] array handed from step to step and written in place
 (`input_output_aliases`); step t's index comes in as a one-element array. The functions take and return
-what `kernels.matmul_layer`'s forward and backward do (`PER_STEP`). The GRU in d2l's form multiplies r * h by W_hn,
-which needs every column of r, so it has no per-step kernels.
+what `kernels.matmul_layer`'s forward and backward do (`PER_STEP`). The GRU in d2l's form multiplies
+r * h by W_hn, which needs every column of r, so it has no per-step kernels.
 """
 
 from __future__ import annotations
