@@ -21,7 +21,7 @@ import optax
 import jaxrnn
 from jaxrnn.cells import rnn_init, rnn_scan
 from jaxrnn.sample import predict
-from jaxrnn.training import loss_sum
+from jaxrnn.steps import loss_sum
 
 
 def check_len(a: Any, n: int, name: str) -> None:

@@ -32,7 +32,8 @@ from jaxrnn.config import DTYPES, PRECISIONS, Config
 from jaxrnn.data import PROMPT, Corpus, load_corpus
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
-from jaxrnn.training import fit, init_state, make_optimizer, perplexity
+from jaxrnn.steps import init_state
+from jaxrnn.training import fit, make_optimizer, perplexity
 
 CASES = ("seed-train", "large-train", "decode-1", "decode-256", "big-corpus")
 BIG_CHARS = 100_000_000  # the big-corpus case's text (10 M with --quick)

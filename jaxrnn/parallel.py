@@ -3,7 +3,7 @@
 A 1-D mesh with a `data` axis over every device of every process; batch plans are sharded along it,
 the tokens, parameters and optimizer state replicated, and the train step is jitted with those
 shardings; the gradient is a `shard_map` over the `data` axis with one `psum`
-(`training.Steps.grad_sums`). Arrays are placed with `jax.make_array_from_process_local_data`
+(`steps.Steps.grad_sums`). Arrays are placed with `jax.make_array_from_process_local_data`
 (`put`): each process hands over only the slice of a batch plan its own devices hold. Several
 processes (hosts) join through `jax.distributed.initialize` (`initialize`). On a CPU, the CLI makes
 one XLA device per core (`use_cpu_cores`), which trains the seed model about 1.4x faster on two

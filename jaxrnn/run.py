@@ -34,7 +34,8 @@ from jaxrnn.models import LanguageModel, build_model, check_buildable
 from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
 from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
-from jaxrnn.training import NonFiniteLoss, TrainState, check_trainable, evaluate_tokens, fit, init_state, make_optimizer
+from jaxrnn.steps import TrainState, init_state
+from jaxrnn.training import NonFiniteLoss, check_trainable, evaluate_tokens, fit, make_optimizer
 
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 OnEpoch = Callable[[dict[str, Any]], None]  # called with each record (an epoch's, or an evaluation's) as they come

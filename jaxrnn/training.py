@@ -1,8 +1,5 @@
-"""Loss, the jitted train step, and the fit loop.
-
-Two paths share one step function: the fused path compiles a whole chunk of epochs (data order,
-batches, steps, validation) as one program and fetches metrics once per chunk; the per-step path
-calls the jitted step from Python once per batch, as the chapters do.
+"""The fit loop and what it reports: the optimizer (`make_optimizer`), `fit` driving `steps.Steps` over
+chunks of epochs or rounds of steps, checking the loss, timing and recording each epoch.
 """
 
 from __future__ import annotations
@@ -11,15 +8,14 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import Array, lax
-from jax.sharding import Mesh, NamedSharding
+from jax import Array
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrnn.batching import (
@@ -33,12 +29,12 @@ from jaxrnn.batching import (
     sequential_plan,
     steps_per_epoch,
 )
-from jaxrnn.cells import State
 from jaxrnn.config import Config
 from jaxrnn.data import Corpus
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout, put_tree
+from jaxrnn.steps import Steps, StepStats, TrainState, init_state
 
 MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped before updates apply anyway
 
@@ -49,12 +45,6 @@ class NonFiniteLoss(JaxrnnError):
     def __init__(self, epoch: int, step: int, which: str = "training") -> None:
         self.epoch, self.step, self.which = epoch, step, which
         super().__init__(f"the {which} loss became non-finite at epoch {epoch}, step {step}")
-
-
-class TrainState(NamedTuple):
-    params: Params
-    opt_state: Any
-    step: Array  # int32 scalar: optimizer steps taken
 
 
 def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -86,182 +76,11 @@ def make_optimizer(cfg: Config, steps_per_epoch: int = 1) -> optax.GradientTrans
     return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPS) if cfg.skip_nonfinite else tx
 
 
-def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    """Params from `seed` and a fresh optimizer state, made by one compiled call (run eagerly, the
-    initialisers' many small ops would each compile, which costs most of a second)."""
-
-    @jax.jit
-    def init(key: Array) -> TrainState:
-        params = model.init(key)
-        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-
-    return init(jax.random.key(seed))
-
-
-def gather(tokens: Array, starts_B: Array, length: int) -> Array:
-    """The windows `tokens[s:s + length]` for each start `s`, [B, length] int32: windows are made on the
-    device from the token stream (held in its smallest type), so memory holds each token once."""
-    return tokens[starts_B[:, None] + jnp.arange(length)].astype(jnp.int32)
-
-
-def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array, key: Array | None = None,
-             state: State | None = None) -> tuple[Array, Array, State]:
-    """Summed cross-entropy over the real (unmasked) windows' tokens, how many tokens that is, and
-    the final recurrent state; `key` draws dropout masks (training only); `state` is where the
-    recurrence starts (None: zeros)."""
-    x_BxT, y_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
-    state = model.init_state(x_BxT.shape[0]) if state is None else state
-    logits_BxTxV, state = model.forward(params, x_BxT, state, key)
-    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
-    w_B = mask_B.astype(ce_BxT.dtype)
-    return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1], state
-
-
 def perplexity(loss: float) -> float:
     """exp of a token-weighted mean cross-entropy (inf where it overflows, nan for a nan loss)."""
     if math.isnan(loss):
         return math.nan
     return math.exp(loss) if loss < 700 else math.inf
-
-
-class StepStats(NamedTuple):
-    """What an optimizer step reports, each field stacked along the steps of a chunk or round: the loss
-    summed over the batch's real tokens, their count, and whether the update was non-finite (1.0)."""
-
-    loss_sum: Array
-    tokens: Array
-    skipped: Array
-
-
-class Jitted(NamedTuple):
-    """The jitted functions of `Steps` for one device layout."""
-
-    step: Callable
-    evaluate: Callable
-    chunk: Callable
-    round: Callable
-
-
-@dataclass(frozen=True)
-class Steps:
-    """The jitted functions of one (model, optimizer) pair. A part's tokens live on the device; batches
-    of windows are gathered inside the compiled code from plans of window starts made in numpy."""
-
-    model: LanguageModel
-    tx: optax.GradientTransformation
-    num_steps: int  # a window is num_steps + 1 tokens
-    seed: int = 0  # of the dropout masks, folded with the step number (and the device), so resume is exact
-    carry: bool = False  # sequential batching: each batch starts from the last one's final state
-    stream_eval: bool = False  # evaluation carries the state from batch to batch (a plan of streams)
-    mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
-
-    def grad_sums(self, params: Params, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
-                  h: State | None = None) -> tuple[Params, Array, Array, State]:
-        """The gradient of the summed loss of a batch, the loss sum, the token count and the final
-        state, the recurrence starting from `h` (None: zeros). `h` is an input, not a result of this
-        program, so no gradient flows into earlier batches: truncated BPTT. Over a mesh each device
-        differentiates its share of the batch and one all-reduce sums the results; left to the SPMD
-        partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every time
-        step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
-
-        def local(p: Params, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
-                  ) -> tuple[Params, Array, Array, State]:
-            key = None
-            if self.model.cfg.dropout:
-                key = jax.random.fold_in(jax.random.key(self.seed), step)
-                key = key if self.mesh is None else jax.random.fold_in(key, lax.axis_index(AXIS))
-            w = gather(tok, idx, self.num_steps + 1)
-
-            def loss(q: Params) -> tuple[Array, tuple[Array, State]]:
-                s, n, h_last = loss_sum(self.model, q, w, mask, key, h)
-                return s, (n, h_last)
-
-            (s, (n, h)), g = jax.value_and_grad(loss, has_aux=True)(p)
-            return (g, s, n, h) if self.mesh is None else (*lax.psum((g, s, n), AXIS), h)
-
-        if self.mesh is None:
-            return local(params, tokens, idx_B, mask_B, step, h)
-        # check_vma=False: each device's gradient is its own partial sum, which `local` psums itself
-        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(), P(AXIS)),
-                                   out_specs=(P(), P(), P(), P(AXIS)), check_vma=False)
-        return per_device(params, tokens, idx_B, mask_B, step, h)
-
-    def step(self, state: TrainState, tokens: Array, idx_B: Array, mask_B: Array, h: State | None = None
-             ) -> tuple[TrainState, StepStats, State]:
-        """One optimizer step on the mean loss of one batch; returns the new state, its StepStats and the
-        batch's final recurrent state. A non-finite step adds nothing to the sums when the optimizer
-        skips it."""
-        grad_sum, s, n, h = self.grad_sums(state.params, tokens, idx_B, mask_B, state.step, h)
-        grads = jax.tree.map(lambda g: g / n, grad_sum)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        bad = ~jnp.isfinite(s)
-        if isinstance(opt_state, optax.ApplyIfFiniteState):
-            s, n = jnp.where(bad, 0.0, s), jnp.where(bad, 0.0, n)
-        return TrainState(params, opt_state, state.step + 1), StepStats(s, n, bad.astype(s.dtype)), h
-
-    def evaluate(self, params: Params, tokens: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
-        """Token-weighted mean loss over the windows a plan covers, each from a zero state, or with
-        `stream_eval` each row from where the row of the batch before left off."""
-
-        def body(carry, b):
-            acc, h = carry
-            s, n, h_last = loss_sum(self.model, params, gather(tokens, b[0], self.num_steps + 1), b[1],
-                                    state=h if self.stream_eval else None)
-            return (acc + jnp.stack([s, n]), h_last if self.stream_eval else h), None
-
-        (acc, _), _ = lax.scan(body, (jnp.zeros(2), self.model.init_state(idx_NxB.shape[1])), (idx_NxB, mask_NxB))
-        return acc[0] / acc[1]
-
-    def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
-              val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[StepStats, Array]]:
-        """Several epochs, each with its validation, as one program; returns every step's StepStats
-        (fields [E, N]) and each epoch's validation loss ([E]). With
-        `carry`, the recurrent state runs from batch to batch and restarts from zeros each epoch."""
-
-        def batch(carry, b):
-            st, h = carry
-            st, sn, h_last = self.step(st, train, b[0], b[1], h if self.carry else None)
-            return (st, h_last if self.carry else h), sn
-
-        def epoch(st, plan):
-            (st, _), stats_N = lax.scan(batch, (st, self.model.init_state(plan[0].shape[1])), plan)
-            return st, (stats_N, self.evaluate(st.params, val, val_idx, val_mask))
-
-        return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
-
-    def round(self, state: TrainState, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array, reset_K: Array,
-              h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, StepStats, Array]:
-        """K optimizer steps then one validation, as one program (training by steps); with `carry` the
-        state `h` runs on from the round before and restarts from zeros where `reset_K` says (an
-        epoch's first step). Returns the state, the last recurrent state, StepStats ([K]), the val loss."""
-        zeros = self.model.init_state(idx_KxB.shape[1])
-
-        def batch(carry, b):
-            st, h = carry
-            idx, mask, reset = b
-            h = jax.tree.map(lambda z, x: jnp.where(reset, z, x), zeros, h)
-            st, sn, h_last = self.step(st, train, idx, mask, h if self.carry else None)
-            return (st, h_last if self.carry else h), sn
-
-        (state, h), stats_K = lax.scan(batch, (state, h), (idx_KxB, mask_KxB, reset_K))
-        return state, h, stats_K, self.evaluate(state.params, val, val_idx, val_mask)
-
-    def jitted(self, lay: Layout) -> Jitted:
-        """The jitted functions: batch plans split over the layout's devices and everything else
-        replicated; `grad_sums` sums the gradients over the layout's mesh (parallel.py)."""
-        R, b = lay.replicated, lay.batched
-        H = NamedSharding(lay.mesh, P(AXIS))  # a recurrent state [B, H] (each leaf), split by rows
-        self = replace(self, mesh=lay.mesh)
-        return Jitted(
-            step=jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1), b(2)),
-                         out_shardings=(R, R, b(2))),
-            evaluate=jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
-            chunk=jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
-                          out_shardings=(R, R)),
-            round=jax.jit(self.round, donate_argnums=(0, 6), in_shardings=(R, R, R, b(2), b(2), R, H, b(2), b(2)),
-                          out_shardings=(R, H, R, R)),
-        )
 
 
 def evaluate_tokens(cfg: Config, model: LanguageModel, params: Params, tokens: np.ndarray) -> float:

@@ -15,7 +15,8 @@ import jaxrnn
 from jaxrnn import checkpoint
 from jaxrnn.errors import CheckpointError, Damaged, JaxrnnError
 from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM
-from jaxrnn.training import init_state, make_optimizer
+from jaxrnn.steps import init_state
+from jaxrnn.training import make_optimizer
 
 PROMPT = "time traveller"
 

@@ -15,7 +15,8 @@ from jaxrnn.cells import Loop
 from jaxrnn.config import Config
 from jaxrnn.errors import ConfigError
 from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM, build_model, dropout
-from jaxrnn.training import Steps, fit, init_state, learning_rate, loss_sum, make_optimizer
+from jaxrnn.steps import Steps, init_state, loss_sum
+from jaxrnn.training import fit, learning_rate, make_optimizer
 
 V, H, B, T = 11, 6, 4, 7
 # each cell in one stacked shape, and the tanh cell in all of them: every layer kind is covered

@@ -29,7 +29,7 @@ import pytest
 from conftest import state_leaves
 
 import jaxrnn
-from jaxrnn import checkpoint, cli, faults, rundir, training
+from jaxrnn import checkpoint, cli, faults, rundir, steps
 from jaxrnn import run as jrun
 from jaxrnn.batching import epoch_order
 from jaxrnn.data import load_corpus
@@ -756,14 +756,14 @@ def test_skip_nonfinite_skips_and_counts_the_bad_steps(monkeypatch, capsys, tmp_
     val = {w.tobytes() for w in c.val}
     k = next(i for i, r in enumerate(rows) if rows.count(r) == 1 and r not in val)  # a window like no other
     target = jnp.asarray(c.train[k])
-    real = training.loss_sum
+    real = steps.loss_sum
 
     def poisoned(model, params, windows_BxT1, mask_B, key=None, state=None):
         s, n, h = real(model, params, windows_BxT1, mask_B, key, state)
         hit = jnp.any(jnp.all(windows_BxT1 == target, axis=1) & mask_B)
         return s * jnp.where(hit, jnp.nan, 1.0), n, h
 
-    monkeypatch.setattr(training, "loss_sum", poisoned)
+    monkeypatch.setattr(steps, "loss_sum", poisoned)
     flags = [*FLAGS, "--save-every", "2", "--epochs", "4"]
     assert cli.main(["train", *flags, "--out", str(tmp_path / "stop")]) == 2
     step = int(np.flatnonzero(epoch_order(0, 0, 1024) == k)[0]) // 128 + 1

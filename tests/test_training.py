@@ -1,4 +1,4 @@
-"""training.py: the loss and its gradient against float64 references, clipping, and the two fit paths."""
+"""steps.py and training.py: the loss and its gradient against float64 references, clipping, and the two fit paths."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from jaxrnn.data import load_corpus
 from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model
-from jaxrnn.training import Steps, StepStats, fit, init_state, loss_sum, make_optimizer, perplexity, record
+from jaxrnn.steps import Steps, StepStats, init_state, loss_sum
+from jaxrnn.training import fit, make_optimizer, perplexity, record
 
 
 def mean_loss(model, params, windows, mask) -> jax.Array:
