@@ -81,11 +81,12 @@ def matmul(a: Array, b: Array, acc) -> Array:
     return jnp.dot(a.astype(b.dtype), b, precision=None if p is None else lax.Precision(p), preferred_element_type=acc)
 
 
-def call(kernel: Callable, name: str, grid: int | tuple[int, ...], **specs) -> Callable:
+def call(kernel: Callable, name: str, grid: int | tuple[int, ...], stages: int = 1, **specs) -> Callable:
     """`pl.pallas_call` over `grid` (an int: that many batch blocks): Triton on GPUs (Pallas' other GPU
     lowering, Mosaic GPU, copies whole blocks into shared memory, which a [T, b, H] sequence outgrows),
+    with `stages` of software pipelining for its loops (1: none, what the whole-loop kernels need to fit),
     interpret mode on CPUs."""
-    params = None if interpreted() else plt.CompilerParams(num_warps=WARPS, num_stages=1)
+    params = None if interpreted() else plt.CompilerParams(num_warps=WARPS, num_stages=stages)
     grid = (grid,) if isinstance(grid, int) else grid
     return pl.pallas_call(kernel, grid=grid, interpret=interpreted(), name=name, compiler_params=params, **specs)
 

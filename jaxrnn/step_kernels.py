@@ -34,6 +34,7 @@ from jaxrnn.kernels import compute_dtype, hidden, matmul, upcast, with_hidden
 ROWS = 64  # batch rows one program takes
 COLS = 16  # W_hh's columns (of each gate) one program computes
 CHUNK = 64  # the inner dimension's slice per matmul
+STAGES = 1  # Triton's software pipelining of the chunk loop (1: none, as the whole-loop kernels)
 
 
 def _shape(W_hh: Array, xw_TxBxGH: Array, G: int) -> tuple[int, int, int, int, int, int]:
@@ -90,7 +91,7 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
     rows = pl.BlockSpec((T + 1, b, H), lambda i, j: (0, i, 0))  # the program's rows, every column
     cut = pl.BlockSpec((T, b, G, c), lambda i, j: (0, i, 0, j))  # its rows and columns of every gate
     step = kernels.call(
-        kernel, "matmul_step_fwd", (B // b, H // c),
+        kernel, "matmul_step_fwd", (B // b, H // c), STAGES,
         out_shape=[jax.ShapeDtypeStruct((T + 1, B, H), dtype)] * k + [jax.ShapeDtypeStruct((T, B, G, H), dtype)],
         in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), pl.BlockSpec((G, H, c), lambda i, j: (0, 0, j)),
                   *[pl.BlockSpec((c,), lambda i, j: (j,))] * len(names), cut, *[rows] * k, cut],
@@ -139,7 +140,7 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
     partial = pl.BlockSpec((1, c), lambda i, j: (i, j))  # a sum per batch block
     first = 5 + n + k  # the carried inputs, aliased to the outputs: dg, the cotangents, the sums; then dxw
     step = kernels.call(
-        kernel, "matmul_step_bwd", (blocks, H // c),
+        kernel, "matmul_step_bwd", (blocks, H // c), STAGES,
         out_shape=[jax.ShapeDtypeStruct((T + 1, B, G, H), dtype), jax.ShapeDtypeStruct((T, B, G, H), dtype)]
         + [jax.ShapeDtypeStruct((B, H), acc)] * k + [jax.ShapeDtypeStruct((blocks, H), acc)] * n,
         in_specs=[pl.BlockSpec((1,), lambda i, j: (0,)), pl.BlockSpec((G, H, c), lambda i, j: (0, 0, j)),
