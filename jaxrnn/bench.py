@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"recurrent cells (default those with a PyTorch twin: {' '.join(raced)})")
     p.add_argument("--data", metavar="FILE", help="corpus (default The Time Machine)")
     p.add_argument("--precision", choices=PRECISIONS, default="highest", help="float32 matmul precision of every "
-                   "row: highest (true float32; torch with TF32 off), or default (TF32 on GPUs: cuDNN's own default)")
+                   "row: highest (true float32; torch with TF32 off), or default (TF32 on GPUs: cuDNN's own default; "
+                   "torch with TF32 on, as for high, which is bfloat16 x3 in JAX)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype of the jaxrnn and torch rows")
 
 
@@ -189,7 +190,8 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = "gpu" if dev.type == "cuda" else "cpu"
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = cfg.precision != "highest"
-    dtype = getattr(torch, cfg.dtype)
+    # bfloat16 compute under autocast, params float32 as jaxrnn's (cuDNN has bfloat16 RNNs from 9.13 on)
+    autocast = functools.partial(torch.autocast, dev.type, torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     V = len(corpus.vocab)
     torch.manual_seed(cfg.seed)
 
@@ -200,10 +202,11 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
             self.head = nn.Linear(cfg.hidden, V)
 
         def forward(self, x_BxT, h=None):
-            hs, h = self.rnn(F.one_hot(x_BxT.T, V).to(dtype), h)
-            return self.head(hs).float(), h  # [T, B, V]
+            with autocast():
+                hs, h = self.rnn(F.one_hot(x_BxT.T, V).float(), h)
+                return self.head(hs).float(), h  # [T, B, V]
 
-    model = LM().to(dev, dtype)
+    model = LM().to(dev)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -382,18 +385,25 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if missing.get(impl):
                     continue
                 log(f"{case} {cell} {impl} ...")
-                if impl.startswith("jaxrnn-"):
-                    c = cfg.replace(impl="flax" if impl == "jaxrnn-concise" else "scratch",
-                                    kernel="pallas" if impl == "jaxrnn-pallas" else "scan", dtype=args.dtype,
-                                    precision=args.precision)
-                    r = (jaxrnn_train(case, impl, c, corpus) if training
-                         else jaxrnn_decode(case, impl, c, corpus, batch, reps))
-                elif impl == "d2l-way":
-                    r = d2l_way_train(case, cfg, corpus) if training else d2l_way_decode(case, cfg, corpus, batch, reps)
-                else:
-                    r = torch_rows(case, cfg, corpus, batch, reps)
+                try:
+                    r = _one_row(case, impl, cfg, corpus, batch, reps, training)
+                except Exception as e:  # noqa: BLE001 (a row that fails, a kernel that does not compile, is a result)
+                    log(f"{case} {cell} {impl} failed: {type(e).__name__}: {e}")
+                    r = {**row(case, impl, None, None, None, cell=cell), "error": f"{type(e).__name__}: {e}"[:300]}
                 rows.append(r if impl == "d2l-way" else {**r, "dtype": cfg.dtype, "precision": cfg.precision})
     return rows
+
+
+def _one_row(case: str, impl: str, cfg: Config, corpus: Corpus, batch: int, reps: int, training: bool
+             ) -> dict[str, Any]:
+    """One implementation's row of a case."""
+    if impl.startswith("jaxrnn-"):
+        c = cfg.replace(impl="flax" if impl == "jaxrnn-concise" else "scratch",
+                        kernel="pallas" if impl == "jaxrnn-pallas" else "scan")
+        return jaxrnn_train(case, impl, c, corpus) if training else jaxrnn_decode(case, impl, c, corpus, batch, reps)
+    if impl == "d2l-way":
+        return d2l_way_train(case, cfg, corpus) if training else d2l_way_decode(case, cfg, corpus, batch, reps)
+    return torch_rows(case, cfg, corpus, batch, reps)
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -410,10 +420,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         base = {b["impl"]: b["tokens_per_s"] for b in rows if b["case"] == r["case"] and b["cell"] == r["cell"]}
-        ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) else None for k in ("d2l-way", "torch")]
+        ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) and r["tokens_per_s"] else None
+                 for k in ("d2l-way", "torch")]
         lines.append(f"{r['case']:<12} {r['cell']:<6} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
                      f"{_fmt(r['compile_s'], '9.2f')} {_fmt(r['tokens_per_s'], '11,.0f')} {_fmt(r['val_ppl'], '7.2f')} "
-                     f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}")
+                     f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}"
+                     + (f"  failed: {r['error'][:80]}" if "error" in r else ""))
     return "\n".join(lines)
 
 

@@ -173,8 +173,8 @@ def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callab
 
     def kernel(params: CellParams, state: State, xw: Array, unroll: int = 1) -> tuple[State, Array]:
         W = params["W_hh"]
-        fits = per_step is None or kernels.on_chip(W.shape[0], gates, W.dtype)
-        return (whole if fits else per_step)(params, state, xw, unroll)
+        fits = per_step is None or kernels.on_chip(W.shape[0], gates, W.dtype) or not step_kernels.takes(W.shape[0])
+        return (whole if fits else per_step)(params, state, xw, unroll)  # (CPUs interpret whole ones at any width)
 
     return Cell(gates, _matmul_then(update, gates, matmul_gates), recurrent, plan, kernel=kernel, update=update,
                 matmul_gates=matmul_gates, **twins)

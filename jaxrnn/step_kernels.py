@@ -32,16 +32,23 @@ from jaxrnn.kernels import compute_dtype, hidden, matmul, upcast, with_hidden
 # Not yet measured on a GPU (tools/kernel_sweep.py sweeps them): every row block reads its columns of W_hh
 # each step, so rows are many (W_hh read B / ROWS times a step) and columns few (H / COLS programs a block).
 ROWS = 64  # batch rows one program takes
-COLS = 16  # W_hh's columns (of each gate) one program computes
+COLS = 16  # W_hh's columns (of each gate) one forward program computes
+BACK_COLS = 32  # dh's columns one backward program computes (each reads all of dg's row block: G times h's)
 CHUNK = 64  # the inner dimension's slice per matmul
 STAGES = 1  # Triton's software pipelining of the chunk loop (1: none, as the whole-loop kernels)
 
 
-def _shape(W_hh: Array, xw_TxBxGH: Array, G: int) -> tuple[int, int, int, int, int, int]:
+def takes(hidden: int) -> bool:
+    """Whether the blocks divide a layer of this width (every power of two does)."""
+    return all(hidden % min(n, hidden) == 0 for n in (COLS, BACK_COLS, CHUNK))
+
+
+def _shape(W_hh: Array, xw_TxBxGH: Array, G: int, cols: int) -> tuple[int, int, int, int, int, int]:
     """(T, B, H, b: rows a program, c: its columns, the inner chunk); B is a multiple of `ROWS`."""
     (T, B, _), H = xw_TxBxGH.shape, W_hh.shape[0]
     assert W_hh.shape[1] == G * H, "per-step kernels cover all of W_hh's gate blocks (no W_rest)"
-    return T, B, H, ROWS, min(COLS, H), min(CHUNK, H)
+    assert takes(H), f"hidden {H} is not a multiple of the per-step kernels' blocks"
+    return T, B, H, ROWS, min(cols, H), min(CHUNK, H)
 
 
 def _groups(refs: tuple, *sizes: int) -> list[tuple]:
@@ -71,7 +78,7 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
             ) -> tuple[Any, Array]:
     """(every state [T, B, H] (a pair for the LSTM), every g = h_{t-1} W_hh [T, B, G, H]), a kernel a step.
     The states' buffers are [T+1, B, H], the start state first: step t reads row t and writes row t+1."""
-    T, B, H, b, c, inner = _shape(W_hh, xw_TxBxGH, G)
+    T, B, H, b, c, inner = _shape(W_hh, xw_TxBxGH, G, COLS)
     dtype, acc = xw_TxBxGH.dtype, compute_dtype(xw_TxBxGH.dtype)
     leaves, tree = jax.tree.flatten(state)
     names, k = sorted(others), len(leaves)
@@ -88,7 +95,10 @@ def forward(update: Any, G: int, W_hh: Array, others: dict[str, Array], state: A
         for j, g in enumerate(gs):
             g_ref[t, :, j, :] = g
 
-    rows = pl.BlockSpec((T + 1, b, H), lambda i, j: (0, i, 0))  # the program's rows, every column
+    # The states' block is the program's rows, every column, shared by the row's column programs, each
+    # storing only its columns: right with Triton's direct stores, not with a lowering that copies whole
+    # output blocks back (Mosaic GPU, TPUs). So is the backward's dg block.
+    rows = pl.BlockSpec((T + 1, b, H), lambda i, j: (0, i, 0))
     cut = pl.BlockSpec((T, b, G, c), lambda i, j: (0, i, 0, j))  # its rows and columns of every gate
     step = kernels.call(
         kernel, "matmul_step_fwd", (B // b, H // c), STAGES,
@@ -108,7 +118,7 @@ def backward(update: Any, G: int, W_hh: Array, others: dict[str, Array], before:
     """(dxw [T, B, G*H], dg [T, B, G*H], the start state's cotangent, the cotangent of `others`), a kernel a
     step from t = T-1 down to 0. Carried from step to step: dg [T+1, B, G, H] (row T zero), the part of
     the state's cotangent that does not pass through W_hh, and each block's sum of the `others`' one."""
-    T, B, H, b, c, inner = _shape(W_hh, xw_TxBxGH, G)
+    T, B, H, b, c, inner = _shape(W_hh, xw_TxBxGH, G, BACK_COLS)
     dtype, acc = xw_TxBxGH.dtype, compute_dtype(xw_TxBxGH.dtype)
     before_leaves, tree = jax.tree.flatten(before)
     names, k, blocks = sorted(others), len(before_leaves), B // b

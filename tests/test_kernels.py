@@ -44,7 +44,7 @@ def per_step(monkeypatch) -> None:
     Triton's least)."""
     monkeypatch.setattr(kernels, "MAX_WEIGHT_BYTES", 0)
     monkeypatch.setattr(step_kernels, "ROWS", kernels.MIN_DIM)
-    for name in ("COLS", "CHUNK"):
+    for name in ("COLS", "BACK_COLS", "CHUNK"):
         monkeypatch.setattr(step_kernels, name, 8 if kernels.interpreted() else kernels.MIN_DIM)
 
 
@@ -80,6 +80,18 @@ def test_kernels_equal_the_scan_path(key, request, cell: str, B: int, T: int, wi
         got = jax.jit(jax.grad(loss_of(loop_of(cell, kernel="pallas"), tokens, w), argnums=(0, 1)))(p, s0)
     for g, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # float32 sums in another order
         np.testing.assert_allclose(g, w_, rtol=1e-5, atol=1e-6 * float(jnp.abs(w_).max()))
+
+
+def test_a_width_the_per_step_blocks_do_not_divide_takes_the_whole_loop_kernels(key, per_step) -> None:
+    """On a CPU (interpret mode, any width) hidden 12 is not cut into blocks of 8 columns: the whole-loop
+    kernels run it, and equal the scan path (the per-step kernels would leave columns out)."""
+    assert not step_kernels.takes(12) and step_kernels.takes(16)
+    p = {k: 0.4 * jax.random.normal(jax.random.fold_in(key, i), v.shape)
+         for i, (k, v) in enumerate(cell_init(key, V, 12, 0.5, "lstm").items())}
+    s0, tokens = (jnp.zeros((4, 12)),) * 2, jax.random.randint(key, (3, 4), 0, V)
+    f = jax.jit(lambda p, loop: rnn_unroll(p, s0, tokens, loop)[1], static_argnums=1)
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(f(p, Loop("lstm", kernel="pallas")), f(p, Loop("lstm", fast=False)), atol=1e-5)
 
 
 @pytest.mark.parametrize(("cell", "wide"), [*[(f, False) for f in KERNEL_FORMS], ("gru", True),

@@ -33,9 +33,10 @@ from jaxrnn.sample import generate
 
 SEED = (32, 1024, 32)  # T, B, H of the seed config
 # a case's overrides of the kernels' constants: the whole-loop kernels' batch block, the per-step kernels'
-# rows, columns, inner chunk and pipelining stages, and both's warps
+# rows, columns (forward / backward), inner chunk and pipelining stages, and both's warps
 TUNABLE = {"block": (kernels, "BLOCK"), "warps": (kernels, "WARPS"), "rows": (step_kernels, "ROWS"),
-           "cols": (step_kernels, "COLS"), "chunk": (step_kernels, "CHUNK"), "stages": (step_kernels, "STAGES")}
+           "cols": (step_kernels, "COLS"), "back_cols": (step_kernels, "BACK_COLS"), "chunk": (step_kernels, "CHUNK"),
+           "stages": (step_kernels, "STAGES")}
 FORMS = {"rnn": ("rnn", "after"), "lstm": ("lstm", "after"), "gru": ("gru", "after"), "gru-d2l": ("gru", "before")}
 
 
@@ -51,7 +52,8 @@ def cases(quick: bool) -> list[dict[str, Any]]:
         grid += [((256, 128, h), kinds[1:], {}, [f for f in FORMS if f != "gru-d2l"]) for h in (1024, 256)]
         grid += [(SEED, kinds[:1], dict(block=b, warps=w), ["rnn"]) for b, w in [(32, 4), (64, 4), (16, 2), (16, 8)]]
         grid += [((256, 128, 1024), kinds[1:2], tune, ["lstm"]) for tune in (
-            dict(rows=32), dict(rows=128), dict(cols=32), dict(cols=64), dict(chunk=32), dict(chunk=128),
+            dict(rows=32), dict(rows=128), dict(cols=32), dict(back_cols=16), dict(back_cols=64), dict(chunk=32),
+            dict(chunk=128),
             dict(warps=8), dict(stages=2), dict(stages=3))]
     return [dict(cell=cell, shape=shape, dtype=dtype, precision=precision, **tune)
             for shape, todo, tune, forms in grid for dtype, precision in (todo[:1] if quick else todo)
@@ -116,7 +118,7 @@ def run_case(c: dict[str, Any]) -> list[dict[str, Any]]:
                 impl = f"pallas b{kernels.BLOCK} w{kernels.WARPS}"
             else:  # the per-step kernels
                 sk = step_kernels
-                impl = f"pallas r{sk.ROWS} c{sk.COLS} k{sk.CHUNK} w{kernels.WARPS} s{sk.STAGES}"
+                impl = f"pallas r{sk.ROWS} c{sk.COLS}/{sk.BACK_COLS} k{sk.CHUNK} w{kernels.WARPS} s{sk.STAGES}"
             try:
                 cs, ms, got = timed(step_fn(Loop(*FORMS[cell], dtype=c["dtype"], kernel="pallas"), w), (own, s0, xw))
             except Exception as e:  # noqa: BLE001 (a shape the compiler refuses is a result)
@@ -159,11 +161,11 @@ def decode_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'cell':<7} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<25} {'compile_s':>9} " \
+    head = f"{'cell':<7} {'T':>5} {'B':>5} {'H':>4} {'dtype':<8} {'prec':<7} {'impl':<28} {'compile_s':>9} " \
            f"{'step_ms':>9} {'tokens/s':>13} {'err':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lead = f"{r['cell']:<7} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<25}"
+        lead = f"{r['cell']:<7} {r['T']:>5} {r['B']:>5} {r['H']:>4} {r['dtype']:<8} {r['precision']:<7} {r['impl']:<28}"
         if "error" in r:
             lines.append(f"{lead} FAILED {r['error'][:120]}")
             continue
