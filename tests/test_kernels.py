@@ -4,6 +4,8 @@ kernels, and step_kernels.py's per-step kernels for wide layers (the `per_step` 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 import jaxrnn
 from jaxrnn import kernels, step_kernels
-from jaxrnn.cells import CELLS, Loop, cell_init, rnn_unroll
+from jaxrnn.cells import CELLS, Loop, cell_init, rnn_unroll, zero_state
 from jaxrnn.errors import ConfigError
 from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model, check_buildable, pallas_pays
 from jaxrnn.sample import generate
@@ -209,3 +211,26 @@ def test_pallas_on_a_gpu_refuses_widths_triton_cannot_compile(tiny_cfg, monkeypa
         check_buildable(tiny_cfg(kernel="pallas", hidden=256, cell="gru", gru_reset="before"))
     check_buildable(tiny_cfg(kernel="pallas", hidden=64))
     check_buildable(tiny_cfg(kernel="pallas", hidden=1024, cell="lstm"))  # per-step kernels
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["whole-loop", "per-step"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_kernel_lowers_for_triton(monkeypatch, request, dtype: str, wide: bool) -> None:
+    """The GPU path without a GPU: each form's training step (forward and gradient) and greedy decoding,
+    lowered for CUDA by Pallas' Triton lowering, which refuses what Triton cannot take (arrays whose sizes
+    are not powers of two, bfloat16 math functions, ...). Compiling them needs the GPU."""
+    if wide:
+        request.getfixturevalue("per_step")
+    monkeypatch.setattr(kernels, "interpreted", lambda: False)
+    for form in [f for f in KERNEL_FORMS if not (wide and f == "gru-d2l")]:
+        loop = loop_of(form, dtype=dtype, kernel="pallas")
+        p = {k: v.astype(dtype) for k, v in cell_init(jax.random.key(0), V, H, 0.1, *FORMS[form]).items()}
+        s0 = jax.tree.map(lambda a: a.astype(dtype), zero_state(FORMS[form][0], 20, H))
+        loss = jax.grad(lambda p, s, loop=loop: rnn_unroll(p, s, jnp.zeros((3, 20), jnp.int32), loop)[1].sum())
+        text = jax.jit(loss).trace(p, s0).lower(lowering_platforms=("cuda",)).as_text()
+        assert ("matmul_step_bwd" if wide else "_bwd") in text, form
+        if not wide:
+            model = ScratchRNNLM(ModelConfig(V, H, loop, sigma=0.5))
+            decode = functools.partial(model.greedy, num_preds=4)
+            args = model.init(jax.random.key(1)), model.init_state(3), jnp.zeros(3, jnp.int32)
+            assert "greedy_decode" in jax.jit(decode).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
