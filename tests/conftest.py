@@ -32,10 +32,12 @@ if "JAXRNN_TEST_XLA_CACHE" not in os.environ:  # the controller, or a run withou
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAXRNN_TEST_XLA_CACHE"]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 # The tests compile far more than they compute: XLA's CPU backend without LLVM's optimization passes
-# compiles them about a third faster, from the same HLO (XLA's own passes still run and fix every
-# reduction order). The CLI subprocesses inherit it, so in-process and CLI runs still agree bit for bit.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# compiles them about a third faster. It rounds differently in places (no fused multiply-adds, say), so
+# a long run drifts from a user's: the CLI subprocesses inherit it, so in-process and CLI runs still
+# agree bit for bit, and `user_python` runs a command with the user's own flags (the README's headline).
+USER_XLA_FLAGS = os.environ.get("JAXRNN_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+os.environ["JAXRNN_TEST_USER_XLA_FLAGS"] = USER_XLA_FLAGS  # for the xdist workers, which inherit the next line
+os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -197,6 +199,16 @@ def _run(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.Com
 def _start(args: Sequence[str], cwd: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=cwd, env={**_child_env(), **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="session")
+def user_python() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python ARGS...` in a fresh process as a user runs it: XLA with its own optimizations."""
+    def run(args: Sequence[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {**_child_env(), "XLA_FLAGS": USER_XLA_FLAGS}
+        return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    return run
 
 
 @pytest.fixture(scope="session")
