@@ -43,10 +43,15 @@ WARPS = 4  # warps per program: the fastest of 2, 4 and 8 at the seed shape over
 MAX_WEIGHT_BYTES = 192 * 1024  # the largest W_hh measured to fit in an H100's shared memory (256 KiB did not)
 
 
+def _weight_bytes(hidden: int, gates: int, dtype: str) -> int:
+    """The size of a layer's W_hh, [H, G*H]."""
+    return gates * hidden * hidden * jnp.dtype(dtype).itemsize
+
+
 def on_chip(hidden: int, gates: int = 1, dtype: str = "float32") -> bool:
     """Whether a layer's W_hh fits in one program's shared memory, where the whole-loop kernels hold it
     (docs/benchmarks.md); wider layers run a kernel per time step (`step_kernels.py`)."""
-    return gates * hidden * hidden * jnp.dtype(dtype).itemsize <= MAX_WEIGHT_BYTES
+    return _weight_bytes(hidden, gates, dtype) <= MAX_WEIGHT_BYTES
 
 
 def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "float32", per_step: bool = True
@@ -57,8 +62,8 @@ def shape_problem(hidden: int, embed: int = 0, gates: int = 1, dtype: str = "flo
         if n and (n < MIN_DIM or n & (n - 1)):
             return f"{flag} {n} is not a power of two of at least {MIN_DIM}"
     if not per_step and not on_chip(hidden, gates, dtype):
-        size = gates * hidden * hidden * jnp.dtype(dtype).itemsize
-        return (f"W_hh at --hidden {hidden} is {size // 1024} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB one "
+        kib = _weight_bytes(hidden, gates, dtype) // 1024
+        return (f"W_hh at --hidden {hidden} is {kib} KiB, over the {MAX_WEIGHT_BYTES // 1024} KiB one "
                 f"program holds, and this cell has no per-step kernels for wider layers")
     return None
 

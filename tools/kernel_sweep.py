@@ -2,7 +2,8 @@
 kernels, over cells, shapes, dtypes and the kernels' batch block, and check the kernels against the scan path
 on the same device; then greedy decoding by the kernel against the scan loop. One process, one table.
 
-Layers whose W_hh does not fit on chip run step_kernels.py's kernel per step (impl `pallas ... c<columns>`).
+Layers whose W_hh does not fit on chip run step_kernels.py's kernel per step (impl `pallas r<rows>
+c<columns>/<backward columns> k<chunk> w<warps> s<stages>`).
 
 Each row: cell, T, B, H, dtype, precision, impl (scan, or pallas with its batch block and warps), compile_s,
 step_ms (median of 5 rounds of 20 chained calls), tokens_per_s (T*B per step), err (max relative error of
@@ -51,10 +52,9 @@ def cases(quick: bool) -> list[dict[str, Any]]:
         grid += [((256, 128, h), kinds[1:], {}, FORMS) for h in (64, 128)]
         grid += [((256, 128, h), kinds[1:], {}, [f for f in FORMS if f != "gru-d2l"]) for h in (1024, 256)]
         grid += [(SEED, kinds[:1], dict(block=b, warps=w), ["rnn"]) for b, w in [(32, 4), (64, 4), (16, 2), (16, 8)]]
-        grid += [((256, 128, 1024), kinds[1:2], tune, ["lstm"]) for tune in (
-            dict(rows=32), dict(rows=128), dict(cols=32), dict(back_cols=16), dict(back_cols=64), dict(chunk=32),
-            dict(chunk=128),
-            dict(warps=8), dict(stages=2), dict(stages=3))]
+        grid += [((256, 128, 1024), kinds[1:2], {name: value}, ["lstm"]) for name, value in (
+            ("rows", 32), ("rows", 128), ("cols", 32), ("back_cols", 16), ("back_cols", 64), ("chunk", 32),
+            ("chunk", 128), ("warps", 8), ("stages", 2), ("stages", 3))]
     return [dict(cell=cell, shape=shape, dtype=dtype, precision=precision, **tune)
             for shape, todo, tune, forms in grid for dtype, precision in (todo[:1] if quick else todo)
             for cell in forms]
