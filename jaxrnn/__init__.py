@@ -6,19 +6,34 @@
     print(trained.predict("time traveller", 50))
     trained.save("runs/seed")
     same = jaxrnn.load("runs/seed")
+
+The names below are imported on first use, so that `import jaxrnn` (and `jaxrnn --version` or
+`--help`) does not import JAX.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"  # the package's one version: pyproject.toml reads it from here
 
-from jaxrnn.cells import Loop  # noqa: E402
-from jaxrnn.config import PRESETS, Config  # noqa: E402
-from jaxrnn.data import Corpus, Vocab, load_corpus  # noqa: E402
-from jaxrnn.errors import JaxrnnError  # noqa: E402
-from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM, build_model  # noqa: E402
-from jaxrnn.run import Trained, corpus_for, evaluate, load, train  # noqa: E402
+_WHERE = {  # public name -> the module that defines it
+    "Loop": "cells", "PRESETS": "config", "Config": "config", "Corpus": "data", "Vocab": "data",
+    "load_corpus": "data", "JaxrnnError": "errors", "ConciseRNNLM": "models", "ModelConfig": "models",
+    "ScratchRNNLM": "models", "build_model": "models", "Trained": "run", "corpus_for": "run", "evaluate": "run",
+    "load": "run", "train": "run",
+}
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "PRESETS", "Config", "ConciseRNNLM", "Corpus", "JaxrnnError", "Loop", "ModelConfig", "ScratchRNNLM",
-    "Trained", "Vocab",
-    "build_model", "corpus_for", "evaluate", "load", "load_corpus", "train",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jaxrnn.{_WHERE[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

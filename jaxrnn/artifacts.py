@@ -6,15 +6,18 @@ thread, so training does not wait for matplotlib."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from jaxrnn.errors import JaxrnnError
+from jaxrnn.errors import JaxrnnError, write_failure
 from jaxrnn.plots import plot_curves
 from jaxrnn.progress import unit_of
 
@@ -57,27 +60,42 @@ class Artifacts:
         self.drawn_at = -math.inf
         if curves:
             self.pool.submit(_import_matplotlib)  # while the first chunk compiles, not when the first plot is due
+        self.warned: set[tuple[str, str]] = set()
         self.tb = summary_writer()(str(self.run_dir / TENSORBOARD)) if tensorboard else None
 
     def update(self, history: list[dict[str, Any]], new: list[dict[str, Any]], sample: str) -> None:
         """After a checkpoint: redraw the curves from `history` (unless the last drawing is still going or
         began less than MIN_REDRAW_S ago: then a later update or `close` draws it), append `sample`,
-        log the `new` epochs."""
+        log the `new` epochs. What cannot be written is a warning: these files show a run, they are not it."""
         self.pending = list(history) if self.curves else None
         idle = self.drawing is None or self.drawing.done()
         if self.curves and idle and time.monotonic() - self.drawn_at >= MIN_REDRAW_S:
             self._draw()
         last = new[-1]
-        with open(self.run_dir / SAMPLES, "a") as f:
-            u = unit_of(last)
-            f.write(f"{u} {last[u]}  val ppl {last['val_ppl']:.2f}  {sample!r}\n")  # one line each
+        u = unit_of(last)
+        with self._warning(SAMPLES):
+            with open(self.run_dir / SAMPLES, "a") as f:
+                f.write(f"{u} {last[u]}  val ppl {last['val_ppl']:.2f}  {sample!r}\n")  # one line each
         if self.tb is not None:
-            for r in new:
-                for key in ("train_ppl", "val_ppl", "train_loss", "val_loss", "tokens_per_s"):
-                    if r.get(key) is not None:
-                        self.tb.add_scalar(key, r[key], r[unit_of(r)])
-            self.tb.add_text("sample", sample, last[unit_of(last)])
-            self.tb.flush()
+            with self._warning(TENSORBOARD):
+                for r in new:
+                    for key in ("train_ppl", "val_ppl", "train_loss", "val_loss", "tokens_per_s"):
+                        if r.get(key) is not None:
+                            self.tb.add_scalar(key, r[key], r[unit_of(r)])
+                self.tb.add_text("sample", sample, last[u])
+                self.tb.flush()
+
+    @contextlib.contextmanager
+    def _warning(self, name: str) -> Iterator[None]:
+        """Turn a failure to write `name` into a warning on stderr (once per file and cause), the run going on."""
+        try:
+            yield
+        except (OSError, JaxrnnError) as e:
+            why, advice = write_failure(e, self.run_dir)
+            if (name, why) not in self.warned:
+                self.warned.add((name, why))
+                print(f"jaxrnn: warning: cannot write {self.run_dir / name} ({why}); the run goes on without it "
+                      f"({advice} to have it again)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> Artifacts:
         return self
@@ -87,7 +105,8 @@ class Artifacts:
 
     def _draw(self) -> None:
         if self.drawing is not None:
-            self.drawing.result()  # raises what the last drawing raised
+            with self._warning(CURVES):
+                self.drawing.result()  # raises what the last drawing raised
         self.drawing = self.pool.submit(plot_curves, {"": self.pending}, self.run_dir / CURVES)
         self.pending, self.drawn_at = None, time.monotonic()
 
@@ -97,8 +116,10 @@ class Artifacts:
             if self.pending is not None:
                 self._draw()
             if self.drawing is not None:
-                self.drawing.result()
+                with self._warning(CURVES):
+                    self.drawing.result()
         finally:
             self.pool.shutdown()
             if self.tb is not None:
-                self.tb.close()
+                with self._warning(TENSORBOARD):
+                    self.tb.close()

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrnn import cells
+from jaxrnn import cells, strict_json
 from jaxrnn.batching import epoch_order
 from jaxrnn.config import DTYPES, PRECISIONS, Config
 from jaxrnn.data import PROMPT, Corpus, load_corpus
@@ -441,5 +441,5 @@ def main(args: argparse.Namespace) -> int:
                   flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(rows, f, indent=1)
+            f.write(strict_json.dumps(rows, indent=1))
     return 0

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -24,10 +23,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrnn import faults
+from jaxrnn import faults, strict_json
 from jaxrnn.config import Config
 from jaxrnn.data import Vocab
-from jaxrnn.errors import CheckpointError, Damaged
+from jaxrnn.errors import CheckpointError, Damaged, write_failure
 
 FORMAT = 1
 CHECKPOINTS = "checkpoints"
@@ -136,10 +135,9 @@ class Saver:
         self.wait()
         faults.reach("save", epoch)
         state = _one_copy(state._asdict() if hasattr(state, "_asdict") else state)
-        meta = {**asdict(meta), "digest": digest(state), "format": FORMAT}
+        meta = strict_json.finite({**asdict(meta), "digest": digest(state), "format": FORMAT})  # orbax writes NaN
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        val_ppl = meta["val_ppl"] if meta["val_ppl"] is not None else math.inf
-        metrics = {"val_ppl": float(val_ppl) if np.isfinite(val_ppl) else 1e30}
+        metrics = {"val_ppl": float(meta["val_ppl"]) if meta["val_ppl"] is not None else 1e30}  # ranked last
         self._guard(epoch, lambda: _write(self.mgr, epoch, args, metrics))
         self.pending = epoch
 
@@ -153,10 +151,10 @@ class Saver:
         try:
             return fn()
         except Exception as e:  # a full disk or unwritable directory: OSError or orbax's wrapping of it
-            raise CheckpointError(f"cannot save the checkpoint of epoch {epoch} in {self.run_dir} "
-                                  f"({type(e).__name__}: {e}); free disk space or make the directory writable, "
-                                  f"then resume with 'jaxrnn train --resume {self.run_dir}' (earlier checkpoints "
-                                  "are intact)") from None
+            why, advice = write_failure(e, self.run_dir)
+            raise CheckpointError(f"cannot save checkpoint {epoch} in {self.run_dir} ({why}); {advice}, then "
+                                  f"resume with 'jaxrnn train --resume {self.run_dir}' (earlier checkpoints are "
+                                  "intact)") from None
 
     def __enter__(self) -> Saver:
         return self

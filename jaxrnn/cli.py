@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
-from jaxrnn import __version__, faults
+from jaxrnn import __version__, faults, strict_json
 from jaxrnn.config import GROUPS, PRESETS, Config, field_kind, flag
 from jaxrnn.errors import JaxrnnError, Stopped
 from jaxrnn.progress import Progress
@@ -69,7 +69,8 @@ def _step(s: str) -> int | str:
     try:
         return _positive_int(s)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{s!r} is neither 'best' nor a positive epoch number") from None
+        raise argparse.ArgumentTypeError(f"{s!r} is neither 'best' nor a checkpoint's number (a positive epoch, or "
+                                         "step of a run by --steps)") from None
 
 
 def _add_config_flags(t: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
@@ -88,8 +89,14 @@ def _add_config_flags(t: argparse.ArgumentParser) -> dict[str, argparse._Argumen
         if value is not None:
             text += f" (default {value:g})" if kind is float else f" (default {value})"
         choices = list(meta["choices"]) if meta["choices"] else None
-        groups[meta["group"]].add_argument(flag(f.name), type=parse[kind], default=None, choices=choices, help=text)
+        names = [flag(meta["alias"]), flag(f.name)] if meta["alias"] else [flag(f.name)]
+        groups[meta["group"]].add_argument(*names, dest=f.name, metavar=(meta["alias"] or f.name).upper(),
+                                           type=parse[kind], default=None, choices=choices, help=text)
     return groups
+
+
+STEP_HELP = ("which checkpoint: 'best', or its number, the epoch it was saved at (the optimizer step in a run by "
+             "--steps; `jaxrnn runs` lists them) (default: the latest)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,12 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "The Time Machine, else the corpus' opening words)")
     s.add_argument("--num-preds", type=int, default=50, help="characters to generate (default 50)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
-    s.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the k most likely characters only")
+    s.add_argument("--top-k", type=_non_negative_int, default=0, help="sample from the k most likely characters only "
+                   "(default 0: off, every character)")
     s.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of characters whose "
                    "probability reaches p (nucleus sampling; default 1: all)")
     s.add_argument("--num-samples", type=_positive_int, default=1, help="samples to print, one per line (default 1)")
     s.add_argument("--seed", type=_non_negative_int, default=0, help="seed for sampling (default 0)")
-    s.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
+    s.add_argument("--step", type=_step, default=None, help=STEP_HELP)
 
     e = sub.add_parser("eval", help="print perplexity and bits per character of a trained run on a file")
     e.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
@@ -143,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the run's corpus, see --part)")
     e.add_argument("--part", choices=["val", "test"], default="val",
                    help="without --data: the run's validation (default) or test part")
-    e.add_argument("--step", type=_step, default=None, help="'best' or the epoch of a checkpoint (default latest)")
+    e.add_argument("--step", type=_step, default=None, help=STEP_HELP)
 
     r = sub.add_parser("runs", help="list the run directories under a directory, with their best val perplexity")
     r.add_argument("root", nargs="?", default=".", help="where to look (default: the current directory)")
@@ -153,11 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", metavar="FILE", default="curves.png", help="image to write (default curves.png)")
     pl.add_argument("--log", action="store_true", help="log-scale perplexity axis")
 
-    b = sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch")
+    # bench's flags are its own (jaxrnn/bench.py, which imports JAX): parsed by `bench_parser` when it runs
+    sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch", add_help=False)
+    return p
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    """`jaxrnn bench`'s flags, built only for that command: the rest of the CLI answers without JAX."""
     from jaxrnn.bench import add_arguments
 
+    b = _Parser(prog="jaxrnn bench", description="benchmark jaxrnn against d2l's way and PyTorch")
     add_arguments(b)
-    return p
+    return b
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as a Namespace (exit 2 on a bad one); `bench`'s flags by `bench_parser`."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return bench_parser().parse_args(rest, namespace=args)
+    if rest:  # refused by the command's own parser, whose usage and help it names
+        parser._subparsers._group_actions[0].choices[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,8 +196,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise JaxrnnError("--split sets the train and validation parts by fraction; drop --num-train/--num-val")
     if args.preset and args.config:
         raise JaxrnnError("--preset and --config both name a starting config; drop one")
-    base = PRESETS[args.preset] if args.preset else Config.load(args.config) if args.config else Config()
-    return base.replace(**_given(args))
+    if not (args.preset or args.config):  # the reading nothing states is the corpus' own
+        return Config(**_given(args))
+    base = PRESETS[args.preset] if args.preset else Config.load(args.config)
+    return base.replace(**_given(args))  # a recipe's reading stands, whatever text it is given
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
@@ -271,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"test {loss_line(loss)}", flush=True)
     result.update(perplexity=trained.val_ppl, sample=trained.predict(trained.prompt, run.SAMPLE_CHARS))
-    print(json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
+    print(strict_json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
     return 0
 
 
@@ -316,16 +344,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def legend_names(paths: Sequence[str]) -> list[str]:
+    """The shortest trailing parts of the runs' paths that tell them apart (`concise`, `a/lstm` and `b/lstm`):
+    a legend of long absolute paths would cover the curves."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for k in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same directory named twice
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from jaxrnn import rundir
     from jaxrnn.plots import plot_curves
 
     histories = {}
-    for d in args.run_dirs:
+    for d, name in zip(args.run_dirs, legend_names(args.run_dirs)):
         history = rundir.read_metrics(d)
         if not history:
             raise JaxrnnError(f"{d} has no epochs in {rundir.METRICS}; pass run directories written by 'jaxrnn train'")
-        histories[d] = history
+        histories[name] = history
     if len(histories) == 1:  # one run: the legend names the splits only
         histories = {"": next(iter(histories.values()))}
     print(plot_curves(histories, args.out, log_scale=args.log), flush=True)
@@ -347,7 +386,7 @@ def enable_compile_cache() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     enable_compile_cache()
     try:
         faults.planned()  # a test's fault plan, checked before anything runs

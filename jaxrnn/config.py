@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxrnn.errors import ConfigError
+from jaxrnn.errors import ConfigError, SettingError
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,34 @@ def source_of(data: str | os.PathLike | None) -> Source | None:
     return CORPORA[DEFAULT_CORPUS] if data is None else CORPORA.get(str(data))
 
 
+SHA1_MAX_BYTES = 1 << 26  # files up to this size are checked against the named corpora (all far smaller)
+
+
+def reading_of(data: str | os.PathLike | None) -> Source | None:
+    """The named corpus whose reading `--data` takes: the one it names, or the one whose bytes a file
+    holds (a user's own copy of Tiny Shakespeare is read as Tiny Shakespeare is); None for another text."""
+    named = source_of(data)
+    if named is not None or not isinstance(data, (str, os.PathLike)):
+        return named
+    try:
+        st = os.stat(data)
+    except (OSError, ValueError):  # not a file (yet): find_corpus says so when the run reads it
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > SHA1_MAX_BYTES:
+        return None
+    digest = _file_sha1(str(Path(data).resolve()), st.st_size, st.st_mtime_ns)
+    return next((s for s in CORPORA.values() if s.sha1 == digest), None)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha1(path: str, size: int, mtime_ns: int) -> str | None:
+    """sha1 of a file's bytes, once per version of the file (its size and mtime are part of the key)."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
 CELLS = ("rnn", "lstm", "gru", "mingru")  # cells.CELLS, the registry, defines each
 IMPLS = ("scratch", "flax")
@@ -54,6 +85,7 @@ SCHEDULES = ("constant", "cosine")
 PREPROCESSING = ("d2l", "none")
 BATCHINGS = ("random", "sequential")
 EVALS = ("windows", "stream")  # how a part is read to measure its loss (batching.eval_protocol says in full)
+WINDOW_COUNTS = "d2l-counts"  # `split` stated as d2l's window counts (--num-train/--num-val); held as None
 RUN_INFO = ("data_sha1", "versions", "eval_protocol")  # what config.json records beside the settings
 GROUPS = ("model", "data", "optimisation", "run directory", "devices and hosts")  # of `jaxrnn train --help`
 # what a number must be, checked by `validate`: (test, the words after 'must be', the advice)
@@ -64,12 +96,14 @@ BOUNDS = {
 }
 
 
-def setting(default: Any, group: str, help: str, bound: str | None = None, choices: tuple[str, ...] | None = None
-            ) -> Any:
+def setting(default: Any, group: str, help: str, bound: str | None = None, choices: tuple[str, ...] | None = None,
+            alias: str | None = None) -> Any:
     """A Config field and its `jaxrnn train` flag: the flag's `--help` group and text (the field's
     default is added unless it is None, which the text explains), the range of a number
-    (`BOUNDS`) or the names a setting takes; `validate` checks both."""
-    return field(default=default, metadata={"group": group, "help": help, "bound": bound, "choices": choices})
+    (`BOUNDS`) or the names a setting takes, which `validate` checks; `alias` a clearer flag name,
+    shown first (`--window` for d2l's `--num-steps`)."""
+    return field(default=default, metadata={"group": group, "help": help, "bound": bound, "choices": choices,
+                                            "alias": alias})
 
 
 @dataclass(frozen=True)
@@ -88,7 +122,8 @@ class Config:
     epochs: int = setting(100, "optimisation", "training epochs", "positive")
     hidden: int = setting(32, "model", "hidden units", "positive")
     batch_size: int = setting(1024, "optimisation", "windows per batch", "positive")
-    num_steps: int = setting(32, "data", "time steps per window", "positive")
+    num_steps: int = setting(32, "data", "characters per training window, the length of truncated BPTT (d2l's "
+                             "num_steps; not --steps, which counts optimizer steps)", "positive", alias="window")
     lr: float = setting(1.0, "optimisation", "learning rate", "positive")
     clip: float = setting(1.0, "optimisation", "global gradient-norm clip", "positive")
     seed: int = setting(0, "optimisation", "seed of the init, the data order and dropout", "non-negative")
@@ -169,11 +204,16 @@ class Config:
                 object.__setattr__(self, "save_every", self.eval_every)
         elif self.save_every is None:
             object.__setattr__(self, "save_every", 10)
-        source = source_of(self.data)  # a named corpus brings how it is read, unless told otherwise
-        if self.preprocessing is None:
-            object.__setattr__(self, "preprocessing", source.preprocessing if source else "d2l")
-        if self.split is None and source is not None:
-            object.__setattr__(self, "split", source.split)
+        # the reading (preprocessing, split) a config does not state is its corpus' own: a named corpus' (or a
+        # file holding one's bytes), else d2l's; once resolved it is stated, and `replace` keeps it
+        if self.split == WINDOW_COUNTS:
+            object.__setattr__(self, "split", None)
+        elif self.split is None or self.preprocessing is None:
+            source = reading_of(self.data)
+            if self.preprocessing is None:
+                object.__setattr__(self, "preprocessing", source.preprocessing if source else "d2l")
+            if self.split is None and source is not None:
+                object.__setattr__(self, "split", source.split)
         validate(self)
 
     @property
@@ -193,15 +233,15 @@ class Config:
         return chapters.get((self.cell, self.impl), f"{self.cell}-{self.impl}")
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated again); `model=` replaces the cell and impl, and
-        another `data=` reads its corpus as that corpus is read by default unless told otherwise."""
+        """A copy with some fields changed (validated again); `model=` replaces the cell and impl. The
+        reading stays unless changed: another `data=` is read as this config reads its text (a preset is a
+        recipe: the text may change, not how it is read); `preprocessing=None, split=None` take the new
+        corpus' own."""
         if changes.get("model") is not None:
             changes = {"cell": None, "impl": None, **changes}
-        if "data" in changes and changes["data"] != self.data:
-            changes = {"preprocessing": None, "split": None, **changes}
         if "steps" in changes and changes["steps"] != self.steps:  # intervals counted in the new unit
             changes = {"save_every": None, "eval_every": None, **changes}
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **{"split": self.split or WINDOW_COUNTS, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -217,28 +257,48 @@ class Config:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; remove them or upgrade jaxrnn")
+        if "split" in d and d["split"] is None:  # stated, as every saved config states it: d2l's window counts
+            d = {**d, "split": WINDOW_COUNTS}
         return cls(**d)
 
     def save(self, path: Path, **info: Any) -> None:
         """Write config.json atomically (write a temp file, then rename), with `info` (RUN_INFO keys)."""
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**self.to_dict(), **info}, indent=2) + "\n")
+        tmp.write_text(json.dumps({**self.to_dict(), **info}, indent=2, allow_nan=False) + "\n")
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> Config:
+    def load(cls, path: str | os.PathLike) -> Config:
+        """A config saved as JSON (a run's config.json, or one written by hand); whatever is wrong with the
+        file, or with a value in it, is refused naming the file and the key."""
+        path, written = Path(path), "pass a config.json written by jaxrnn"
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}; pass a config.json written by jaxrnn") from None
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path} ({e.strerror}); {written}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config {path} is not UTF-8 text ({e.reason} at byte {e.start}); {written}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config {path} is not JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                              f"{written}") from None
+        if not isinstance(d, dict):
+            kind = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false"}
+            raise ConfigError(f"config {path} holds {kind.get(type(d), 'null')}, not an object of settings; "
+                              f"{written}")
+        try:
+            return cls.from_dict(d)
+        except SettingError as e:
+            raise ConfigError(f"config {path}: {e.key!r} {e.problem}; fix it in {path} ({e.advice})") from None
+        except ConfigError as e:
+            raise ConfigError(f"config {path}: {e}") from None
 
 
 def resolve_model(model: str | None, cell: str | None, impl: str | None) -> tuple[str, str]:
     """(cell, impl) from the chapters' `model` name and/or explicit ones; a contradiction is refused."""
     if model is None:
         return cell or "rnn", impl or "scratch"
-    if model not in MODELS:
-        raise ConfigError(f"--model {model!r} is unknown; use one of {', '.join(MODELS)}")
+    if not isinstance(model, str) or model not in MODELS:
+        raise SettingError("model", f"{model!r} is unknown", f"use one of {', '.join(MODELS)}")
     want_cell, want_impl = MODELS[model]
     for flag, given, want in (("--cell", cell, want_cell), ("--impl", impl, want_impl)):
         if given is not None and given != want:
@@ -274,11 +334,12 @@ def validate(cfg: Config) -> None:
         if v is None and f.default is None:
             continue
         if meta["choices"] and v not in meta["choices"]:
-            raise ConfigError(f"{flag(f.name)} {v!r} is unknown; use one of {', '.join(meta['choices'])}")
+            raise SettingError(f.name, f"{v!r} is unknown", f"use one of {', '.join(meta['choices'])}")
         if kind is bool and not isinstance(v, bool):
-            raise ConfigError(f"{flag(f.name)} must be true or false, got {v!r}")
+            raise SettingError(f.name, f"must be true or false, got {v!r}", "pass true or false")
         if kind is str and not isinstance(v, str):
-            raise ConfigError(f"{flag(f.name)} must be a string, got {v!r}")
+            raise SettingError(f.name, f"must be a string, got {v!r}", "pass it as text"
+                               + (": a file path or a corpus name" if f.name == "data" else ""))
         if meta["bound"]:
             ok, need, advice = BOUNDS[meta["bound"]]
             numbers = (int,) if kind is int else (int, float)
@@ -286,7 +347,7 @@ def validate(cfg: Config) -> None:
                     or not ok(v)):
                 noun = "integer" if kind is int else "finite number"
                 words = need.format(noun=noun, a_noun=("an " if kind is int else "a ") + noun)
-                raise ConfigError(f"{flag(f.name)} must be {words}, got {v!r}; {advice}")
+                raise SettingError(f.name, f"must be {words}, got {v!r}", advice)
     if cfg.gru_reset != "after" and (cfg.cell, cfg.impl) != ("gru", "scratch"):
         raise ConfigError(f"--gru-reset {cfg.gru_reset} applies to --cell gru --impl scratch only "
                           "(Flax's GRUCell resets after the matmul); drop --gru-reset")
@@ -301,35 +362,40 @@ def validate(cfg: Config) -> None:
                           f"--hidden ({cfg.embed} != {cfg.hidden}); pass --embed {cfg.hidden} or drop --tie")
     if cfg.split is not None:
         fr = cfg.split
-        if (len(fr) != 3 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fr)
+        if (not isinstance(fr, tuple) or len(fr) != 3
+                or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fr)
                 or fr[0] <= 0 or fr[1] <= 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6)):
-            raise ConfigError(f"--split must be three fractions TRAIN,VAL,TEST in [0, 1] summing to 1, train and "
-                              f"validation above 0, got {fr!r}; e.g. --split 0.8,0.1,0.1")
+            raise SettingError("split", f"must be three fractions TRAIN,VAL,TEST in [0, 1] summing to 1, train and "
+                               f"validation above 0, got {fr!r}", "e.g. --split 0.8,0.1,0.1")
 
+
+# How a preset reads its text is part of it, stated: given another file (`--data`), a preset reads it the same way.
+D2L_READING = dict(preprocessing="d2l", split=WINDOW_COUNTS, eval="windows")  # the chapters': letters, 10000 + 5000
+NANOGPT_READING = dict(preprocessing="none", split=(0.9, 0.1, 0.0), eval="windows")  # raw text, 90% / 10%, blocks
 
 PRESETS: dict[str, Config] = {
-    "d2l-scratch": Config(model="scratch"),
-    "d2l-concise": Config(model="concise"),
+    "d2l-scratch": Config(model="scratch", **D2L_READING),
+    "d2l-concise": Config(model="concise", **D2L_READING),
     # d2l's LSTM and GRU sections (10.1, 10.2): the scratch cells, hidden 32, SGD lr 4, 50 epochs
-    "d2l-lstm": Config(cell="lstm", impl="scratch", lr=4.0, epochs=50),
-    "d2l-gru": Config(cell="gru", impl="scratch", gru_reset="before", lr=4.0, epochs=50),
+    "d2l-lstm": Config(cell="lstm", impl="scratch", lr=4.0, epochs=50, **D2L_READING),
+    "d2l-gru": Config(cell="gru", impl="scratch", gru_reset="before", lr=4.0, epochs=50, **D2L_READING),
     # larger starting points (Flax cells, embeddings, dropout, AdamW with a cosine schedule); for a
     # corpus larger than The Time Machine pass --split; not tuned figures
     "lstm-2x256": Config(cell="lstm", impl="flax", layers=2, hidden=256, embed=64, dropout=0.2, optimizer="adamw",
                          lr=3e-3, weight_decay=0.01, schedule="cosine", warmup=100, batch_size=128, num_steps=64,
-                         epochs=20, save_every=2),
+                         epochs=20, save_every=2, **D2L_READING),
     "gru-2x512": Config(cell="gru", impl="flax", layers=2, hidden=512, embed=128, dropout=0.3, optimizer="adamw",
                         lr=2e-3, weight_decay=0.01, schedule="cosine", warmup=200, batch_size=128, num_steps=128,
-                        epochs=20, save_every=2),
+                        epochs=20, save_every=2, **D2L_READING),
     # Tiny Shakespeare in about 70 s on 2 CPU cores, nanoGPT's CPU recipe's time (tools/race.py): a Flax GRU
     # (its lecun/orthogonal init learns far faster than d2l's 0.01-normal one), random 64-character windows
     # from a zero state as the blocks it is measured on, a high Adam rate annealed to 0 (docs/results.md)
     "shakespeare-cpu": Config(data="tinyshakespeare", cell="gru", impl="flax", hidden=192, batch_size=64,
                               num_steps=64, optimizer="adam", lr=1.2e-2, clip=5.0, schedule="cosine", warmup=30,
-                              steps=1550, eval_every=310, eval_batches=10),
+                              steps=1550, eval_every=310, eval_batches=10, **NANOGPT_READING),
     # the best found for 10 minutes on 2 CPU cores (docs/results.md): two GRU layers of 224, light dropout;
     # val loss 1.498 on the whole validation part in 9:28
     "shakespeare-10min": Config(data="tinyshakespeare", cell="gru", impl="flax", layers=2, hidden=224, dropout=0.15,
                                 batch_size=64, num_steps=64, optimizer="adam", lr=9e-3, clip=5.0, schedule="cosine",
-                                warmup=100, steps=4000, eval_every=500, eval_batches=10),
+                                warmup=100, steps=4000, eval_every=500, eval_batches=10, **NANOGPT_READING),
 }

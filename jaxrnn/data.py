@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -62,8 +63,9 @@ def _download(dest: Path, source: Source) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise DataError(
-            f"{source.file} is not on this machine and cannot be downloaded ({e}); "
-            f"put {source.file} in $JAXRNN_DATA_DIR or {dest.parent}, or pass --data FILE"
+            f"{source.file} is not on this machine and cannot be downloaded ({e}); put {source.file} in "
+            f"$JAXRNN_DATA_DIR or {dest.parent}, or pass --data with a copy of it (sha1 {source.sha1}: a file "
+            "with those bytes is read as the named corpus is)"
         ) from None
     try:
         _checked(tmp, source)
@@ -106,6 +108,15 @@ def read_text(path: Path) -> tuple[str, str]:
         raise DataError(f"corpus {path} is not UTF-8 text ({e.reason} at byte {e.start}); pass a UTF-8 file") from None
     except OSError as e:
         raise DataError(f"cannot read corpus {path} ({e.strerror}); check the path and its permissions") from None
+
+
+COVERED_AT_LEAST = 0.25  # d2l's window counts covering less of a text than this (not The Time Machine) warn
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """Print a warning on stderr the first time this process has it (a corpus read again warns once)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 CHUNK = 1 << 20  # characters per slice when counting and encoding a text: bounds the temporary arrays
@@ -273,8 +284,8 @@ def load_corpus(
     text, sha1 = read_text(p)
     text = preprocess(text, preprocessing)
     if not text.strip():
-        what = "no letters after preprocessing; pass a file with English text" if preprocessing == "d2l" \
-            else "no text; pass a non-empty file"
+        what = ("no letters A-Z, which is all d2l's preprocessing keeps; pass --preprocessing none to read it as it "
+                "is, or a file with English text") if preprocessing == "d2l" else "no text; pass a non-empty file"
         raise DataError(f"corpus {p} has {what}")
     vocab = Vocab.build(text)
     tokens = vocab.encode(text)
@@ -286,6 +297,11 @@ def load_corpus(
                 f"corpus {p} gives {total} windows of {num_steps + 1} characters, but {num_train} train + "
                 f"{num_val} validation are asked for; use a longer file, lower --num-train/--num-val/--num-steps, "
                 "or pass --split")
+        covered = num_train + num_val + num_steps
+        if sha1 != TIMEMACHINE_SHA1 and covered < COVERED_AT_LEAST * len(tokens):
+            warn_once(f"jaxrnn: warning: d2l's window counts (--num-train {num_train}, --num-val {num_val}) cover "
+                      f"{covered:,} of the {len(tokens):,} characters of {p} ({covered / len(tokens):.1%}); pass "
+                      "--split 0.9,0.1,0 (or another) to train and validate on all of it")
     else:
         short = [part for part, f in zip(PARTS, split) if f > 0 and spans[part][1] == 0]
         if short:

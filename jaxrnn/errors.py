@@ -1,5 +1,6 @@
 """The exceptions a user meets: a JaxrnnError is printed by the CLI as one line, exit status 2."""
 
+import errno
 import signal
 
 
@@ -13,6 +14,15 @@ class DataError(JaxrnnError):
 
 class ConfigError(JaxrnnError):
     """A setting is out of range or two settings conflict."""
+
+
+class SettingError(ConfigError):
+    """One setting's value is of the wrong type or out of range: `key` (a Config field), `problem` (what
+    is wrong with the value) and `advice`, worded for a flag unless the caller names the file it came from."""
+
+    def __init__(self, key: str, problem: str, advice: str) -> None:
+        self.key, self.problem, self.advice = key, problem, advice
+        super().__init__(f"--{key.replace('_', '-')} {problem}; {advice}")
 
 
 class CheckpointError(JaxrnnError):
@@ -40,3 +50,28 @@ class Stopped(Exception):
     def __init__(self, signum: int, epoch: int, run_dir: object = None, unit: str = "epoch") -> None:
         self.signum, self.epoch, self.run_dir = signum, epoch, run_dir
         super().__init__(f"stopped by {signal.Signals(signum).name} after {unit} {epoch}")
+
+
+_CAUSES = {  # errno -> how its message reads, and what to do about it (for a path P)
+    errno.ENOSPC: ("No space left on device", "free disk space on the filesystem of {}"),
+    errno.EDQUOT: ("Disk quota exceeded", "free space within your disk quota for {}"),
+    errno.EACCES: ("Permission denied", "make {} writable"),
+    errno.EPERM: ("Operation not permitted", "make {} writable"),
+    errno.EROFS: ("Read-only file system", "put {} on a writable filesystem"),
+}
+
+
+def write_failure(e: BaseException, where: object) -> tuple[str, str]:
+    """(why, what to do) for a failed write under `where`, by its cause: an OSError's errno, found in the
+    exception, what it was raised from, or the message of a library that wrapped it (orbax, TensorStore)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _CAUSES:
+            return seen.strerror or _CAUSES[seen.errno][0], _CAUSES[seen.errno][1].format(where)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    for message, advice in _CAUSES.values():
+        if message.lower() in text.lower():
+            return message, advice.format(where)
+    why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {text}"
+    return why, f"check that {where} can be written"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jaxrnn.errors import JaxrnnError
+from jaxrnn.errors import JaxrnnError, write_failure
 
 
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, log_scale: bool = False,
@@ -41,5 +41,6 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, lo
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise JaxrnnError(f"cannot write {path} ({e.strerror}); check the path and free space") from None
+        why, advice = write_failure(e, path.parent)
+        raise JaxrnnError(f"cannot write {path} ({why}); {advice}") from None
     return path

@@ -6,7 +6,6 @@ HEARTBEAT_S (a long epoch of a big text), a thread says how long it has been run
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -14,6 +13,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from tqdm import tqdm
+
+from jaxrnn import strict_json
 
 
 def unit_of(record: dict[str, Any]) -> str:
@@ -109,7 +110,7 @@ class Progress:
 
     def _show(self, r: dict[str, Any]) -> None:
         if self.as_json:
-            print(json.dumps(r), file=self.out, flush=True)
+            print(strict_json.dumps(r), file=self.out, flush=True)
         self.trained_s += r.get("seconds") or 0.0
         at = r[self.unit]
         if self.start is None:

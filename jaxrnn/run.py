@@ -29,7 +29,7 @@ from jaxrnn import checkpoint, rundir
 from jaxrnn.artifacts import Artifacts, summary_writer
 from jaxrnn.config import Config, source_of
 from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
-from jaxrnn.errors import CheckpointError, ConfigError, Damaged, JaxrnnError, RunMismatch, Stopped
+from jaxrnn.errors import CheckpointError, ConfigError, Damaged, DataError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model, check_buildable
 from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
 from jaxrnn.progress import Progress
@@ -216,7 +216,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     refuse the run is checked before the run directory is made."""
     check_buildable(cfg)
     if source_of(cfg.data) is None:
-        cfg = cfg.replace(data=str(Path(cfg.data).absolute()), preprocessing=cfg.preprocessing, split=cfg.split)
+        cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # its reading stays
     if corpus is None:
         corpus = corpus_for(cfg)
     else:
@@ -264,10 +264,15 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
     parameters as the run left alone; a run with no checkpoint restarts from the start."""
     run_dir = Path(run_dir)
     if not (run_dir / rundir.CONFIG).is_file():
-        raise JaxrnnError(f"{run_dir} holds no {rundir.CONFIG}; pass --resume with a run directory written by "
-                          "jaxrnn train")
+        what = (f"holds no {rundir.CONFIG}" if run_dir.is_dir() else "is a file, not a run directory"
+                if run_dir.exists() else "does not exist")
+        raise JaxrnnError(f"{run_dir} {what}; pass --resume with a run directory written by 'jaxrnn train'")
     cfg = Config.load(run_dir / rundir.CONFIG)
     _check_per_step(cfg, per_step)
+    if source_of(cfg.data) is None and not Path(cfg.data).is_file():
+        sha1 = rundir.saved_sha1(run_dir)
+        raise DataError(f"{cfg.data}, the corpus {run_dir} trains on, is gone; put the file back at that path"
+                        + (f" (sha1 {sha1})" if sha1 else "") + ": --resume reads the run's own corpus")
     corpus = corpus_for(cfg)
     sha1 = rundir.saved_sha1(run_dir)
     if sha1 not in (None, corpus.sha1):
@@ -363,7 +368,8 @@ def load(run_dir: str | Path, step: int | str | None = None) -> Trained:
     names the latest other checkpoint that does: never another checkpoint's model in its place."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise JaxrnnError(f"run directory {run_dir} does not exist; pass --run with a directory written by train")
+        what = "is a file, not a run directory" if run_dir.exists() else "does not exist"
+        raise JaxrnnError(f"{run_dir} {what}; pass --run with a directory written by 'jaxrnn train'")
     epoch = checkpoint.resolve(run_dir, step)
     try:
         trained = _restore(run_dir, epoch)

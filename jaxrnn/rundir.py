@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
-from jaxrnn import checkpoint
+from jaxrnn import checkpoint, strict_json
 from jaxrnn.artifacts import CURVES, SAMPLES, TENSORBOARD
 from jaxrnn.batching import eval_protocol
 from jaxrnn.config import Config
-from jaxrnn.errors import CheckpointError, JaxrnnError
+from jaxrnn.errors import CheckpointError, JaxrnnError, write_failure
 from jaxrnn.progress import unit_of
 
 CONFIG = "config.json"
@@ -49,21 +50,35 @@ def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]
 
 
 def append_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Add records to metrics.jsonl, one JSON object a line."""
+    """Add records to metrics.jsonl, one JSON object a line, all of them or none: a write that fails
+    midway (a full disk) is cut back to where the file ended, so no record is ever half there."""
+    path, data = run_dir / METRICS, "".join(strict_json.dumps(r) + "\n" for r in records).encode()
     try:
-        with open(run_dir / METRICS, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+        with open(path, "ab", buffering=0) as f:
+            end = f.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:  # an unbuffered write may write part of it and raise on the next
+                    view = view[f.write(view):]
+            except OSError:
+                f.truncate(end)
+                raise
     except OSError as e:
-        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); free disk space, then "
-                          f"'jaxrnn train --resume {run_dir}'") from None
+        raise _write_error(path, e, run_dir) from None
 
 
 def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl with `history`, atomically."""
     try:
-        write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        write_text(run_dir / METRICS, "".join(strict_json.dumps(r) + "\n" for r in history))
     except OSError as e:
-        raise JaxrnnError(f"cannot write {run_dir / METRICS} ({e.strerror}); make {run_dir} writable") from None
+        raise _write_error(run_dir / METRICS, e, run_dir) from None
+
+
+def _write_error(path: Path, e: OSError, run_dir: Path) -> JaxrnnError:
+    """A failed write of a run's file as the user's error: its cause and what to do, then resume."""
+    why, advice = write_failure(e, run_dir)
+    return JaxrnnError(f"cannot write {path} ({why}); {advice}, then 'jaxrnn train --resume {run_dir}'")
 
 
 def versions() -> dict[str, str]:
@@ -105,8 +120,9 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
                  eval_protocol=eval_protocol(cfg.eval, cfg.split))
         (run_dir / METRICS).write_text("")
     except OSError as e:
-        raise JaxrnnError(f"cannot write run directory {run_dir} ({e.strerror}); pass --out with a writable path") \
-            from None
+        why, advice = write_failure(e, run_dir)
+        raise JaxrnnError(f"cannot write run directory {run_dir} ({why}); {advice}, or pass --out with another "
+                          "path") from None
 
 
 def find_runs(root: str | Path) -> list[Path]:

@@ -324,8 +324,9 @@ def test_tinyshakespeare_is_read_as_nanogpt_reads_it(shakespeare: Path) -> None:
     cfg = Config(data="tinyshakespeare")
     assert (cfg.preprocessing, cfg.split) == ("none", (0.9, 0.1, 0.0))
     assert Config(data="tinyshakespeare", preprocessing="d2l").preprocessing == "d2l"
-    assert Config().replace(data="tinyshakespeare").split == (0.9, 0.1, 0.0)
-    assert Config(data="tinyshakespeare").replace(data="other.txt").split is None
+    # a config that states its reading keeps it for another text: the seed config reads d2l's way
+    assert (Config().replace(data="tinyshakespeare").preprocessing, Config().replace(data="x").split) == ("d2l", None)
+    assert Config(data="tinyshakespeare").replace(data="other.txt").split == (0.9, 0.1, 0.0)
     corpus = load_corpus("tinyshakespeare", 32, preprocessing=cfg.preprocessing, split=cfg.split)
     assert corpus.path == shakespeare and corpus.prompt == "First Citizen:"
     assert {"F", ":", "\n", "."} <= set(corpus.vocab.idx_to_token)

@@ -477,7 +477,8 @@ DAMAGE: dict[str, Callable[[Path, Any], None]] = {
 # {empty} {not-utf8} {short} {mid} {text} {adir} data files; {pruned} an epoch whose checkpoint the 'best' run no
 # longer keeps, {kept} one it keeps that is neither its best nor its last.
 BAD_INPUTS: dict[str, tuple[list[str], str]] = {
-    "data-empty": (["train", *RUN_FLAGS, "--data", "{empty}", "--out", "{out}"], "no letters after preprocessing"),
+    "data-empty": (["train", *RUN_FLAGS, "--data", "{empty}", "--out", "{out}"],
+                   "no letters A-Z, .*; pass --preprocessing none"),
     "data-a-directory": (["train", *RUN_FLAGS, "--data", "{adir}", "--out", "{out}"], "is a directory"),
     "data-not-utf8": (["train", *RUN_FLAGS, "--data", "{not-utf8}", "--out", "{out}"], "is not UTF-8 text"),
     "data-shorter-than-a-window": (["train", *RUN_FLAGS, "--data", "{short}", "--out", "{out}"],
@@ -488,7 +489,7 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "eval-data-not-utf8": (["eval", "--run", "{ref}", "--data", "{not-utf8}"], "is not UTF-8 text"),
     "eval-data-missing": (["eval", "--run", "{ref}", "--data", "{out}"], "does not exist"),
     "num-preds-not-a-number": (["sample", "--run", "{ref}", "--num-preds", "abc"], "--num-preds: invalid int"),
-    "step-zero": (["sample", "--run", "{ref}", "--step", "0"], "neither 'best' nor a positive epoch number"),
+    "step-zero": (["sample", "--run", "{ref}", "--step", "0"], "neither 'best' nor a checkpoint's number"),
     "step-not-kept": (["sample", "--run", "{best}", "--step", "{pruned}"],
                       r"no checkpoint of epoch \d+ .*; pass --step best or one of \[1, "),
     "sample-run-without-checkpoints": (["sample", "--run", "{run:no-checkpoints}"], "no checkpoint in"),
@@ -506,8 +507,8 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "resume-with-more-flags": (["train", "--resume", "{run}", "--lr", "2", "--out", "{out}", "--force",
                                 "--skip-nonfinite"], "; drop --lr --skip-nonfinite --out --force$"),
     "resume-without-config": (["train", "--resume", "{run:no-config}"], "holds no config.json"),
-    "resume-garbage-config": (["train", "--resume", "{run:garbage-config}"], "cannot read config"),
-    "resume-missing-dir": (["train", "--resume", "{out}"], "holds no config.json"),
+    "resume-garbage-config": (["train", "--resume", "{run:garbage-config}"], r"config .*config\.json is not JSON \("),
+    "resume-missing-dir": (["train", "--resume", "{out}"], "does not exist; pass --resume with a run directory"),
     "train-into-a-run": (["train", *RUN_FLAGS, "--hidden", "8", "--out", "{run}"], "already holds a run"),
     # refused after the corpus is read and before the run directory is made: no {out} is left behind
     "devices-more-than-there-are": (["train", *RUN_FLAGS, "--devices", "512", "--out", "{out}"],
@@ -813,8 +814,9 @@ def test_failed_save_exits_2_keeps_earlier_checkpoints_and_resumes_exactly(
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err
     last = err.splitlines()[-1]
-    assert ERROR.match(last) and f"cannot save the checkpoint of epoch {fail_from}" in last, last
+    assert ERROR.match(last) and f"cannot save checkpoint {fail_from} " in last, last
     assert os.strerror(errno_) in last and f"--resume {run_dir}" in last
+    assert ("free disk space" if errno_ == 28 else f"make {run_dir} writable") in last  # the cause's own remedy
     assert snapshot(run_dir / checkpoint.CHECKPOINTS) == seen["before"]  # what was saved is untouched
     assert checkpoint.steps(run_dir) == list(range(2, fail_from, 2))
     if fail_from > 2:
@@ -828,13 +830,17 @@ def test_failed_save_exits_2_keeps_earlier_checkpoints_and_resumes_exactly(
 
 def test_full_disk_on_the_metrics_write_exits_2_and_resumes_exactly(monkeypatch, capsys, tmp_path: Path,
                                                                     reference) -> None:
-    """metrics.jsonl fills the disk halfway through epochs 5-6's lines: exit 2 with one line, checkpoints 2 and
-    4 kept; resuming cuts the half line and ends bitwise like the reference."""
+    """metrics.jsonl fills the disk halfway through epochs 5-6's lines (the write takes 30 bytes, then ENOSPC):
+    exit 2 with one line that says to free space, the file cut back to epoch 4's records (never half a
+    record), checkpoints 2 and 4 kept; resuming ends bitwise like the reference."""
     run_dir, real_open = tmp_path / "run", open
 
-    class HalfWritten:
+    class FillsUp:
         def __init__(self, f) -> None:
-            self.f = f
+            self.f, self.written = f, 0
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
 
         def __enter__(self):
             return self
@@ -842,25 +848,27 @@ def test_full_disk_on_the_metrics_write_exits_2_and_resumes_exactly(monkeypatch,
         def __exit__(self, *exc) -> None:
             self.f.close()
 
-        def writelines(self, lines) -> None:
-            first, second = lines
-            self.f.write(first + second[:20])  # epoch 5's line, then the disk is full in epoch 6's
-            raise OSError(28, os.strerror(28))
+        def write(self, b) -> int:
+            if self.written:  # the disk is full now
+                raise OSError(28, os.strerror(28))
+            self.written = self.f.write(bytes(b[:30]))  # part of epoch 5's line went in
+            return self.written
 
     def full_open(file, mode="r", *args, **kwargs):
         f = real_open(file, mode, *args, **kwargs)
         full = Path(file).name == "metrics.jsonl" and "a" in mode and Path(file).read_text().count("\n") >= 4
-        return HalfWritten(f) if full else f
+        return FillsUp(f) if full else f
 
     monkeypatch.setattr(rundir, "open", full_open, raising=False)
     assert cli.main(["train", *RUN_FLAGS, "--out", str(run_dir)]) == 2
     out, err = capsys.readouterr()
     last = err.splitlines()[-1]
     assert out == "" and "Traceback" not in err and ERROR.match(last), err
-    assert f"cannot write {run_dir / 'metrics.jsonl'} (No space left on device)" in last
+    assert f"cannot write {run_dir / 'metrics.jsonl'} (No space left on device); free disk space" in last
     assert f"--resume {run_dir}" in last
     assert checkpoint.steps(run_dir) == [2, 4]
-    assert not (run_dir / "metrics.jsonl").read_text().endswith("\n")  # the half-written line is there
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4] and lines[-1].endswith("\n")
     monkeypatch.undo()
     assert cli.main(["train", "--resume", str(run_dir)]) == 0
     out, err = capsys.readouterr()
@@ -904,7 +912,7 @@ def test_numbers_that_cannot_train_exit_2(capsys, tmp_path: Path, flag: str, val
     assert code == 2
     out, err = capsys.readouterr()
     last = err.splitlines()[-1]
-    named = f"argument {flag}: '{value}'" if value == "x1" else f"{flag} must be "
+    named = f"{flag}: '{value}'" if value == "x1" else f"{flag} must be "  # argument --window/--num-steps: ...
     assert out == "" and ERROR.match(last) and named in last, err
     assert not (tmp_path / "run").exists()
 
