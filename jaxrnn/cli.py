@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -196,10 +197,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise JaxrnnError("--split sets the train and validation parts by fraction; drop --num-train/--num-val")
     if args.preset and args.config:
         raise JaxrnnError("--preset and --config both name a starting config; drop one")
+    given = _given(args)
     if not (args.preset or args.config):  # the reading nothing states is the corpus' own
-        return Config(**_given(args))
-    base = PRESETS[args.preset] if args.preset else Config.load(args.config)
-    return base.replace(**_given(args))  # a recipe's reading stands, whatever text it is given
+        cfg = Config(**given)
+    else:
+        base = PRESETS[args.preset] if args.preset else Config.load(args.config)
+        cfg = base.replace(**given)  # a recipe's reading stands, whatever text it is given
+    if "epochs" in given and cfg.steps is not None:
+        where = ("--steps" if "steps" in given else f"--preset {args.preset}" if args.preset
+                 else f"--config {args.config}")
+        raise JaxrnnError(f"--epochs {cfg.epochs} would be ignored: this run trains for {cfg.steps} optimizer steps "
+                          f"({where}); drop --epochs, or give the length as --steps N")
+    return cfg
 
 
 def _refuse_with_resume(args: argparse.Namespace) -> None:
@@ -263,7 +272,20 @@ def result_line(perplexity: float, sample: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jaxrnn import run, rundir
+    """Train or resume; Ctrl-C and SIGTERM are deferred for the whole command (`interrupts`), so a run that
+    completes prints its result and exits 0 whenever the signal came."""
+    from jaxrnn import interrupts
+
+    with interrupts.deferred() as signalled:
+        code = _train(args)
+        if signalled.signum:
+            name = signal.Signals(signalled.signum).name
+            print(f"jaxrnn: {name} came as the run completed; its result is above", file=sys.stderr, flush=True)
+        return code
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxrnn import interrupts, run, rundir
     from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
     from jaxrnn.training import bits, perplexity
 
@@ -294,17 +316,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     result: dict[str, Any] = {"run_dir": str(trained.run_dir), trained.cfg.unit: trained.done}
     if trained.cfg.split is not None and trained.cfg.split[2] > 0:
-        loss = run.evaluate(trained, part="test")
+        loss = interrupts.wait(run.evaluate, trained, None, "test")
         result.update(test_perplexity=perplexity(loss), test_bpc=bits(loss), test_loss=loss)
         if not args.json:
             print(f"test {loss_line(loss)}", flush=True)
-    result.update(perplexity=trained.val_ppl, sample=trained.predict(trained.prompt, run.SAMPLE_CHARS))
+    sample = interrupts.wait(trained.predict, trained.prompt, run.SAMPLE_CHARS)
+    result.update(perplexity=trained.val_ppl, sample=sample)
     print(strict_json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from jaxrnn import run
+    from jaxrnn import interrupts, run
     from jaxrnn.sample import check_sampling
 
     if args.prefix == "":
@@ -312,16 +335,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_sampling(args.num_preds, args.temperature, args.top_k, args.top_p)  # before the restore
     trained = run.load(args.run, args.step)
     prefix = trained.prompt if args.prefix is None else args.prefix
-    for text in trained.samples(prefix, args.num_preds, args.num_samples, args.temperature, args.seed,
-                                args.top_k, args.top_p):
+    for text in interrupts.wait(trained.samples, prefix, args.num_preds, args.num_samples, args.temperature,
+                                args.seed, args.top_k, args.top_p):
         print(text, flush=True)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jaxrnn import run
+    from jaxrnn import interrupts, run
 
-    print(loss_line(run.evaluate(run.load(args.run, args.step), args.data, args.part)), flush=True)
+    trained = run.load(args.run, args.step)
+    print(loss_line(interrupts.wait(run.evaluate, trained, args.data, args.part)), flush=True)
     return 0
 
 
@@ -412,10 +436,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("jaxrnn: interrupted; the last saved checkpoint is kept", file=sys.stderr)
         return 130
     except Stopped as e:
-        where = f"; resume with 'jaxrnn train --resume {e.run_dir}'" if e.run_dir else ""
-        print(f"jaxrnn: {e}, its checkpoint saved{where}", file=sys.stderr)
+        print(f"jaxrnn: {e}", file=sys.stderr)
         return 128 + e.signum
 
 
+def entry() -> NoReturn:
+    """The `jaxrnn` command: `main`, then exit with its status. A command that failed exits at once, whatever
+    threads of orbax's (a save that failed) or an abandoned compilation are still doing: its line is out."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code != 0:
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -45,11 +45,20 @@ class RunMismatch(CheckpointError):
 
 
 class Stopped(Exception):
-    """Training stopped on a signal after saving the checkpoint of `epoch` (an epoch, or a step: `unit`)."""
+    """Training stopped on a signal at the checkpoint of `epoch` (an epoch, or a step: `unit`; None: before
+    the first checkpoint), after its chunk or, `compiling`, while the next one compiled."""
 
-    def __init__(self, signum: int, epoch: int, run_dir: object = None, unit: str = "epoch") -> None:
+    def __init__(self, signum: int, epoch: int | None, run_dir: object = None, unit: str = "epoch",
+                 compiling: bool = False) -> None:
         self.signum, self.epoch, self.run_dir = signum, epoch, run_dir
-        super().__init__(f"stopped by {signal.Signals(signum).name} after {unit} {epoch}")
+        how = f"stopped by {signal.Signals(signum).name}" + (" while compiling," if compiling else "")
+        if epoch is None:
+            text = f"{how} before the first checkpoint"
+            goes_on = f"; 'jaxrnn train --resume {run_dir}' starts it again" if run_dir else ""
+        else:
+            text = f"{how} after {unit} {epoch}" + (", its checkpoint saved" if run_dir else "")
+            goes_on = f"; resume with 'jaxrnn train --resume {run_dir}'" if run_dir else ""
+        super().__init__(text + goes_on)
 
 
 _CAUSES = {  # errno -> how its message reads, and what to do about it (for a path P)

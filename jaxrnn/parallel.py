@@ -12,8 +12,10 @@ cores than one device does (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -178,4 +180,12 @@ def layout(devices: int | None, batch_size: int) -> Layout:
         raise ConfigError(f"--devices {n} asks for more devices than the {len(available)} this machine has; "
                           f"pass --devices {len(available)} or fewer")
     check_divides(batch_size, n, jax.process_count() if devices is None else 1)
+    if available[0].platform == "cpu" and n > usable_cores():
+        _say_once(f"jaxrnn: note: training on {n} CPU devices that share this machine's {usable_cores()} cores (one "
+                  f"device per core is fastest: --devices {cpu_devices_for(batch_size, usable_cores())})")
     return Layout(Mesh(np.array(available[:n]), (AXIS,)))
+
+
+@functools.cache
+def _say_once(note: str) -> None:
+    print(note, file=sys.stderr, flush=True)

@@ -91,15 +91,18 @@ class Progress:
                     self._running(now)
 
     def _running(self, now: float) -> None:
-        """Where the run is while a chunk trains: the next record's unit, and for how long it has run."""
+        """Where the run is while a chunk trains: what it has done, what it is working on (compiling, at
+        first) and for how long, and once a record has come, how long one unit took."""
         done = self.at - (self.start if self.start is not None else self.at)
         took = f" (one {self.unit} took {eta_text(self.trained_s / done)})" if done > 0 and self.unit == "epoch" else ""
-        text = f"running {eta_text(now - self.last_record)}{took}"
+        nxt = min(self.at + (1 if self.unit == "epoch" else self.span), self.epochs)
+        working = f"{self.unit} {nxt}" if nxt == self.at + 1 else f"{self.unit}s {self.at + 1}-{nxt}"
+        first = " (with its compilation; rate and ETA follow it)" if self.start is None else ""
+        text = f"{working} running {eta_text(now - self.last_record)}{took}{first}"
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=True)
         else:
-            nxt = min(self.at + (1 if self.unit == "epoch" else self.span), self.epochs)
-            print(f"{self.unit} {nxt}/{self.epochs}  {text}", file=self.err, flush=True)
+            print(f"{self.unit} {self.at}/{self.epochs} done; {text}", file=self.err, flush=True)
         self.last_shown = now
 
     def __call__(self, r: dict[str, Any]) -> None:

@@ -14,18 +14,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from jaxrnn import checkpoint, rundir
+from jaxrnn import checkpoint, interrupts, rundir
 from jaxrnn.artifacts import Artifacts, summary_writer
 from jaxrnn.config import Config, source_of
 from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
@@ -102,6 +100,11 @@ class Trained:
         if self.run_dir is not None and run_dir.resolve() == self.run_dir.resolve():
             return run_dir
         sha1 = self.corpus.sha1 if self.corpus is not None else rundir.saved_sha1(self.run_dir)
+        with rundir.writing(run_dir):
+            self._write(run_dir, force, sha1)
+        return run_dir
+
+    def _write(self, run_dir: Path, force: bool, sha1: str | None) -> None:
         rundir.prepare(run_dir, self.cfg, force, sha1)
         last = self.history[-1] if self.history and self.history[-1][self.cfg.unit] == self.done else \
             {self.cfg.unit: self.done, "train_ppl": None, "val_ppl": self.val_ppl}
@@ -109,37 +112,10 @@ class Trained:
         checkpoint.save(run_dir, self.done, self.state, checkpoint.Meta.of(self.cfg, self.vocab, self.prompt, last))
         with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
             artifacts.update(self.history, [last], self.predict(self.prompt, SAMPLE_CHARS))
-        return run_dir
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[dict[str, int]]:
-    """While active, a first SIGINT/SIGTERM is recorded (training stops after the current chunk's
-    checkpoint); a second one exits at once with 128 + signum. Raising KeyboardInterrupt instead is
-    not reliable: when it lands inside jax's GC callback it is printed and swallowed."""
-    caught: dict[str, int] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        if caught:  # abort now, as kill -9 would: saves are atomic and resume cuts metrics back
-            log("jaxrnn: interrupted; the last saved checkpoint is kept")
-            os._exit(128 + signum)
-        caught["signum"] = signum
-        log(f"jaxrnn: {signal.Signals(signum).name}: stopping after this chunk's checkpoint; signal again to abort")
-
-    try:
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: signals stay as they are
-        yield caught
-        return
-    try:
-        yield caught
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
@@ -147,7 +123,8 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
               time_budget: float | None = None) -> Trained:
     """Train from `start` (in `cfg.unit`), appending metrics as records come and saving a checkpoint
     where one is due; `progress` True shows it on stderr (process 0 only), False nothing, a callable
-    gets each record. A signal, or `time_budget` seconds passed, stops the run at its next checkpoint."""
+    gets each record. A signal, or `time_budget` seconds passed, stops the run at its next checkpoint; a
+    signal during a compilation with nothing trained since the last checkpoint stops it at once."""
     unit, began = cfg.unit, time.monotonic()
     last_saved = {unit: start if state is not None else None}
     seen = list(history)
@@ -162,40 +139,52 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
                 on_epoch(r)
         if run_dir is not None:
             on_primary(lambda: rundir.append_metrics(run_dir, records))
+        caught.unsaved = not save
         if not save:
             return
+        at = records[-1][unit]
         if run_dir is not None:
             meta = checkpoint.Meta.of(cfg, corpus.vocab, corpus.prompt, records[-1])
-            saver.save(records[-1][unit], state, meta)  # every process: each writes the shards it holds
-            last_saved[unit] = records[-1][unit]
+            saver.save(at, state, meta)  # every process: each writes the shards it holds
+            last_saved[unit] = at
             if primary:
-                with jax.default_matmul_precision(cfg.precision):
-                    text = samples(model, local_copy(state.params), corpus.vocab, corpus.prompt,
-                                   SAMPLE_CHARS, 1)[0]
-                artifacts.update(seen, records, text)
-        signum = most(caught.get("signum", 0))  # a signal to any process stops them all after this chunk
-        if signum:
-            raise Stopped(signum, records[-1][unit], run_dir, unit)
+                artifacts.update(seen, records, interrupts.wait(sample_text, state.params))
+        signum = most(caught.signum)  # a signal to any process stops them all after this chunk
+        if signum and at < cfg.length:  # a run that is complete prints its result instead
+            raise Stopped(signum, at, run_dir, unit)
         if time_budget is not None and most(time.monotonic() - began >= time_budget) and records[-1][unit] < cfg.length:
             raise _BudgetSpent(state, records[-1][unit])
 
-    with (deferred_signals() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
+    def sample_text(params: Any) -> str:  # what samples.txt shows at a checkpoint
+        with jax.default_matmul_precision(cfg.precision):
+            return samples(model, local_copy(params), corpus.vocab, corpus.prompt, SAMPLE_CHARS, 1)[0]
+
+    with (interrupts.deferred() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
           Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts,
           contextlib.closing(shown) if shown else nothing,
           on_epoch.watching(start) if isinstance(on_epoch, Progress) else nothing):
         try:
             state, new = fit(cfg, corpus, model, state, start, per_step=per_step, on_chunk=on_chunk)
-            done = cfg.length
+            done, caught.done = cfg.length, True
+        except interrupts.Interrupted as e:  # while compiling, nothing trained since the last checkpoint
+            raise Stopped(e.signum, last_saved[unit], run_dir, unit, compiling=True) from None
         except _BudgetSpent as e:  # the checkpoint is written: this run ends here, as resumable as any
             state, new, done = e.state, seen[len(history):], e.done
             goes_on = f", its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else ""
             log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
                 f"{cfg.length}{goes_on}")
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            kept = (f"the checkpoint of {unit} {last_saved[unit]} is kept" if last_saved[unit] is not None
+                    else "no checkpoint was saved")
+            raise JaxrnnError(f"out of memory while training ({str(e).splitlines()[0][:200]}; {kept}); lower "
+                              "--batch-size, --window, --hidden or --layers") from None
         except NonFiniteLoss as e:
             kept = (f"the checkpoint of {unit} {last_saved[unit]} is kept" if last_saved[unit] is not None
                     else "no checkpoint was saved before it")
-            advice = "lower --lr or --clip" + ("" if cfg.skip_nonfinite else
-                                                 ", or pass --skip-nonfinite to skip such steps")
+            skips = cfg.skip_nonfinite or e.loss is not None  # a finite loss is not skipped
+            advice = "lower --lr or --clip" + ("" if skips else ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept}); {advice}") from None
     return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, done, corpus=corpus)
 
@@ -221,15 +210,21 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
         corpus = corpus_for(cfg)
     else:
         check_corpus(cfg, corpus)
-    check_trainable(cfg, corpus)
     _check_per_step(cfg, per_step)
     model = build_model(cfg, len(corpus.vocab))
+    check_trainable(cfg, corpus, model)
     if cfg.tensorboard and out is not None:
         summary_writer()
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        on_primary(lambda: rundir.prepare(run_dir, cfg, force, corpus.sha1))
-    return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
+    with _writing(run_dir):
+        if run_dir is not None:
+            on_primary(lambda: rundir.prepare(run_dir, cfg, force, corpus.sha1))
+        return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
+
+
+def _writing(run_dir: Path | None) -> contextlib.AbstractContextManager:
+    """The run directory held for this process (process 0 of several) while it writes there (`rundir.writing`)."""
+    return rundir.writing(run_dir) if run_dir is not None and is_primary() else contextlib.nullcontext()
 
 
 def _check_per_step(cfg: Config, per_step: bool) -> None:
@@ -261,12 +256,18 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
 def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True,
            time_budget: float | None = None) -> Trained:
     """Continue a run from its latest complete checkpoint with its saved config, ending with the same
-    parameters as the run left alone; a run with no checkpoint restarts from the start."""
+    parameters as the run left alone; a run with no checkpoint restarts from the start. The run
+    directory is held for this process while it resumes (a second writer is refused)."""
     run_dir = Path(run_dir)
     if not (run_dir / rundir.CONFIG).is_file():
         what = (f"holds no {rundir.CONFIG}" if run_dir.is_dir() else "is a file, not a run directory"
                 if run_dir.exists() else "does not exist")
         raise JaxrnnError(f"{run_dir} {what}; pass --resume with a run directory written by 'jaxrnn train'")
+    with _writing(run_dir):
+        return _resume(run_dir, per_step, progress, time_budget)
+
+
+def _resume(run_dir: Path, per_step: bool, progress: bool | OnEpoch, time_budget: float | None) -> Trained:
     cfg = Config.load(run_dir / rundir.CONFIG)
     _check_per_step(cfg, per_step)
     if source_of(cfg.data) is None and not Path(cfg.data).is_file():

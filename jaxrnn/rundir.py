@@ -5,11 +5,14 @@ per evaluation of a run by steps), and what `jaxrnn runs` lists from them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,52 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+LOCK = ".lock"  # held (flock) by the one process writing the run directory, removed when it lets go
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process alone while it writes there: a second writer (another `train
+    --resume`, say) is refused in one line naming the process that holds it. The lock is the kernel's
+    (flock) on `RUN_DIR/.lock`, released when the holder ends, so a kill -9 cannot leave it stale (only
+    the file, which the next holder takes over). Makes the directory if needed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock
+        yield
+        return
+    run_dir, path = Path(run_dir), Path(run_dir) / LOCK
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            why, advice = write_failure(e, run_dir)
+            raise JaxrnnError(f"cannot write run directory {run_dir} ({why}); {advice}, or pass another path") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise JaxrnnError(f"{run_dir} is being written by {holder}; wait for it to end (or stop it), then try "
+                              "again: one process at a time writes a run directory") from None
+        try:  # the holder before may have removed the file after this process opened it: then take the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]
+        os.pwrite(fd, f"process {os.getpid()} ({command})\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held, so that no one locks the file as it goes
+        os.close(fd)  # releases the lock
 
 
 def read_metrics(run_dir: Path, upto: int | None = None) -> list[dict[str, Any]]:
@@ -102,9 +151,15 @@ def saved_sha1(run_dir: Path | None) -> str | None:
 
 
 def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> None:
-    """Make `run_dir` a new run's: refuse one that holds a run unless `force` (then clear it), write
+    """Make `run_dir` a new run's: refuse one that holds a run unless `force` (then clear it; a run that never
+    saved a checkpoint or a record is cleared without it: a failed start, out of memory say), write
     config.json (with the corpus' sha1, the library versions and the evaluation protocol) and an
     empty metrics.jsonl."""
+    never_trained = not checkpoint.steps(run_dir) and not read_metrics(run_dir)  # nothing there to lose
+    if (run_dir / CONFIG).exists() and never_trained and not force:
+        print(f"jaxrnn: note: {run_dir} holds a run that never saved a checkpoint; starting it anew",
+              file=sys.stderr, flush=True)
+        force = True
     if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
         if not force:
             raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "

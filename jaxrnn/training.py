@@ -18,6 +18,7 @@ from jax import Array
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxrnn import budget, interrupts
 from jaxrnn.batching import (
     batch_slice,
     check_batching,
@@ -40,11 +41,16 @@ MAX_SKIPS = 100  # with skip_nonfinite: consecutive non-finite steps skipped bef
 
 
 class NonFiniteLoss(JaxrnnError):
-    """The training or validation loss became nan or inf; `epoch` and `step` (1-based) say where."""
+    """The training or validation loss became nan or inf, or so large that its perplexity overflows
+    (`loss`, in nats); `epoch` and `step` (1-based) say where."""
 
-    def __init__(self, epoch: int, step: int, which: str = "training") -> None:
-        self.epoch, self.step, self.which = epoch, step, which
-        super().__init__(f"the {which} loss became non-finite at epoch {epoch}, step {step}")
+    def __init__(self, epoch: int, step: int, which: str = "training", loss: float | None = None) -> None:
+        self.epoch, self.step, self.which, self.loss = epoch, step, which, loss
+        how = "non-finite" if loss is None else f"too large for a perplexity ({loss:.4g} nats: exp overflows)"
+        super().__init__(f"the {which} loss became {how} at epoch {epoch}, step {step}")
+
+
+LARGEST_LOSS = math.log(np.finfo(np.float64).max)  # 709.78 nats: exp of any larger loss is inf
 
 
 def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -136,26 +142,44 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray, skipping: bool) -> None:
-    """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped),
-    or at the first evaluation that is not; rows of N steps from optimizer step `first_step`, each
-    followed by an evaluation, `spe` steps an epoch."""
+    """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped) or
+    whose perplexity overflows, or at the first evaluation like that; rows of N steps from optimizer
+    step `first_step`, each followed by an evaluation, `spe` steps an epoch."""
     N = stats.skipped.shape[1]
-    bad = np.argwhere(stats.skipped > 0) if not skipping else np.zeros((0, 2), int)
-    bad_val = np.flatnonzero(~np.isfinite(val_E))
-    if len(bad):
-        step = first_step + bad[0][0] * N + bad[0][1] + 1
-        raise NonFiniteLoss((step - 1) // spe + 1, step)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.where(stats.tokens > 0, stats.loss_sum / stats.tokens, 0.0)
+    bad = (stats.skipped > 0) if not skipping else np.zeros(stats.skipped.shape, bool)
+    bad |= np.isfinite(loss) & (loss > LARGEST_LOSS)
+    bad_val = np.flatnonzero(~np.isfinite(val_E) | (val_E > LARGEST_LOSS))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        step = first_step + row * N + col + 1
+        big = loss[row, col] if np.isfinite(loss[row, col]) and stats.skipped[row, col] == 0 else None
+        raise NonFiniteLoss((step - 1) // spe + 1, step, loss=big)
     if len(bad_val):
         step = first_step + (bad_val[0] + 1) * N
-        raise NonFiniteLoss(-(-step // spe), step, "validation")
+        v = float(val_E[bad_val[0]])
+        raise NonFiniteLoss(-(-step // spe), step, "validation", v if math.isfinite(v) else None)
 
 
-def check_trainable(cfg: Config, corpus: Corpus) -> Layout:
-    """The device layout `cfg` trains on, after refusing a batching the training part cannot fill or a
-    batch the devices cannot split: what `fit` would refuse, checked before a run directory exists."""
-    check_batching(cfg.batching, corpus.spans["train"][1], cfg.batch_size, cfg.num_steps)
-    check_eval(eval_protocol(cfg.eval, cfg.split), corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
-    return layout(cfg.devices, cfg.batch_size)
+def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel) -> Layout:
+    """The device layout `cfg` trains on, after refusing a batching the training part cannot fill, a
+    batch the devices cannot split, a program too large to compile or a run that cannot fit in memory
+    (`budget`): what `fit` would refuse or fail on, checked before a run directory exists."""
+    n, n_val = corpus.spans["train"][1], corpus.spans["val"][1]
+    check_batching(cfg.batching, n, cfg.batch_size, cfg.num_steps)
+    check_eval(eval_protocol(cfg.eval, cfg.split), n_val, cfg.batch_size, cfg.num_steps)
+    lay = layout(cfg.devices, cfg.batch_size)
+    budget.check_program(cfg, model.cfg.loop.unroll)
+    abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(cfg), cfg.seed))
+    device = lay.mesh.devices.flat[0]
+    shared = device.platform == "cpu"
+    need = budget.needs(cfg, model.cfg.vocab_size, budget.tree_bytes(abstract), budget.tree_bytes(abstract.params),
+                        lay.devices, shared, n, n_val, len(corpus.tokens), corpus.tokens.dtype.itemsize,
+                        steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
+    where = "this machine" if shared else f"each {device.device_kind}"
+    budget.check_memory(cfg, need, budget.available(device), where)
+    return lay
 
 
 OnChunk = Callable[[TrainState, list[dict[str, Any]], bool], None]  # (state, new records, save a checkpoint?)
@@ -181,14 +205,15 @@ def fit(
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
     n = corpus.spans["train"][1]
-    lay = check_trainable(cfg, corpus)
+    lay = check_trainable(cfg, corpus, model)
     spe = steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps)
     tx = make_optimizer(cfg, spe)
     protocol = eval_protocol(cfg.eval, cfg.split)
     fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential", protocol == "stream").jitted(lay)
-    if state is None:
-        state = init_state(model, tx, cfg.seed)
-    state, train, val = put_tree((state, corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
+    if state is None:  # one compiled call, abandoned as a compilation is (`compile_`)
+        state = interrupts.wait(init_state, model, tx, cfg.seed, abandon=jax.process_count() == 1)
+    state, train, val = interrupts.wait(put_tree, (state, corpus.part_tokens("train"), corpus.part_tokens("val")),
+                                        lay.replicated)
     val_plan = eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
     val_idx, val_mask = put_tree(eval_sample(val_plan, cfg.eval_batches, cfg.seed, protocol), lay.batched(2))
     timings = {} if timings is None else timings
@@ -206,7 +231,7 @@ def fit(
             idx, mask = put_tree(plan, lay.batched(3))
             if not per_step and b - a not in compiled:
                 t0 = time.perf_counter()
-                compiled[b - a] = fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask).compile()
+                compiled[b - a] = compile_(fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask))
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if per_step:
@@ -222,7 +247,7 @@ def fit(
                 val_E = jnp.stack(vals)
             else:
                 state, (stats_ExN, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
-            stats_ExN, val_E = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get((stats_ExN, val_E)))
+            stats_ExN, val_E = fetch((stats_ExN, val_E))
             timings["train_s"] += time.perf_counter() - t0
             check_finite(a * spe, spe, stats_ExN, val_E, cfg.skip_nonfinite)
             seconds = (time.perf_counter() - t0) / (b - a)
@@ -233,6 +258,18 @@ def fit(
             if on_chunk is not None:
                 on_chunk(state, records, True)
     return state, history
+
+
+def compile_(lowered: Any) -> Callable:
+    """XLA's compilation of a lowered program, off the main thread so that a signal can end the wait: with
+    nothing trained since the last checkpoint it is abandoned (`interrupts.wait`; in one process only,
+    for every process of a distributed run compiles alike)."""
+    return interrupts.wait(lowered.compile, abandon=jax.process_count() == 1)
+
+
+def fetch(tree: Any) -> Any:
+    """A chunk's results as float64 numpy arrays, waited for off the main thread (a second Ctrl-C aborts)."""
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), interrupts.wait(jax.device_get, tree))
 
 
 def round_plan(cfg: Config, n: int, spe: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -272,11 +309,11 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay:
             args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
             if b - g not in compiled:
                 t0 = time.perf_counter()
-                compiled[b - g] = fns.round.lower(*args).compile()
+                compiled[b - g] = compile_(fns.round.lower(*args))
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             state, h, stats_K, val_loss = compiled[b - g](*args)
-            stats_K, val_loss = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get((stats_K, val_loss)))
+            stats_K, val_loss = fetch((stats_K, val_loss))
             seconds = time.perf_counter() - t0
             timings["train_s"] += seconds
             check_finite(g, spe, StepStats(*(x[None] for x in stats_K)), val_loss[None], cfg.skip_nonfinite)

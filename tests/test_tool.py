@@ -204,13 +204,19 @@ def test_a_long_chunk_shows_a_line_every_heartbeat() -> None:
     time.sleep(0.2)
     lines = err.getvalue().splitlines()
     first = lines.index(next(line for line in lines if line.startswith("epoch 3/10  train ppl")))
-    assert first >= 2 and all(re.fullmatch(r"epoch 3/10  running 0:00", line) for line in lines[:first]), lines
+    assert first >= 2 and all(line == "epoch 2/10 done; epoch 3 running 0:00 (with its compilation; rate and ETA "
+                              "follow it)" for line in lines[:first]), lines
     later = lines[first + 1:]
-    assert len(later) >= 2 and all(re.fullmatch(r"epoch 4/10  running 0:00 \(one epoch took 0:04\)", line)
+    assert len(later) >= 2 and all(line == "epoch 3/10 done; epoch 4 running 0:00 (one epoch took 0:04)"
                                    for line in later), lines
     count = len(lines)
     time.sleep(0.2)
     assert len(err.getvalue().splitlines()) == count  # stopped with the `with` block
+    by_steps = io.StringIO()  # a run by steps: a round of 200 steps, not 'step 200/600', which reads as reached
+    with Progress(600, "lines", err=by_steps, unit="step", span=200, heartbeat=0.05).watching(0):
+        time.sleep(0.2)
+    assert by_steps.getvalue().splitlines()[0] == ("step 0/600 done; steps 1-200 running 0:00 (with its "
+                                                   "compilation; rate and ETA follow it)"), by_steps.getvalue()
     quiet = io.StringIO()
     with Progress(10, "quiet", err=quiet, heartbeat=0.01).watching(0):
         time.sleep(0.1)
@@ -233,8 +239,8 @@ def test_presets_build_and_flags_override_them(name: str) -> None:
     cfg = PRESETS[name]
     shapes = jax.eval_shape(build_model(cfg, 28).init, jax.random.key(0))
     assert jax.tree.leaves(shapes)
-    args = cli.build_parser().parse_args(["train", "--preset", name, "--epochs", "3", "--seed", "5"])
-    assert cli.config_from_args(args) == cfg.replace(epochs=3, seed=5)
+    args = cli.build_parser().parse_args(["train", "--preset", name, "--clip", "3", "--seed", "5"])
+    assert cli.config_from_args(args) == cfg.replace(clip=3.0, seed=5)
 
 
 def test_d2l_presets_are_the_chapters_settings() -> None:
