@@ -14,6 +14,7 @@ The names below are imported on first use, so that `import jaxrnn` (and `jaxrnn 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"  # the package's one version: pyproject.toml reads it from here
@@ -28,11 +29,14 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"jaxrnn.{_WHERE[name]}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+    """A public name (`jaxrnn.train`), or a module of the package (`jaxrnn.config`), imported on first use."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"jaxrnn.{_WHERE[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"jaxrnn.{name}") is not None:
+        return importlib.import_module(f"jaxrnn.{name}")
+    raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -57,10 +57,10 @@ def tree_bytes(tree: object) -> int:
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def needs(cfg: Config, vocab_size: int, state_bytes: int, param_bytes: int, devices: int, shared: bool,
+def needs(cfg: Config, vocab_size: int, state_bytes: int, param_bytes: int, devices: int, local: int, shared: bool,
           train_windows: int, val_windows: int, corpus_tokens: int, token_bytes: int, steps_per_epoch: int) -> Needs:
-    """What training `cfg` holds at once on `devices` devices (`shared`: one memory for all, as CPU
-    devices share the host's; else what one device holds)."""
+    """What training `cfg` holds at once on `devices` devices in all, `local` of them this process' (`shared`:
+    one memory for this process' devices, as CPU devices share the host's; else what one device holds)."""
     B, T, H, V, L = cfg.batch_size, cfg.num_steps, cfg.hidden, vocab_size, cfg.layers
     b = -(-B // devices)  # each device's rows
     saved = SAVED_PER_UNIT.get(cfg.cell, 5 * cells.CELLS[cfg.cell].gates + 1)
@@ -72,10 +72,10 @@ def needs(cfg: Config, vocab_size: int, state_bytes: int, param_bytes: int, devi
     evaluate = T * b * (H * L * c + V * 4 * 2)
     rows = (min(cfg.save_every, cfg.epochs) * steps_per_epoch if cfg.steps is None else cfg.eval_every) * B
     plans = (rows + max(-(-val_windows // B), 1) * B) * PLAN_BYTES * 2  # on the host, then on the devices
-    copies = devices if shared else 1
+    copies = local if shared else 1
     replicated = (state_bytes, 2 * param_bytes, max(train, evaluate), corpus_tokens * token_bytes)
     state, grads, activations, corpus = (x * copies for x in replicated)
-    return Needs(state, grads, activations, corpus, plans if shared else -(-plans // devices))
+    return Needs(state, grads, activations, corpus, -(-plans * copies // devices))
 
 
 def available(device: jax.Device) -> int | None:
@@ -87,12 +87,33 @@ def available(device: jax.Device) -> int | None:
     try:
         with open("/proc/meminfo") as f:  # MemAvailable: what can be had without swapping
             info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
+        host = int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (AttributeError, ValueError, OSError):
             return None
+    return min(host, _cgroup_room())
+
+
+CGROUPS = (  # (limit, usage, memory.stat's reclaimable page cache): cgroup v2, then v1
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "file"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+     "/sys/fs/cgroup/memory/memory.stat", "total_cache"),
+)
+
+
+def _cgroup_room() -> int | float:
+    """What this process' cgroup (a container's memory limit) still allows, its page cache counted as free
+    (the kernel reclaims it); inf without a limit."""
+    for limit, usage, stat, cache in CGROUPS:
+        try:
+            with open(limit) as f, open(usage) as g, open(stat) as h:
+                cached = dict(line.split() for line in h if line.count(" ") == 1).get(cache, "0")
+                return max(int(f.read()) - int(g.read()) + int(cached), 0)
+        except (OSError, ValueError):  # absent, or 'max': no limit
+            continue
+    return math.inf
 
 
 def gigabytes(n: float) -> str:
@@ -108,7 +129,8 @@ def check_memory(cfg: Config, need: Needs, limit: int | None, where: str) -> Non
     biggest = max(parts, key=parts.get)
     advice = {"parameters and optimizer state": "lower --hidden, --layers or --embed",
               "gradients": "lower --hidden, --layers or --embed",
-              "activations of one step": f"lower --batch-size (now {cfg.batch_size}) or --window (now {cfg.num_steps})",
+              "activations of one step": f"lower --batch-size (now {cfg.batch_size}), --window (now {cfg.num_steps}),"
+                                         " --hidden or --layers",
               "the corpus": "use a shorter text", "batch plans": "lower --save-every, or train by --steps with a "
               "smaller --eval-every"}[biggest]
     shown = ", ".join(f"{k} {gigabytes(v)}" for k, v in parts.items() if v >= 0.01 * need.total)
@@ -128,7 +150,7 @@ def check_program(cfg: Config, unroll: int) -> None:
     if ops <= MAX_OPS:
         return
     most = (MAX_OPS - BASE_OPS) // (LAYER_OPS + STEP_OPS * unroll)
-    fewer = f"pass --layers {most} or fewer"
+    fewer = f"pass --layers {most} or fewer" if most >= 1 else "pass a smaller --unroll"
     if unroll > 1 and program_ops(cfg.layers, 1) <= MAX_OPS:
         fewer += ", or --unroll 1"
     raise ConfigError(f"{flag('layers')} {cfg.layers} makes a training program of about {ops:,} operations (each "

@@ -206,13 +206,14 @@ class Config:
             object.__setattr__(self, "save_every", 10)
         # the reading (preprocessing, split) a config does not state is its corpus' own: a named corpus' (or a
         # file holding one's bytes), else d2l's; once resolved it is stated, and `replace` keeps it
-        if self.split == WINDOW_COUNTS:
+        counts = self.split == WINDOW_COUNTS  # stated: d2l's window counts
+        if counts:
             object.__setattr__(self, "split", None)
-        elif self.split is None or self.preprocessing is None:
+        if self.preprocessing is None or (self.split is None and not counts):
             source = reading_of(self.data)
             if self.preprocessing is None:
                 object.__setattr__(self, "preprocessing", source.preprocessing if source else "d2l")
-            if self.split is None and source is not None:
+            if self.split is None and not counts and source is not None:
                 object.__setattr__(self, "split", source.split)
         validate(self)
 

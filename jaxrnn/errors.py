@@ -53,7 +53,7 @@ class Stopped(Exception):
         self.signum, self.epoch, self.run_dir = signum, epoch, run_dir
         how = f"stopped by {signal.Signals(signum).name}" + (" while compiling," if compiling else "")
         if epoch is None:
-            text = f"{how} before the first checkpoint"
+            text = f"{how} before the first checkpoint" if run_dir else f"{how} before training began"
             goes_on = f"; 'jaxrnn train --resume {run_dir}' starts it again" if run_dir else ""
         else:
             text = f"{how} after {unit} {epoch}" + (", its checkpoint saved" if run_dir else "")
@@ -73,11 +73,12 @@ _CAUSES = {  # errno -> how its message reads, and what to do about it (for a pa
 def write_failure(e: BaseException, where: object) -> tuple[str, str]:
     """(why, what to do) for a failed write under `where`, by its cause: an OSError's errno, found in the
     exception, what it was raised from, or the message of a library that wrapped it (orbax, TensorStore)."""
-    seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _CAUSES:
-            return seen.strerror or _CAUSES[seen.errno][0], _CAUSES[seen.errno][1].format(where)
-        seen = seen.__cause__ or seen.__context__
+    chain, seen = e, set()
+    while chain is not None and id(chain) not in seen:  # a chain can loop (`raise e from e`)
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno in _CAUSES:
+            return chain.strerror or _CAUSES[chain.errno][0], _CAUSES[chain.errno][1].format(where)
+        chain = chain.__cause__ or chain.__context__
     text = str(e)
     for message, advice in _CAUSES.values():
         if message.lower() in text.lower():

@@ -56,11 +56,9 @@ def log(msg: str) -> None:
 @contextlib.contextmanager
 def deferred() -> Iterator[Deferral]:
     """Within, SIGINT and SIGTERM are recorded in the yielded Deferral (see the module docstring); nested,
-    the outer one is yielded. Outside the main thread signals stay as they are."""
-    if _active:
-        yield _active[-1]
-        return
-    d = Deferral()
+    the outer one is yielded, its handlers installed again (`jax.distributed.initialize` puts a SIGTERM
+    handler of its own in between). Outside the main thread signals stay as they are."""
+    d = _active[-1] if _active else Deferral()
 
     def handler(signum: int, frame: Any) -> None:
         if d.signum:  # abort now, as kill -9 would
@@ -80,9 +78,14 @@ def deferred() -> Iterator[Deferral]:
     try:
         yield d
     finally:
-        _active.remove(d)
+        _active.pop()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def pending() -> int:
+    """The signal the deferral in force has caught (0: none, or no deferral)."""
+    return _active[-1].signum if _active else 0
 
 
 def wait(fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:

@@ -180,7 +180,7 @@ def layout(devices: int | None, batch_size: int) -> Layout:
         raise ConfigError(f"--devices {n} asks for more devices than the {len(available)} this machine has; "
                           f"pass --devices {len(available)} or fewer")
     check_divides(batch_size, n, jax.process_count() if devices is None else 1)
-    if available[0].platform == "cpu" and n > usable_cores():
+    if devices is not None and available[0].platform == "cpu" and n > usable_cores():  # as asked by --devices
         _say_once(f"jaxrnn: note: training on {n} CPU devices that share this machine's {usable_cores()} cores (one "
                   f"device per core is fastest: --devices {cpu_devices_for(batch_size, usable_cores())})")
     return Layout(Mesh(np.array(available[:n]), (AXIS,)))

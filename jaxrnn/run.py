@@ -216,6 +216,8 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     if cfg.tensorboard and out is not None:
         summary_writer()
     run_dir = Path(out) if out is not None else None
+    if interrupts.pending():  # Ctrl-C while the corpus was read: no run directory for a run that never starts
+        raise Stopped(interrupts.pending(), None)
     with _writing(run_dir):
         if run_dir is not None:
             on_primary(lambda: rundir.prepare(run_dir, cfg, force, corpus.sha1))

@@ -64,6 +64,12 @@ def writing(run_dir: Path) -> Iterator[None]:
             os.close(fd)
             raise JaxrnnError(f"{run_dir} is being written by {holder}; wait for it to end (or stop it), then try "
                               "again: one process at a time writes a run directory") from None
+        except OSError as e:  # a filesystem without locks (NFS without lockd, some FUSE mounts)
+            os.close(fd)
+            print(f"jaxrnn: warning: {run_dir} cannot be locked ({e.strerror}); make sure no other process writes "
+                  "it", file=sys.stderr, flush=True)
+            yield
+            return
         try:  # the holder before may have removed the file after this process opened it: then take the new one
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
@@ -71,9 +77,10 @@ def writing(run_dir: Path) -> Iterator[None]:
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
         command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]
-        os.pwrite(fd, f"process {os.getpid()} ({command})\n".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it, for the refusal's message; on a full disk, unsaid
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} ({command})\n".encode(), 0)
         yield
     finally:
         path.unlink(missing_ok=True)  # while still held, so that no one locks the file as it goes
@@ -155,8 +162,7 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
     saved a checkpoint or a record is cleared without it: a failed start, out of memory say), write
     config.json (with the corpus' sha1, the library versions and the evaluation protocol) and an
     empty metrics.jsonl."""
-    never_trained = not checkpoint.steps(run_dir) and not read_metrics(run_dir)  # nothing there to lose
-    if (run_dir / CONFIG).exists() and never_trained and not force:
+    if not force and _never_trained(run_dir):
         print(f"jaxrnn: note: {run_dir} holds a run that never saved a checkpoint; starting it anew",
               file=sys.stderr, flush=True)
         force = True
@@ -178,6 +184,18 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
         why, advice = write_failure(e, run_dir)
         raise JaxrnnError(f"cannot write run directory {run_dir} ({why}); {advice}, or pass --out with another "
                           "path") from None
+
+
+def _never_trained(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a jaxrnn run that never saved anything (a start that failed, out of memory
+    say): its config.json written by `prepare`, and no checkpoint, set-aside checkpoint or record."""
+    try:
+        saved = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    ours = isinstance(saved, dict) and "versions" in saved and "data_sha1" in saved
+    untouched = not (run_dir / "damaged").exists() and not read_metrics(run_dir)
+    return ours and untouched and not any((run_dir / checkpoint.CHECKPOINTS).glob("*"))
 
 
 def find_runs(root: str | Path) -> list[Path]:

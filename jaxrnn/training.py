@@ -50,9 +50,6 @@ class NonFiniteLoss(JaxrnnError):
         super().__init__(f"the {which} loss became {how} at epoch {epoch}, step {step}")
 
 
-LARGEST_LOSS = math.log(np.finfo(np.float64).max)  # 709.78 nats: exp of any larger loss is inf
-
-
 def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
     """The learning rate by optimizer step: `lr` throughout, or a cosine decay to 0 over the run's
     `steps` (or `epochs * steps_per_epoch`); either after `warmup` steps rising linearly from 0."""
@@ -86,7 +83,10 @@ def perplexity(loss: float) -> float:
     """exp of a token-weighted mean cross-entropy (inf where it overflows, nan for a nan loss)."""
     if math.isnan(loss):
         return math.nan
-    return math.exp(loss) if loss < 700 else math.inf
+    try:
+        return math.exp(loss)
+    except OverflowError:  # past 709.78 nats
+        return math.inf
 
 
 def evaluate_tokens(cfg: Config, model: LanguageModel, params: Params, tokens: np.ndarray) -> float:
@@ -146,11 +146,11 @@ def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray,
     whose perplexity overflows, or at the first evaluation like that; rows of N steps from optimizer
     step `first_step`, each followed by an evaluation, `spe` steps an epoch."""
     N = stats.skipped.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         loss = np.where(stats.tokens > 0, stats.loss_sum / stats.tokens, 0.0)
-    bad = (stats.skipped > 0) if not skipping else np.zeros(stats.skipped.shape, bool)
-    bad |= np.isfinite(loss) & (loss > LARGEST_LOSS)
-    bad_val = np.flatnonzero(~np.isfinite(val_E) | (val_E > LARGEST_LOSS))
+        bad = (stats.skipped > 0) if not skipping else np.zeros(stats.skipped.shape, bool)
+        bad |= np.isfinite(loss) & ~np.isfinite(np.exp(loss))  # perplexity overflows, as `perplexity` would
+        bad_val = np.flatnonzero(~np.isfinite(np.exp(val_E)))
     if bad.any():
         row, col = np.argwhere(bad)[0]
         step = first_step + row * N + col + 1
@@ -174,8 +174,9 @@ def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel) -> Layout
     abstract = jax.eval_shape(lambda: init_state(model, make_optimizer(cfg), cfg.seed))
     device = lay.mesh.devices.flat[0]
     shared = device.platform == "cpu"
+    local = sum(d.process_index == jax.process_index() for d in lay.mesh.devices.flat)
     need = budget.needs(cfg, model.cfg.vocab_size, budget.tree_bytes(abstract), budget.tree_bytes(abstract.params),
-                        lay.devices, shared, n, n_val, len(corpus.tokens), corpus.tokens.dtype.itemsize,
+                        lay.devices, local, shared, n, n_val, len(corpus.tokens), corpus.tokens.dtype.itemsize,
                         steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
     where = "this machine" if shared else f"each {device.device_kind}"
     budget.check_memory(cfg, need, budget.available(device), where)

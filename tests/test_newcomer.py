@@ -122,7 +122,7 @@ def test_version_and_help_do_not_import_jax(run_python, tmp_path: Path, argv: li
     (["--hidden", "100000"], r"needs about [\d,.]+ GB of memory \(parameters and optimizer state [\d,.]+ GB, .*\), but "
                              r"this machine has [\d,.]+ [GM]B; lower --hidden, --layers or --embed"),
     (["--batch-size", "1000000000"], r"needs about [\d,.]+ GB .*activations of one step.* lower --batch-size "
-                                     r"\(now 1000000000\) or --window"),
+                                     r"\(now 1000000000\), --window"),
     (["--layers", "1000", "--hidden", "16"], r"--layers 1000 makes a training program of about 864,500 operations "
                                              r".*; pass --layers 115 or fewer"),
 ])
@@ -160,7 +160,7 @@ def test_the_memory_estimate_is_near_what_xla_allocates(tiny_corpus, changes: di
             *(spec(x, lay.batched(2)) for x in val))
     m = Steps(model, tx, 32, cfg.seed).jitted(lay).chunk.lower(*args).compile().memory_analysis()
     xla = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    need = budget.needs(cfg, len(corpus.vocab), budget.tree_bytes(state), budget.tree_bytes(state.params), 1, True,
+    need = budget.needs(cfg, len(corpus.vocab), budget.tree_bytes(state), budget.tree_bytes(state.params), 1, 1, True,
                         512, 256, len(corpus.tokens), 1, steps_per_epoch("random", 512, cfg.batch_size, 32))
     assert 1 / 1.6 < need.total / xla < 1.6, (need, xla)
 
@@ -182,12 +182,50 @@ def test_a_failed_start_leaves_a_directory_that_trains_again(call, tmp_path: Pat
     assert "holds a run that never saved a checkpoint; starting it anew" in again.stderr
 
 
+def test_only_a_jaxrnn_run_that_never_saved_anything_is_started_anew(call, tmp_path: Path) -> None:
+    """A directory whose config.json is someone else's, or a run with checkpoints set aside in damaged/, is
+    refused as before (nothing touched); only a start of jaxrnn's that saved nothing is trained into again."""
+    for name, config in (("foreign", '{"editor": "vim"}'), ("set-aside", None)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "samples.txt").write_text("keep me")
+        if config is None:
+            (d / "damaged" / "4").mkdir(parents=True)
+            Config().save(d / "config.json", data_sha1="x", versions={})
+        else:
+            (d / "config.json").write_text(config)
+        before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+        user_error(call(["train", *TINY, "--out", name], tmp_path), "already holds a run; pass --resume")
+        assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before and (d / "damaged" / "4").exists() \
+            == (config is None)
+
+
+def test_a_config_that_states_counts_still_reads_d2l_s_way() -> None:
+    """A config stating d2l's window counts but not its preprocessing still gets one (d2l's by default)."""
+    assert Config.from_dict({"hidden": 64, "split": None}).preprocessing == "d2l"
+    assert PRESETS["d2l-scratch"].replace(preprocessing=None).preprocessing == "d2l"
+    assert Config().replace(data="tinyshakespeare", preprocessing=None).split is None  # the counts stay stated
+
+
+def test_a_filesystem_without_locks_warns_and_goes_on(monkeypatch, tmp_path: Path, capsys) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with rundir.writing(tmp_path / "run"):
+        pass
+    assert "cannot be locked (No locks available); make sure no other process writes it" in capsys.readouterr().err
+
+
 def test_ctrl_c_ends_a_compilation(start_python, tmp_path: Path) -> None:
     """SIGINT while the first chunk compiles (a deep model, many seconds of XLA): the run stops at once, with
     one line, before its first checkpoint, instead of compiling, training and saving first."""
     proc = start_python(["-m", "jaxrnn.cli", "train", *TINY, "--layers", "96", "--out", "deep"], tmp_path)
-    line = proc.stderr.readline()  # printed before the model is built and compiled
-    assert line.startswith("jaxrnn: training"), line
+    while not (tmp_path / "deep" / "metrics.jsonl").exists() and proc.poll() is None:  # made, then it compiles
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -211,6 +249,18 @@ def test_an_abandoned_wait_leaves_its_work_to_its_thread() -> None:
         assert time.monotonic() - t0 < 4  # it did not wait for the sleep
         d.unsaved = True  # trained past the last checkpoint: the wait goes on
         assert interrupts.wait(lambda: "done", abandon=True) == "done"
+
+
+def test_a_signal_before_training_leaves_no_run_directory(tmp_path: Path, tiny_cfg, tiny_corpus) -> None:
+    """Ctrl-C while the corpus is read (a signal the deferral caught before the run began): no directory."""
+    from jaxrnn import run
+    from jaxrnn.errors import Stopped
+
+    with interrupts.deferred() as d:
+        d.signum = signal.SIGINT
+        with pytest.raises(Stopped, match="^stopped by SIGINT before training began$"):
+            run.train(tiny_cfg(), tmp_path / "run", corpus=tiny_corpus)
+    assert not (tmp_path / "run").exists()
 
 
 # 4. Config files: the file and the key, never a traceback -----------------------------------------------------

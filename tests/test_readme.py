@@ -163,11 +163,32 @@ def test_readme_python_runs(tmp_path: Path, capsys, index: int) -> None:
 def test_the_headline_holds(user_python, tmp_path: Path, model: str) -> None:
     """The README's first promise, in full, run as a user runs it (XLA's own optimizations, which the other
     tests turn off): the seed config trained for its 100 epochs ends at a validation perplexity of at
-    most 7.6 (the chapters report about 7.4) and greedy text opening as the README's does."""
+    most 7.6 (the chapters report about 7.4) and greedy text opening as the README's does, as far as every
+    CPU tried agrees."""
     proc = user_python(["-m", "jaxrnn.cli", "train", "--model", model, "--quiet", "--no-curves", "--out",
                         str(tmp_path / model)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     ppl, sample = re.fullmatch(r"perplexity (\d+\.\d), '(.*)'\n", proc.stdout).groups()
     assert float(ppl) <= 7.6
-    headline = re.search(r"^perplexity [\d.]+, '(time traveller \w+ \w+ \w+)", README, re.M).group(1)
-    assert sample.startswith(headline), (sample, headline)  # 'time traveller and the time'
+    # the README's text up to where another CPU's rounding can turn the greedy path: 'time traveller and the'
+    # (the concise model goes on 'time the time' on one machine, 'that and the travel' on an AMD EPYC)
+    headline = re.search(r"^perplexity [\d.]+, '(time traveller \w+ \w+)", README, re.M).group(1)
+    assert sample.startswith(headline), (sample, headline)
+
+
+@pytest.mark.slow
+def test_the_runs_example_is_what_the_walk_through_prints(user_python, tmp_path: Path) -> None:
+    """The README's `jaxrnn runs` block is what its walk-through prints: the concise model for 50 epochs, run as
+    a user runs it; the figures as shown, within what another CPU's rounding moves them (the best epoch among
+    the last few, the perplexity within 0.15)."""
+    trained = user_python(["-m", "jaxrnn.cli", "train", "--model", "concise", "--epochs", "50", "--quiet", "--out",
+                           "runs/concise"], tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    listed = user_python(["-m", "jaxrnn.cli", "runs", "runs"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    shown = re.search(r"^```\n(run +best val ppl.*?)^```", README, re.S | re.M).group(1).splitlines()
+    got = listed.stdout.splitlines()
+    assert got[0] == shown[0] and len(got) == len(shown) == 2, (got, shown)
+    (path, ppl, at, saved, done, unit, model), want = got[1].split(), shown[1].split()
+    assert [path, saved, done, unit, model] == [want[0], *want[3:]], (got, shown)
+    assert abs(float(ppl) - float(want[1])) <= 0.15 and abs(int(at) - int(want[2])) <= 5, (got, shown)
