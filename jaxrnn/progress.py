@@ -62,6 +62,7 @@ class Progress:
         self.heartbeat, self.at = heartbeat, 0
         self.last_record = self.last_shown = time.monotonic()
         self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.doing = "running"  # what the awaited chunk is doing: 'compiling', then 'training' (`phase`)
 
     @classmethod
     def of(cls, cfg: Any, mode: str = "auto", as_json: bool = False) -> Progress:
@@ -97,13 +98,18 @@ class Progress:
         took = f" (one {self.unit} took {eta_text(self.trained_s / done)})" if done > 0 and self.unit == "epoch" else ""
         nxt = min(self.at + (1 if self.unit == "epoch" else self.span), self.epochs)
         working = f"{self.unit} {nxt}" if nxt == self.at + 1 else f"{self.unit}s {self.at + 1}-{nxt}"
-        first = " (with its compilation; rate and ETA follow it)" if self.start is None else ""
-        text = f"{working} running {eta_text(now - self.last_record)}{took}{first}"
+        first = " (rate and ETA follow it)" if self.start is None and self.doing != "compiling" else ""
+        text = f"{working} {self.doing} {eta_text(now - self.last_record)}{took}{first}"
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=True)
         else:
             print(f"{self.unit} {self.at}/{self.epochs} done; {text}", file=self.err, flush=True)
         self.last_shown = now
+
+    def phase(self, doing: str) -> None:
+        """What the awaited chunk is doing now ('compiling', 'training'), for the lines while it runs."""
+        with self.lock:
+            self.doing = doing
 
     def __call__(self, r: dict[str, Any]) -> None:
         with self.lock:

@@ -164,7 +164,8 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
           contextlib.closing(shown) if shown else nothing,
           on_epoch.watching(start) if isinstance(on_epoch, Progress) else nothing):
         try:
-            state, new = fit(cfg, corpus, model, state, start, per_step=per_step, on_chunk=on_chunk)
+            state, new = fit(cfg, corpus, model, state, start, per_step=per_step, on_chunk=on_chunk,
+                             on_phase=on_epoch.phase if isinstance(on_epoch, Progress) else None)
             done, caught.done = cfg.length, True
         except interrupts.Interrupted as e:  # while compiling, nothing trained since the last checkpoint
             raise Stopped(e.signum, last_saved[unit], run_dir, unit, compiling=True) from None

@@ -195,6 +195,7 @@ def fit(
     per_step: bool = False,
     on_chunk: OnChunk | None = None,
     timings: dict[str, float] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end. By epochs,
     `on_chunk(state, records, True)` runs after every chunk of epochs that ends at a multiple of
@@ -204,7 +205,8 @@ def fit(
     loss stopped being finite.
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
-    seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given."""
+    seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given, and
+    `on_phase` is told 'compiling' and then 'training' around each compilation (for progress lines)."""
     n = corpus.spans["train"][1]
     lay = check_trainable(cfg, corpus, model)
     spe = steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps)
@@ -220,9 +222,10 @@ def fit(
     timings = {} if timings is None else timings
     timings.setdefault("compile_s", 0.0)
     timings.setdefault("train_s", 0.0)
+    build = functools.partial(compile_, on_phase=on_phase)
     if cfg.steps is not None:
         return _fit_steps(cfg, model, fns, lay, state, (train, val, val_idx, val_mask), n, spe, start, protocol,
-                          on_chunk, timings)
+                          on_chunk, timings, build)
     history: list[dict[str, Any]] = []
     compiled: dict[int, Callable] = {}  # chunk length -> executable
     with jax.default_matmul_precision(cfg.precision):
@@ -232,7 +235,7 @@ def fit(
             idx, mask = put_tree(plan, lay.batched(3))
             if not per_step and b - a not in compiled:
                 t0 = time.perf_counter()
-                compiled[b - a] = compile_(fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask))
+                compiled[b - a] = build(fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask))
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if per_step:
@@ -261,11 +264,16 @@ def fit(
     return state, history
 
 
-def compile_(lowered: Any) -> Callable:
+def compile_(lowered: Any, on_phase: Callable[[str], None] | None = None) -> Callable:
     """XLA's compilation of a lowered program, off the main thread so that a signal can end the wait: with
     nothing trained since the last checkpoint it is abandoned (`interrupts.wait`; in one process only,
-    for every process of a distributed run compiles alike)."""
-    return interrupts.wait(lowered.compile, abandon=jax.process_count() == 1)
+    for every process of a distributed run compiles alike). `on_phase` hears 'compiling', then 'training'."""
+    if on_phase is not None:
+        on_phase("compiling")
+    compiled = interrupts.wait(lowered.compile, abandon=jax.process_count() == 1)
+    if on_phase is not None:
+        on_phase("training")
+    return compiled
 
 
 def fetch(tree: Any) -> Any:
@@ -289,7 +297,7 @@ def round_plan(cfg: Config, n: int, spe: int, a: int, b: int) -> tuple[np.ndarra
 
 def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay: Layout, state: TrainState,
                data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str, on_chunk: OnChunk | None,
-               timings: dict[str, float]) -> tuple[TrainState, list[dict[str, Any]]]:
+               timings: dict[str, float], build: Callable[[Any], Callable]) -> tuple[TrainState, list[dict[str, Any]]]:
     """Training by steps: rounds of `eval_every` steps (from step 0, so a resumed run's rounds are the
     same), each one compiled call ending with an evaluation. With sequential batching the state runs on
     across rounds, and restarts from zeros at each epoch's start and after each checkpoint (a resumed
@@ -310,7 +318,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay:
             args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
             if b - g not in compiled:
                 t0 = time.perf_counter()
-                compiled[b - g] = compile_(fns.round.lower(*args))
+                compiled[b - g] = build(fns.round.lower(*args))
                 timings["compile_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             state, h, stats_K, val_loss = compiled[b - g](*args)
