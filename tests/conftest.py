@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import io
 import os
 import runpy
@@ -13,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -183,6 +184,18 @@ def state_leaves(run_dir: Path, step: int | str | None = None) -> dict[str, np.n
 
     state = load(run_dir, step).state._asdict()
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import tools/<name>.py as a module (tools/ is not a package; its scripts import their toolcli.py, so
+    tools/ goes on sys.path as for a script run from there)."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def _child_env() -> dict[str, str]:

@@ -3,29 +3,21 @@ pieces (result parsing, ratios, the tables, the numpy loader) without installing
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
 sys.path.insert(0, str(TOOLS))  # as for a script run from there: the tools import their shared toolcli.py
 
 
-def load_tool(name: str) -> ModuleType:
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
 
 
 svd = load_tool("seed_vs_d2l")
@@ -44,7 +36,8 @@ SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for d in ("tools", "experiments"
 
 def test_every_script_is_listed() -> None:
     """Every tool and experiment with a main is in SCRIPTS (the modules they share are not)."""
-    assert len(SCRIPTS) == 12 and {"tools/ablate.py", "experiments/rnn_scratch.py"} <= set(SCRIPTS)
+    assert len(SCRIPTS) == 13
+    assert {"tools/ablate.py", "tools/budget_report.py", "experiments/rnn_scratch.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
