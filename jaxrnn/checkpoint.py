@@ -218,7 +218,8 @@ def resolve(run_dir: Path, step: int | str | None) -> int:
         best = best_step(run_dir)
         return best if best is not None else available[-1]
     if step not in available:
-        raise CheckpointError(f"no checkpoint of epoch {step} in {run_dir}; pass --step best or one of {available}")
+        raise CheckpointError(f"no checkpoint {step} in {run_dir} (checkpoints are numbered by epoch, or by step in a "
+                              f"run by --steps); pass --step best or one of {available}")
     return int(step)
 
 

@@ -395,6 +395,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jaxrnn.bench import main as bench_main
+    from jaxrnn.parallel import use_cpu_cores
+
+    use_cpu_cores(None, 64)  # every case's batch size is a multiple of 64
+    return bench_main(args)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "runs": cmd_runs, "plot": cmd_plot,
+            "bench": cmd_bench}  # each subcommand of `build_parser`, by name
+
+
 def enable_compile_cache() -> None:
     """Keep compiled programs in the user cache (`~/.cache/jaxrnn/xla`) so a rerun of the same config
     skips XLA compilation; `JAXRNN_COMPILE_CACHE=0` turns it off, and a cache the user configured for
@@ -414,21 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compile_cache()
     try:
         faults.planned()  # a test's fault plan, checked before anything runs
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "sample":
-            return cmd_sample(args)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "runs":
-            return cmd_runs(args)
-        if args.command == "plot":
-            return cmd_plot(args)
-        from jaxrnn.bench import main as bench_main
-        from jaxrnn.parallel import use_cpu_cores
-
-        use_cpu_cores(None, 64)  # every case's batch size is a multiple of 64
-        return bench_main(args)
+        return COMMANDS[args.command](args)
     except JaxrnnError as e:
         print(f"jaxrnn: error: {e}", file=sys.stderr)
         return 2

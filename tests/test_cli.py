@@ -348,3 +348,10 @@ def test_a_config_refuses_what_it_cannot_train(changes: dict, words: str | None)
         return
     with pytest.raises(ConfigError, match=re.escape(words)):
         Config(**changes)
+
+
+def test_every_subcommand_is_dispatched_by_name() -> None:
+    """`main` runs a subcommand from `COMMANDS` by its name: every one the parser has, and nothing else."""
+    from jaxrnn import cli
+
+    assert set(cli.build_parser()._subparsers._group_actions[0].choices) == set(cli.COMMANDS)

@@ -496,7 +496,7 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "num-preds-not-a-number": (["sample", "--run", "{ref}", "--num-preds", "abc"], "--num-preds: invalid int"),
     "step-zero": (["sample", "--run", "{ref}", "--step", "0"], "neither 'best' nor a checkpoint's number"),
     "step-not-kept": (["sample", "--run", "{best}", "--step", "{pruned}"],
-                      r"no checkpoint of epoch \d+ .*; pass --step best or one of \[1, "),
+                      r"no checkpoint \d+ in .*; pass --step best or one of \[1, "),
     "sample-run-without-checkpoints": (["sample", "--run", "{run:no-checkpoints}"], "no checkpoint in"),
     "eval-run-without-checkpoints": (["eval", "--run", "{run:no-checkpoints}"], "no checkpoint in"),
     "sample-missing-run": (["sample", "--run", "{out}"], "does not exist"),
