@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from jaxrnn import __version__, faults, strict_json
@@ -368,20 +367,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def legend_names(paths: Sequence[str]) -> list[str]:
-    """The shortest trailing parts of the runs' paths that tell them apart (`concise`, `a/lstm` and `b/lstm`):
-    a legend of long absolute paths would cover the curves."""
-    parts = [Path(p).resolve().parts for p in paths]
-    for k in range(1, max(map(len, parts)) + 1):
-        names = ["/".join(p[-k:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [str(p) for p in paths]  # the same directory named twice
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     from jaxrnn import rundir
-    from jaxrnn.plots import plot_curves
+    from jaxrnn.plots import legend_names, plot_curves
 
     histories = {}
     for d, name in zip(args.run_dirs, legend_names(args.run_dirs)):

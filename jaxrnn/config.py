@@ -64,11 +64,15 @@ def reading_of(data: str | os.PathLike | None) -> Source | None:
     return next((s for s in CORPORA.values() if s.sha1 == digest), None)
 
 
+def sha1_of(path: str | os.PathLike) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
 @functools.lru_cache(maxsize=16)
 def _file_sha1(path: str, size: int, mtime_ns: int) -> str | None:
     """sha1 of a file's bytes, once per version of the file (its size and mtime are part of the key)."""
     try:
-        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        return sha1_of(path)
     except OSError:
         return None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrnn.config import CORPORA, Source, source_of
+from jaxrnn.config import CORPORA, Source, sha1_of, source_of
 from jaxrnn.errors import DataError
 
 # a source checkout carries The Time Machine for its tests: a clone trains offline (absent from a wheel)
@@ -29,10 +29,6 @@ TIMEMACHINE_SHA1 = CORPORA["timemachine"].sha1
 UNK = "<unk>"
 PROMPT = "time traveller"  # the chapters' warm-up prefix
 PROMPT_CHARS = 20  # the longest default prompt taken from another corpus
-
-
-def sha1_of(path: Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def cache_dir() -> Path:

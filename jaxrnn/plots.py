@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,14 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, lo
         why, advice = write_failure(e, path.parent)
         raise JaxrnnError(f"cannot write {path} ({why}); {advice}") from None
     return path
+
+
+def legend_names(paths: Sequence[str]) -> list[str]:
+    """The shortest trailing parts of the runs' paths that tell them apart (`concise`, `a/lstm` and `b/lstm`):
+    a legend of long absolute paths would cover the curves."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for k in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same directory named twice

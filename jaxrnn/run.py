@@ -155,6 +155,10 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
         if time_budget is not None and most(time.monotonic() - began >= time_budget) and records[-1][unit] < cfg.length:
             raise _BudgetSpent(state, records[-1][unit])
 
+    def kept(before: str = "") -> str:  # what a run that fails keeps
+        at = last_saved[unit]
+        return f"the checkpoint of {unit} {at} is kept" if at is not None else f"no checkpoint was saved{before}"
+
     def sample_text(params: Any) -> str:  # what samples.txt shows at a checkpoint
         with jax.default_matmul_precision(cfg.precision):
             return samples(model, local_copy(params), corpus.vocab, corpus.prompt, SAMPLE_CHARS, 1)[0]
@@ -177,16 +181,12 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
-            kept = (f"the checkpoint of {unit} {last_saved[unit]} is kept" if last_saved[unit] is not None
-                    else "no checkpoint was saved")
-            raise JaxrnnError(f"out of memory while training ({str(e).splitlines()[0][:200]}; {kept}); lower "
+            raise JaxrnnError(f"out of memory while training ({str(e).splitlines()[0][:200]}; {kept()}); lower "
                               "--batch-size, --window, --hidden or --layers") from None
         except NonFiniteLoss as e:
-            kept = (f"the checkpoint of {unit} {last_saved[unit]} is kept" if last_saved[unit] is not None
-                    else "no checkpoint was saved before it")
             skips = cfg.skip_nonfinite or e.loss is not None  # a finite loss is not skipped
             advice = "lower --lr or --clip" + ("" if skips else ", or pass --skip-nonfinite to skip such steps")
-            raise JaxrnnError(f"{e} ({kept}); {advice}") from None
+            raise JaxrnnError(f"{e} ({kept(' before it')}); {advice}") from None
     return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, done, corpus=corpus)
 
 
