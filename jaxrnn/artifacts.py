@@ -78,10 +78,10 @@ class Artifacts:
                 f.write(f"{u} {last[u]}  val ppl {last['val_ppl']:.2f}  {sample!r}\n")  # one line each
         if self.tb is not None:
             with self._warning(TENSORBOARD):
-                for r in new:
-                    for key in ("train_ppl", "val_ppl", "train_loss", "val_loss", "tokens_per_s"):
-                        if r.get(key) is not None:
-                            self.tb.add_scalar(key, r[key], r[unit_of(r)])
+                for r in new:  # every number of the record, so a new metric shows without a change here
+                    for key, v in r.items():
+                        if key not in ("epoch", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                            self.tb.add_scalar(key, v, r[unit_of(r)])
                 self.tb.add_text("sample", sample, last[u])
                 self.tb.flush()
 

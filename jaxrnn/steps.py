@@ -62,13 +62,11 @@ def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: 
     return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1], state
 
 
-class StepStats(NamedTuple):
-    """What an optimizer step reports, each field stacked along the steps of a chunk or round: the loss
-    summed over the batch's real tokens, their count, and whether the update was non-finite (1.0)."""
-
-    loss_sum: Array
-    tokens: Array
-    skipped: Array
+StepStats = dict[str, Array]
+"""What an optimizer step reports, by name, each stacked along the steps of a chunk or round. `tokens`
+counts the batch's real tokens; a `NAME_sum` is summed over them, and its record's `train_NAME` is the
+token-weighted mean (`loss_sum` -> `train_loss`); any other key is a count summed as it is
+(`skipped_steps`: 1.0 where the update was non-finite). A new metric is one more key in `Steps.step`."""
 
 
 class Jitted(NamedTuple):
@@ -136,7 +134,8 @@ class Steps:
         bad = ~jnp.isfinite(s)
         if isinstance(opt_state, optax.ApplyIfFiniteState):
             s, n = jnp.where(bad, 0.0, s), jnp.where(bad, 0.0, n)
-        return TrainState(params, opt_state, state.step + 1), StepStats(s, n, bad.astype(s.dtype)), h
+        stats = {"loss_sum": s, "tokens": n, "skipped_steps": bad.astype(s.dtype)}
+        return TrainState(params, opt_state, state.step + 1), stats, h
 
     def evaluate(self, params: Params, tokens: Array, idx_NxB: Array, mask_NxB: Array) -> Array:
         """Token-weighted mean loss over the windows a plan covers, each from a zero state, or with
@@ -154,7 +153,7 @@ class Steps:
     def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
               val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[StepStats, Array]]:
         """Several epochs, each with its validation, as one program; returns every step's StepStats
-        (fields [E, N]) and each epoch's validation loss ([E]). With
+        (each [E, N]) and each epoch's validation loss ([E]). With
         `carry`, the recurrent state runs from batch to batch and restarts from zeros each epoch."""
 
         def batch(carry, b):

@@ -114,10 +114,15 @@ def bits(loss: float) -> float:
 
 def record(where: dict[str, float], stats: StepStats, val_loss: float, seconds: float, tokens: int, protocol: str
            ) -> dict[str, Any]:
-    """One line of metrics.jsonl: where the run is (`epoch` and `step`), from the per-step sums since the
-    last record and a validation loss; losses in nats per character."""
-    s, n, bad = np.stack(stats, axis=-1).sum(axis=0)  # summed as the steps' [N, 3] rows
-    train_loss = float(s / n) if n > 0 else math.nan
+    """One line of metrics.jsonl: where the run is (`epoch` and `step`), from the per-step metrics since
+    the last record (each key summed over the steps; a `NAME_sum` as its token-weighted mean `train_NAME`,
+    see `steps.StepStats`) and a validation loss; losses in nats per character."""
+    sums = {k: float(np.asarray(v, np.float64).sum()) for k, v in stats.items()}
+    n = sums.pop("tokens")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        trained = {f"train_{k[:-4]}" if k.endswith("_sum") else k: (v / n if n > 0 else math.nan)
+                   if k.endswith("_sum") else v for k, v in sums.items()}
+    train_loss = trained.pop("train_loss")
     return {
         **where,
         "train_loss": train_loss,
@@ -126,7 +131,7 @@ def record(where: dict[str, float], stats: StepStats, val_loss: float, seconds: 
         "val_ppl": perplexity(val_loss),
         "val_bpc": bits(val_loss),
         "val_protocol": protocol,
-        "skipped_steps": int(bad),
+        **{k: int(v) if k == "skipped_steps" else v for k, v in trained.items()},
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
     }
@@ -145,16 +150,17 @@ def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray,
     """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped) or
     whose perplexity overflows, or at the first evaluation like that; rows of N steps from optimizer
     step `first_step`, each followed by an evaluation, `spe` steps an epoch."""
-    N = stats.skipped.shape[1]
+    skipped, tokens = stats["skipped_steps"], stats["tokens"]
+    N = skipped.shape[1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        loss = np.where(stats.tokens > 0, stats.loss_sum / stats.tokens, 0.0)
-        bad = (stats.skipped > 0) if not skipping else np.zeros(stats.skipped.shape, bool)
+        loss = np.where(tokens > 0, stats["loss_sum"] / tokens, 0.0)
+        bad = (skipped > 0) if not skipping else np.zeros(skipped.shape, bool)
         bad |= np.isfinite(loss) & ~np.isfinite(np.exp(loss))  # perplexity overflows, as `perplexity` would
         bad_val = np.flatnonzero(~np.isfinite(np.exp(val_E)))
     if bad.any():
         row, col = np.argwhere(bad)[0]
         step = first_step + row * N + col + 1
-        big = loss[row, col] if np.isfinite(loss[row, col]) and stats.skipped[row, col] == 0 else None
+        big = loss[row, col] if np.isfinite(loss[row, col]) and skipped[row, col] == 0 else None
         raise NonFiniteLoss((step - 1) // spe + 1, step, loss=big)
     if len(bad_val):
         step = first_step + (bad_val[0] + 1) * N
@@ -247,7 +253,8 @@ def fit(
                         h = h_last if cfg.batching == "sequential" else h
                         stats.append(stats_i)
                     vals.append(fns.evaluate(state.params, val, val_idx, val_mask))
-                stats_ExN = StepStats(*(jnp.stack(x).reshape(b - a, idx.shape[1]) for x in zip(*stats)))
+                shape = (b - a, idx.shape[1])
+                stats_ExN = {k: jnp.stack([st[k] for st in stats]).reshape(shape) for k in stats[0]}
                 val_E = jnp.stack(vals)
             else:
                 state, (stats_ExN, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
@@ -255,7 +262,7 @@ def fit(
             timings["train_s"] += time.perf_counter() - t0
             check_finite(a * spe, spe, stats_ExN, val_E, cfg.skip_nonfinite)
             seconds = (time.perf_counter() - t0) / (b - a)
-            records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, StepStats(*(x[e] for x in stats_ExN)),
+            records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, {k: x[e] for k, x in stats_ExN.items()},
                               float(val_E[e]), seconds,
                               tokens_per_epoch, protocol) for e in range(b - a)]
             history += records
@@ -325,7 +332,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay:
             stats_K, val_loss = fetch((stats_K, val_loss))
             seconds = time.perf_counter() - t0
             timings["train_s"] += seconds
-            check_finite(g, spe, StepStats(*(x[None] for x in stats_K)), val_loss[None], cfg.skip_nonfinite)
+            check_finite(g, spe, {k: x[None] for k, x in stats_K.items()}, val_loss[None], cfg.skip_nonfinite)
             records = [record({"step": b, "epoch": b / spe}, stats_K, float(val_loss), seconds, tokens, protocol)]
             history += records
             save = b % cfg.save_every == 0 or b == cfg.steps

@@ -109,9 +109,11 @@ def test_tensorboard_events_hold_the_metrics(json_run) -> None:
     assert len(files) == 1
     scalars = {(v.tag, e.step): v.simple_value for e in read_events(files[0]) for v in e.summary.value
                if v.HasField("simple_value")}
-    for r in rundir.read_metrics(out):
-        assert scalars[("val_ppl", r["epoch"])] == pytest.approx(r["val_ppl"], rel=1e-6)
-        assert scalars[("train_ppl", r["epoch"])] == pytest.approx(r["train_ppl"], rel=1e-6)
+    for r in rundir.read_metrics(out):  # every number a record holds, by its own key
+        numbers = {k for k, v in r.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+        assert numbers >= {"val_ppl", "train_ppl", "train_loss", "val_bpc", "skipped_steps"}
+        for key in numbers:
+            assert scalars[(key, r["epoch"])] == pytest.approx(r[key], rel=1e-6), key
 
 
 def test_saved_config_reproduces_the_run(json_run, tmp_path: Path, capsys) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from jaxrnn.data import load_corpus
 from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model
-from jaxrnn.steps import Steps, StepStats, init_state, loss_sum
+from jaxrnn.steps import Steps, init_state, loss_sum
 from jaxrnn.training import fit, make_optimizer, perplexity, record
 
 
@@ -87,10 +87,15 @@ def test_perplexity_is_exp_of_loss() -> None:
         assert perplexity(loss) == pytest.approx(math.exp(loss), rel=1e-12)
     assert perplexity(1000.0) == math.inf
     # two steps: loss sums 30 and 10 over 10 and 10 tokens -> token-weighted mean 2.0; one skipped step
-    stats = StepStats(np.array([30.0, 10.0, 0.0]), np.array([10.0, 10.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+    stats = {"loss_sum": np.array([30.0, 10.0, 0.0]), "tokens": np.array([10.0, 10.0, 0.0]),
+             "skipped_steps": np.array([0.0, 0.0, 1.0])}
     r = record({"epoch": 3, "step": 9}, stats, 2.5, 4.0, 1000, "d2l-windows")
     assert r["train_ppl"] == pytest.approx(math.exp(2.0)) and r["val_ppl"] == pytest.approx(math.exp(2.5))
     assert r["epoch"] == 3 and r["tokens_per_s"] == 250 and r["skipped_steps"] == 1
+    # a metric of one's own: a NAME_sum is the token-weighted mean train_NAME, any other key a summed count
+    r = record({"epoch": 1}, {**stats, "norm_sum": np.array([5.0, 15.0, 0.0]), "clipped": np.array([1.0, 0, 1])},
+               2.5, 4.0, 1000, "d2l-windows")
+    assert r["train_norm"] == pytest.approx(1.0) and r["clipped"] == 2.0
 
 
 def test_perplexity_of_nan_loss_is_nan() -> None:
@@ -125,8 +130,8 @@ def test_masked_partial_batch_weighs_like_d2l(tiny_cfg, tiny_corpus) -> None:
             idx = jnp.concatenate([real, jnp.full(11, pad, jnp.int32)])
             got, sn, _ = step(init_state(model, tx, 0), train, idx, jnp.arange(16) < 5)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), got.params, want.params)
-            np.testing.assert_allclose(sn, sn_want, rtol=1e-6)
-    assert float(sn_want.tokens) == 5 * cfg.num_steps
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), sn, sn_want)
+    assert float(sn_want["tokens"]) == 5 * cfg.num_steps
     assert int(got.step) == 1
 
 
