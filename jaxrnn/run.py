@@ -23,7 +23,7 @@ from typing import Any
 
 import jax
 
-from jaxrnn import checkpoint, interrupts, rundir
+from jaxrnn import checkpoint, interrupts, rundir, training
 from jaxrnn.artifacts import Artifacts, summary_writer
 from jaxrnn.config import Config, source_of
 from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
@@ -33,7 +33,7 @@ from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
 from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
 from jaxrnn.steps import TrainState, init_state
-from jaxrnn.training import NonFiniteLoss, check_trainable, evaluate_tokens, fit, make_optimizer
+from jaxrnn.training import NonFiniteLoss, check_trainable, evaluate_tokens, make_optimizer
 
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 OnEpoch = Callable[[dict[str, Any]], None]  # called with each record (an epoch's, or an evaluation's) as they come
@@ -121,39 +121,19 @@ def log(msg: str) -> None:
 def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
               start: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch,
               time_budget: float | None = None) -> Trained:
-    """Train from `start` (in `cfg.unit`), appending metrics as records come and saving a checkpoint
-    where one is due; `progress` True shows it on stderr (process 0 only), False nothing, a callable
-    gets each record. A signal, or `time_budget` seconds passed, stops the run at its next checkpoint; a
-    signal during a compilation with nothing trained since the last checkpoint stops it at once."""
+    """The run loop: train from `start` (in `cfg.unit`), chunk by chunk (`training.fit_chunks`), appending
+    metrics as records come and saving a checkpoint where one is due; `progress` True shows it on stderr
+    (process 0 only), False nothing, a callable gets each record. A signal, or `time_budget` seconds
+    passed, ends the loop at its next checkpoint; a signal during a compilation with nothing trained since
+    the last checkpoint ends it at once."""
     unit, began = cfg.unit, time.monotonic()
     last_saved = {unit: start if state is not None else None}
-    seen = list(history)
+    new: list[dict[str, Any]] = []
     nothing, primary = contextlib.nullcontext(), is_primary()
     shown = Progress.of(cfg, "auto" if primary else "quiet") if progress is True else None
     on_epoch = shown or progress or None
-
-    def on_chunk(state: TrainState, records: list[dict[str, Any]], save: bool) -> None:
-        seen.extend(records)
-        for r in records:
-            if on_epoch is not None:
-                on_epoch(r)
-        if run_dir is not None:
-            on_primary(lambda: rundir.append_metrics(run_dir, records))
-        caught.unsaved = not save
-        if not save:
-            return
-        at = records[-1][unit]
-        if run_dir is not None:
-            meta = checkpoint.Meta.of(cfg, corpus.vocab, corpus.prompt, records[-1])
-            saver.save(at, state, meta)  # every process: each writes the shards it holds
-            last_saved[unit] = at
-            if primary:
-                artifacts.update(seen, records, interrupts.wait(sample_text, state.params))
-        signum = most(caught.signum)  # a signal to any process stops them all after this chunk
-        if signum and at < cfg.length:  # a run that is complete prints its result instead
-            raise Stopped(signum, at, run_dir, unit)
-        if time_budget is not None and most(time.monotonic() - began >= time_budget) and records[-1][unit] < cfg.length:
-            raise _BudgetSpent(state, records[-1][unit])
+    watched = on_epoch if isinstance(on_epoch, Progress) else None
+    done = start
 
     def kept(before: str = "") -> str:  # what a run that fails keeps
         at = last_saved[unit]
@@ -163,21 +143,43 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
         with jax.default_matmul_precision(cfg.precision):
             return samples(model, local_copy(params), corpus.vocab, corpus.prompt, SAMPLE_CHARS, 1)[0]
 
+    trained = training.fit_chunks(cfg, corpus, model, state, start, per_step,
+                                  on_phase=watched.phase if watched else None)
     with (interrupts.deferred() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
           Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts,
-          contextlib.closing(shown) if shown else nothing,
-          on_epoch.watching(start) if isinstance(on_epoch, Progress) else nothing):
+          contextlib.closing(shown) if shown else nothing, watched.watching(start) if watched else nothing,
+          contextlib.closing(trained)):
         try:
-            state, new = fit(cfg, corpus, model, state, start, per_step=per_step, on_chunk=on_chunk,
-                             on_phase=on_epoch.phase if isinstance(on_epoch, Progress) else None)
-            done, caught.done = cfg.length, True
+            for chunk in trained:
+                state, done = chunk.state, chunk.records[-1][unit]
+                new += chunk.records
+                for r in chunk.records:
+                    if on_epoch is not None:
+                        on_epoch(r)
+                if run_dir is not None:
+                    on_primary(functools.partial(rundir.append_metrics, run_dir, chunk.records))
+                caught.unsaved = not chunk.save
+                if not chunk.save:
+                    continue
+                if run_dir is not None:
+                    meta = checkpoint.Meta.of(cfg, corpus.vocab, corpus.prompt, chunk.records[-1])
+                    saver.save(done, state, meta)  # every process: each writes the shards it holds
+                    last_saved[unit] = done
+                    if primary:
+                        artifacts.update(history + new, chunk.records, interrupts.wait(sample_text, state.params))
+                if done >= cfg.length:  # complete: it prints its result, whatever signal came
+                    break
+                signum = most(caught.signum)  # a signal to any process stops them all after this chunk
+                if signum:
+                    raise Stopped(signum, done, run_dir, unit)
+                if time_budget is not None and most(time.monotonic() - began >= time_budget):
+                    goes_on = f", its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else ""
+                    log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
+                        f"{cfg.length}{goes_on}")
+                    break
+            caught.done = done >= cfg.length
         except interrupts.Interrupted as e:  # while compiling, nothing trained since the last checkpoint
             raise Stopped(e.signum, last_saved[unit], run_dir, unit, compiling=True) from None
-        except _BudgetSpent as e:  # the checkpoint is written: this run ends here, as resumable as any
-            state, new, done = e.state, seen[len(history):], e.done
-            goes_on = f", its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else ""
-            log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
-                f"{cfg.length}{goes_on}")
         except jax.errors.JaxRuntimeError as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
@@ -188,13 +190,6 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
             advice = "lower --lr or --clip" + ("" if skips else ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept(' before it')}); {advice}") from None
     return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, done, corpus=corpus)
-
-
-class _BudgetSpent(Exception):
-    """The time budget ran out at a checkpoint: `state` is the run's state there, after `done` epochs or steps."""
-
-    def __init__(self, state: TrainState, done: int) -> None:
-        self.state, self.done = state, done
 
 
 def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,

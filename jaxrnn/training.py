@@ -8,7 +8,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -189,26 +189,31 @@ def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel) -> Layout
     return lay
 
 
-OnChunk = Callable[[TrainState, list[dict[str, Any]], bool], None]  # (state, new records, save a checkpoint?)
+class Chunk(NamedTuple):
+    """What one compiled call trained: the state after it, its records (one per epoch of a chunk, or a
+    round's one in a run by steps), and whether a checkpoint is due after it."""
+
+    state: TrainState
+    records: list[dict[str, Any]]
+    save: bool
 
 
-def fit(
+def fit_chunks(
     cfg: Config,
     corpus: Corpus,
     model: LanguageModel,
     state: TrainState | None = None,
     start: int = 0,
     per_step: bool = False,
-    on_chunk: OnChunk | None = None,
     timings: dict[str, float] | None = None,
     on_phase: Callable[[str], None] | None = None,
-) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end. By epochs,
-    `on_chunk(state, records, True)` runs after every chunk of epochs that ends at a multiple of
-    `cfg.save_every` or at the end; by steps, after every evaluation (`cfg.eval_every` steps), its last
-    argument True where a checkpoint is due (a multiple of `cfg.save_every`, or the end). Returns the
-    final state and the new records. Raises NonFiniteLoss, before `on_chunk`, for a chunk in which the
-    loss stopped being finite.
+) -> Iterator[Chunk]:
+    """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end, yielding a Chunk
+    after each compiled call: by epochs each chunk ends at a multiple of `cfg.save_every` or at the end
+    (a checkpoint due after every one); by steps each round of `cfg.eval_every` steps ends with an
+    evaluation, a checkpoint due at a multiple of `cfg.save_every` or at the end. The caller writes,
+    saves and decides whether to go on; leaving the loop ends training there. Raises NonFiniteLoss,
+    before yielding, for a chunk in which the loss stopped being finite.
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given, and
@@ -229,23 +234,26 @@ def fit(
     timings.setdefault("compile_s", 0.0)
     timings.setdefault("train_s", 0.0)
     build = functools.partial(compile_, on_phase=on_phase)
+    precision = functools.partial(jax.default_matmul_precision, cfg.precision)  # where programs are traced
     if cfg.steps is not None:
-        return _fit_steps(cfg, model, fns, lay, state, (train, val, val_idx, val_mask), n, spe, start, protocol,
-                          on_chunk, timings, build)
-    history: list[dict[str, Any]] = []
+        yield from _fit_steps(cfg, model, fns, lay, state, (train, val, val_idx, val_mask), n, spe, start, protocol,
+                              timings, build, precision)
+        return
     compiled: dict[int, Callable] = {}  # chunk length -> executable
-    with jax.default_matmul_precision(cfg.precision):
-        for a, b in chunks(start, cfg.epochs, cfg.save_every):
-            plan = chunk_plan(cfg.seed, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps)
-            tokens_per_epoch = int(plan[1][0].sum()) * cfg.num_steps
-            idx, mask = put_tree(plan, lay.batched(3))
-            if not per_step and b - a not in compiled:
-                t0 = time.perf_counter()
-                compiled[b - a] = build(fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask))
-                timings["compile_s"] += time.perf_counter() - t0
+    for a, b in chunks(start, cfg.epochs, cfg.save_every):
+        plan = chunk_plan(cfg.seed, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps)
+        tokens_per_epoch = int(plan[1][0].sum()) * cfg.num_steps
+        idx, mask = put_tree(plan, lay.batched(3))
+        if not per_step and b - a not in compiled:
             t0 = time.perf_counter()
-            if per_step:
-                stats, vals = [], []
+            with precision():
+                lowered = fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask)
+            compiled[b - a] = build(lowered)
+            timings["compile_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if per_step:
+            stats, vals = [], []
+            with precision():
                 for e in range(b - a):
                     h = model.init_state(cfg.batch_size)
                     for i in range(idx.shape[1]):
@@ -253,21 +261,26 @@ def fit(
                         h = h_last if cfg.batching == "sequential" else h
                         stats.append(stats_i)
                     vals.append(fns.evaluate(state.params, val, val_idx, val_mask))
-                shape = (b - a, idx.shape[1])
-                stats_ExN = {k: jnp.stack([st[k] for st in stats]).reshape(shape) for k in stats[0]}
-                val_E = jnp.stack(vals)
-            else:
-                state, (stats_ExN, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
-            stats_ExN, val_E = fetch((stats_ExN, val_E))
-            timings["train_s"] += time.perf_counter() - t0
-            check_finite(a * spe, spe, stats_ExN, val_E, cfg.skip_nonfinite)
-            seconds = (time.perf_counter() - t0) / (b - a)
-            records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, {k: x[e] for k, x in stats_ExN.items()},
-                              float(val_E[e]), seconds,
-                              tokens_per_epoch, protocol) for e in range(b - a)]
-            history += records
-            if on_chunk is not None:
-                on_chunk(state, records, True)
+            shape = (b - a, idx.shape[1])
+            stats_ExN = {k: jnp.stack([st[k] for st in stats]).reshape(shape) for k in stats[0]}
+            val_E = jnp.stack(vals)
+        else:
+            state, (stats_ExN, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
+        stats_ExN, val_E = fetch((stats_ExN, val_E))
+        timings["train_s"] += time.perf_counter() - t0
+        check_finite(a * spe, spe, stats_ExN, val_E, cfg.skip_nonfinite)
+        seconds = (time.perf_counter() - t0) / (b - a)
+        records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, {k: x[e] for k, x in stats_ExN.items()},
+                          float(val_E[e]), seconds, tokens_per_epoch, protocol) for e in range(b - a)]
+        yield Chunk(state, records, True)
+
+
+def fit(cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None = None, start: int = 0,
+        per_step: bool = False, timings: dict[str, float] | None = None) -> tuple[TrainState, list[dict[str, Any]]]:
+    """`fit_chunks` to the end, nothing saved: the final state and every new record."""
+    history: list[dict[str, Any]] = []
+    for chunk in fit_chunks(cfg, corpus, model, state, start, per_step, timings):
+        state, history = chunk.state, history + chunk.records
     return state, history
 
 
@@ -303,40 +316,36 @@ def round_plan(cfg: Config, n: int, spe: int, a: int, b: int) -> tuple[np.ndarra
 
 
 def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay: Layout, state: TrainState,
-               data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str, on_chunk: OnChunk | None,
-               timings: dict[str, float], build: Callable[[Any], Callable]) -> tuple[TrainState, list[dict[str, Any]]]:
+               data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str, timings: dict[str, float],
+               build: Callable[[Any], Callable], precision: Callable) -> Iterator[Chunk]:
     """Training by steps: rounds of `eval_every` steps (from step 0, so a resumed run's rounds are the
     same), each one compiled call ending with an evaluation. With sequential batching the state runs on
     across rounds, and restarts from zeros at each epoch's start and after each checkpoint (a resumed
     run starts there from zeros too, so it ends exactly as the run left alone)."""
     train, val, val_idx, val_mask = data
     h = put_tree(model.init_state(cfg.batch_size), NamedSharding(lay.mesh, P(AXIS)))
-    history: list[dict[str, Any]] = []
     compiled: dict[int, Callable] = {}  # round length -> executable
     K, g = cfg.eval_every, start
-    with jax.default_matmul_precision(cfg.precision):
-        while g < cfg.steps:
-            b = min((g // K + 1) * K, cfg.steps)
-            idx, mask, reset = round_plan(cfg, n, spe, g, b)
-            reset[0] |= g % cfg.save_every == 0  # a round after a checkpoint starts from zeros
-            tokens = int(mask.sum()) * cfg.num_steps
-            idx, mask = put_tree((idx, mask), lay.batched(2))
-            reset = put_tree(reset, lay.replicated)
-            args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
-            if b - g not in compiled:
-                t0 = time.perf_counter()
-                compiled[b - g] = build(fns.round.lower(*args))
-                timings["compile_s"] += time.perf_counter() - t0
+    while g < cfg.steps:
+        b = min((g // K + 1) * K, cfg.steps)
+        idx, mask, reset = round_plan(cfg, n, spe, g, b)
+        reset[0] |= g % cfg.save_every == 0  # a round after a checkpoint starts from zeros
+        tokens = int(mask.sum()) * cfg.num_steps
+        idx, mask = put_tree((idx, mask), lay.batched(2))
+        reset = put_tree(reset, lay.replicated)
+        args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
+        if b - g not in compiled:
             t0 = time.perf_counter()
-            state, h, stats_K, val_loss = compiled[b - g](*args)
-            stats_K, val_loss = fetch((stats_K, val_loss))
-            seconds = time.perf_counter() - t0
-            timings["train_s"] += seconds
-            check_finite(g, spe, {k: x[None] for k, x in stats_K.items()}, val_loss[None], cfg.skip_nonfinite)
-            records = [record({"step": b, "epoch": b / spe}, stats_K, float(val_loss), seconds, tokens, protocol)]
-            history += records
-            save = b % cfg.save_every == 0 or b == cfg.steps
-            if on_chunk is not None:
-                on_chunk(state, records, save)
-            g = b
-    return state, history
+            with precision():
+                lowered = fns.round.lower(*args)
+            compiled[b - g] = build(lowered)
+            timings["compile_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state, h, stats_K, val_loss = compiled[b - g](*args)
+        stats_K, val_loss = fetch((stats_K, val_loss))
+        seconds = time.perf_counter() - t0
+        timings["train_s"] += seconds
+        check_finite(g, spe, {k: x[None] for k, x in stats_K.items()}, val_loss[None], cfg.skip_nonfinite)
+        records = [record({"step": b, "epoch": b / spe}, stats_K, float(val_loss), seconds, tokens, protocol)]
+        yield Chunk(state, records, b % cfg.save_every == 0 or b == cfg.steps)
+        g = b

@@ -147,12 +147,13 @@ def test_the_memory_estimate_is_near_what_xla_allocates(changes: dict) -> None:
 def test_a_failed_start_leaves_a_directory_that_trains_again(call, tmp_path: Path, monkeypatch) -> None:
     """Out of memory at run time (XLA's RESOURCE_EXHAUSTED): exit 2 with one line, and the run directory it
     left, which never saved anything, is trained into again without --force, as is --resume."""
-    from jaxrnn import run
+    from jaxrnn import training
 
-    def exhausted(*args, **kwargs):
+    def exhausted(*args, **kwargs):  # a generator, as fit_chunks is: it fails at its first chunk
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 7500000000000 bytes.")
+        yield
 
-    monkeypatch.setattr(run, "fit", exhausted)
+    monkeypatch.setattr(training, "fit_chunks", exhausted)
     user_error(call(["train", *TINY, "--out", "run"], tmp_path),
                r"out of memory while training \(RESOURCE_EXHAUSTED: .*; no checkpoint was saved\); lower --batch-size")
     monkeypatch.undo()

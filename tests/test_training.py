@@ -12,7 +12,7 @@ import pytest
 from jaxrnn.data import load_corpus
 from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model
 from jaxrnn.steps import Steps, init_state, loss_sum
-from jaxrnn.training import fit, make_optimizer, perplexity, record
+from jaxrnn.training import fit, fit_chunks, make_optimizer, perplexity, record
 
 
 def mean_loss(model, params, windows, mask) -> jax.Array:
@@ -156,11 +156,10 @@ def test_fused_and_per_step_agree(tiny_cfg, corpus_500, kind: str) -> None:
 def test_chunking_does_not_change_training_and_loss_falls(tiny_cfg, tiny_corpus) -> None:
     """Three chunks of 1 epoch train exactly like one chunk of 3; the loss falls every epoch."""
     model = build_model(tiny_cfg(), len(tiny_corpus.vocab))
-    seen: list[list[int]] = []
-    a, hist_a = fit(tiny_cfg(epochs=3, save_every=1), tiny_corpus, model,
-                    on_chunk=lambda st, recs, save: seen.append([r["epoch"] for r in recs]))
+    chunks = list(fit_chunks(tiny_cfg(epochs=3, save_every=1), tiny_corpus, model))
+    a, hist_a = chunks[-1].state, [r for c in chunks for r in c.records]
     b, hist_b = fit(tiny_cfg(epochs=3, save_every=3), tiny_corpus, model)
-    assert seen == [[1], [2], [3]] and [r["epoch"] for r in hist_a] == [1, 2, 3]
+    assert [[r["epoch"] for r in c.records] for c in chunks] == [[1], [2], [3]] and all(c.save for c in chunks)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a.params, b.params)
     train = [r["train_loss"] for r in hist_a]
     val = [r["val_loss"] for r in hist_a]
