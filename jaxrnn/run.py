@@ -24,16 +24,17 @@ from typing import Any
 import jax
 
 from jaxrnn import checkpoint, interrupts, rundir, training
-from jaxrnn.artifacts import Artifacts, summary_writer
+from jaxrnn.artifacts import summary_writer
 from jaxrnn.config import Config, source_of
 from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
 from jaxrnn.errors import CheckpointError, ConfigError, Damaged, DataError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.models import LanguageModel, build_model, check_buildable
-from jaxrnn.parallel import barrier, is_primary, local_copy, most, on_primary
+from jaxrnn.parallel import barrier, is_primary, local_copy, most
 from jaxrnn.progress import Progress
 from jaxrnn.sample import samples
 from jaxrnn.steps import TrainState, init_state
 from jaxrnn.training import NonFiniteLoss, check_trainable, evaluate_tokens, make_optimizer
+from jaxrnn.writer import Writer
 
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 OnEpoch = Callable[[dict[str, Any]], None]  # called with each record (an epoch's, or an evaluation's) as they come
@@ -100,25 +101,22 @@ class Trained:
         if self.run_dir is not None and run_dir.resolve() == self.run_dir.resolve():
             return run_dir
         sha1 = self.corpus.sha1 if self.corpus is not None else rundir.saved_sha1(self.run_dir)
-        with rundir.writing(run_dir):
-            self._write(run_dir, force, sha1)
-        return run_dir
-
-    def _write(self, run_dir: Path, force: bool, sha1: str | None) -> None:
-        rundir.prepare(run_dir, self.cfg, force, sha1)
         last = self.history[-1] if self.history and self.history[-1][self.cfg.unit] == self.done else \
             {self.cfg.unit: self.done, "train_ppl": None, "val_ppl": self.val_ppl}
-        rundir.rewrite_metrics(run_dir, self.history)
-        checkpoint.save(run_dir, self.done, self.state, checkpoint.Meta.of(self.cfg, self.vocab, self.prompt, last))
-        with Artifacts(run_dir, self.cfg.curves and bool(self.history)) as artifacts:
-            artifacts.update(self.history, [last], self.predict(self.prompt, SAMPLE_CHARS))
+        with Writer(run_dir) as writer:
+            writer.start(self.cfg, force, sha1)
+            writer.rewrite(self.history)
+            writer.checkpoint(self.done, self.state, checkpoint.Meta.of(self.cfg, self.vocab, self.prompt, last))
+            writer.show(self.history, [last], lambda: self.predict(self.prompt, SAMPLE_CHARS),
+                        curves=self.cfg.curves and bool(self.history))
+        return run_dir
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
+def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
               start: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch,
               time_budget: float | None = None) -> Trained:
     """The run loop: train from `start` (in `cfg.unit`), chunk by chunk (`training.fit_chunks`), appending
@@ -127,10 +125,11 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
     passed, ends the loop at its next checkpoint; a signal during a compilation with nothing trained since
     the last checkpoint ends it at once."""
     unit, began = cfg.unit, time.monotonic()
+    run_dir = writer.run_dir if writer is not None else None
     last_saved = {unit: start if state is not None else None}
     new: list[dict[str, Any]] = []
-    nothing, primary = contextlib.nullcontext(), is_primary()
-    shown = Progress.of(cfg, "auto" if primary else "quiet") if progress is True else None
+    nothing = contextlib.nullcontext()
+    shown = Progress.of(cfg, "auto" if is_primary() else "quiet") if progress is True else None
     on_epoch = shown or progress or None
     watched = on_epoch if isinstance(on_epoch, Progress) else None
     done = start
@@ -145,10 +144,10 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
 
     trained = training.fit_chunks(cfg, corpus, model, state, start, per_step,
                                   on_phase=watched.phase if watched else None)
-    with (interrupts.deferred() as caught, checkpoint.Saver(run_dir) if run_dir else nothing as saver,
-          Artifacts(run_dir, cfg.curves, cfg.tensorboard) if run_dir and primary else nothing as artifacts,
-          contextlib.closing(shown) if shown else nothing, watched.watching(start) if watched else nothing,
-          contextlib.closing(trained)):
+    if writer is not None:
+        writer.begin(cfg.curves, cfg.tensorboard)
+    with (interrupts.deferred() as caught, contextlib.closing(shown) if shown else nothing,
+          watched.watching(start) if watched else nothing, contextlib.closing(trained)):
         try:
             for chunk in trained:
                 state, done = chunk.state, chunk.records[-1][unit]
@@ -156,17 +155,17 @@ def _fit_into(run_dir: Path | None, cfg: Config, corpus: Corpus, model: Language
                 for r in chunk.records:
                     if on_epoch is not None:
                         on_epoch(r)
-                if run_dir is not None:
-                    on_primary(functools.partial(rundir.append_metrics, run_dir, chunk.records))
+                if writer is not None:
+                    writer.append(chunk.records)
                 caught.unsaved = not chunk.save
                 if not chunk.save:
                     continue
-                if run_dir is not None:
+                if writer is not None:
                     meta = checkpoint.Meta.of(cfg, corpus.vocab, corpus.prompt, chunk.records[-1])
-                    saver.save(done, state, meta)  # every process: each writes the shards it holds
+                    writer.checkpoint(done, state, meta)  # every process: each writes the shards it holds
                     last_saved[unit] = done
-                    if primary:
-                        artifacts.update(history + new, chunk.records, interrupts.wait(sample_text, state.params))
+                    writer.show(history + new, chunk.records, functools.partial(interrupts.wait, sample_text,
+                                                                                state.params))
                 if done >= cfg.length:  # complete: it prints its result, whatever signal came
                     break
                 signum = most(caught.signum)  # a signal to any process stops them all after this chunk
@@ -214,15 +213,10 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     run_dir = Path(out) if out is not None else None
     if interrupts.pending():  # Ctrl-C while the corpus was read: no run directory for a run that never starts
         raise Stopped(interrupts.pending(), None)
-    with _writing(run_dir):
-        if run_dir is not None:
-            on_primary(lambda: rundir.prepare(run_dir, cfg, force, corpus.sha1))
-        return _fit_into(run_dir, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
-
-
-def _writing(run_dir: Path | None) -> contextlib.AbstractContextManager:
-    """The run directory held for this process (process 0 of several) while it writes there (`rundir.writing`)."""
-    return rundir.writing(run_dir) if run_dir is not None and is_primary() else contextlib.nullcontext()
+    with Writer(run_dir) if run_dir is not None else contextlib.nullcontext() as writer:
+        if writer is not None:
+            writer.start(cfg, force, corpus.sha1)
+        return _fit_into(writer, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
 
 
 def _check_per_step(cfg: Config, per_step: bool) -> None:
@@ -261,11 +255,12 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
         what = (f"holds no {rundir.CONFIG}" if run_dir.is_dir() else "is a file, not a run directory"
                 if run_dir.exists() else "does not exist")
         raise JaxrnnError(f"{run_dir} {what}; pass --resume with a run directory written by 'jaxrnn train'")
-    with _writing(run_dir):
-        return _resume(run_dir, per_step, progress, time_budget)
+    with Writer(run_dir) as writer:
+        return _resume(writer, per_step, progress, time_budget)
 
 
-def _resume(run_dir: Path, per_step: bool, progress: bool | OnEpoch, time_budget: float | None) -> Trained:
+def _resume(writer: Writer, per_step: bool, progress: bool | OnEpoch, time_budget: float | None) -> Trained:
+    run_dir = writer.run_dir
     cfg = Config.load(run_dir / rundir.CONFIG)
     _check_per_step(cfg, per_step)
     if source_of(cfg.data) is None and not Path(cfg.data).is_file():
@@ -288,7 +283,7 @@ def _resume(run_dir: Path, per_step: bool, progress: bool | OnEpoch, time_budget
         except CheckpointError as e:
             failed = e
         if most(failed is not None):  # every process goes on from the same checkpoint
-            on_primary(functools.partial(_set_aside, run_dir, epoch, failed))
+            writer.set_aside(epoch, failed)
             state, val_ppl = None, None
             continue
         start = epoch
@@ -297,22 +292,15 @@ def _resume(run_dir: Path, per_step: bool, progress: bool | OnEpoch, time_budget
         try:  # the next save's manager reads every checkpoint's metrics record
             checkpoint.saved_val_ppl(run_dir, epoch)
         except Damaged as e:
-            on_primary(functools.partial(_set_aside, run_dir, epoch, e, "keeping the others"))
+            writer.set_aside(epoch, e, "keeping the others")
     history = rundir.read_metrics(run_dir, upto=start)
     barrier("metrics read")
-    on_primary(lambda: rundir.rewrite_metrics(run_dir, history))
+    writer.rewrite(history)
     if state is not None and start >= cfg.length:
         log(f"jaxrnn: {run_dir} finished all {cfg.length} {cfg.unit}s already")
         return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
     log(f"jaxrnn: resuming {run_dir} at {cfg.unit} {start}")
-    return _fit_into(run_dir, cfg, corpus, model, state, start, history, per_step, progress, time_budget)
-
-
-def _set_aside(run_dir: Path, epoch: int, failed: CheckpointError | None, then: str = "trying an earlier one") -> None:
-    """Move a checkpoint that cannot be restored out of the way, saying why."""
-    why = failed.problem if isinstance(failed, Damaged) else failed
-    why = why or f"another process cannot restore checkpoint {epoch} in {run_dir}"
-    log(f"jaxrnn: warning: {why}; moved it to {checkpoint.set_aside(run_dir, epoch)}, {then}")
+    return _fit_into(writer, cfg, corpus, model, state, start, history, per_step, progress, time_budget)
 
 
 def corpus_for(cfg: Config) -> Corpus:
