@@ -212,10 +212,10 @@ def model_config(cfg: Config, vocab_size: int) -> ModelConfig:
 
 
 def pallas_pays(cfg: Config, backend: str) -> bool:
-    """`--kernel auto`'s choice: the whole-loop Pallas kernels on GPUs wherever they compile (on an H100
-    they trained 1.2-4x faster than the scan path at every width that fits, and decoded 2-3x faster); the
+    """`--kernel auto`'s choice: the whole-loop Pallas kernels on GPUs wherever they compile (they measured
+    faster than the scan path at every width that fits, in training and decoding: docs/benchmarks.md); the
     scan path elsewhere (a CPU only interprets them; TPUs and the per-step kernels of wider layers are not
-    measured). docs/benchmarks.md."""
+    measured)."""
     spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
     return (backend == "gpu" and cfg.impl == "scratch" and spec.kernel is not None
             and spec.matmul_gates is None  # d2l's GRU form: its kernels have not yet run on a GPU

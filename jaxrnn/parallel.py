@@ -6,8 +6,8 @@ shardings; the gradient is a `shard_map` over the `data` axis with one `psum`
 (`steps.Steps.grad_sums`). Arrays are placed with `jax.make_array_from_process_local_data`
 (`put`): each process hands over only the slice of a batch plan its own devices hold. Several
 processes (hosts) join through `jax.distributed.initialize` (`initialize`). On a CPU, the CLI makes
-one XLA device per core (`use_cpu_cores`), which trains the seed model about 1.4x faster on two
-cores than one device does (docs/benchmarks.md).
+one XLA device per core (`use_cpu_cores`), which trains faster than one device does on several cores
+(docs/benchmarks.md has the figure).
 """
 
 from __future__ import annotations
