@@ -327,15 +327,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from jaxrnn import interrupts, run
-    from jaxrnn.sample import check_sampling
+    from jaxrnn.sample import Sampling, check_length
 
     if args.prefix == "":
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
-    check_sampling(args.num_preds, args.temperature, args.top_k, args.top_p)  # before the restore
+    check_length(args.num_preds)  # before the restore, as the sampling settings are
+    how = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     trained = run.load(args.run, args.step)
     prefix = trained.prompt if args.prefix is None else args.prefix
-    for text in interrupts.wait(trained.samples, prefix, args.num_preds, args.num_samples, args.temperature,
-                                args.seed, args.top_k, args.top_p):
+    for text in interrupts.wait(trained.samples, prefix, args.num_preds, args.num_samples, how):
         print(text, flush=True)
     return 0
 

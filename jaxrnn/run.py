@@ -31,7 +31,7 @@ from jaxrnn.errors import CheckpointError, ConfigError, Damaged, DataError, Jaxr
 from jaxrnn.models import LanguageModel, build_model, check_buildable
 from jaxrnn.parallel import barrier, is_primary, local_copy, most
 from jaxrnn.progress import Progress
-from jaxrnn.sample import samples
+from jaxrnn.sample import GREEDY, Sampling, samples
 from jaxrnn.steps import TrainState, init_state
 from jaxrnn.training import NonFiniteLoss, check_trainable, evaluate_tokens, make_optimizer
 from jaxrnn.writer import Writer
@@ -79,19 +79,18 @@ class Trained:
                 top_p: float = 1.0) -> str:
         """d2l's predict: `prefix` plus `num_preds` characters, greedy unless a temperature is given
         (then also restricted to the `top_k` most likely tokens and the `top_p` nucleus, if given)."""
-        return self.samples(prefix, num_preds, 1, temperature, seed, top_k, top_p)[0]
+        return self.samples(prefix, num_preds, 1, Sampling(temperature, top_k, top_p, seed))[0]
 
-    def samples(self, prefix: str, num_preds: int = 50, num_samples: int = 1, temperature: float = 0.0, seed: int = 0,
-                top_k: int = 0, top_p: float = 1.0) -> list[str]:
-        """`num_samples` continuations of `prefix`, drawn as one batch. The prefix is preprocessed as the
-        run's corpus was (d2l's: lower case, non-letters to spaces), with a note on stderr if that changes it."""
+    def samples(self, prefix: str, num_preds: int = 50, num_samples: int = 1, how: Sampling = GREEDY) -> list[str]:
+        """`num_samples` continuations of `prefix`, drawn as one batch, `how` says (greedy by default). The
+        prefix is preprocessed as the run's corpus was (d2l's: lower case, non-letters to spaces), with a
+        note on stderr if that changes it."""
         read = preprocess(prefix, self.cfg.preprocessing)
         if read != prefix:
             log(f"jaxrnn: note: the prompt reads {read!r} after --preprocessing {self.cfg.preprocessing}, as the "
                 "run's corpus was read")
         with jax.default_matmul_precision(self.cfg.precision):
-            return samples(self.model, self.params, self.vocab, read, num_preds, num_samples, temperature, seed,
-                           top_k, top_p)
+            return samples(self.model, self.params, self.vocab, read, num_preds, num_samples, how)
 
     def save(self, run_dir: str | Path, force: bool = False) -> Path:
         """Write this model as a run directory, as `train(cfg, out=run_dir)` writes one: config.json,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,39 @@ from jaxrnn import kernels
 from jaxrnn.data import Vocab
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next character is chosen: the argmax (temperature 0, as d2l's predict), or a draw, seeded
+    by `seed`, from softmax(logits / temperature) among the `top_k` most likely (0: every one) and within
+    the nucleus of probability `top_p` (1: all of it). Refused on construction, naming the flag to fix."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if not (t >= 0 and math.isfinite(t)):
+            raise JaxrnnError(f"--temperature must be a finite number >= 0, got {t}; 0 decodes greedily")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise JaxrnnError(f"--top-k must be an integer >= 0, got {k!r}; 0 keeps every token")
+        if not 0 < p <= 1:
+            raise JaxrnnError(f"--top-p must be in (0, 1], got {p}; 1 keeps every token")
+        if t == 0 and (k or p < 1):
+            raise JaxrnnError("--top-k and --top-p restrict sampling, and temperature 0 decodes greedily; "
+                              "pass --temperature > 0 (1 samples from the model's own distribution)")
+        if not 0 <= self.seed < 2**32:
+            raise JaxrnnError(f"--seed must be in [0, 2**32), got {self.seed}; pass a smaller non-negative seed")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling()
 
 
 def filter_logits(logits_BxV: Array, top_k: int, top_p: Array | None) -> Array:
@@ -72,18 +106,13 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
 
 
 def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], num_preds: int,
-             temperature: float = 0.0, seed: int = 0, unroll: int = 8, top_k: int = 0,
-             top_p: float = 1.0, kernel: bool | None = None) -> np.ndarray:
+             how: Sampling = GREEDY, unroll: int = 8, kernel: bool | None = None) -> np.ndarray:
     """`num_preds` new token ids for each prompt (lists of ids, each at least one long), as one
-    compiled call: greedy when `temperature` is 0, else sampled with the given seed from
-    softmax(logits / temperature), restricted to the `top_k` most likely tokens (0: all) and to the
-    nucleus of probability `top_p` (1: all). Each prompt of a batch draws its own tokens.
+    compiled call, each chosen `how` says (greedy by default). Each prompt of a batch draws its own.
 
     Greedy decoding runs as one Pallas kernel (`kernel`) where it pays: None takes it for a model whose
     loop runs on Pallas kernels, off CPUs (a CPU only interprets a Pallas kernel, slowly)."""
-    check_sampling(num_preds, temperature, top_k, top_p)
-    if not 0 <= seed < 2**32:
-        raise JaxrnnError(f"--seed must be in [0, 2**32), got {seed}; pass a smaller non-negative seed")
+    check_length(num_preds)
     if any(len(p) == 0 for p in prompts):
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
     if num_preds == 0:
@@ -99,9 +128,9 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
     elif kernel and not decodes_by_kernel(model):
         raise JaxrnnError("greedy decoding by kernel needs a scratch model on Pallas kernels (--kernel pallas) "
                           "with the tanh RNN, LSTM or GRU; pass kernel=None to decode by the scan loop")
-    toks = _generate(model, params, padded, lengths, np.uint32(seed), np.float32(max(temperature, 1e-6)),
-                     np.float32(top_p), num_preds, temperature == 0.0, max(1, min(unroll, num_preds)),
-                     min(top_k, model.cfg.vocab_size), top_p < 1.0, kernel and temperature == 0.0)
+    toks = _generate(model, params, padded, lengths, np.uint32(how.seed), np.float32(max(how.temperature, 1e-6)),
+                     np.float32(how.top_p), num_preds, how.greedy, max(1, min(unroll, num_preds)),
+                     min(how.top_k, model.cfg.vocab_size), how.top_p < 1.0, kernel and how.greedy)
     return np.asarray(toks)
 
 
@@ -114,19 +143,10 @@ def decodes_by_kernel(model: LanguageModel) -> bool:
             and kernels.on_chip(cfg.hidden, cfg.loop.spec.gates, cfg.loop.dtype))
 
 
-def check_sampling(num_preds: int, temperature: float, top_k: int, top_p: float) -> None:
-    """Refuse settings that cannot decode, naming the flag to fix."""
+def check_length(num_preds: int) -> None:
+    """Refuse a number of characters to generate that is not 0 or more."""
     if num_preds < 0:
         raise JaxrnnError(f"--num-preds must be >= 0, got {num_preds}; pass 0 or more")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise JaxrnnError(f"--temperature must be a finite number >= 0, got {temperature}; 0 decodes greedily")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise JaxrnnError(f"--top-k must be an integer >= 0, got {top_k!r}; 0 keeps every token")
-    if not 0 < top_p <= 1:
-        raise JaxrnnError(f"--top-p must be in (0, 1], got {top_p}; 1 keeps every token")
-    if temperature == 0 and (top_k or top_p < 1):
-        raise JaxrnnError("--top-k and --top-p restrict sampling, and temperature 0 decodes greedily; "
-                          "pass --temperature > 0 (1 samples from the model's own distribution)")
 
 
 def encode_prompt(vocab: Vocab, prefix: str) -> np.ndarray:
@@ -141,17 +161,17 @@ def encode_prompt(vocab: Vocab, prefix: str) -> np.ndarray:
 
 
 def predict(model: LanguageModel, params: Params, vocab: Vocab, prefix: str, num_preds: int,
-            temperature: float = 0.0, seed: int = 0, top_k: int = 0, top_p: float = 1.0) -> str:
+            how: Sampling = GREEDY) -> str:
     """d2l's predict: the prefix followed by `num_preds` generated characters."""
-    return samples(model, params, vocab, prefix, num_preds, 1, temperature, seed, top_k, top_p)[0]
+    return samples(model, params, vocab, prefix, num_preds, 1, how)[0]
 
 
-def samples(model: LanguageModel, params: Params, vocab: Vocab, prefix: str, num_preds: int, num_samples: int,
-            temperature: float = 0.0, seed: int = 0, top_k: int = 0, top_p: float = 1.0) -> list[str]:
+def samples(model: LanguageModel, params: Params, vocab: Vocab, prefix: str, num_preds: int, num_samples: int = 1,
+            how: Sampling = GREEDY) -> list[str]:
     """`num_samples` continuations of one prefix in one batch, each drawing its own characters
     (all the same when greedy)."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise JaxrnnError(f"--num-samples must be a positive integer, got {num_samples!r}; pass 1 or more")
     prompts = [encode_prompt(vocab, prefix)] * num_samples
-    toks = generate(model, params, prompts, num_preds, temperature, seed, top_k=top_k, top_p=top_p)
+    toks = generate(model, params, prompts, num_preds, how)
     return [prefix + vocab.decode(t) for t in toks]

@@ -13,7 +13,7 @@ import pytest
 from jaxrnn.cells import Loop
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM
-from jaxrnn.sample import generate, predict, samples
+from jaxrnn.sample import Sampling, generate, predict, samples
 
 H = 16
 
@@ -78,15 +78,16 @@ def test_batch_of_prompts_equals_each_alone(lm) -> None:
 @TANH
 def test_sampling_is_seeded(lm) -> None:
     model, params, vocab = lm
-    a = predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=0)
-    assert a == predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=0)
-    assert a != predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=1)
+    a = predict(model, params, vocab, "time traveller", 20, how=Sampling(temperature=1.0, seed=0))
+    assert a == predict(model, params, vocab, "time traveller", 20, how=Sampling(temperature=1.0, seed=0))
+    assert a != predict(model, params, vocab, "time traveller", 20, how=Sampling(temperature=1.0, seed=1))
     assert a.startswith("time traveller") and len(set(a[14:])) > 5
-    top = predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=2**32 - 1)
-    assert top != a and top == predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=2**32 - 1)
+    last = Sampling(temperature=1.0, seed=2**32 - 1)
+    top = predict(model, params, vocab, "time traveller", 20, how=last)
+    assert top != a and top == predict(model, params, vocab, "time traveller", 20, how=last)
     for seed in (-1, 2**32):
         with pytest.raises(JaxrnnError, match=r"--seed must be in \[0, 2\*\*32\)"):
-            predict(model, params, vocab, "time traveller", 20, temperature=1.0, seed=seed)
+            predict(model, params, vocab, "time traveller", 20, how=Sampling(temperature=1.0, seed=seed))
 
 
 @TANH
@@ -95,7 +96,7 @@ def test_sampling_follows_softmax_over_temperature(lm) -> None:
     model, params, vocab = lm
     prompt, temperature = vocab.encode("the"), 0.7
     p = first_token_probs(model, params, prompt, temperature)
-    toks = generate(model, params, [prompt] * 4000, 1, temperature=temperature, seed=3)[:, 0]
+    toks = generate(model, params, [prompt] * 4000, 1, how=Sampling(temperature=temperature, seed=3))[:, 0]
     freq = np.bincount(toks, minlength=len(vocab)) / len(toks)
     assert np.abs(freq - p).max() < 0.04  # about 5 standard errors
     assert p.max() < 0.9  # far from greedy, so the check means something
@@ -125,7 +126,8 @@ def test_top_k_and_top_p_sample_from_the_renormalised_head(lm, top_k: int, nucle
     assert kept.sum() == (nucleus or top_k)
     want = np.zeros_like(p)
     want[order[: len(q)][kept]] = q[kept] / q[kept].sum()
-    toks = generate(model, params, [prompt] * 4000, 1, temperature=temperature, seed=5, top_k=top_k, top_p=top_p)
+    how = Sampling(temperature=temperature, seed=5, top_k=top_k, top_p=top_p)
+    toks = generate(model, params, [prompt] * 4000, 1, how=how)
     freq = np.bincount(toks[:, 0], minlength=len(vocab)) / len(toks)
     assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(want))
     assert np.abs(freq - want).max() < 0.04  # about 5 standard errors
@@ -135,7 +137,7 @@ def test_top_k_and_top_p_sample_from_the_renormalised_head(lm, top_k: int, nucle
 def test_top_k_one_is_greedy(lm) -> None:
     model, params, vocab = lm
     greedy = predict(model, params, vocab, "time traveller", 20)  # 20 throughout: one compile per shape
-    assert predict(model, params, vocab, "time traveller", 20, temperature=0.8, seed=2, top_k=1) == greedy
+    assert predict(model, params, vocab, "time traveller", 20, how=Sampling(temperature=0.8, seed=2, top_k=1)) == greedy
 
 
 def test_zero_predictions_return_prefix(lm) -> None:
@@ -174,15 +176,15 @@ def test_unknown_prompt_chars_warn_and_read_as_unk(lm, capsys) -> None:
 def test_invalid_top_k_top_p_raise(tiny_corpus, kw: dict, flag: str) -> None:
     model = ScratchRNNLM(ModelConfig(len(tiny_corpus.vocab), 4))
     with pytest.raises(JaxrnnError, match=re.escape(flag)):
-        predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, **kw)
+        predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, Sampling(**kw))
 
 
 @TANH_AND_LSTM
 def test_samples_draw_independently(lm) -> None:
     model, params, vocab = lm
-    texts = samples(model, params, vocab, "time traveller", 20, 4, temperature=1.0, seed=0)
+    texts = samples(model, params, vocab, "time traveller", 20, 4, how=Sampling(temperature=1.0, seed=0))
     assert len(texts) == 4 and len(set(texts)) == 4 and all(t.startswith("time traveller") for t in texts)
-    assert texts[0] == samples(model, params, vocab, "time traveller", 20, 4, temperature=1.0, seed=0)[0]
+    assert texts[0] == samples(model, params, vocab, "time traveller", 20, 4, Sampling(temperature=1.0, seed=0))[0]
     greedy = predict(model, params, vocab, "time traveller", 20)
     assert samples(model, params, vocab, "time traveller", 20, 4) == [greedy] * 4
 
@@ -191,4 +193,4 @@ def test_samples_draw_independently(lm) -> None:
 def test_invalid_temperature_raises(tiny_corpus, temperature: float) -> None:
     model = ScratchRNNLM(ModelConfig(len(tiny_corpus.vocab), 4))
     with pytest.raises(JaxrnnError, match="temperature"):
-        predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, temperature=temperature)
+        predict(model, model.init(jax.random.key(0)), tiny_corpus.vocab, "time", 5, Sampling(temperature=temperature))
