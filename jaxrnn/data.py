@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import hashlib
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxrnn.config import CORPORA, Source, sha1_of, source_of
-from jaxrnn.errors import DataError
+from jaxrnn.errors import DataError, say_once
 
 # a source checkout carries The Time Machine for its tests: a clone trains offline (absent from a wheel)
 CHECKOUT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -107,12 +106,6 @@ def read_text(path: Path) -> tuple[str, str]:
 
 
 COVERED_AT_LEAST = 0.25  # d2l's window counts covering less of a text than this (not The Time Machine) warn
-
-
-@functools.cache
-def warn_once(message: str) -> None:
-    """Print a warning on stderr the first time this process has it (a corpus read again warns once)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 CHUNK = 1 << 20  # characters per slice when counting and encoding a text: bounds the temporary arrays
@@ -295,7 +288,7 @@ def load_corpus(
                 "or pass --split")
         covered = num_train + num_val + num_steps
         if sha1 != TIMEMACHINE_SHA1 and covered < COVERED_AT_LEAST * len(tokens):
-            warn_once(f"jaxrnn: warning: d2l's window counts (--num-train {num_train}, --num-val {num_val}) cover "
+            say_once(f"jaxrnn: warning: d2l's window counts (--num-train {num_train}, --num-val {num_val}) cover "
                       f"{covered:,} of the {len(tokens):,} characters of {p} ({covered / len(tokens):.1%}); pass "
                       "--split 0.9,0.1,0 (or another) to train and validate on all of it")
     else:

@@ -1,7 +1,16 @@
 """The exceptions a user meets: a JaxrnnError is printed by the CLI as one line, exit status 2."""
 
 import errno
+import functools
 import signal
+import sys
+
+
+@functools.cache
+def say_once(line: str) -> None:
+    """Print a note or warning on stderr the first time this process has it (a corpus read twice, a
+    layout made for each compiled function, warn once)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 class JaxrnnError(Exception):

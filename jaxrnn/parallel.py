@@ -12,10 +12,8 @@ one XLA device per core (`use_cpu_cores`), which trains faster than one device d
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrnn.errors import ConfigError, JaxrnnError
+from jaxrnn.errors import ConfigError, JaxrnnError, say_once
 
 AXIS = "data"
 T = TypeVar("T")
@@ -181,11 +179,7 @@ def layout(devices: int | None, batch_size: int) -> Layout:
                           f"pass --devices {len(available)} or fewer")
     check_divides(batch_size, n, jax.process_count() if devices is None else 1)
     if devices is not None and available[0].platform == "cpu" and n > usable_cores():  # as asked by --devices
-        _say_once(f"jaxrnn: note: training on {n} CPU devices that share this machine's {usable_cores()} cores (one "
+        say_once(f"jaxrnn: note: training on {n} CPU devices that share this machine's {usable_cores()} cores (one "
                   f"device per core is fastest: --devices {cpu_devices_for(batch_size, usable_cores())})")
     return Layout(Mesh(np.array(available[:n]), (AXIS,)))
 
-
-@functools.cache
-def _say_once(note: str) -> None:
-    print(note, file=sys.stderr, flush=True)

@@ -54,9 +54,7 @@ def writing(run_dir: Path) -> Iterator[None]:
             run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            why, advice = write_failure(e, run_dir)
-            raise JaxrnnError(f"cannot write run directory {run_dir} ({why}); {advice}, or pass another path") \
-                from None
+            raise _unwritable(run_dir, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -131,6 +129,12 @@ def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
         raise _write_error(run_dir / METRICS, e, run_dir) from None
 
 
+def _unwritable(run_dir: Path, e: OSError) -> JaxrnnError:
+    """A run directory that cannot be made or written, as the user's error: its cause and what to do."""
+    why, advice = write_failure(e, run_dir)
+    return JaxrnnError(f"cannot write run directory {run_dir} ({why}); {advice}, or train into another directory")
+
+
 def _write_error(path: Path, e: OSError, run_dir: Path) -> JaxrnnError:
     """A failed write of a run's file as the user's error: its cause and what to do, then resume."""
     why, advice = write_failure(e, run_dir)
@@ -181,9 +185,7 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
                  eval_protocol=eval_protocol(cfg.eval, cfg.split))
         (run_dir / METRICS).write_text("")
     except OSError as e:
-        why, advice = write_failure(e, run_dir)
-        raise JaxrnnError(f"cannot write run directory {run_dir} ({why}); {advice}, or pass --out with another "
-                          "path") from None
+        raise _unwritable(run_dir, e) from None
 
 
 def _never_trained(run_dir: Path) -> bool:

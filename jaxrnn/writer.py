@@ -45,10 +45,19 @@ class Writer:
     def begin(self, curves: bool = True, tensorboard: bool = False) -> None:
         """Open the checkpoint manager and, on process 0, the artifacts (the plot's imports start now, while
         the first chunk compiles); `checkpoint` and `show` open them too if not yet open."""
+        self._saver()
+        if self.primary:
+            self._artifacts(curves, tensorboard)
+
+    def _saver(self) -> checkpoint.Saver:
         if self.saver is None:
             self.saver = self._open.enter_context(checkpoint.Saver(self.run_dir))
-        if self.primary and self.artifacts is None:
+        return self.saver
+
+    def _artifacts(self, curves: bool, tensorboard: bool = False) -> Artifacts:
+        if self.artifacts is None:
             self.artifacts = self._open.enter_context(Artifacts(self.run_dir, curves, tensorboard))
+        return self.artifacts
 
     def append(self, records: list[dict[str, Any]]) -> None:
         on_primary(functools.partial(rundir.append_metrics, self.run_dir, records))
@@ -58,18 +67,13 @@ class Writer:
 
     def checkpoint(self, at: int, state: Any, meta: checkpoint.Meta) -> None:
         """Start saving the checkpoint numbered `at` (written in the background, complete before the next)."""
-        if self.saver is None:
-            self.saver = self._open.enter_context(checkpoint.Saver(self.run_dir))
-        self.saver.save(at, state, meta)
+        self._saver().save(at, state, meta)
 
     def show(self, history: list[dict[str, Any]], records: list[dict[str, Any]], sample: Callable[[], str],
              curves: bool = True) -> None:
         """Redraw the curves, add `sample()`'s text to samples.txt, log `records` (process 0 only)."""
-        if not self.primary:
-            return
-        if self.artifacts is None:
-            self.artifacts = self._open.enter_context(Artifacts(self.run_dir, curves))
-        self.artifacts.update(history, records, sample())
+        if self.primary:
+            self._artifacts(curves).update(history, records, sample())
 
     def set_aside(self, at: int, failed: CheckpointError | None, then: str = "trying an earlier one") -> None:
         """Move a checkpoint that cannot be restored out of the way (into RUN_DIR/damaged/), saying why."""
