@@ -61,7 +61,7 @@ def rnn_run(p: dict, cell: str, x_TxB: jax.Array, state=None):
     """Read a batch of series (time-major); returns (state, the prediction of each next value)."""
     B, H = x_TxB.shape[1], p["head"]["w"].shape[0]
     state = cells.zero_state(cell, B, H) if state is None else state
-    state, hs = cells.dense_unroll(p["cell"], state, x_TxB[..., None], cells.Loop(cell, fast=False))
+    state, hs = cells.dense_unroll(p["cell"], state, x_TxB[..., None], cells.Loop(cell))
     return state, (hs @ p["head"]["w"] + p["head"]["b"])[..., 0]
 
 

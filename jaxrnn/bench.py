@@ -104,7 +104,7 @@ def jaxrnn_decode(case: str, impl: str, cfg: Config, corpus: Corpus, batch: int,
 
 def _d2l_step(cfg: Config, p: dict, state: cells.State, x_BxV: jax.Array) -> tuple[cells.State, jax.Array]:
     """One step of d2l's scratch cells: the one-hot input's matmul inside the step, then the gates."""
-    return cells.cell_spec(cfg.cell, cfg.gru_reset).step(p, state, x_BxV @ p["W_xh"] + p["b_h"])
+    return cells.CELLS[cfg.cell].step(p, state, x_BxV @ p["W_xh"] + p["b_h"])
 
 
 def _d2l_forward(cfg: Config, params: dict, X_BxT: jax.Array, V: int) -> jax.Array:
@@ -198,7 +198,7 @@ def torch_rows(case: str, cfg: Config, corpus: Corpus, batch: int, reps: int) ->
     class LM(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = getattr(nn, cells.cell_spec(cfg.cell, cfg.gru_reset).torch)(V, cfg.hidden)
+            self.rnn = getattr(nn, cells.CELLS[cfg.cell].torch)(V, cfg.hidden)
             self.head = nn.Linear(cfg.hidden, V)
 
         def forward(self, x_BxT, h=None):
@@ -381,7 +381,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
             cfg, twins = base.replace(cell=cell, dtype=args.dtype, precision=args.precision), cells.CELLS[cell]
             for impl in impls:
                 missing = {"torch": not (have_torch and twins.torch), "jaxrnn-concise": not twins.flax,
-                           "jaxrnn-pallas": not twins.kernel}
+                           "jaxrnn-pallas": not twins.kernels}
                 if missing.get(impl):
                     continue
                 log(f"{case} {cell} {impl} ...")

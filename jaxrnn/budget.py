@@ -26,7 +26,7 @@ PLAN_BYTES = 5  # a batch plan's entry: an int32 window start and a bool mask
 # the compiled training chunk on a CPU (hidden 256-1024, batch 256-4096) measured 4.1 for the tanh RNN, 10.1
 # for the GRU and 21 for the LSTM; a cell not measured counts as the LSTM does per gate. With them the
 # estimate is 0.99-1.41x XLA's figure (`python tools/budget_report.py memory`, docs/benchmarks.md).
-SAVED_PER_UNIT = {"rnn": 4, "gru": 10, "lstm": 21}
+SAVED_PER_UNIT = {"rnn": 4, "gru": 10, "gru-d2l": 10, "lstm": 21}
 # The training program's size in XLA operations (lines of its lowered HLO), as measured on jaxrnn's programs
 # (a chunk of epochs, one evaluation): about BASE_OPS, plus per layer LAYER_OPS and STEP_OPS for each time
 # step the loop unrolls (within 2.5% at 1-115 layers: `python tools/budget_report.py compile 1 16 64 115`).

@@ -7,16 +7,17 @@ for the tanh RNN, LSTM and GRU one [B, H] x [H, G*H] matmul and the gate nonline
 
 Every cell projects its input with `W_xh [V, G*H]` and `b_h [G*H]`, the G gates side by side, in
 PyTorch's and Flax's order (LSTM i, f, g, o; GRU r, z, n); what its step reads besides (`W_hh`, the
-GRU's `b_hn`) is its own. The GRU has two forms. `after` (the default, Flax's and cuDNN's) applies
-the reset gate to `h W_hn + b_hn`; `before` is d2l's (`(r * h) W_hn`), which needs a second matmul
-per step. The LSTM state is `(h, c)`; the others' is `h`.
+GRU's `b_hn`, IndRNN's `u`) is its own. The GRU has two entries: `gru` (Flax's and cuDNN's) applies
+the reset gate to `h W_hn + b_hn`; `gru-d2l` is d2l's (`(r * h) W_hn`), which needs a second matmul
+per step. The LSTM state is `(h, c)`; the others' is `h`. A cell with options of its own (IndRNN's
+init range of `u`) declares them with their defaults in its entry; its `recurrent` takes them.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -24,10 +25,12 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from jaxrnn import kernels, step_kernels
+from jaxrnn.state import State, dot, dW, hidden, recurrent_split, zeros_h, zeros_hc
 
 CellParams = dict[str, Array]  # W_xh [V, G*H], b_h [G*H], and what the step reads: W_hh [H, G*H], ...
-State = Any  # h [B, H], or (h, c) for the LSTM
 Step = Callable[[CellParams, State, Array], tuple[State, Array]]  # (params, state, xw) -> (state, h)
+Form = Callable[[CellParams, State, Array, int], tuple[State, Array]]  # (params, state, xw, unroll) -> (last, hs)
+Options = tuple[tuple[str, float], ...]  # a cell's own options, (name, value) pairs: hashable, for a Loop
 
 
 @dataclass(frozen=True)
@@ -36,47 +39,61 @@ class Cell:
 
     gates: int  # G: the input projection is [I, G*H]
     step: Step  # one time step, given xw = x W_xh + b_h
-    recurrent: Callable[[Array, int, float], CellParams]  # (key, H, sigma) -> what `step` reads besides xw
-    # (hidden, backend) -> (use `fast`?, scan unroll): the fastest measured (docs/benchmarks.md)
-    plan: Callable[[int, str], tuple[bool, int]]
-    paired: bool = False  # the state is (h, c), as the LSTM's
+    recurrent: Callable[..., CellParams]  # (key, H, sigma, **options) -> what `step` reads besides xw
+    # (hidden, backend) -> (run `sequence`?, scan unroll): the fastest measured (docs/benchmarks.md)
+    best: Callable[[int, str], tuple[bool, int]]
+    state: Callable[..., State] = zeros_h  # (batch, H, dtype) -> its initial state (state.py says its form)
+    options: Mapping[str, float] = field(default_factory=dict)  # its own options and their defaults (`recurrent`'s)
+    check: Callable[..., str | None] = lambda **options: None  # why these options cannot build it, or None
     flax: str | None = None  # its Flax twin, a flax.linen cell class (--impl flax); None: scratch only
     torch: str | None = None  # the torch.nn module `jaxrnn bench` races it against; None: not raced
-    # a whole-sequence form with the same results and less work, (params, state, xw, unroll) -> (last, hs)
-    fast: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
-    # the time loop as Pallas kernels (kernels.py), (params, state, xw, unroll) -> (last, hs); None: scan only
-    kernel: Callable[[CellParams, State, Array, int], tuple[State, Array]] | None = None
+    sequence: Form | None = None  # a whole-sequence form with the same results and less work
+    kernels: Form | None = None  # the time loop as whole-loop Pallas kernels (kernels.py); None: none
+    step_kernels: Form | None = None  # as a Pallas kernel per step (step_kernels.py), for a W_hh too big for one
     # a step that is one matmul g = h W_hh and then this, (params, state, xw's gates, g's gates) -> (state, h):
     # what the Pallas kernels run (greedy decoding's too)
     update: Callable[[CellParams, State, tuple, tuple], tuple[State, Array]] | None = None
     matmul_gates: int | None = None  # the gate blocks of W_hh that matmul covers (None: all; d2l's GRU: 2)
 
+    def form(self, run: str) -> Form | None:
+        """Its loop as `Loop.run` names it, other than 'scan' (None: it has no such form)."""
+        return {"sequence": self.sequence, "kernels": self.kernels, "step-kernels": self.step_kernels}[run]
+
+
+RUNS = ("scan", "sequence", "kernels", "step-kernels")  # how a layer's loop can run (`Loop.run`)
+
 
 @dataclass(frozen=True)
 class Loop:
-    """How a cell runs over time: the cell and its form, then the execution plan. `unroll`, `fast` and
-    `kernel` change a result only by rounding (float32: within 1e-5; bfloat16 more), and the speed;
-    `dtype` is the compute precision."""
+    """How a cell runs over time, as `execution.resolve` decides it: the cell with its options, then the
+    execution (unroll, dtype, `run`, `decode`). `unroll` and `run` change a result only by rounding
+    (float32: within 1e-5; bfloat16 more), and the speed; `dtype` is the compute precision."""
 
     cell: str = "rnn"
-    gru_reset: str = "after"  # the GRU's form, see the module docstring
     unroll: int = 1
     dtype: str = "float32"
-    fast: bool = True  # the cell's `fast` form where it has one
-    kernel: str = "scan"  # 'pallas': the cell's Pallas kernels (Cell.kernel)
+    run: str = "scan"  # one of RUNS: a lax.scan of the step, or the cell's form of that name (`Cell.form`)
+    decode: str = "scan"  # greedy decoding: 'scan' (the model's step) or 'kernel' (kernels.greedy_decode)
+    options: Options = ()  # the cell's options as resolved (none: its defaults)
+
+    def __post_init__(self) -> None:
+        if self.run not in RUNS or (self.run != "scan" and self.spec.form(self.run) is None):
+            raise ValueError(f"cell {self.cell!r} has no {self.run!r} form")
+        if self.decode == "kernel" and self.spec.update is None:
+            raise ValueError(f"cell {self.cell!r} has no decoding kernel (it is not a matmul-then-update cell)")
 
     @property
     def spec(self) -> Cell:
-        return cell_spec(self.cell, self.gru_reset)
+        return CELLS[self.cell]
 
 
 def _matmul_then(update: Callable, gates: int, matmul_gates: int | None = None) -> Step:
     """A step that is one matmul g = h W_hh (over W_hh's first `matmul_gates` gate blocks), then an update
-    of the gates' slices of xw and g (the form `kernels.matmul_layer` runs too; `kernels.recurrent_split`
+    of the gates' slices of xw and g (the form `kernels.matmul_layer` runs too; `state.recurrent_split`
     hands the update W_hh's other blocks as `W_rest`)."""
     def step(p: CellParams, state: State, xw: Array) -> tuple[State, Array]:
-        W_mm, others = kernels.recurrent_split(p, gates, matmul_gates)
-        g = kernels.hidden(state) @ W_mm
+        W_mm, others = recurrent_split(p, gates, matmul_gates)
+        g = hidden(state) @ W_mm
         return update(others, state, jnp.split(xw, gates, axis=-1),
                       jnp.split(g, matmul_gates or gates, axis=-1))
     return step
@@ -110,7 +127,7 @@ def _gru_d2l_update(p: CellParams, h: Array, xs: tuple[Array, ...], gs: tuple[Ar
     W_hh's last block, comes as `W_rest`."""
     (x_r, x_z, x_n), (g_r, g_z) = xs, gs
     r, z = jax.nn.sigmoid(x_r + g_r), jax.nn.sigmoid(x_z + g_z)
-    h = (1 - z) * jnp.tanh(x_n + kernels.dot(r * h, p["W_rest"])) + z * h
+    h = (1 - z) * jnp.tanh(x_n + dot(r * h, p["W_rest"])) + z * h
     return h, h
 
 
@@ -144,7 +161,7 @@ def _matrix(gates: int, extra: tuple[str, ...] = ()) -> Callable[[Array, int, fl
     return init
 
 
-def _tanh_plan(hidden: int, backend: str) -> tuple[bool, int]:
+def _tanh_best(hidden: int, backend: str) -> tuple[bool, int]:
     """On GPUs the hoisted backward with unroll 8; on CPUs autodiff fully unrolled below hidden 128,
     the hoisted backward with no unroll above (docs/benchmarks.md)."""
     if backend != "cpu":
@@ -152,62 +169,76 @@ def _tanh_plan(hidden: int, backend: str) -> tuple[bool, int]:
     return (False, 32) if hidden < 128 else (True, 1)
 
 
-def _gated_plan(hidden: int, backend: str) -> tuple[bool, int]:
+def _gated_best(hidden: int, backend: str) -> tuple[bool, int]:
     """LSTM and GRU: autodiff (a hoisted backward was slower on CPUs), no unroll on CPUs, 8 elsewhere
     (docs/benchmarks.md)."""
     return False, 1 if backend == "cpu" else 8
 
 
-def _mingru_plan(hidden: int, backend: str) -> tuple[bool, int]:
+def _mingru_best(hidden: int, backend: str) -> tuple[bool, int]:
     """minGRU: on CPUs the step loop, which measured faster than the parallel scan's log2(T) passes over
     [T, B, H] (docs/benchmarks.md); elsewhere the parallel scan, meant for accelerators (not yet measured)."""
     return backend != "cpu", 1
 
 
-def _matmul_cell(gates: int, update: Callable, recurrent: Callable, plan: Callable, matmul_gates: int | None = None,
+def _indrnn_step(p: CellParams, h: Array, xw: Array) -> tuple[Array, Array]:
+    """IndRNN (Li et al. 2018): h' = relu(x W + u * h + b), each unit its own recurrent weight `u`."""
+    h = jax.nn.relu(xw + p["u"] * h)
+    return h, h
+
+
+def _indrnn_recurrent(key: Array, hidden: int, sigma: float, u_min: float, u_max: float) -> CellParams:
+    """u uniform in [u_min, u_max] (the paper's range for short dependencies is [0, 1]; |u| above 1 grows)."""
+    return {"u": jax.random.uniform(key, (hidden,), minval=u_min, maxval=u_max)}
+
+
+def _indrnn_check(u_min: float, u_max: float) -> str | None:
+    return f"u_min {u_min} is above u_max {u_max}; pass u_min <= u_max" if u_min > u_max else None
+
+
+def _matmul_cell(gates: int, update: Callable, recurrent: Callable, best: Callable, matmul_gates: int | None = None,
                  **twins) -> Cell:
     """A cell whose step is one matmul then `update`: its scan step and its Pallas kernels from the update
-    (the whole-loop kernels where W_hh fits on chip, else a kernel per step; d2l's GRU has only the former)."""
+    (whole-loop kernels, and a kernel per step for a W_hh too big for one program; d2l's GRU has only the
+    former)."""
     whole = kernels.tanh_layer if gates == 1 else kernels.matmul_layer(update, gates, matmul_gates)
     per_step = None if matmul_gates else kernels.matmul_layer(update, gates, loop=step_kernels.PER_STEP)
-
-    def kernel(params: CellParams, state: State, xw: Array, unroll: int = 1) -> tuple[State, Array]:
-        W = params["W_hh"]
-        fits = per_step is None or kernels.on_chip(W.shape[0], gates, W.dtype) or not step_kernels.takes(W.shape[0])
-        return (whole if fits else per_step)(params, state, xw, unroll)  # (CPUs interpret whole ones at any width)
-
-    return Cell(gates, _matmul_then(update, gates, matmul_gates), recurrent, plan, kernel=kernel, update=update,
-                matmul_gates=matmul_gates, **twins)
+    return Cell(gates, _matmul_then(update, gates, matmul_gates), recurrent, best, kernels=whole,
+                step_kernels=per_step, update=update, matmul_gates=matmul_gates, **twins)
 
 
 CELLS: dict[str, Cell] = {  # config.CELLS names them, in this order
-    "rnn": _matmul_cell(1, _tanh_update, _matrix(1), _tanh_plan, flax="SimpleCell", torch="RNN",
-                        fast=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll))),
-    "lstm": _matmul_cell(4, _lstm_update, _matrix(4), _gated_plan, paired=True, flax="OptimizedLSTMCell", torch="LSTM"),
-    "gru": _matmul_cell(3, _gru_update, _matrix(3, ("b_hn",)), _gated_plan, flax="GRUCell", torch="GRU"),
-    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, _mingru_plan, fast=_mingru_parallel),
+    "rnn": _matmul_cell(1, _tanh_update, _matrix(1), _tanh_best, flax="SimpleCell", torch="RNN",
+                        sequence=lambda p, h, xw, unroll: _tanh_last(tanh_recurrence(p["W_hh"], h, xw, unroll))),
+    "lstm": _matmul_cell(4, _lstm_update, _matrix(4), _gated_best, state=zeros_hc, flax="OptimizedLSTMCell",
+                         torch="LSTM"),
+    "gru": _matmul_cell(3, _gru_update, _matrix(3, ("b_hn",)), _gated_best, flax="GRUCell", torch="GRU"),
+    # d2l's GRU (`--gru-reset before` names it too): the reset gate before the matmul, (r * h) W_hn
+    "gru-d2l": _matmul_cell(3, _gru_d2l_update, _matrix(3), _gated_best, matmul_gates=2),
+    "mingru": Cell(2, _mingru_step, lambda key, hidden, sigma: {}, _mingru_best, sequence=_mingru_parallel),
+    "indrnn": Cell(1, _indrnn_step, _indrnn_recurrent, lambda hidden, backend: (False, 1),
+                   options={"u_min": 0.0, "u_max": 1.0}, check=_indrnn_check),
 }
-# --gru-reset before: d2l's GRU
-GRU_D2L = _matmul_cell(3, _gru_d2l_update, _matrix(3), _gated_plan, matmul_gates=2, torch="GRU")
-
-
-def cell_spec(cell: str, gru_reset: str = "after") -> Cell:
-    """The registry entry of a cell in its form."""
-    return GRU_D2L if (cell, gru_reset) == ("gru", "before") else CELLS[cell]
 
 
 def _tanh_last(hs_TxBxH: Array) -> tuple[Array, Array]:
     return hs_TxBxH[-1], hs_TxBxH
 
 
+def with_defaults(cell: str, options: Options | Mapping[str, float] = ()) -> dict[str, float]:
+    """A cell's options: its defaults (`Cell.options`), overridden by these."""
+    return {**CELLS[cell].options, **dict(options)}
+
+
 def cell_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01, cell: str = "rnn",
-              gru_reset: str = "after") -> CellParams:
-    """Normal(0, sigma) weights and zero biases, as d2l's scratch cells."""
+              options: Options = ()) -> CellParams:
+    """Normal(0, sigma) weights and zero biases, as d2l's scratch cells; a cell's own recurrent params as its
+    entry makes them, from its options."""
     k_xh, k_hh = jax.random.split(key)
-    spec = cell_spec(cell, gru_reset)
+    spec = CELLS[cell]
     width = spec.gates * num_hiddens
     return {"W_xh": sigma * jax.random.normal(k_xh, (num_inputs, width)), "b_h": jnp.zeros(width),
-            **spec.recurrent(k_hh, num_hiddens, sigma)}
+            **spec.recurrent(k_hh, num_hiddens, sigma, **with_defaults(cell, options))}
 
 
 def rnn_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01) -> CellParams:
@@ -216,8 +247,8 @@ def rnn_init(key: Array, num_inputs: int, num_hiddens: int, sigma: float = 0.01)
 
 
 def zero_state(cell: str, batch_size: int, num_hiddens: int, dtype: Any = jnp.float32) -> State:
-    h = jnp.zeros((batch_size, num_hiddens), dtype)
-    return (h, h) if CELLS[cell].paired else h
+    """A cell's initial state (its entry's `state`)."""
+    return CELLS[cell].state(batch_size, num_hiddens, dtype)
 
 
 def rnn_step(params: CellParams, h_BxH: Array, x_BxV: Array) -> Array:
@@ -253,17 +284,14 @@ def dense_unroll(params: CellParams, state: State, x_TxBxI: Array, loop: Loop = 
 
 def recurrence(params: CellParams, state: State, xw_TxBxGH: Array, loop: Loop = Loop()) -> tuple[State, Array]:
     """The loop over time, given every step's input projection `xw = x W_xh + b_h`, in the loop's
-    dtype: the cell's Pallas kernels if the loop asks for them, else its `fast` form if it has one and
-    the loop asks for it, else a `lax.scan` of its step."""
+    dtype, run as the loop says: a `lax.scan` of the cell's step, or its form of that name."""
     xw_TxBxGH = xw_TxBxGH.astype(loop.dtype)
     state = jax.tree.map(lambda a: a.astype(loop.dtype), state)
     spec = loop.spec
     own = {k: v.astype(loop.dtype) for k, v in params.items() if k not in ("W_xh", "b_h")}  # what the step reads
-    if loop.kernel == "pallas":
-        return spec.kernel(own, state, xw_TxBxGH, loop.unroll)
-    if loop.fast and spec.fast is not None:
-        return spec.fast(own, state, xw_TxBxGH, loop.unroll)
-    return lax.scan(functools.partial(spec.step, own), state, xw_TxBxGH, unroll=loop.unroll)
+    if loop.run == "scan":
+        return lax.scan(functools.partial(spec.step, own), state, xw_TxBxGH, unroll=loop.unroll)
+    return spec.form(loop.run)(own, state, xw_TxBxGH, loop.unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -297,7 +325,7 @@ def _recur_bwd(unroll, res, dhs_TxBxH):
     dh0_BxH, da_TxBxH = lax.scan(step, jnp.zeros_like(h0_BxH), (dhs_TxBxH, hs_TxBxH), reverse=True,
                                  unroll=unroll)
     h_prev_TxBxH = jnp.concatenate([h0_BxH[None], hs_TxBxH[:-1]])
-    return kernels.dW(h_prev_TxBxH, da_TxBxH).astype(W_hh.dtype), dh0_BxH, da_TxBxH
+    return dW(h_prev_TxBxH, da_TxBxH).astype(W_hh.dtype), dh0_BxH, da_TxBxH
 
 
 tanh_recurrence.defvjp(_recur_fwd, _recur_bwd)

@@ -56,6 +56,20 @@ def _split(s: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{s!r} is not three fractions TRAIN,VAL,TEST such as 0.8,0.1,0.1") from None
 
 
+def _options(s: str) -> dict[str, float]:
+    """NAME=VALUE,... as a dict; a whole number stays an int (a count such as heads), any other a float."""
+    out = {}
+    for item in s.split(","):
+        name, eq, value = item.partition("=")
+        try:
+            out[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            eq = ""
+        if not eq or not name.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=NUMBER, such as u_max=0.5")
+    return out
+
+
 def _host_port(s: str) -> str:
     host, _, port = s.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -78,7 +92,8 @@ def _add_config_flags(t: argparse.ArgumentParser) -> dict[str, argparse._Argumen
     `setting`, the default in the help read from the field; ranges are `Config.validate`'s to check.
     Flags default to None (not given), so a preset's or a saved config's values stand."""
     groups = {name: t.add_argument_group(name) for name in GROUPS}
-    parse = {int: _number(int, "an integer"), float: _number(float, "a number"), str: str, tuple: _split}
+    parse = {int: _number(int, "an integer"), float: _number(float, "a number"), str: str, tuple: _split,
+             dict: _options}
     for f in dataclasses.fields(Config):
         meta, kind, value = f.metadata, field_kind(f), f.default
         text = meta["help"].replace("%", "%%")

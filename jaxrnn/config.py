@@ -78,9 +78,9 @@ def _file_sha1(path: str, size: int, mtime_ns: int) -> str | None:
 
 
 MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
-CELLS = ("rnn", "lstm", "gru", "mingru")  # cells.CELLS, the registry, defines each
+CELLS = ("rnn", "lstm", "gru", "gru-d2l", "mingru", "indrnn")  # cells.CELLS, the registry, defines each
 IMPLS = ("scratch", "flax")
-GRU_RESETS = ("after", "before")
+GRU_FORMS = {"after": "gru", "before": "gru-d2l"}  # --gru-reset, the older name of the GRU's two cells
 PRECISIONS = ("highest", "high", "default")
 DTYPES = ("float32", "bfloat16")
 KERNELS = ("auto", "scan", "pallas")
@@ -121,8 +121,13 @@ class Config:
                                "scratch)", choices=IMPLS)
     model: str | None = setting(None, "model", "the chapters' names, read into --cell and --impl and not kept: "
                                 "scratch is --cell rnn --impl scratch, concise --impl flax", choices=tuple(MODELS))
-    gru_reset: str = setting("after", "model", "scratch GRU: the reset gate 'after' the matmul as Flax/cuDNN "
-                             "(on h W_hn + b_hn), or 'before' as d2l", choices=GRU_RESETS)
+    gru_reset: str | None = setting(None, "model", "the GRU's form, read into --cell and not kept: 'after' is "
+                                    "--cell gru (the reset gate on h W_hn + b_hn, as Flax and cuDNN), 'before' "
+                                    "--cell gru-d2l (on h, as d2l)", choices=tuple(GRU_FORMS))
+    cell_options: dict[str, float] | None = setting(
+        None, "model", "the cell's own options, NAME=VALUE,... (e.g. --cell indrnn --cell-options u_min=0,u_max=0.5, "
+        "the init range of its recurrent weights; jaxrnn/cells.py's registry lists each cell's, with their "
+        "defaults)")
     epochs: int = setting(100, "optimisation", "training epochs", "positive")
     hidden: int = setting(32, "model", "hidden units", "positive")
     batch_size: int = setting(1024, "optimisation", "windows per batch", "positive")
@@ -199,6 +204,10 @@ class Config:
         object.__setattr__(self, "cell", cell)
         object.__setattr__(self, "impl", impl)
         object.__setattr__(self, "model", None)
+        object.__setattr__(self, "cell", resolve_gru_form(self.cell, self.gru_reset))
+        object.__setattr__(self, "gru_reset", None)
+        if isinstance(self.cell_options, dict) and not self.cell_options:  # none given: the cell's defaults
+            object.__setattr__(self, "cell_options", None)
         if isinstance(self.split, (list, tuple)):  # a JSON list from config.json reads as the same tuple
             object.__setattr__(self, "split", tuple(self.split))
         if isinstance(self.steps, int) and self.steps > 0:  # defaults only where not given: validate checks what was
@@ -250,7 +259,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        del d["model"]  # always None: read into cell and impl
+        del d["model"], d["gru_reset"]  # always None: read into cell and impl
         return d
 
     @classmethod
@@ -312,6 +321,21 @@ def resolve_model(model: str | None, cell: str | None, impl: str | None) -> tupl
     return want_cell, want_impl
 
 
+def resolve_gru_form(cell: str, gru_reset: str | None) -> str:
+    """The cell `--gru-reset` names: 'before' is gru-d2l, 'after' gru (a config.json written before gru-d2l
+    was a cell of its own says 'after' whatever its cell, which stays)."""
+    if gru_reset is None:
+        return cell
+    if not isinstance(gru_reset, str) or gru_reset not in GRU_FORMS:
+        raise SettingError("gru_reset", f"{gru_reset!r} is unknown", f"use one of {', '.join(GRU_FORMS)}")
+    want = GRU_FORMS[gru_reset]
+    if cell in ("gru", want):
+        return want
+    if gru_reset == "after" and cell != "gru-d2l":
+        return cell
+    raise ConfigError(f"--gru-reset {gru_reset} names --cell {want}, not --cell {cell}; drop --gru-reset")
+
+
 def flag(name: str) -> str:
     """The `jaxrnn train` flag of a Config field: `--num-steps` for `num_steps`."""
     return "--" + name.replace("_", "-")
@@ -319,12 +343,17 @@ def flag(name: str) -> str:
 
 def field_kind(f: dataclasses.Field) -> type:
     """The type a field holds besides None, read from its annotation (`int | None`): bool, int, float,
-    str or tuple (of floats); another annotation has no flag form and is refused."""
+    str, tuple (of floats) or dict (names to numbers); another annotation has no flag form and is refused."""
     hint = str(f.type).split(" | ")[0]
-    kinds = {"bool": bool, "int": int, "float": float, "str": str, "tuple[float, float, float]": tuple}
+    kinds = {"bool": bool, "int": int, "float": float, "str": str, "tuple[float, float, float]": tuple,
+             "dict[str, float]": dict}
     if hint not in kinds:
         raise TypeError(f"Config.{f.name}: annotation {f.type!r} has no flag form; use one of {', '.join(kinds)}")
     return kinds[hint]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _positive_int(v: Any) -> bool:
@@ -353,9 +382,11 @@ def validate(cfg: Config) -> None:
                 noun = "integer" if kind is int else "finite number"
                 words = need.format(noun=noun, a_noun=("an " if kind is int else "a ") + noun)
                 raise SettingError(f.name, f"must be {words}, got {v!r}", advice)
-    if cfg.gru_reset != "after" and (cfg.cell, cfg.impl) != ("gru", "scratch"):
-        raise ConfigError(f"--gru-reset {cfg.gru_reset} applies to --cell gru --impl scratch only "
-                          "(Flax's GRUCell resets after the matmul); drop --gru-reset")
+    if cfg.cell_options is not None and not (
+            isinstance(cfg.cell_options, dict) and all(isinstance(k, str) and _finite(v) for k, v in
+                                                       cfg.cell_options.items())):
+        raise SettingError("cell_options", f"must be names with numbers, got {cfg.cell_options!r}",
+                           "e.g. --cell-options u_min=0,u_max=0.5")
     if cfg.steps is None and cfg.eval_every is not None:
         raise ConfigError("--eval-every counts optimizer steps of a run trained by --steps; pass --steps N, or drop "
                           "--eval-every (a run by epochs evaluates after each)")
@@ -383,7 +414,7 @@ PRESETS: dict[str, Config] = {
     "d2l-concise": Config(model="concise", **D2L_READING),
     # d2l's LSTM and GRU sections (10.1, 10.2): the scratch cells, hidden 32, SGD lr 4, 50 epochs
     "d2l-lstm": Config(cell="lstm", impl="scratch", lr=4.0, epochs=50, **D2L_READING),
-    "d2l-gru": Config(cell="gru", impl="scratch", gru_reset="before", lr=4.0, epochs=50, **D2L_READING),
+    "d2l-gru": Config(cell="gru-d2l", impl="scratch", lr=4.0, epochs=50, **D2L_READING),
     # larger starting points (Flax cells, embeddings, dropout, AdamW with a cosine schedule); for a
     # corpus larger than The Time Machine pass --split; not tuned figures
     "lstm-2x256": Config(cell="lstm", impl="flax", layers=2, hidden=256, embed=64, dropout=0.2, optimizer="adamw",

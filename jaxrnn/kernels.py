@@ -27,14 +27,11 @@ from jax import Array, lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
+from jaxrnn.state import compute_dtype, dW, hidden, matmul, recurrent_split, with_hidden
+
 
 def interpreted() -> bool:
     return jax.default_backend() == "cpu"
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-    """The dtype a kernel computes in: float32 for bfloat16 or float32 data, float64 for float64."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 MIN_DIM = 16  # Triton's smallest matmul dimension
@@ -79,13 +76,6 @@ def _batch_padded(run: Callable, state: Any, xw_TxBxN: Array, rows: int | None =
     return jax.tree.map(lambda s: s[:B], last), hs[:, :B]
 
 
-def matmul(a: Array, b: Array, acc) -> Array:
-    """a @ b accumulated in `acc`, at the caller's `jax.default_matmul_precision` (read when traced: a
-    kernel's jaxpr carries it, and Triton would otherwise take TF32 for every float32 matmul)."""
-    p = jax.config.jax_default_matmul_precision
-    return jnp.dot(a.astype(b.dtype), b, precision=None if p is None else lax.Precision(p), preferred_element_type=acc)
-
-
 def call(kernel: Callable, name: str, grid: int | tuple[int, ...], stages: int = 1, **specs) -> Callable:
     """`pl.pallas_call` over `grid` (an int: that many batch blocks): Triton on GPUs (Pallas' other GPU
     lowering, Mosaic GPU, copies whole blocks into shared memory, which a [T, b, H] sequence outgrows),
@@ -104,12 +94,6 @@ def _specs(T: int, b: int, H: int) -> tuple[pl.BlockSpec, pl.BlockSpec]:
 def _gated(T: int, b: int, G: int, H: int) -> pl.BlockSpec:
     """Program i's rows of a [T, B, G, H] sequence of G gates."""
     return pl.BlockSpec((T, b, G, H), lambda i: (0, i, 0, 0))
-
-
-def dW(h_prev_TxBxH: Array, d_TxBxN: Array) -> Array:
-    """sum_t h_{t-1}^T d_t, [H, N], accumulated in at least float32: a recurrent weight's gradient as
-    one matmul over all steps, from the states before each step and the gradients at its matmul's output."""
-    return jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, d_TxBxN, preferred_element_type=compute_dtype(d_TxBxN.dtype))
 
 
 def _forward_kernel(w_ref, h0_ref, xw_ref, hs_ref) -> None:
@@ -240,30 +224,6 @@ def matmul_layer(update: Callable, gates: int, matmul_gates: int | None = None, 
         return _batch_padded(functools.partial(run, W_mm, others), state, xw_TxBxGH, rows())
 
     return layer
-
-
-def hidden(state: Any) -> Array:
-    """h of a cell's state (h, or the LSTM's pair (h, c))."""
-    return state[0] if isinstance(state, tuple) else state
-
-
-def with_hidden(state: Any, h: Array) -> Any:
-    return (h, *state[1:]) if isinstance(state, tuple) else h
-
-
-def recurrent_split(params: dict[str, Array], gates: int, matmul_gates: int | None = None
-                    ) -> tuple[Array, dict[str, Array]]:
-    """(the columns of W_hh a step's matmul covers, what else its update reads: the cell's other recurrent
-    params, and W_hh's remaining columns as `W_rest`)."""
-    W = params["W_hh"]
-    cut = W.shape[1] // gates * (matmul_gates or gates)
-    others = {k: v for k, v in params.items() if k not in ("W_hh", "W_xh", "b_h")}
-    return (W, others) if cut == W.shape[1] else (W[:, :cut], others | {"W_rest": W[:, cut:]})
-
-
-def dot(a: Array, b: Array) -> Array:
-    """a @ b at the caller's matmul precision, for an `update` that multiplies by a weight itself."""
-    return matmul(a, b, compute_dtype(b.dtype)).astype(jnp.promote_types(a.dtype, b.dtype))
 
 
 def _whole(a: Array) -> pl.BlockSpec:

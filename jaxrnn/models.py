@@ -22,7 +22,7 @@ from jax import Array
 from jaxrnn import cells, kernels
 from jaxrnn.cells import Loop, State
 from jaxrnn.config import Config
-from jaxrnn.errors import ConfigError
+from jaxrnn.execution import resolve
 
 Params = Any  # a pytree of arrays
 
@@ -108,7 +108,7 @@ class ScratchRNNLM:
         inputs = c.embed or c.vocab_size
         params = {
             layer_name(i): cells.cell_init(jax.random.fold_in(k_rnn, i) if i else k_rnn, inputs if i == 0 else c.hidden,
-                                           c.hidden, c.sigma, c.cell, c.loop.gru_reset)
+                                           c.hidden, c.sigma, c.cell, c.loop.options)
             for i in range(c.layers)
         }
         if c.embed:
@@ -201,50 +201,14 @@ class ConciseRNNLM:
         return net.apply({"params": params}, tokens_BxT, state, True, rngs={"dropout": key})
 
 
-def model_config(cfg: Config, vocab_size: int) -> ModelConfig:
-    """The model a run's config names, its loop planned for JAX's default backend where the config
-    leaves it open (`cells.Cell.plan`); the unroll is clipped to the window."""
-    spec, backend = cells.cell_spec(cfg.cell, cfg.gru_reset), jax.default_backend()
-    fast, unroll = spec.plan(cfg.hidden, backend)
-    kernel = cfg.kernel if cfg.kernel != "auto" else "pallas" if pallas_pays(cfg, backend) else "scan"
-    loop = cells.Loop(cfg.cell, cfg.gru_reset, min(cfg.unroll or unroll, cfg.num_steps), cfg.dtype, fast, kernel)
-    return ModelConfig(vocab_size, cfg.hidden, loop, cfg.layers, cfg.embed, cfg.tie, cfg.dropout, cfg.sigma)
+def model_config(cfg: Config, vocab_size: int, loop: Loop | None = None) -> ModelConfig:
+    """The model a run's config names, its loop as `execution.resolve` decides it for JAX's default backend."""
+    return ModelConfig(vocab_size, cfg.hidden, loop or resolve(cfg), cfg.layers, cfg.embed, cfg.tie, cfg.dropout,
+                       cfg.sigma)
 
 
-def pallas_pays(cfg: Config, backend: str) -> bool:
-    """`--kernel auto`'s choice: the whole-loop Pallas kernels on GPUs wherever they compile (they measured
-    faster than the scan path at every width that fits, in training and decoding: docs/benchmarks.md); the
-    scan path elsewhere (a CPU only interprets them; TPUs and the per-step kernels of wider layers are not
-    measured)."""
-    spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
-    return (backend == "gpu" and cfg.impl == "scratch" and spec.kernel is not None
-            and spec.matmul_gates is None  # d2l's GRU form: its kernels have not yet run on a GPU
-            and kernels.on_chip(cfg.hidden, spec.gates, cfg.dtype) and _kernel_shape_problem(cfg) is None)
-
-
-def _kernel_shape_problem(cfg: Config) -> str | None:
-    """Why Triton cannot compile the config's kernels (`kernels.shape_problem`), or None."""
-    spec = cells.cell_spec(cfg.cell, cfg.gru_reset)
-    return kernels.shape_problem(cfg.hidden, cfg.embed, spec.gates, cfg.dtype, per_step=spec.matmul_gates is None)
-
-
-def check_buildable(cfg: Config) -> None:
-    """Refuse a cell and implementation the registry cannot build (a cell without a Flax twin, Pallas
-    kernels a cell does not have), before any data is read."""
-    if cfg.impl == "flax" and cells.CELLS[cfg.cell].flax is None:
-        raise ConfigError(f"--cell {cfg.cell} has no Flax twin; pass --impl scratch")
-    if cfg.kernel == "pallas" and (cfg.impl == "flax" or cells.cell_spec(cfg.cell, cfg.gru_reset).kernel is None):
-        have = [name for name, cell in cells.CELLS.items() if cell.kernel]
-        raise ConfigError(f"--kernel pallas runs the scratch cells that have Pallas kernels ({', '.join(have)}), "
-                          f"not --cell {cfg.cell} --impl {cfg.impl}; pass --kernel scan, or one of those with --impl "
-                          "scratch")
-    problem = _kernel_shape_problem(cfg) if cfg.kernel == "pallas" else None
-    if problem and jax.default_backend() == "gpu":
-        raise ConfigError(f"--kernel pallas on a GPU compiles with Triton: {problem}; pass --kernel scan")
-
-
-def build_model(cfg: Config, vocab_size: int) -> LanguageModel:
-    """The model a config names: `ScratchRNNLM` or `ConciseRNNLM` on its `model_config`."""
-    check_buildable(cfg)
+def build_model(cfg: Config, vocab_size: int, loop: Loop | None = None) -> LanguageModel:
+    """The model a config names: `ScratchRNNLM` or `ConciseRNNLM` on its `model_config` (its loop
+    resolved unless given: `loop`, from `execution.resolve`)."""
     model = ScratchRNNLM if cfg.impl == "scratch" else ConciseRNNLM
-    return model(model_config(cfg, vocab_size))
+    return model(model_config(cfg, vocab_size, loop))

@@ -28,7 +28,8 @@ from jaxrnn.artifacts import summary_writer
 from jaxrnn.config import Config, source_of
 from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, preprocess
 from jaxrnn.errors import CheckpointError, ConfigError, Damaged, DataError, JaxrnnError, RunMismatch, Stopped
-from jaxrnn.models import LanguageModel, build_model, check_buildable
+from jaxrnn.execution import resolve
+from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, is_primary, local_copy, most
 from jaxrnn.progress import Progress
 from jaxrnn.sample import GREEDY, Sampling, samples
@@ -38,6 +39,27 @@ from jaxrnn.writer import Writer
 
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
 OnEpoch = Callable[[dict[str, Any]], None]  # called with each record (an epoch's, or an evaluation's) as they come
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, not what it trains (so not in config.json, and free to change on resume):
+    checked on construction, and against a config by `check`."""
+
+    per_step: bool = False  # the chapters' Python loop, one jitted step a batch, instead of fused chunks
+    progress: bool | OnEpoch = True  # on stderr as the CLI shows it (process 0), nothing, or each record to this
+    time_budget: float | None = None  # seconds: stop at the first checkpoint past them (resume goes on)
+
+    def __post_init__(self) -> None:
+        b = self.time_budget
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < float("inf")):
+            raise ConfigError(f"--time-budget must be a positive number of seconds, got {b!r}; pass e.g. 600")
+
+    def check(self, cfg: Config) -> None:
+        """Refuse options the config's run cannot take."""
+        if self.per_step and cfg.steps is not None:
+            raise ConfigError("--per-step is the chapters' loop over epochs, one call a batch; drop it to train by "
+                              "--steps (rounds of --eval-every steps, one compiled call each)")
 
 
 @dataclass
@@ -116,18 +138,17 @@ def log(msg: str) -> None:
 
 
 def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
-              start: int, history: list[dict[str, Any]], per_step: bool, progress: bool | OnEpoch,
-              time_budget: float | None = None) -> Trained:
+              start: int, history: list[dict[str, Any]], options: RunOptions) -> Trained:
     """The run loop: train from `start` (in `cfg.unit`), chunk by chunk (`training.fit_chunks`), appending
-    metrics as records come and saving a checkpoint where one is due; `progress` True shows it on stderr
-    (process 0 only), False nothing, a callable gets each record. A signal, or `time_budget` seconds
-    passed, ends the loop at its next checkpoint; a signal during a compilation with nothing trained since
-    the last checkpoint ends it at once."""
+    metrics as records come, showing progress as `options` says, and saving a checkpoint where one is due.
+    A signal, or the options' time budget passed, ends the loop at its next checkpoint; a signal during a
+    compilation with nothing trained since the last checkpoint ends it at once."""
     unit, began = cfg.unit, time.monotonic()
     run_dir = writer.run_dir if writer is not None else None
     last_saved = {unit: start if state is not None else None}
     new: list[dict[str, Any]] = []
     nothing = contextlib.nullcontext()
+    progress, time_budget = options.progress, options.time_budget
     shown = Progress.of(cfg, "auto" if is_primary() else "quiet") if progress is True else None
     on_epoch = shown or progress or None
     watched = on_epoch if isinstance(on_epoch, Progress) else None
@@ -135,13 +156,13 @@ def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: Languag
 
     def kept(before: str = "") -> str:  # what a run that fails keeps
         at = last_saved[unit]
-        return f"the checkpoint of {unit} {at} is kept" if at is not None else f"no checkpoint was saved{before}"
+        return f"the checkpoint at {unit} {at} is kept" if at is not None else f"no checkpoint was saved{before}"
 
     def sample_text(params: Any) -> str:  # what samples.txt shows at a checkpoint
         with jax.default_matmul_precision(cfg.precision):
             return samples(model, local_copy(params), corpus.vocab, corpus.prompt, SAMPLE_CHARS, 1)[0]
 
-    trained = training.fit_chunks(cfg, corpus, model, state, start, per_step,
+    trained = training.fit_chunks(cfg, corpus, model, state, start, options.per_step,
                                   on_phase=watched.phase if watched else None)
     if writer is not None:
         writer.begin(cfg.curves, cfg.tensorboard)
@@ -197,15 +218,16 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     `time_budget` seconds stop the run at the first checkpoint past them (`resume` goes on). A relative
     `cfg.data` is made absolute, so the run resumes from any working directory. Everything that can
     refuse the run is checked before the run directory is made."""
-    check_buildable(cfg)
+    options = RunOptions(per_step, progress, time_budget)
+    options.check(cfg)
+    loop = resolve(cfg)
     if source_of(cfg.data) is None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # its reading stays
     if corpus is None:
         corpus = corpus_for(cfg)
     else:
         check_corpus(cfg, corpus)
-    _check_per_step(cfg, per_step)
-    model = build_model(cfg, len(corpus.vocab))
+    model = build_model(cfg, len(corpus.vocab), loop)
     check_trainable(cfg, corpus, model)
     if cfg.tensorboard and out is not None:
         summary_writer()
@@ -215,13 +237,7 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     with Writer(run_dir) if run_dir is not None else contextlib.nullcontext() as writer:
         if writer is not None:
             writer.start(cfg, force, corpus.sha1)
-        return _fit_into(writer, cfg, corpus, model, None, 0, [], per_step, progress, time_budget)
-
-
-def _check_per_step(cfg: Config, per_step: bool) -> None:
-    if per_step and cfg.steps is not None:
-        raise ConfigError("--per-step is the chapters' loop over epochs, one call a batch; drop it to train by --steps "
-                          "(rounds of --eval-every steps, one compiled call each)")
+        return _fit_into(writer, cfg, corpus, model, None, 0, [], options)
 
 
 def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None) -> Trained:
@@ -254,14 +270,15 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
         what = (f"holds no {rundir.CONFIG}" if run_dir.is_dir() else "is a file, not a run directory"
                 if run_dir.exists() else "does not exist")
         raise JaxrnnError(f"{run_dir} {what}; pass --resume with a run directory written by 'jaxrnn train'")
+    options = RunOptions(per_step, progress, time_budget)
     with Writer(run_dir) as writer:
-        return _resume(writer, per_step, progress, time_budget)
+        return _resume(writer, options)
 
 
-def _resume(writer: Writer, per_step: bool, progress: bool | OnEpoch, time_budget: float | None) -> Trained:
+def _resume(writer: Writer, options: RunOptions) -> Trained:
     run_dir = writer.run_dir
     cfg = Config.load(run_dir / rundir.CONFIG)
-    _check_per_step(cfg, per_step)
+    options.check(cfg)
     if source_of(cfg.data) is None and not Path(cfg.data).is_file():
         sha1 = rundir.saved_sha1(run_dir)
         raise DataError(f"{cfg.data}, the corpus {run_dir} trains on, is gone; put the file back at that path"
@@ -299,7 +316,7 @@ def _resume(writer: Writer, per_step: bool, progress: bool | OnEpoch, time_budge
         log(f"jaxrnn: {run_dir} finished all {cfg.length} {cfg.unit}s already")
         return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
     log(f"jaxrnn: resuming {run_dir} at {cfg.unit} {start}")
-    return _fit_into(writer, cfg, corpus, model, state, start, history, per_step, progress, time_budget)
+    return _fit_into(writer, cfg, corpus, model, state, start, history, options)
 
 
 def corpus_for(cfg: Config) -> Corpus:

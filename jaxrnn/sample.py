@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
-from jaxrnn import kernels
 from jaxrnn.data import Vocab
 from jaxrnn.errors import JaxrnnError
 from jaxrnn.models import LanguageModel, Params
@@ -106,12 +105,12 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
 
 
 def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], num_preds: int,
-             how: Sampling = GREEDY, unroll: int = 8, kernel: bool | None = None) -> np.ndarray:
+             how: Sampling = GREEDY, unroll: int = 8) -> np.ndarray:
     """`num_preds` new token ids for each prompt (lists of ids, each at least one long), as one
     compiled call, each chosen `how` says (greedy by default). Each prompt of a batch draws its own.
 
-    Greedy decoding runs as one Pallas kernel (`kernel`) where it pays: None takes it for a model whose
-    loop runs on Pallas kernels, off CPUs (a CPU only interprets a Pallas kernel, slowly)."""
+    Greedy decoding runs as one Pallas kernel where the model's loop says so (`cells.Loop.decode`, as
+    `execution.resolve` decides it)."""
     check_length(num_preds)
     if any(len(p) == 0 for p in prompts):
         raise JaxrnnError("the prompt is empty; pass --prefix with at least one character")
@@ -123,24 +122,11 @@ def generate(model: LanguageModel, params: Params, prompts: list[np.ndarray], nu
         padded[i, : len(p)] = p
     # numpy arguments, not eager jnp ops: each of those costs tens of microseconds, a tenth of a
     # 1000-character decode on a CPU
-    if kernel is None:
-        kernel = decodes_by_kernel(model) and jax.default_backend() != "cpu"
-    elif kernel and not decodes_by_kernel(model):
-        raise JaxrnnError("greedy decoding by kernel needs a scratch model on Pallas kernels (--kernel pallas) "
-                          "with the tanh RNN, LSTM or GRU; pass kernel=None to decode by the scan loop")
     toks = _generate(model, params, padded, lengths, np.uint32(how.seed), np.float32(max(how.temperature, 1e-6)),
                      np.float32(how.top_p), num_preds, how.greedy, max(1, min(unroll, num_preds)),
-                     min(how.top_k, model.cfg.vocab_size), how.top_p < 1.0, kernel and how.greedy)
+                     min(how.top_k, model.cfg.vocab_size), how.top_p < 1.0,
+                     model.cfg.loop.decode == "kernel" and how.greedy)
     return np.asarray(toks)
-
-
-def decodes_by_kernel(model: LanguageModel) -> bool:
-    """Whether greedy decoding of `model` can run as one Pallas kernel (`kernels.greedy_decode`): a
-    scratch model whose loop runs on Pallas kernels, with a matmul-then-update cell whose W_hh fits on
-    chip (the decoding kernel holds every weight)."""
-    cfg = model.cfg
-    return (hasattr(model, "greedy") and cfg.loop.kernel == "pallas" and cfg.loop.spec.update is not None
-            and kernels.on_chip(cfg.hidden, cfg.loop.spec.gates, cfg.loop.dtype))
 
 
 def check_length(num_preds: int) -> None:

@@ -27,7 +27,8 @@ from jax import Array, lax
 from jax.experimental import pallas as pl
 
 from jaxrnn import kernels
-from jaxrnn.kernels import compute_dtype, hidden, matmul, upcast, with_hidden
+from jaxrnn.kernels import upcast
+from jaxrnn.state import compute_dtype, hidden, matmul, with_hidden
 
 # Not yet measured on a GPU (tools/kernel_sweep.py sweeps them): every row block reads its columns of W_hh
 # each step, so rows are many (W_hh read B / ROWS times a step) and columns few (H / COLS programs a block).

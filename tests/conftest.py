@@ -135,10 +135,16 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
-def np_cell_run(cell: str, gru_reset: str, p: dict, state, x_TxBxI: np.ndarray):
-    """d2l's cells (and minGRU) in float64 numpy, one gate at a time, over inputs [T, B, I] (one-hot
-    rows or dense vectors): (last state, all h [T, B, H])."""
+def np_cell_run(cell: str, p: dict, state, x_TxBxI: np.ndarray):
+    """d2l's cells (and minGRU, IndRNN) in float64 numpy, one gate at a time, over inputs [T, B, I]
+    (one-hot rows or dense vectors): (last state, all h [T, B, H])."""
     p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    if cell == "indrnn":  # Li et al. 2018: h = relu(x W + u * h + b), u a vector
+        h, hs = np.asarray(state, np.float64), []
+        for x in np.asarray(x_TxBxI, np.float64):
+            h = np.maximum(x @ p["W_xh"] + p["u"] * h + p["b_h"], 0)
+            hs.append(h)
+        return h, np.stack(hs)
     if cell == "mingru":  # Feng et al. 2024, minGRU in sequential mode: gates z and candidate h~ read only x
         (W_z, W_c), (b_z, b_c) = (np.split(p[k], 2, axis=-1) for k in ("W_xh", "b_h"))
         h, hs = np.asarray(state, np.float64), []
@@ -147,7 +153,7 @@ def np_cell_run(cell: str, gru_reset: str, p: dict, state, x_TxBxI: np.ndarray):
             h = (1 - z) * h + z * (x @ W_c + b_c)
             hs.append(h)
         return h, np.stack(hs)
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    gates = {"rnn": 1, "lstm": 4, "gru": 3, "gru-d2l": 3}[cell]
     W_x, W_h, b = (np.split(p[k], gates, axis=-1) for k in ("W_xh", "W_hh", "b_h"))
     h, c = (np.asarray(s, np.float64) for s in state) if cell == "lstm" else (np.asarray(state, np.float64), None)
     hs = []
@@ -160,7 +166,7 @@ def np_cell_run(cell: str, gru_reset: str, p: dict, state, x_TxBxI: np.ndarray):
             h = o * np.tanh(c)
         else:  # gates r, z, n
             r, z = (_sigmoid(x @ W_x[k] + h @ W_h[k] + b[k]) for k in (0, 1))
-            if gru_reset == "after":
+            if cell == "gru":  # Flax's and cuDNN's form; gru-d2l is d2l's
                 n = np.tanh(x @ W_x[2] + b[2] + r * (h @ W_h[2] + p["b_hn"]))
             else:
                 n = np.tanh(x @ W_x[2] + (r * h) @ W_h[2] + b[2])

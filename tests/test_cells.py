@@ -65,7 +65,7 @@ def test_unroll_equals_scan_of_one_hot(params, tokens, key, unroll: int) -> None
     h0 = 0.5 * jax.random.normal(jax.random.fold_in(key, 6), (B, H))
     with jax.default_matmul_precision("highest"):
         want_h, want_hs = rnn_scan(params, h0, jax.nn.one_hot(tokens, V))
-        h, hs = rnn_unroll(params, h0, tokens, Loop(unroll=unroll))
+        h, hs = rnn_unroll(params, h0, tokens, Loop(unroll=unroll, run="sequence"))
     np.testing.assert_allclose(hs, want_hs, atol=1e-6)
     np.testing.assert_allclose(h, want_h, atol=1e-6)
 
@@ -99,7 +99,7 @@ def test_hoisted_backward_equals_autodiff(key, unroll: int) -> None:
             return (hs * w).sum() + (h**2).sum()
         return f
 
-    hoisted = loss(lambda p, h0: rnn_unroll(p, h0, toks_TxB, Loop(unroll=unroll)))
+    hoisted = loss(lambda p, h0: rnn_unroll(p, h0, toks_TxB, Loop(unroll=unroll, run="sequence")))
     chapter = loss(lambda p, h0: rnn_scan(p, h0, jax.nn.one_hot(toks_TxB, 11)))
     with jax.default_matmul_precision("highest"):  # GPUs default to TF32-like matmuls
         got = jax.grad(hoisted, argnums=(0, 1))(p, h0)

@@ -100,12 +100,13 @@ def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
     cfg = json.loads((run / "config.json").read_text())
     name = model
     assert (cfg["cell"], cfg["impl"]) == {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax"),
-                                          "deep-scratch": ("lstm", "scratch")}.get(name, tuple(name.split("-")))
+                                          "deep-scratch": ("lstm", "scratch"), "gru-scratch": ("gru-d2l", "scratch")
+                                          }.get(name, tuple(name.split("-")))
     deep = (2, 16, True, 0.2, "adamw", 0.01, "cosine", 2) if name == "deep-scratch" else \
         (1, 0, False, 0.0, "sgd", 0.0, "constant", 0)
     assert tuple(cfg[k] for k in ("layers", "embed", "tie", "dropout", "optimizer", "weight_decay", "schedule",
                                   "warmup")) == deep
-    assert cfg["gru_reset"] == ("before" if model == "gru-scratch" else "after")
+    assert "gru_reset" not in cfg and "model" not in cfg  # aliases, read into the cell
     assert (cfg["epochs"], cfg["hidden"], cfg["num_train"], cfg["num_val"], cfg["batch_size"], cfg["num_steps"]) == \
         (1, 16, 512, 256, 128, 8)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -179,8 +180,17 @@ BAD_INPUTS: dict[str, tuple[list[str], str | None, str]] = {
     "model-contradicts-impl": (["train", "--model", "concise", "--impl", "scratch", *TINY_FLAGS, "--out", "mi"], "mi",
                                r"--model concise means --cell rnn --impl flax, not --impl scratch; drop --model or "),
     "gru-reset-on-flax": (["train", "--cell", "gru", "--impl", "flax", "--gru-reset", "before", "--out", "gr"], "gr",
-                          r"--gru-reset before applies to --cell gru --impl scratch only .*; drop --gru-reset"),
+                          r"--cell gru-d2l has no Flax twin; pass --impl scratch"),
     "unknown-cell": (["train", "--cell", "transformer"], None, r"argument --cell: invalid choice: 'transformer'"),
+    "unknown-cell-option": (["train", "--cell", "indrnn", "--cell-options", "heads=2", "--out", "co"], "co",
+                            r"--cell indrnn has no option 'heads'; its options are u_min, u_max"),
+    "option-of-a-cell-without": (["train", "--cell-options", "u_max=1", "--out", "cn"], "cn",
+                                 r"--cell rnn has no option 'u_max'; it has none: drop --cell-options"),
+    "cell-options-out-of-order": (["train", "--cell", "indrnn", "--cell-options", "u_min=0.9,u_max=0.5", "--out",
+                                   "cr"], "cr", r"--cell-options for --cell indrnn: u_min 0\.9 is above u_max 0\.5; "
+                                                r"pass u_min <= u_max"),
+    "cell-options-not-pairs": (["train", "--cell", "indrnn", "--cell-options", "u_max"], None,
+                               r"argument --cell-options: 'u_max' is not NAME=NUMBER, such as u_max=0\.5"),
     "top-k-when-greedy": (["sample", "--run", "{run}", "--top-k", "3"], None,
                           r"--top-k and --top-p restrict sampling, and temperature 0 decodes greedily; pass "),
     "top-p-above-one": (["sample", "--run", "{run}", "--temperature", "1", "--top-p", "1.5"], None,
@@ -282,12 +292,13 @@ def test_every_config_field_is_a_flag_in_its_group() -> None:
         if f.default is not None and kind is not bool:  # the default, from the field and only from it
             shown = f"{f.default:g}" if kind is float else str(f.default)
             assert f"(default {shown})" in " ".join(entry.split()) and "(default" not in f.metadata["help"], entry
-        text = {bool: None, int: "3", float: "0.5", str: "flax", tuple: "0.8,0.1,0.1"}[kind]
+        text = {bool: None, int: "3", float: "0.5", str: "flax", tuple: "0.8,0.1,0.1", dict: "u_max=0.5,heads=4"}[kind]
         if f.metadata["choices"]:
             text = f.metadata["choices"][-1]
         given = "--no-" + name[2:] if kind is bool and f.default else name  # a switch: the way off its default
         args = parser.parse_args(["train", given] + ([text] if text else []))
-        want = {bool: not f.default, int: 3, float: 0.5, str: text, tuple: (0.8, 0.1, 0.1)}[kind]
+        want = {bool: not f.default, int: 3, float: 0.5, str: text, tuple: (0.8, 0.1, 0.1),
+                dict: {"u_max": 0.5, "heads": 4}}[kind]
         assert cli._given(args) == {f.name: want}
 
 

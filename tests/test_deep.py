@@ -38,7 +38,7 @@ def np_stack_forward(ref, cell: str, p: dict, tokens_BxT: np.ndarray, states: li
     x = np.asarray(p["embed"]["E"], np.float64)[tokens_BxT.T] if "embed" in p else np.eye(V)[tokens_BxT.T]
     last = []
     for i in range(layers):
-        s, x = ref.cell_run(cell, "after", p["rnn" if i == 0 else f"rnn_{i + 1}"], states[i], x)
+        s, x = ref.cell_run(cell, p["rnn" if i == 0 else f"rnn_{i + 1}"], states[i], x)
         last.append(s)
     W = np.asarray(p["embed"]["E"], np.float64).T if "W_hq" not in p["head"] else np.asarray(p["head"]["W_hq"])
     return (x @ W + np.asarray(p["head"]["b_q"])).transpose(1, 0, 2), last
@@ -53,7 +53,7 @@ def random_states(key, cell: str, layers: int):
 
 @pytest.mark.parametrize(("cell", "shape"), CASES, ids=CASE_IDS)
 def test_stacked_models_match_float64_numpy_and_the_flax_twin(key, ref, cell: str, shape: dict) -> None:
-    scratch = ScratchRNNLM(ModelConfig(V, H, Loop(cell, fast=False), **shape))
+    scratch = ScratchRNNLM(ModelConfig(V, H, Loop(cell), **shape))
     p = big(scratch.init(key), key)
     assert ("W_hq" in p["head"]) != shape.get("tie", False)
     assert [k for k in p if k.startswith("rnn")] == ["rnn", *[f"rnn_{i}" for i in range(2, shape["layers"] + 1)]]

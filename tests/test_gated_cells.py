@@ -1,5 +1,6 @@
-"""LSTM and GRU cells: scratch against float64 numpy (d2l's per-gate formulas), against their Flax
-twins given the same weights, and their gradients against finite differences in float64."""
+"""Every cell of the registry: scratch against float64 numpy (d2l's per-gate formulas, the papers' for
+minGRU and IndRNN), against their Flax twins given the same weights, and their gradients against finite
+differences in float64."""
 
 from __future__ import annotations
 
@@ -13,16 +14,15 @@ from jaxrnn.cells import Loop, cell_init, rnn_unroll
 from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM
 
 V, H, B, T = 11, 6, 4, 7
-FORMS = [("rnn", "after"), ("lstm", "after"), ("gru", "after"), ("gru", "before"), ("mingru", "after")]
-FORM_IDS = ["rnn", "lstm", "gru", "gru-d2l", "mingru"]
-FAST = [("rnn", "after"), ("mingru", "after")]  # the cells with a `fast` form: the hoisted backward, the parallel scan
-EVERY_FORM = [(c, r, False) for c, r in FORMS] + [(c, r, True) for c, r in FAST]  # (cell, gru_reset, fast)
-EVERY_FORM_IDS = [*FORM_IDS, "rnn-hoisted", "mingru-parallel"]
+FORMS = ["rnn", "lstm", "gru", "gru-d2l", "mingru", "indrnn"]
+SEQUENCE = ["rnn", "mingru"]  # the cells with a `sequence` form: the hoisted backward, the parallel scan
+EVERY_FORM = [(c, "scan") for c in FORMS] + [(c, "sequence") for c in SEQUENCE]  # (cell, Loop.run)
+EVERY_FORM_IDS = [*FORMS, "rnn-hoisted", "mingru-parallel"]
 
 
-def random_params(key: jax.Array, cell: str, gru_reset: str, dtype=jnp.float32) -> dict:
+def random_params(key: jax.Array, cell: str, dtype=jnp.float32) -> dict:
     """Weights big enough that every gate is far from linear, and non-zero biases."""
-    p = cell_init(key, V, H, 0.5, cell, gru_reset)
+    p = cell_init(key, V, H, 0.5, cell)
     return {k: (0.4 * jax.random.normal(jax.random.fold_in(key, i), v.shape) if k != "W_xh" else v).astype(dtype)
             for i, (k, v) in enumerate(p.items())}
 
@@ -38,22 +38,31 @@ def tokens(key) -> jax.Array:
 
 
 def test_init_shapes(key) -> None:
-    shapes = {c + r: jax.tree.map(jnp.shape, cell_init(key, V, H, cell=c, gru_reset=r)) for c, r in FORMS}
-    assert shapes["rnnafter"] == {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,)}
-    assert shapes["lstmafter"] == {"W_xh": (V, 4 * H), "W_hh": (H, 4 * H), "b_h": (4 * H,)}
-    assert shapes["gruafter"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,), "b_hn": (H,)}
-    assert shapes["grubefore"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,)}
-    assert shapes["mingruafter"] == {"W_xh": (V, 2 * H), "b_h": (2 * H,)}
+    shapes = {c: jax.tree.map(jnp.shape, cell_init(key, V, H, cell=c)) for c in FORMS}
+    assert shapes["rnn"] == {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,)}
+    assert shapes["lstm"] == {"W_xh": (V, 4 * H), "W_hh": (H, 4 * H), "b_h": (4 * H,)}
+    assert shapes["gru"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,), "b_hn": (H,)}
+    assert shapes["gru-d2l"] == {"W_xh": (V, 3 * H), "W_hh": (H, 3 * H), "b_h": (3 * H,)}
+    assert shapes["mingru"] == {"W_xh": (V, 2 * H), "b_h": (2 * H,)}
+    assert shapes["indrnn"] == {"W_xh": (V, H), "b_h": (H,), "u": (H,)}
 
 
-@pytest.mark.parametrize(("cell", "gru_reset", "fast"), EVERY_FORM, ids=EVERY_FORM_IDS)
+def test_indrnn_draws_u_from_its_option_range(key) -> None:
+    """IndRNN's option: u uniform in [u_min, u_max], its defaults [0, 1] where none are given."""
+    u = np.asarray(cell_init(key, V, 2000, cell="indrnn", options=(("u_max", 0.5), ("u_min", 0.25)))["u"])
+    assert 0.25 <= u.min() < 0.26 and 0.49 < u.max() <= 0.5
+    u = np.asarray(cell_init(key, V, 2000, cell="indrnn")["u"])
+    assert 0 <= u.min() < 0.01 and 0.99 < u.max() <= 1
+
+
+@pytest.mark.parametrize(("cell", "run"), EVERY_FORM, ids=EVERY_FORM_IDS)
 @pytest.mark.parametrize("unroll", [1, T])
-def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, unroll: int, fast: bool) -> None:
-    """Every cell's step, and its `fast` form where it has one, against the numpy reference."""
-    p, s0 = random_params(key, cell, gru_reset), random_state(jax.random.fold_in(key, 9), cell)
-    want_s, want_hs = ref.cell_run(cell, gru_reset, p, s0, np.eye(V)[np.asarray(tokens)])
+def test_cells_match_float64_numpy(key, tokens, ref, cell: str, unroll: int, run: str) -> None:
+    """Every cell's step, and its `sequence` form where it has one, against the numpy reference."""
+    p, s0 = random_params(key, cell), random_state(jax.random.fold_in(key, 9), cell)
+    want_s, want_hs = ref.cell_run(cell, p, s0, np.eye(V)[np.asarray(tokens)])
     with jax.default_matmul_precision("highest"):
-        got_s, got_hs = rnn_unroll(p, s0, tokens, Loop(cell, gru_reset, unroll, fast=fast))
+        got_s, got_hs = rnn_unroll(p, s0, tokens, Loop(cell, unroll, run=run))
     np.testing.assert_allclose(got_hs, want_hs, atol=2e-6)
     for g, w in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
         np.testing.assert_allclose(g, w, atol=2e-6)
@@ -61,9 +70,9 @@ def test_cells_match_float64_numpy(key, tokens, ref, cell: str, gru_reset: str, 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])  # the tanh cell: test_models.py
 def test_scratch_cells_equal_their_flax_twins(key, tokens, ref, cell: str) -> None:
-    scratch = ScratchRNNLM(ModelConfig(V, H, Loop(cell, fast=False)))
+    scratch = ScratchRNNLM(ModelConfig(V, H, Loop(cell)))
     flax_lm = ConciseRNNLM(ModelConfig(V, H, Loop(cell)))
-    p = {"rnn": random_params(key, cell, "after"), "head": ScratchRNNLM(ModelConfig(V, H, sigma=0.5)).init(key)["head"]}
+    p = {"rnn": random_params(key, cell), "head": ScratchRNNLM(ModelConfig(V, H, sigma=0.5)).init(key)["head"]}
     q = ref.as_flax(cell, p)
     assert jax.tree.map(jnp.shape, q) == jax.tree.map(jnp.shape, flax_lm.init(key))
     s0 = random_state(jax.random.fold_in(key, 9), cell)
@@ -91,18 +100,18 @@ def test_optimized_lstm_cell_equals_lstm_cell(key) -> None:
         np.testing.assert_allclose(g, w, atol=1e-6)
 
 
-@pytest.mark.parametrize(("cell", "gru_reset", "hoisted"), EVERY_FORM, ids=EVERY_FORM_IDS)
-def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, gru_reset: str, hoisted: bool) -> None:
+@pytest.mark.parametrize(("cell", "run"), EVERY_FORM, ids=EVERY_FORM_IDS)
+def test_gradients_match_finite_differences_in_float64(key, tokens, cell: str, run: str) -> None:
     """<grad, d> against (L(p + eps d) - L(p - eps d)) / 2 eps along random directions d of every
     parameter and the initial state, for a loss on all outputs and the last state."""
     with jax.enable_x64(True):
-        p = random_params(key, cell, gru_reset, jnp.float64)
+        p = random_params(key, cell, jnp.float64)
         s0 = random_state(jax.random.fold_in(key, 9), cell, jnp.float64)
         w = jax.random.normal(jax.random.fold_in(key, 10), (T, B, H), jnp.float64)
 
         @jax.jit
         def loss(p, s0):
-            s, hs = rnn_unroll(p, s0, tokens, Loop(cell, gru_reset, 2, "float64", hoisted))
+            s, hs = rnn_unroll(p, s0, tokens, Loop(cell, 2, "float64", run))
             return (hs * w).sum() + sum((a**2).sum() for a in jax.tree.leaves(s))
 
         grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(p, s0)
@@ -147,3 +156,23 @@ def test_a_stacked_mingru_learns_and_decodes(tiny_cfg, tiny_corpus) -> None:
     assert ppl[-1] < ppl[0] < len(tiny_corpus.vocab), ppl
     text = trained.predict("time traveller", 10)
     assert text.startswith("time traveller") and len(text) == len("time traveller") + 10
+
+
+def test_indrnn_trains_with_its_options_and_decodes(tiny_cfg, tiny_corpus, tmp_path) -> None:
+    """A cell with an option of its own, end to end: `cell_options` reach its init (through the resolver),
+    the run directory records them, the loss falls, and the restored model decodes."""
+    import json
+
+    import jaxrnn
+
+    cfg = tiny_cfg(cell="indrnn", cell_options={"u_max": 0.5}, epochs=4, lr=2.0)
+    trained = jaxrnn.train(cfg, out=tmp_path / "run", corpus=tiny_corpus, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cell_options"] == {"u_max": 0.5}
+    assert trained.model.cfg.loop.options == (("u_max", 0.5), ("u_min", 0.0))
+    losses = [r["train_loss"] for r in trained.history]
+    assert losses[-1] < losses[0] - 0.1, losses
+    restored = jaxrnn.load(tmp_path / "run")
+    text = restored.predict("time traveller", 10)
+    assert text.startswith("time traveller") and len(text) == 24 and text == trained.predict("time traveller", 10)
+    u = np.asarray(jaxrnn.train(cfg.replace(epochs=1, lr=1e-9), corpus=tiny_corpus, progress=False).params["rnn"]["u"])
+    assert 0 <= u.min() and u.max() <= 0.5  # drawn from the option's range (barely moved at lr 1e-9)

@@ -15,25 +15,25 @@ import jaxrnn
 from jaxrnn import kernels, step_kernels
 from jaxrnn.cells import CELLS, Loop, cell_init, rnn_unroll, zero_state
 from jaxrnn.errors import ConfigError
-from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model, check_buildable, pallas_pays
+from jaxrnn.execution import resolve
+from jaxrnn.models import ModelConfig, ScratchRNNLM, build_model
 from jaxrnn.sample import generate
 
 V, H = 11, 16
-# every cell form with kernels: (cell, gru_reset); gru-d2l is d2l's GRU (--gru-reset before)
-FORMS = {name: (name, "after") for name, cell in CELLS.items() if cell.kernel} | {"gru-d2l": ("gru", "before")}
-KERNEL_FORMS = list(FORMS)  # rnn, lstm, gru, gru-d2l
+KERNEL_FORMS = [name for name, cell in CELLS.items() if cell.kernels]  # rnn, lstm, gru, gru-d2l (d2l's GRU)
 
 
-def loop_of(form: str, **plan) -> Loop:
-    return Loop(*FORMS[form], **plan)
+def pallas(cell: str, wide: bool = False, **loop) -> Loop:
+    """The cell's loop on its whole-loop Pallas kernels, or (`wide`) on its per-step ones."""
+    return Loop(cell, run="step-kernels" if wide else "kernels", **loop)
 
 
 def problem(key: jax.Array, B: int, T: int, form: str = "rnn", dtype=jnp.float32):
     """Weights big enough that every gate is far from linear, non-zero biases, a random start state
     (a pair for the LSTM) and tokens."""
-    cell, reset = FORMS[form]
+    cell = form
     p = {k: (0.4 * jax.random.normal(jax.random.fold_in(key, i), v.shape) if k != "W_xh" else v).astype(dtype)
-         for i, (k, v) in enumerate(cell_init(key, V, H, 0.5, cell, reset).items())}
+         for i, (k, v) in enumerate(cell_init(key, V, H, 0.5, cell).items())}
     h, c = ((0.5 * jax.random.normal(jax.random.fold_in(key, 20 + i), (B, H))).astype(dtype) for i in range(2))
     tokens = jax.random.randint(jax.random.fold_in(key, 2), (T, B), 0, V)
     return p, ((h, c) if cell == "lstm" else h), tokens
@@ -72,14 +72,14 @@ def test_kernels_equal_the_scan_path(key, request, cell: str, B: int, T: int, wi
     w = jax.random.normal(jax.random.fold_in(key, 3), (T, B, H))
     run = jax.jit(lambda p, s0, loop: rnn_unroll(p, s0, tokens, loop), static_argnums=2)  # traced afresh
     with jax.default_matmul_precision("highest"):
-        want_s, want_hs = run(p, s0, loop_of(cell, fast=False))
-        got_s, got_hs = run(p, s0, loop_of(cell, kernel="pallas"))
+        want_s, want_hs = run(p, s0, Loop(cell))
+        got_s, got_hs = run(p, s0, pallas(cell, wide))
         # float32 rounding in another order (on an H100, up to 1.1e-6 after 9 steps; cells.Loop: within 1e-5)
         np.testing.assert_allclose(got_hs, want_hs, atol=1e-5)
         for g, w_ in zip(jax.tree.leaves(got_s), jax.tree.leaves(want_s)):
             np.testing.assert_allclose(g, w_, atol=1e-5)
-        want = jax.jit(jax.grad(loss_of(loop_of(cell, fast=False), tokens, w), argnums=(0, 1)))(p, s0)
-        got = jax.jit(jax.grad(loss_of(loop_of(cell, kernel="pallas"), tokens, w), argnums=(0, 1)))(p, s0)
+        want = jax.jit(jax.grad(loss_of(Loop(cell), tokens, w), argnums=(0, 1)))(p, s0)
+        got = jax.jit(jax.grad(loss_of(pallas(cell, wide), tokens, w), argnums=(0, 1)))(p, s0)
     for g, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):  # float32 sums in another order
         np.testing.assert_allclose(g, w_, rtol=1e-5, atol=1e-6 * float(jnp.abs(w_).max()))
 
@@ -88,12 +88,15 @@ def test_a_width_the_per_step_blocks_do_not_divide_takes_the_whole_loop_kernels(
     """On a CPU (interpret mode, any width) hidden 12 is not cut into blocks of 8 columns: the whole-loop
     kernels run it, and equal the scan path (the per-step kernels would leave columns out)."""
     assert not step_kernels.takes(12) and step_kernels.takes(16)
+    loop = resolve(jaxrnn.Config(cell="lstm", hidden=12, kernel="pallas"), "cpu")
+    assert loop.run == "kernels"
+    assert resolve(jaxrnn.Config(cell="lstm", hidden=16, kernel="pallas"), "cpu").run == "step-kernels"
     p = {k: 0.4 * jax.random.normal(jax.random.fold_in(key, i), v.shape)
          for i, (k, v) in enumerate(cell_init(key, V, 12, 0.5, "lstm").items())}
     s0, tokens = (jnp.zeros((4, 12)),) * 2, jax.random.randint(key, (3, 4), 0, V)
     f = jax.jit(lambda p, loop: rnn_unroll(p, s0, tokens, loop)[1], static_argnums=1)
     with jax.default_matmul_precision("highest"):
-        np.testing.assert_allclose(f(p, Loop("lstm", kernel="pallas")), f(p, Loop("lstm", fast=False)), atol=1e-5)
+        np.testing.assert_allclose(f(p, Loop("lstm", loop.unroll, run=loop.run)), f(p, Loop("lstm")), atol=1e-5)
 
 
 @pytest.mark.parametrize(("cell", "wide"), [*[(f, False) for f in KERNEL_FORMS], ("gru", True),
@@ -103,8 +106,8 @@ def test_kernels_match_float64_numpy_and_finite_differences(key, ref, request, c
         request.getfixturevalue("per_step")
     with jax.enable_x64(True):
         p, h0, tokens = problem(key, 6, 5, cell, jnp.float64)
-        _, want_hs = ref.cell_run(*FORMS[cell], p, h0, np.eye(V)[np.asarray(tokens)])
-        loop = loop_of(cell, dtype="float64", kernel="pallas")
+        _, want_hs = ref.cell_run(cell, p, h0, np.eye(V)[np.asarray(tokens)])
+        loop = pallas(cell, wide, dtype="float64")
         np.testing.assert_allclose(rnn_unroll(p, h0, tokens, loop)[1], want_hs, atol=1e-12)
         w = jax.random.normal(jax.random.fold_in(key, 3), (5, 6, H), jnp.float64)
         loss = jax.jit(loss_of(loop, tokens, w))
@@ -126,8 +129,8 @@ def test_bfloat16_kernels_are_close_to_float32(key, request, cell: str, wide: bo
     p, h0, tokens = problem(key, 16, 6, cell)
     run = jax.jit(lambda p, h0, loop: rnn_unroll(p, h0, tokens, loop)[1], static_argnums=2)
     with jax.default_matmul_precision("highest"):
-        want = run(p, h0, loop_of(cell, fast=False))
-    bf16 = loop_of(cell, dtype="bfloat16", kernel="pallas")
+        want = run(p, h0, Loop(cell))
+    bf16 = pallas(cell, wide, dtype="bfloat16")
     got = run(p, h0, bf16)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.05)
@@ -154,7 +157,7 @@ def test_a_run_with_pallas_kernels_trains_as_the_scan_path(tiny_cfg, tiny_corpus
 @pytest.mark.parametrize("changes", [dict(cell="mingru"), dict(impl="flax")], ids=["mingru", "flax"])
 def test_pallas_is_refused_where_there_is_no_kernel(tiny_cfg, changes: dict) -> None:
     with pytest.raises(ConfigError, match="--kernel pallas runs the scratch cells that have Pallas kernels "
-                                          "\\(rnn, lstm, gru\\)"):
+                                          "\\(rnn, lstm, gru, gru-d2l\\)"):
         build_model(tiny_cfg(kernel="pallas", **changes), V)
 
 
@@ -165,29 +168,34 @@ def test_pallas_is_refused_where_there_is_no_kernel(tiny_cfg, changes: dict) -> 
 def test_greedy_decoding_kernel_equals_the_scan_loop(cell: str, layers: int, embed: int, tie: bool) -> None:
     """The one-kernel decoder against `generate`'s scan loop: the same tokens for a batch of prompts of
     several lengths (3 rows, padded to 16 inside), for a model whose logits are far from ties."""
-    model = ScratchRNNLM(ModelConfig(V, H, loop_of(cell, kernel="pallas"), layers, embed, tie, sigma=0.5))
-    params = model.init(jax.random.PRNGKey(3))
+    by_scan, by_kernel = (ScratchRNNLM(ModelConfig(V, H, pallas(cell, decode=d), layers, embed, tie, sigma=0.5))
+                          for d in ("scan", "kernel"))
+    params = by_scan.init(jax.random.PRNGKey(3))
     prompts = [np.array([1, 2, 3, 4]), np.array([5]), np.array([9, 0])]
     with jax.default_matmul_precision("highest"):
-        want = generate(model, params, prompts, 30, kernel=False)
-        got = generate(model, params, prompts, 30, kernel=True)
+        want = generate(by_scan, params, prompts, 30)
+        got = generate(by_kernel, params, prompts, 30)
     assert len(set(want.ravel().tolist())) > 3  # the decode moves between tokens, so equality says something
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("wide", [False, True], ids=["scan", "per-step"])
-def test_decoding_by_kernel_is_refused_for_a_model_without_kernels(key, request, wide: bool) -> None:
-    """A model on the scan path, or one whose W_hh does not fit on chip (the decoding kernel holds it)."""
-    if wide:
-        request.getfixturevalue("per_step")
-    model = ScratchRNNLM(ModelConfig(V, H, Loop("rnn", kernel="pallas" if wide else "scan")))
-    with pytest.raises(jaxrnn.errors.JaxrnnError, match="greedy decoding by kernel needs a scratch model"):
-        generate(model, model.init(key), [np.array([1])], 3, kernel=True)
+def test_greedy_decoding_runs_by_kernel_where_the_loop_does_off_cpus(monkeypatch) -> None:
+    """Not on the scan path, not on a CPU (it only interprets the kernel), not for a W_hh that does not fit
+    on chip (the decoding kernel holds it), not for a cell without a matmul-then-update step."""
+    def decode(backend: str, **changes) -> str:
+        return resolve(jaxrnn.Config(hidden=16, **changes), backend).decode
+    assert decode("gpu") == decode("gpu", kernel="pallas") == "kernel"
+    assert decode("cpu", kernel="pallas") == decode("gpu", kernel="scan") == "scan"
+    monkeypatch.setattr(kernels, "MAX_WEIGHT_BYTES", 0)  # no W_hh fits on chip
+    assert resolve(jaxrnn.Config(hidden=16, kernel="pallas"), "gpu").run == "step-kernels"
+    assert decode("gpu", kernel="pallas") == "scan"
+    with pytest.raises(ValueError, match="'mingru' has no decoding kernel"):
+        Loop("mingru", decode="kernel")
 
 
 def test_bfloat16_greedy_decoding_kernel_runs(key) -> None:
-    model = ScratchRNNLM(ModelConfig(V, H, Loop("lstm", dtype="bfloat16", kernel="pallas"), sigma=0.5))
-    toks = generate(model, model.init(key), [np.array([1, 2])], 12, kernel=True)
+    model = ScratchRNNLM(ModelConfig(V, H, pallas("lstm", dtype="bfloat16", decode="kernel"), sigma=0.5))
+    toks = generate(model, model.init(key), [np.array([1, 2])], 12)
     assert toks.shape == (1, 12) and toks.min() >= 0 and toks.max() < V  # the padded vocab is never chosen
 
 
@@ -195,22 +203,22 @@ def test_bfloat16_greedy_decoding_kernel_runs(key) -> None:
     (dict(), True), (dict(cell="lstm"), True), (dict(cell="gru", hidden=128), True),  # 192 KiB of W_hh fit
     (dict(cell="lstm", hidden=128), False), (dict(cell="lstm", hidden=128, dtype="bfloat16"), True),  # 256 / 128 KiB
     (dict(hidden=224), False), (dict(impl="flax"), False), (dict(cell="mingru"), False),
-    (dict(cell="gru", gru_reset="before"), False), (dict(embed=24), False)])  # d2l's GRU: not yet run on a GPU
+    (dict(cell="gru-d2l"), False), (dict(embed=24), False)])  # d2l's GRU: not yet run on a GPU
 def test_auto_takes_the_kernels_on_gpus_where_they_fit(changes: dict, pays: bool) -> None:
     cfg = jaxrnn.Config(**changes)
-    assert pallas_pays(cfg, "gpu") is pays
-    assert not pallas_pays(cfg, "cpu") and not pallas_pays(cfg, "tpu")
+    assert (resolve(cfg, "gpu").run == "kernels") is pays
+    assert resolve(cfg, "cpu").run in ("scan", "sequence") and resolve(cfg, "tpu").run in ("scan", "sequence")
 
 
-def test_pallas_on_a_gpu_refuses_widths_triton_cannot_compile(tiny_cfg, monkeypatch) -> None:
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+def test_pallas_on_a_gpu_refuses_widths_triton_cannot_compile(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match="--hidden 24 is not a power of two of at least 16; pass --kernel scan"):
-        check_buildable(tiny_cfg(kernel="pallas", hidden=24))
+        resolve(tiny_cfg(kernel="pallas", hidden=24), "gpu")
     with pytest.raises(ConfigError, match="W_hh at --hidden 256 is 768 KiB, over the 192 KiB one program holds, "
                                           "and this cell has no per-step kernels for wider layers"):
-        check_buildable(tiny_cfg(kernel="pallas", hidden=256, cell="gru", gru_reset="before"))
-    check_buildable(tiny_cfg(kernel="pallas", hidden=64))
-    check_buildable(tiny_cfg(kernel="pallas", hidden=1024, cell="lstm"))  # per-step kernels
+        resolve(tiny_cfg(kernel="pallas", hidden=256, cell="gru-d2l"), "gpu")
+    assert resolve(tiny_cfg(kernel="pallas", hidden=24), "cpu").run == "kernels"  # interpreted: any width
+    assert resolve(tiny_cfg(kernel="pallas", hidden=64), "gpu").run == "kernels"
+    assert resolve(tiny_cfg(kernel="pallas", hidden=1024, cell="lstm"), "gpu").run == "step-kernels"
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["whole-loop", "per-step"])
@@ -223,9 +231,9 @@ def test_every_kernel_lowers_for_triton(monkeypatch, request, dtype: str, wide: 
         request.getfixturevalue("per_step")
     monkeypatch.setattr(kernels, "interpreted", lambda: False)
     for form in [f for f in KERNEL_FORMS if not (wide and f == "gru-d2l")]:
-        loop = loop_of(form, dtype=dtype, kernel="pallas")
-        p = {k: v.astype(dtype) for k, v in cell_init(jax.random.key(0), V, H, 0.1, *FORMS[form]).items()}
-        s0 = jax.tree.map(lambda a: a.astype(dtype), zero_state(FORMS[form][0], 20, H))
+        loop = pallas(form, wide, dtype=dtype)
+        p = {k: v.astype(dtype) for k, v in cell_init(jax.random.key(0), V, H, 0.1, form).items()}
+        s0 = jax.tree.map(lambda a: a.astype(dtype), zero_state(form, 20, H))
         loss = jax.grad(lambda p, s, loop=loop: rnn_unroll(p, s, jnp.zeros((3, 20), jnp.int32), loop)[1].sum())
         text = jax.jit(loss).trace(p, s0).lower(lowering_platforms=("cuda",)).as_text()
         assert ("matmul_step_bwd" if wide else "_bwd") in text, form

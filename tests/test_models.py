@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn.cells import CELLS, Loop
+from jaxrnn.cells import Loop
+from jaxrnn.config import Config
+from jaxrnn.execution import resolve
 from jaxrnn.models import ConciseRNNLM, ModelConfig, ScratchRNNLM, build_model, model_config
 
 V, H, B, T = 28, 16, 3, 7
@@ -47,7 +49,7 @@ def test_scratch_init_like_d2l(key) -> None:
 
 @pytest.mark.parametrize("unroll", [1, T])
 def test_same_weights_same_logits(key, tokens, ref, unroll: int) -> None:
-    shape = ModelConfig(V, H, Loop(unroll=unroll))
+    shape = ModelConfig(V, H, Loop(unroll=unroll, run="sequence"))
     scratch, concise = ScratchRNNLM(shape), ConciseRNNLM(shape)
     p = scratch_params(key)
     q = ref.as_flax("rnn", p)
@@ -68,7 +70,8 @@ def test_scratch_matches_float64_numpy(key, tokens, ref, unroll: int) -> None:
     h0 = 0.5 * np.asarray(jax.random.normal(jax.random.fold_in(key, 5), (B, H)))
     want, want_h = ref.lm_forward(ref.flat(p), np.asarray(tokens), h0)
     with jax.default_matmul_precision("highest"):
-        got, got_h = ScratchRNNLM(ModelConfig(V, H, Loop(unroll=unroll))).forward(p, tokens, jnp.asarray(h0))
+        model = ScratchRNNLM(ModelConfig(V, H, Loop(unroll=unroll, run="sequence")))
+        got, got_h = model.forward(p, tokens, jnp.asarray(h0))
     np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(got_h, want_h, atol=2e-6)
 
@@ -105,23 +108,27 @@ def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, ref, kin
 
 def test_build_model_picks_the_class(tiny_cfg) -> None:
     m = build_model(tiny_cfg(model="scratch", hidden=12, sigma=0.02, unroll=32), 28)
-    fast = jax.default_backend() != "cpu"  # small hidden on CPU: autodiff's backward (the tanh cell's plan)
-    assert m == ScratchRNNLM(ModelConfig(28, 12, Loop(unroll=8, fast=fast), sigma=0.02))  # unroll clipped to 8
+    run = "scan" if jax.default_backend() == "cpu" else "sequence"  # small hidden on CPU: autodiff's backward
+    assert m == ScratchRNNLM(ModelConfig(28, 12, Loop(unroll=8, run=run), sigma=0.02))  # unroll clipped to 8
     c = build_model(tiny_cfg(model="concise", hidden=12, unroll=4), 30)
     assert isinstance(c, ConciseRNNLM) and c.cfg == model_config(tiny_cfg(model="concise", hidden=12, unroll=4), 30)
     g = build_model(tiny_cfg(cell="gru", gru_reset="before", hidden=12, unroll=4), 30)
-    assert isinstance(g, ScratchRNNLM) and g.cfg.loop.gru_reset == "before" and g.cfg.loop.unroll == 4
+    assert isinstance(g, ScratchRNNLM) and g.cfg.loop.cell == "gru-d2l" and g.cfg.loop.unroll == 4
     lstm = build_model(tiny_cfg(cell="lstm", impl="flax", hidden=12, unroll=4, layers=2, dropout=0.1), 30)
-    assert lstm == ConciseRNNLM(ModelConfig(30, 12, Loop("lstm", unroll=4, fast=False), layers=2, dropout=0.1))
+    assert lstm == ConciseRNNLM(ModelConfig(30, 12, Loop("lstm", unroll=4), layers=2, dropout=0.1))
 
 
-def test_plans_by_backend_and_size() -> None:
-    """The measured choices (use the fast form?, unroll): the tanh cell GPU hoisted/8, CPU autodiff/32
-    for small hidden and hoisted/1 for large; LSTM and GRU autodiff, unroll 1 on CPU; minGRU's step loop
-    on CPU, its parallel scan elsewhere."""
-    plan = {name: cell.plan for name, cell in CELLS.items()}
-    assert plan["rnn"](32, "gpu") == (True, 8)
-    assert plan["rnn"](32, "cpu") == (False, 32)
-    assert plan["rnn"](256, "cpu") == (True, 1)
-    assert plan["lstm"](32, "cpu") == plan["gru"](32, "cpu") == (False, 1)
-    assert plan["mingru"](32, "cpu") == (False, 1) and plan["mingru"](32, "gpu")[0]
+def test_the_resolver_takes_the_measured_plans_by_backend_and_size() -> None:
+    """(run, unroll) as `execution.resolve` takes them from each cell's measured `best`: the tanh cell GPU
+    hoisted/8, CPU autodiff/32 for small hidden (clipped to the window) and hoisted/1 for large; LSTM and
+    GRU autodiff, unroll 1 on CPU; minGRU's step loop on CPU, its parallel scan elsewhere; an explicit
+    --unroll wins."""
+    def plan(backend: str, **changes) -> tuple[str, int]:  # the scan path's (--kernel auto: tests/test_kernels.py)
+        loop = resolve(Config(kernel="scan", **changes), backend)
+        return loop.run, loop.unroll
+    assert plan("gpu") == ("sequence", 8)
+    assert plan("cpu") == ("scan", 32) and plan("cpu", num_steps=16) == ("scan", 16)
+    assert plan("cpu", hidden=256) == ("sequence", 1)
+    assert plan("cpu", cell="lstm") == plan("cpu", cell="gru") == plan("cpu", cell="gru-d2l") == ("scan", 1)
+    assert plan("cpu", cell="mingru") == ("scan", 1) and plan("gpu", cell="mingru")[0] == "sequence"
+    assert plan("cpu", cell="lstm", unroll=4) == ("scan", 4)

@@ -734,7 +734,7 @@ def test_nonfinite_loss_later_keeps_the_last_good_checkpoint(commands) -> None:
     epoch, step = int(m.group(1)), int(m.group(2))
     assert epoch >= 2, "this lr/clip no longer diverges after a first good epoch on this machine"
     assert (epoch - 1) * 8 < step <= epoch * 8
-    assert m.group(3) == f"the checkpoint of epoch {epoch - 1} is kept"
+    assert m.group(3) == f"the checkpoint at epoch {epoch - 1} is kept"
     run_dir = done.paths["{new}"]
     assert complete(run_dir) == list(range(1, epoch))[-3:]
     assert [r["epoch"] for r in metrics(run_dir)] == list(range(1, epoch))

@@ -254,7 +254,8 @@ def test_d2l_presets_are_the_chapters_settings() -> None:
     seed = dict(hidden=32, batch_size=1024, num_steps=32, lr=1.0, clip=1.0, epochs=100, optimizer="sgd")
     assert PRESETS["d2l-scratch"] == Config(**seed) and PRESETS["d2l-concise"] == Config(impl="flax", **seed)
     assert (PRESETS["d2l-lstm"].cell, PRESETS["d2l-lstm"].lr, PRESETS["d2l-lstm"].epochs) == ("lstm", 4.0, 50)
-    assert PRESETS["d2l-gru"].gru_reset == "before"
+    d2l_gru = PRESETS["d2l-gru"]
+    assert d2l_gru.cell == "gru-d2l" and Config(cell="gru", gru_reset="before") == d2l_gru.replace(lr=1.0, epochs=100)
 
 
 def test_train_refuses_a_corpus_its_config_does_not_describe(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ import numpy as np
 
 from jaxrnn import cells, kernels, step_kernels
 from jaxrnn.cells import Loop
+from jaxrnn.config import Config
+from jaxrnn.execution import resolve
 from jaxrnn.models import ModelConfig, ScratchRNNLM
 from jaxrnn.sample import generate
 
@@ -38,7 +40,7 @@ SEED = (32, 1024, 32)  # T, B, H of the seed config
 TUNABLE = {"block": (kernels, "BLOCK"), "warps": (kernels, "WARPS"), "rows": (step_kernels, "ROWS"),
            "cols": (step_kernels, "COLS"), "back_cols": (step_kernels, "BACK_COLS"), "chunk": (step_kernels, "CHUNK"),
            "stages": (step_kernels, "STAGES")}
-FORMS = {"rnn": ("rnn", "after"), "lstm": ("lstm", "after"), "gru": ("gru", "after"), "gru-d2l": ("gru", "before")}
+FORMS = [name for name, cell in cells.CELLS.items() if cell.kernels]  # rnn, lstm, gru, gru-d2l
 
 
 def cases(quick: bool) -> list[dict[str, Any]]:
@@ -61,12 +63,12 @@ def cases(quick: bool) -> list[dict[str, Any]]:
 
 
 def layer_problem(form: str, T: int, B: int, H: int, dtype: str):
-    key, (cell, reset) = jax.random.PRNGKey(0), FORMS[form]
-    p = cells.cell_init(key, 4, H, 1.0 / np.sqrt(H), cell, reset)
+    key, cell = jax.random.PRNGKey(0), form
+    p = cells.cell_init(key, 4, H, 1.0 / np.sqrt(H), cell)
     p = {k: v + 0.1 * jax.random.normal(jax.random.fold_in(key, i), v.shape) for i, (k, v) in enumerate(p.items())}
     own = {k: v.astype(dtype) for k, v in p.items() if k not in ("W_xh", "b_h")}
     s0 = cells.zero_state(cell, B, H, dtype)
-    xw = jax.random.normal(jax.random.fold_in(key, 7), (T, B, cells.cell_spec(cell, reset).gates * H)).astype(dtype)
+    xw = jax.random.normal(jax.random.fold_in(key, 7), (T, B, cells.CELLS[cell].gates * H)).astype(dtype)
     w = jax.random.normal(jax.random.fold_in(key, 8), (T, B, H)).astype(jnp.float32)
     return own, s0, xw, w
 
@@ -75,9 +77,8 @@ def step_fn(loop: Loop, w):
     """value and gradients of sum(h * w) over every state, w.r.t. the recurrent params, start state and xw."""
     def loss(own, s0, xw):
         spec = loop.spec
-        _, hs = (spec.kernel(own, s0, xw) if loop.kernel == "pallas" else
-                 spec.fast(own, s0, xw, loop.unroll) if loop.fast and spec.fast else
-                 jax.lax.scan(lambda s, x: spec.step(own, s, x), s0, xw, unroll=loop.unroll))
+        _, hs = (jax.lax.scan(lambda s, x: spec.step(own, s, x), s0, xw, unroll=loop.unroll) if loop.run == "scan"
+                 else spec.form(loop.run)(own, s0, xw, loop.unroll))
         return (hs.astype(jnp.float32) * w).sum(), hs
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
@@ -104,23 +105,25 @@ def rel(a, b) -> float:
 def run_case(c: dict[str, Any]) -> list[dict[str, Any]]:
     (T, B, H), cell = c["shape"], c["cell"]
     own, s0, xw, w = layer_problem(cell, T, B, H, c["dtype"])
-    fast, unroll = cells.cell_spec(*FORMS[cell]).plan(H, jax.default_backend())
+    def loop(kernel: str) -> Loop:  # as a training run at this shape would run it
+        return resolve(Config(cell=cell, hidden=H, num_steps=T, dtype=c["dtype"], kernel=kernel))
     base = dict(cell=cell, T=T, B=B, H=H, dtype=c["dtype"], precision=c["precision"])
     rows = []
     with jax.default_matmul_precision(c["precision"]):
-        cs, ms, ref = timed(step_fn(Loop(*FORMS[cell], unroll=unroll, dtype=c["dtype"], fast=fast), w), (own, s0, xw))
-        rows.append(dict(base, impl=f"scan u{unroll}", compile_s=cs, step_ms=ms * 1e3, tokens_per_s=T * B / ms))
+        scan = loop("scan")
+        cs, ms, ref = timed(step_fn(scan, w), (own, s0, xw))
+        rows.append(dict(base, impl=f"scan u{scan.unroll}", compile_s=cs, step_ms=ms * 1e3, tokens_per_s=T * B / ms))
         old = {name: getattr(module, attr) for name, (module, attr) in TUNABLE.items()}
         try:
             for name, (module, attr) in TUNABLE.items():
                 setattr(module, attr, c.get(name, old[name]))
-            if kernels.on_chip(H, cells.cell_spec(*FORMS[cell]).gates, c["dtype"]):
+            if kernels.on_chip(H, cells.CELLS[cell].gates, c["dtype"]):
                 impl = f"pallas b{kernels.BLOCK} w{kernels.WARPS}"
             else:  # the per-step kernels
                 sk = step_kernels
                 impl = f"pallas r{sk.ROWS} c{sk.COLS}/{sk.BACK_COLS} k{sk.CHUNK} w{kernels.WARPS} s{sk.STAGES}"
             try:
-                cs, ms, got = timed(step_fn(Loop(*FORMS[cell], dtype=c["dtype"], kernel="pallas"), w), (own, s0, xw))
+                cs, ms, got = timed(step_fn(loop("pallas"), w), (own, s0, xw))
             except Exception as e:  # noqa: BLE001 (a shape the compiler refuses is a result)
                 return rows + [dict(base, impl=impl, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")]
         finally:
@@ -138,16 +141,17 @@ def decode_rows(quick: bool) -> list[dict[str, Any]]:
     for 1 and 256 prompts; the tokens must agree (float32, precision highest)."""
     rows = []
     for cell in FORMS:
-        model = ScratchRNNLM(ModelConfig(28, 32, Loop(*FORMS[cell], kernel="pallas"), sigma=0.3))
-        params = model.init(jax.random.PRNGKey(1))
+        models = {impl: ScratchRNNLM(ModelConfig(28, 32, Loop(cell, run="kernels", decode=d), sigma=0.3))
+                  for impl, d in (("scan", "scan"), ("pallas", "kernel"))}
+        params = models["scan"].init(jax.random.PRNGKey(1))
         for batch in (1, 256):
             prompts = [np.arange(14) % 28] * batch
             base = dict(cell=cell, T=1000, B=batch, H=32, dtype="float32", precision="highest")
             with jax.default_matmul_precision("highest"):
                 got = {}
-                for impl, kernel in (("scan", False), ("pallas", True)):
+                for impl, model in models.items():
                     try:
-                        cs, ms, toks = timed(functools.partial(generate, model, params, prompts, 1000, kernel=kernel),
+                        cs, ms, toks = timed(functools.partial(generate, model, params, prompts, 1000),
                                              (), rounds=3, calls=3)
                     except Exception as e:  # noqa: BLE001
                         rows.append(dict(base, impl=f"decode {impl}", error=f"{type(e).__name__}: {str(e)[:300]}"))
