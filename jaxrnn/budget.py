@@ -22,17 +22,16 @@ from jaxrnn.config import Config, flag
 from jaxrnn.errors import ConfigError
 
 PLAN_BYTES = 5  # a batch plan's entry: an int32 window start and a bool mask
-# Values the backward pass keeps per hidden unit, row and time step, by cell: XLA's own memory analysis of
-# the compiled training chunk on a CPU (hidden 256-1024, batch 256-4096) measured 4.1 for the tanh RNN, 10.1
-# for the GRU and 21 for the LSTM; a cell not measured counts as the LSTM does per gate. With them the
-# estimate is 0.99-1.41x XLA's figure (`python tools/budget_report.py memory`, docs/benchmarks.md).
+# Values the backward pass keeps per hidden unit, row and time step, by cell, as XLA's own memory analysis
+# of the compiled training chunk measured them on a CPU (`python tools/budget_report.py memory`; figures in
+# docs/benchmarks.md); d2l's GRU counts as the GRU, and a cell not measured as the LSTM does per gate.
 SAVED_PER_UNIT = {"rnn": 4, "gru": 10, "gru-d2l": 10, "lstm": 21}
 # The training program's size in XLA operations (lines of its lowered HLO), as measured on jaxrnn's programs
 # (a chunk of epochs, one evaluation): about BASE_OPS, plus per layer LAYER_OPS and STEP_OPS for each time
-# step the loop unrolls (within 2.5% at 1-115 layers: `python tools/budget_report.py compile 1 16 64 115`).
+# step the loop unrolls (`python tools/budget_report.py compile 1 16 64 115`; docs/benchmarks.md).
 BASE_OPS, LAYER_OPS, STEP_OPS = 500, 160, 22
-# XLA's compile time grows faster than the program: on 2 CPU cores 14 k operations took 12 s, 56 k 46 s,
-# 98 k 121 s, and 864 k (1000 layers) over 10 minutes. Past this many it would take minutes more.
+# XLA's compile time grows faster than the program (docs/benchmarks.md): past this many operations a 2-core
+# CPU compiles for minutes, and a user is better told so at once
 MAX_OPS = 100_000
 
 

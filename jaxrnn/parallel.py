@@ -99,7 +99,7 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(f"jaxrnn:{name}")
 
 
-def most(value: int) -> int:
+def largest_across(value: int) -> int:
     """The largest of every process' `value` (each process must call it at the same point): how processes
     agree, after a chunk, on a signal one of them caught, or on a failure only one of them saw."""
     if jax.process_count() == 1:
@@ -119,7 +119,7 @@ def on_primary(fn: Callable[[], T]) -> T | None:
             result = fn()
         except JaxrnnError as e:
             failed = e
-    if most(failed is not None):
+    if largest_across(failed is not None):
         raise failed or JaxrnnError("process 0 stopped with an error (it printed it); fix what it says, then "
                                     "launch every process again")
     return result

@@ -30,7 +30,7 @@ from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, pre
 from jaxrnn.errors import CheckpointError, ConfigError, Damaged, DataError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.execution import resolve
 from jaxrnn.models import LanguageModel, build_model
-from jaxrnn.parallel import barrier, is_primary, local_copy, most
+from jaxrnn.parallel import barrier, is_primary, largest_across, local_copy
 from jaxrnn.progress import Progress
 from jaxrnn.sample import GREEDY, Sampling, samples
 from jaxrnn.steps import TrainState, init_state
@@ -188,10 +188,10 @@ def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: Languag
                                                                                 state.params))
                 if done >= cfg.length:  # complete: it prints its result, whatever signal came
                     break
-                signum = most(caught.signum)  # a signal to any process stops them all after this chunk
+                signum = largest_across(caught.signum)  # a signal to any process stops them all after this chunk
                 if signum:
                     raise Stopped(signum, done, run_dir, unit)
-                if time_budget is not None and most(time.monotonic() - began >= time_budget):
+                if time_budget is not None and largest_across(time.monotonic() - began >= time_budget):
                     goes_on = f", its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else ""
                     log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
                         f"{cfg.length}{goes_on}")
@@ -298,7 +298,7 @@ def _resume(writer: Writer, options: RunOptions) -> Trained:
             raise
         except CheckpointError as e:
             failed = e
-        if most(failed is not None):  # every process goes on from the same checkpoint
+        if largest_across(failed is not None):  # every process goes on from the same checkpoint
             writer.set_aside(epoch, failed)
             state, val_ppl = None, None
             continue
