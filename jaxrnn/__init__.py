@@ -23,7 +23,7 @@ _WHERE = {  # public name -> the module that defines it
     "Loop": "cells", "PRESETS": "config", "Config": "config", "Corpus": "data", "Vocab": "data",
     "load_corpus": "data", "JaxrnnError": "errors", "ConciseRNNLM": "models", "ModelConfig": "models",
     "ScratchRNNLM": "models", "build_model": "models", "Trained": "run", "corpus_for": "run", "evaluate": "run",
-    "load": "run", "train": "run",
+    "load": "run", "train": "run", "resume": "run", "Group": "run",
 }
 __all__ = sorted(_WHERE)
 

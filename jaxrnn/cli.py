@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from jaxrnn import __version__, faults, strict_json
@@ -68,6 +69,14 @@ def _options(s: str) -> dict[str, float]:
         if not eq or not name.strip():
             raise argparse.ArgumentTypeError(f"{item!r} is not NAME=NUMBER, such as u_max=0.5")
     return out
+
+
+def _seeds(s: str) -> int | tuple[int, ...]:
+    """--seeds: a count, or seeds separated by commas (checked by `run.seed_list`)."""
+    try:
+        return int(s) if "," not in s else tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is neither a count nor seeds such as 0,3,7") from None
 
 
 def _host_port(s: str) -> str:
@@ -132,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_dir.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint, with its "
                          "config")
     run_dir.add_argument("--force", action="store_true", help="overwrite a run directory that holds another run")
+    run_dir.add_argument("--seeds", type=_seeds, metavar="N|S,S,...", help="train N replicas that differ only by "
+                         "their seed (--seed and the N - 1 after it), or these seeds, as one compiled program: "
+                         "RUN_DIR/seed-K/ is each one's run directory, RUN_DIR/group.json names them, and the "
+                         "result gives the spread over them")
     run_dir.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
                          help="stop at the first checkpoint after this many seconds of training, printing the result "
                          "as at the end; --resume goes on (with a budget of its own, if given)")
@@ -228,7 +241,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def _refuse_with_resume(args: argparse.Namespace) -> None:
     """--resume takes the run's saved config: settings that would change it are refused."""
     flags = [f"--no-{flag(k)[2:]}" if v is False else flag(k) for k, v in _given(args).items()]
-    flags += [flag(n) for n in ("preset", "config", "out", "force") if getattr(args, n)]
+    flags += [flag(n) for n in ("preset", "config", "out", "force", "seeds") if getattr(args, n)]
     if flags:
         raise JaxrnnError(f"--resume continues a run with its saved config; drop {' '.join(flags)}")
 
@@ -258,6 +271,8 @@ def _check_distributed(args: argparse.Namespace, cfg: Config) -> None:
     if args.per_step:
         raise JaxrnnError("--per-step is the chapter's one-process loop (a jitted call per batch); drop it, "
                           "a distributed run trains in fused chunks")
+    if args.seeds is not None:
+        raise JaxrnnError("--seeds trains its replicas in one process so far; drop --distributed, or --seeds")
 
 
 def _native_stdout_off() -> None:
@@ -299,14 +314,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jaxrnn import interrupts, run, rundir
+    from jaxrnn import interrupts, run
     from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
     from jaxrnn.training import bits, perplexity
 
     if args.resume:
         _refuse_with_resume(args)
-    saved = os.path.join(args.resume, rundir.CONFIG) if args.resume else None
-    cfg = Config.load(saved) if saved and os.path.isfile(saved) else config_from_args(args)
+    saved = _saved_config(Path(args.resume)) if args.resume else None
+    cfg = Config.load(saved) if saved and saved.is_file() else config_from_args(args)
     use_cpu_cores(cfg.devices, cfg.batch_size, args.num_processes or 1)  # before JAX starts its CPU backend
     _check_distributed(args, cfg)
     if args.distributed:
@@ -323,11 +338,13 @@ def _train(args: argparse.Namespace) -> int:
             if not args.quiet:
                 run.log(f"jaxrnn: training {cfg.name} into {out}")
             trained = run.train(cfg, out, per_step=args.per_step, force=args.force, progress=progress,
-                                time_budget=args.time_budget)
+                                time_budget=args.time_budget, seeds=args.seeds)
     finally:
         progress.close()
     if not primary:  # process 0 reports for all
         return 0
+    if isinstance(trained, run.Group):
+        return _group_result(args, trained)
     result: dict[str, Any] = {"run_dir": str(trained.run_dir), trained.cfg.unit: trained.done}
     if trained.cfg.split is not None and trained.cfg.split[2] > 0:
         loss = interrupts.wait(run.evaluate, trained, None, "test")
@@ -337,6 +354,39 @@ def _train(args: argparse.Namespace) -> int:
     sample = interrupts.wait(trained.predict, trained.prompt, run.SAMPLE_CHARS)
     result.update(perplexity=trained.val_ppl, sample=sample)
     print(strict_json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
+    return 0
+
+
+def _saved_config(run_dir: Path) -> Path:
+    """The config.json a run to resume was trained with: its own, or a group's first replica's."""
+    from jaxrnn import rundir
+
+    seeds = rundir.read_group(run_dir) if (run_dir / rundir.GROUP).is_file() else None
+    return (rundir.replica_dir(run_dir, seeds[0]) if seeds else run_dir) / rundir.CONFIG
+
+
+def _group_result(args: argparse.Namespace, group: Any) -> int:
+    """A group's result: the spread of its final validation perplexity and the median replica's sample, or
+    with --json every replica's result and the summary; a test part's spread too, where there is one."""
+    from jaxrnn import interrupts, run
+    from jaxrnn.spread import Spread
+    from jaxrnn.training import perplexity
+
+    cfg, median = group.replicas[0].cfg, group.median
+    replicas = [{"seed": t.cfg.seed, "run_dir": str(t.run_dir), "perplexity": t.val_ppl} for t in group.replicas]
+    summary = group.summary()
+    if cfg.split is not None and cfg.split[2] > 0:
+        tests = [interrupts.wait(run.evaluate, t, None, "test") for t in group.replicas]
+        for r, loss in zip(replicas, tests):
+            r["test_perplexity"] = perplexity(loss)
+        summary["test_ppl"] = Spread.of([r["test_perplexity"] for r in replicas]).to_dict()
+        if not args.json:
+            print(f"test perplexity {Spread.of([r['test_perplexity'] for r in replicas])}", flush=True)
+    sample = interrupts.wait(median.predict, median.prompt, run.SAMPLE_CHARS)
+    spread = Spread.of([r["perplexity"] for r in replicas])
+    result = {"run_dir": str(group.run_dir), cfg.unit: median.done, "perplexity": spread.mean, "sample": sample,
+              "summary": summary, "replicas": replicas}
+    print(strict_json.dumps(result) if args.json else f"perplexity {spread}, {sample!r}", flush=True)
     return 0
 
 

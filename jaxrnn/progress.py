@@ -23,11 +23,12 @@ def unit_of(record: dict[str, Any]) -> str:
 
 
 def describe(r: dict[str, Any]) -> str:
-    """An epoch record as a short human line: perplexities, the validation loss in nats and bits per
-    character, speed and skipped steps."""
+    """An epoch record as a short human line: perplexities, the validation loss in nats (with a group's
+    spread over its replicas) and bits per character, speed and skipped steps."""
     speed = f"  {r['tokens_per_s'] / 1e3:.0f}k tok/s" if r.get("tokens_per_s") else ""
     skipped = f"  {r['skipped_steps']} steps skipped" if r.get("skipped_steps") else ""
-    units = f"  val loss {r['val_loss']:.3f} ({r['val_bpc']:.3f} bpc)" if "val_bpc" in r else ""
+    spread = f" ± {r['val_loss_std']:.3f}" if "val_loss_std" in r else ""  # a group's: its replicas' spread
+    units = f"  val loss {r['val_loss']:.3f}{spread} ({r['val_bpc']:.3f} bpc)" if "val_bpc" in r else ""
     return f"train ppl {r['train_ppl']:.2f}  val ppl {r['val_ppl']:.2f}{units}{speed}{skipped}"
 
 

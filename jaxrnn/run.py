@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxrnn import checkpoint, interrupts, rundir, training
 from jaxrnn.artifacts import summary_writer
@@ -30,11 +32,12 @@ from jaxrnn.data import Corpus, Vocab, file_tokens, load_corpus, part_spans, pre
 from jaxrnn.errors import CheckpointError, ConfigError, Damaged, DataError, JaxrnnError, RunMismatch, Stopped
 from jaxrnn.execution import resolve
 from jaxrnn.models import LanguageModel, build_model
-from jaxrnn.parallel import barrier, is_primary, largest_across, local_copy
+from jaxrnn.parallel import barrier, is_primary, largest_across, local_copy, on_primary
 from jaxrnn.progress import Progress
 from jaxrnn.sample import GREEDY, Sampling, samples
+from jaxrnn.spread import Spread, mean_record, median_index
 from jaxrnn.steps import TrainState, init_state
-from jaxrnn.training import NonFiniteLoss, check_trainable, evaluate_tokens, make_optimizer
+from jaxrnn.training import NonFiniteLoss, bits, check_trainable, evaluate_tokens, make_optimizer
 from jaxrnn.writer import Writer
 
 SAMPLE_CHARS = 50  # characters in each samples.txt line, as the CLI's final line
@@ -55,11 +58,30 @@ class RunOptions:
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < float("inf")):
             raise ConfigError(f"--time-budget must be a positive number of seconds, got {b!r}; pass e.g. 600")
 
-    def check(self, cfg: Config) -> None:
-        """Refuse options the config's run cannot take."""
+    def check(self, cfg: Config, group: bool = False) -> None:
+        """Refuse options the config's run (a `group` of replicas, or a solo run) cannot take."""
         if self.per_step and cfg.steps is not None:
             raise ConfigError("--per-step is the chapters' loop over epochs, one call a batch; drop it to train by "
                               "--steps (rounds of --eval-every steps, one compiled call each)")
+        if self.per_step and group:
+            raise ConfigError("--per-step is the chapters' loop, one call a batch, and --seeds trains the replicas as "
+                              "one compiled program; drop one of them")
+
+
+def seed_list(cfg: Config, seeds: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The seeds of a group: a count N (the config's seed and the N - 1 after it) or the seeds themselves."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"--seeds {seeds} trains no replica; pass a count of 1 or more, or seeds such as 0,3,7")
+        return tuple(range(cfg.seed, cfg.seed + seeds))
+    seeds = tuple(seeds) if isinstance(seeds, (tuple, list)) else ()
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"--seeds takes a count or seeds that are whole numbers >= 0, got {seeds!r}; pass e.g. "
+                          "--seeds 8 or --seeds 0,3,7")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"--seeds names seed {repeated[0]} twice; each replica trains with a seed of its own")
+    return seeds
 
 
 @dataclass
@@ -137,21 +159,40 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | None,
-              start: int, history: list[dict[str, Any]], options: RunOptions) -> Trained:
-    """The run loop: train from `start` (in `cfg.unit`), chunk by chunk (`training.fit_chunks`), appending
-    metrics as records come, showing progress as `options` says, and saving a checkpoint where one is due.
-    A signal, or the options' time budget passed, ends the loop at its next checkpoint; a signal during a
-    compilation with nothing trained since the last checkpoint ends it at once."""
+@dataclass
+class Member:
+    """One run that the loop trains: a solo run, or one replica of a group. Its config (with its own seed),
+    its writer (None: nothing written) and the records it had before this loop."""
+
+    cfg: Config
+    writer: Writer | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    new: list[dict[str, Any]] = field(default_factory=list)
+
+
+def replica(state: Any, k: int) -> Any:
+    """Replica `k`'s part of a group's stacked state (a pytree whose leaves lead with the replica axis)."""
+    return jax.tree.map(lambda x: x[k], state)
+
+
+def _fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state: TrainState | None, start: int,
+              options: RunOptions, group: bool = False) -> list[Trained]:
+    """The run loop: train from `start` (in the unit of the members' configs), chunk by chunk
+    (`training.fit_chunks`; a `group` of members, one per seed, as one program), appending each member's
+    metrics as records come, showing progress as `options` says (a group's as the mean over its members),
+    and saving each member's checkpoint where one is due. A signal, or the options' time budget passed,
+    ends the loop at its next checkpoint; a signal during a compilation with nothing trained since the
+    last checkpoint ends it at once."""
+    cfg = members[0].cfg
     unit, began = cfg.unit, time.monotonic()
-    run_dir = writer.run_dir if writer is not None else None
+    run_dir = (members[0].writer.run_dir.parent if group else members[0].writer.run_dir) if members[0].writer else None
     last_saved = {unit: start if state is not None else None}
-    new: list[dict[str, Any]] = []
     nothing = contextlib.nullcontext()
     progress, time_budget = options.progress, options.time_budget
     shown = Progress.of(cfg, "auto" if is_primary() else "quiet") if progress is True else None
     on_epoch = shown or progress or None
     watched = on_epoch if isinstance(on_epoch, Progress) else None
+    writers = [m.writer for m in members if m.writer is not None]
     done = start
 
     def kept(before: str = "") -> str:  # what a run that fails keeps
@@ -162,30 +203,36 @@ def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: Languag
         with jax.default_matmul_precision(cfg.precision):
             return samples(model, local_copy(params), corpus.vocab, corpus.prompt, SAMPLE_CHARS, 1)[0]
 
+    seeds = tuple(m.cfg.seed for m in members) if group else None
     trained = training.fit_chunks(cfg, corpus, model, state, start, options.per_step,
-                                  on_phase=watched.phase if watched else None)
-    if writer is not None:
-        writer.begin(cfg.curves, cfg.tensorboard)
+                                  on_phase=watched.phase if watched else None, seeds=seeds)
+    for w in writers:
+        w.begin(cfg.curves, cfg.tensorboard)
     with (interrupts.deferred() as caught, contextlib.closing(shown) if shown else nothing,
           watched.watching(start) if watched else nothing, contextlib.closing(trained)):
         try:
             for chunk in trained:
-                state, done = chunk.state, chunk.records[-1][unit]
-                new += chunk.records
-                for r in chunk.records:
-                    if on_epoch is not None:
-                        on_epoch(r)
-                if writer is not None:
-                    writer.append(chunk.records)
+                state, done = chunk.state, chunk.records[0][-1][unit]
+                for m, records in zip(members, chunk.records):
+                    m.new += records
+                    if m.writer is not None:
+                        m.writer.append(records)
+                if on_epoch is not None:
+                    for shown_records in zip(*chunk.records):
+                        on_epoch(mean_record(list(shown_records)) if group else shown_records[0])
                 caught.unsaved = not chunk.save
                 if not chunk.save:
                     continue
-                if writer is not None:
-                    meta = checkpoint.Meta.of(cfg, corpus.vocab, corpus.prompt, chunk.records[-1])
-                    writer.checkpoint(done, state, meta)  # every process: each writes the shards it holds
+                for k, m in enumerate(members):
+                    if m.writer is None:
+                        continue
+                    own = replica(state, k) if group else state
+                    meta = checkpoint.Meta.of(m.cfg, corpus.vocab, corpus.prompt, m.new[-1])
+                    m.writer.checkpoint(done, own, meta)  # every process: each writes the shards it holds
+                    m.writer.show(m.history + m.new, chunk.records[k],
+                                  functools.partial(interrupts.wait, sample_text, own.params))
+                if writers:
                     last_saved[unit] = done
-                    writer.show(history + new, chunk.records, functools.partial(interrupts.wait, sample_text,
-                                                                                state.params))
                 if done >= cfg.length:  # complete: it prints its result, whatever signal came
                     break
                 signum = largest_across(caught.signum)  # a signal to any process stops them all after this chunk
@@ -203,23 +250,29 @@ def _fit_into(writer: Writer | None, cfg: Config, corpus: Corpus, model: Languag
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             raise JaxrnnError(f"out of memory while training ({str(e).splitlines()[0][:200]}; {kept()}); lower "
-                              "--batch-size, --window, --hidden or --layers") from None
+                              "--batch-size, --window, --hidden or --layers" + (", or --seeds" if group else "")
+                              ) from None
         except NonFiniteLoss as e:
             skips = cfg.skip_nonfinite or e.loss is not None  # a finite loss is not skipped
             advice = "lower --lr or --clip" + ("" if skips else ", or pass --skip-nonfinite to skip such steps")
             raise JaxrnnError(f"{e} ({kept(' before it')}); {advice}") from None
-    return Trained(cfg, corpus.vocab, model, local_copy(state), history + new, run_dir, done, corpus=corpus)
+    return [Trained(m.cfg, corpus.vocab, model, local_copy(replica(state, k) if group else state), m.history + m.new,
+                    m.writer.run_dir if m.writer else None, done, corpus=corpus) for k, m in enumerate(members)]
 
 
 def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = None, per_step: bool = False,
-          force: bool = False, progress: bool | OnEpoch = True, time_budget: float | None = None) -> Trained:
+          force: bool = False, progress: bool | OnEpoch = True, time_budget: float | None = None,
+          seeds: int | tuple[int, ...] | None = None) -> Trained | Group:
     """Train `cfg` from scratch; with `out`, write the run directory (config, metrics, checkpoints).
     Progress shows on stderr as in the CLI (`progress=False`: none; a callable gets each record).
     `time_budget` seconds stop the run at the first checkpoint past them (`resume` goes on). A relative
     `cfg.data` is made absolute, so the run resumes from any working directory. Everything that can
-    refuse the run is checked before the run directory is made."""
+    refuse the run is checked before the run directory is made. With `seeds` (a count, or the seeds), replicas
+    of `cfg` that differ only by their seed train as one program and a `Group` of them is returned; `out`
+    then holds group.json and each replica's run directory `seed-K/`."""
     options = RunOptions(per_step, progress, time_budget)
-    options.check(cfg)
+    group = None if seeds is None else seed_list(cfg, seeds)
+    options.check(cfg, group is not None)
     loop = resolve(cfg)
     if source_of(cfg.data) is None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # its reading stays
@@ -228,16 +281,104 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     else:
         check_corpus(cfg, corpus)
     model = build_model(cfg, len(corpus.vocab), loop)
-    check_trainable(cfg, corpus, model)
+    check_trainable(cfg, corpus, model, 1 if group is None else len(group))
     if cfg.tensorboard and out is not None:
         summary_writer()
     run_dir = Path(out) if out is not None else None
     if interrupts.pending():  # Ctrl-C while the corpus was read: no run directory for a run that never starts
         raise Stopped(interrupts.pending(), None)
+    if group is not None:
+        return _train_group(cfg, group, run_dir, corpus, model, options, force)
     with Writer(run_dir) if run_dir is not None else contextlib.nullcontext() as writer:
         if writer is not None:
             writer.start(cfg, force, corpus.sha1)
-        return _fit_into(writer, cfg, corpus, model, None, 0, [], options)
+        return _fit_into([Member(cfg, writer)], corpus, model, None, 0, options)[0]
+
+
+@dataclass
+class Group:
+    """Replicas of one config that differ only by their seed (init, data order, dropout masks), trained as one
+    program: what `train(cfg, seeds=...)` and the resume of a group return. Each replica is a `Trained`, in
+    seed order; `run_dir` holds group.json and each replica's run directory `seed-K/`."""
+
+    replicas: list[Trained]
+    run_dir: Path | None = None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(t.cfg.seed for t in self.replicas)
+
+    @property
+    def median(self) -> Trained:
+        """The replica whose final validation perplexity is the median (the lower middle one of an even count)."""
+        return self.replicas[median_index([t.val_ppl for t in self.replicas])]
+
+    def summary(self) -> dict[str, Any]:
+        """The spread over the replicas of the final validation perplexity, loss (nats) and bits per character
+        (each `spread.Spread`: n, mean, std, and the 95% interval of the mean), and the median's seed."""
+        losses = [math.log(t.val_ppl) for t in self.replicas]
+        return {"seeds": list(self.seeds), "val_ppl": Spread.of([t.val_ppl for t in self.replicas]).to_dict(),
+                "val_loss": Spread.of(losses).to_dict(), "val_bpc": Spread.of([bits(x) for x in losses]).to_dict(),
+                "median_seed": self.median.cfg.seed}
+
+
+def _train_group(cfg: Config, seeds: tuple[int, ...], group_dir: Path | None, corpus: Corpus, model: LanguageModel,
+                 options: RunOptions, force: bool) -> Group:
+    """A new group: group.json, then each replica's run directory (its config with its own seed), trained."""
+    cfgs = [cfg.replace(seed=s) for s in seeds]
+    with contextlib.ExitStack() as held:
+        writers: list[Writer | None] = [None] * len(seeds)
+        if group_dir is not None:
+            on_primary(functools.partial(rundir.write_group, group_dir, seeds, force))
+            writers = [held.enter_context(Writer(rundir.replica_dir(group_dir, s))) for s in seeds]
+            for w, c in zip(writers, cfgs):
+                w.start(c, force, corpus.sha1)
+        members = [Member(c, w) for c, w in zip(cfgs, writers)]
+        return Group(_fit_into(members, corpus, model, None, 0, options, group=True), group_dir)
+
+
+def _resume_group(group_dir: Path, seeds: tuple[int, ...], options: RunOptions) -> Group:
+    """Resume every replica of a group from the latest checkpoint all of them have (the others' later ones,
+    which a stop between their saves can leave, are set aside: training makes them again, bit for bit)."""
+    with contextlib.ExitStack() as held:
+        dirs = [rundir.replica_dir(group_dir, s) for s in seeds]
+        missing = [d.name for d in dirs if not (d / rundir.CONFIG).is_file()]
+        if missing:
+            raise JaxrnnError(f"{group_dir} names replica {missing[0]} but it holds no {rundir.CONFIG}; restore it, "
+                              f"or train the group anew with --force")
+        writers = [held.enter_context(Writer(d)) for d in dirs]
+        cfgs = [Config.load(d / rundir.CONFIG) for d in dirs]
+        base = cfgs[0].replace(seed=seeds[0])
+        for s, c, d in zip(seeds, cfgs, dirs):
+            if c != base.replace(seed=s):
+                diff = sorted(k for k, v in c.to_dict().items() if k != "seed" and base.to_dict()[k] != v)
+                raise RunMismatch(f"{d} is not a replica of {dirs[0]} (its config differs in {diff or ['seed']}); "
+                                  "restore its config.json, or train the group anew with --force")
+        options.check(base, group=True)
+        corpus = _own_corpus(dirs[0], base)
+        model = build_model(base, len(corpus.vocab))
+        common = None
+        while True:  # the latest checkpoint every replica restores
+            latest = [_latest(w, c, corpus, common) for w, c in zip(writers, cfgs)]
+            lowest = min(start for _, start, _ in latest)
+            if lowest == common:
+                break
+            common = lowest
+        for w in writers:
+            for at in [e for e in checkpoint.steps(w.run_dir) if e > common]:
+                ahead = CheckpointError(f"checkpoint {at} of {w.run_dir} is ahead of the group's latest common one "
+                                        f"({base.unit} {common})")
+                w.set_aside(at, ahead, f"the group resumes from {base.unit} {common}")
+        histories = [_history_upto(w, common) for w in writers]
+        members = [Member(c, w, h) for c, w, h in zip(cfgs, writers, histories)]
+        states = [st for st, _, _ in latest]
+        if common and common >= base.length:
+            log(f"jaxrnn: {group_dir} finished all {base.length} {base.unit}s already")
+            return Group([Trained(m.cfg, corpus.vocab, model, st, m.history, m.writer.run_dir, common, val, corpus)
+                          for m, (st, _, val) in zip(members, latest)], group_dir)
+        state = jax.tree.map(lambda *xs: np.stack(xs), *states) if common else None
+        log(f"jaxrnn: resuming {group_dir} ({len(seeds)} seeds) at {base.unit} {common}")
+        return Group(_fit_into(members, corpus, model, state, common, options, group=True), group_dir)
 
 
 def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None) -> Trained:
@@ -261,16 +402,20 @@ def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab 
 
 
 def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch = True,
-           time_budget: float | None = None) -> Trained:
+           time_budget: float | None = None) -> Trained | Group:
     """Continue a run from its latest complete checkpoint with its saved config, ending with the same
-    parameters as the run left alone; a run with no checkpoint restarts from the start. The run
-    directory is held for this process while it resumes (a second writer is refused)."""
+    parameters as the run left alone; a run with no checkpoint restarts from the start; a group's
+    directory resumes the whole group. The run directory is held for this process while it resumes (a
+    second writer is refused)."""
     run_dir = Path(run_dir)
+    options = RunOptions(per_step, progress, time_budget)
+    seeds = rundir.read_group(run_dir)
+    if seeds is not None:
+        return _resume_group(run_dir, seeds, options)
     if not (run_dir / rundir.CONFIG).is_file():
         what = (f"holds no {rundir.CONFIG}" if run_dir.is_dir() else "is a file, not a run directory"
                 if run_dir.exists() else "does not exist")
         raise JaxrnnError(f"{run_dir} {what}; pass --resume with a run directory written by 'jaxrnn train'")
-    options = RunOptions(per_step, progress, time_budget)
     with Writer(run_dir) as writer:
         return _resume(writer, options)
 
@@ -279,6 +424,19 @@ def _resume(writer: Writer, options: RunOptions) -> Trained:
     run_dir = writer.run_dir
     cfg = Config.load(run_dir / rundir.CONFIG)
     options.check(cfg)
+    corpus = _own_corpus(run_dir, cfg)
+    model = build_model(cfg, len(corpus.vocab))
+    state, start, val_ppl = _latest(writer, cfg, corpus)
+    history = _history_upto(writer, start)
+    if state is not None and start >= cfg.length:
+        log(f"jaxrnn: {run_dir} finished all {cfg.length} {cfg.unit}s already")
+        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
+    log(f"jaxrnn: resuming {run_dir} at {cfg.unit} {start}")
+    return _fit_into([Member(cfg, writer, history)], corpus, model, state, start, options)[0]
+
+
+def _own_corpus(run_dir: Path, cfg: Config) -> Corpus:
+    """The corpus a run being resumed trained on, refused if it is gone or has changed since."""
     if source_of(cfg.data) is None and not Path(cfg.data).is_file():
         sha1 = rundir.saved_sha1(run_dir)
         raise DataError(f"{cfg.data}, the corpus {run_dir} trains on, is gone; put the file back at that path"
@@ -288,12 +446,19 @@ def _resume(writer: Writer, options: RunOptions) -> Trained:
     if sha1 not in (None, corpus.sha1):
         raise RunMismatch(f"the corpus {corpus.path} has changed since {run_dir} started (sha1 {corpus.sha1}, "
                           f"not {sha1}); restore the file the run trained on, or start a new run with --out")
-    model, state, start, val_ppl = build_model(cfg, len(corpus.vocab)), None, 0, None
-    for epoch in reversed(checkpoint.steps(run_dir)):
+    return corpus
+
+
+def _latest(writer: Writer, cfg: Config, corpus: Corpus, upto: int | None = None
+            ) -> tuple[TrainState | None, int, float | None]:
+    """The run's latest checkpoint that restores (numbered at most `upto`, if given), as (state, its
+    number, its val ppl), or (None, 0, None) for none; damaged ones on the way are set aside."""
+    run_dir, state, start, val_ppl = writer.run_dir, None, 0, None
+    for epoch in reversed([e for e in checkpoint.steps(run_dir) if upto is None or e <= upto]):
         failed = None
         try:
             restored = _restore(run_dir, epoch, cfg, corpus.vocab)
-            model, state, val_ppl = restored.model, restored.state, restored.saved_val_ppl
+            state, val_ppl = restored.state, restored.saved_val_ppl
         except RunMismatch:  # the same files in every process: each raises it
             raise
         except CheckpointError as e:
@@ -309,14 +474,15 @@ def _resume(writer: Writer, options: RunOptions) -> Trained:
             checkpoint.saved_val_ppl(run_dir, epoch)
         except Damaged as e:
             writer.set_aside(epoch, e, "keeping the others")
-    history = rundir.read_metrics(run_dir, upto=start)
+    return state, start, val_ppl
+
+
+def _history_upto(writer: Writer, start: int) -> list[dict[str, Any]]:
+    """The run's records up to its checkpoint `start`, metrics.jsonl cut back to them."""
+    history = rundir.read_metrics(writer.run_dir, upto=start)
     barrier("metrics read")
     writer.rewrite(history)
-    if state is not None and start >= cfg.length:
-        log(f"jaxrnn: {run_dir} finished all {cfg.length} {cfg.unit}s already")
-        return Trained(cfg, corpus.vocab, model, state, history, run_dir, start, val_ppl, corpus)
-    log(f"jaxrnn: resuming {run_dir} at {cfg.unit} {start}")
-    return _fit_into(writer, cfg, corpus, model, state, start, history, options)
+    return history
 
 
 def corpus_for(cfg: Config) -> Corpus:

@@ -25,6 +25,7 @@ from jaxrnn.progress import unit_of
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+GROUP = "group.json"  # in a group's directory: its seeds, each replica a run directory `seed-K/` beside it
 
 
 def write_text(path: Path, text: str) -> None:
@@ -198,6 +199,39 @@ def _never_trained(run_dir: Path) -> bool:
     ours = isinstance(saved, dict) and "versions" in saved and "data_sha1" in saved
     untouched = not (run_dir / "damaged").exists() and not read_metrics(run_dir)
     return ours and untouched and not any((run_dir / checkpoint.CHECKPOINTS).glob("*"))
+
+
+def replica_dir(group_dir: Path, seed: int) -> Path:
+    """Where the replica with this seed of a group lives: a complete run directory."""
+    return group_dir / f"seed-{seed}"
+
+
+def write_group(group_dir: Path, seeds: tuple[int, ...], force: bool) -> None:
+    """Make `group_dir` a new group's: refuse one that holds a run or another group unless `force`, write
+    group.json (its seeds and replica directories) atomically."""
+    if not force and ((group_dir / GROUP).exists() or (group_dir / CONFIG).exists()):
+        raise JaxrnnError(f"{group_dir} already holds a run; pass --resume {group_dir} to continue it, --force to "
+                          "overwrite it, or --out NEW_DIR")
+    try:
+        group_dir.mkdir(parents=True, exist_ok=True)
+        replicas = [replica_dir(group_dir, s).name for s in seeds]
+        write_text(group_dir / GROUP, strict_json.dumps({"seeds": list(seeds), "replicas": replicas}, indent=2) + "\n")
+    except OSError as e:
+        raise _unwritable(group_dir, e) from None
+
+
+def read_group(group_dir: Path) -> tuple[int, ...] | None:
+    """A group's seeds from its group.json, or None where `group_dir` is not a group's."""
+    try:
+        saved = json.loads((group_dir / GROUP).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise JaxrnnError(f"cannot read {group_dir / GROUP} ({e}); restore it, or resume each seed-K/ alone") from None
+    seeds = saved.get("seeds") if isinstance(saved, dict) else None
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise JaxrnnError(f"{group_dir / GROUP} names no seeds; restore it, or resume each seed-K/ alone")
+    return tuple(seeds)
 
 
 def find_runs(root: str | Path) -> list[Path]:

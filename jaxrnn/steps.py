@@ -31,16 +31,19 @@ class TrainState(NamedTuple):
     step: Array  # int32 scalar: optimizer steps taken
 
 
-def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(model: LanguageModel, tx: optax.GradientTransformation, seed: int | tuple[int, ...]) -> TrainState:
     """Params from `seed` and a fresh optimizer state, made by one compiled call (run eagerly, the
-    initialisers' many small ops would each compile, which costs most of a second)."""
+    initialisers' many small ops would each compile, which costs most of a second). Several seeds give
+    each one's, stacked along a leading axis: made one after another (`lax.map`), so each is exactly
+    the solo run's (a batched init, as `vmap`'s of an orthogonal init, may round otherwise)."""
 
-    @jax.jit
     def init(key: Array) -> TrainState:
         params = model.init(key)
         return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
-    return init(jax.random.key(seed))
+    if isinstance(seed, tuple):
+        return jax.jit(lambda seeds: lax.map(lambda s: init(jax.random.key(s)), seeds))(jnp.array(seed, jnp.int32))
+    return jax.jit(init)(jax.random.key(seed))
 
 
 def gather(tokens: Array, starts_B: Array, length: int) -> Array:
@@ -86,26 +89,27 @@ class Steps:
     model: LanguageModel
     tx: optax.GradientTransformation
     num_steps: int  # a window is num_steps + 1 tokens
-    seed: int = 0  # of the dropout masks, folded with the step number (and the device), so resume is exact
     carry: bool = False  # sequential batching: each batch starts from the last one's final state
     stream_eval: bool = False  # evaluation carries the state from batch to batch (a plan of streams)
     mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
 
-    def grad_sums(self, params: Params, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
+    def grad_sums(self, params: Params, seed: Array, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
                   h: State | None = None) -> tuple[Params, Array, Array, State]:
         """The gradient of the summed loss of a batch, the loss sum, the token count and the final
-        state, the recurrence starting from `h` (None: zeros). `h` is an input, not a result of this
+        state, the recurrence starting from `h` (None: zeros). Dropout masks are drawn from the run's
+        `seed` (an int32 array, so that replicas of one program each have their own) folded with the
+        step number (and the device), so resume is exact. `h` is an input, not a result of this
         program, so no gradient flows into earlier batches: truncated BPTT. Over a mesh each device
         differentiates its share of the batch and one all-reduce sums the results; left to the SPMD
         partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every time
         step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
 
-        def local(p: Params, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
+        def local(p: Params, seed: Array, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
                   ) -> tuple[Params, Array, Array, State]:
             key = None
             if self.model.cfg.dropout:
-                key = jax.random.fold_in(jax.random.key(self.seed), step)
-                key = key if self.mesh is None else jax.random.fold_in(key, lax.axis_index(AXIS))
+                device = 0 if self.mesh is None else lax.axis_index(AXIS)  # a replica draws as one device does
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device)
             w = gather(tok, idx, self.num_steps + 1)
 
             def loss(q: Params) -> tuple[Array, tuple[Array, State]]:
@@ -116,18 +120,18 @@ class Steps:
             return (g, s, n, h) if self.mesh is None else (*lax.psum((g, s, n), AXIS), h)
 
         if self.mesh is None:
-            return local(params, tokens, idx_B, mask_B, step, h)
+            return local(params, seed, tokens, idx_B, mask_B, step, h)
         # check_vma=False: each device's gradient is its own partial sum, which `local` psums itself
-        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(), P(AXIS)),
+        per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P(), P(AXIS)),
                                    out_specs=(P(), P(), P(), P(AXIS)), check_vma=False)
-        return per_device(params, tokens, idx_B, mask_B, step, h)
+        return per_device(params, seed, tokens, idx_B, mask_B, step, h)
 
-    def step(self, state: TrainState, tokens: Array, idx_B: Array, mask_B: Array, h: State | None = None
-             ) -> tuple[TrainState, StepStats, State]:
+    def step(self, state: TrainState, seed: Array, tokens: Array, idx_B: Array, mask_B: Array,
+             h: State | None = None) -> tuple[TrainState, StepStats, State]:
         """One optimizer step on the mean loss of one batch; returns the new state, its StepStats and the
         batch's final recurrent state. A non-finite step adds nothing to the sums when the optimizer
         skips it."""
-        grad_sum, s, n, h = self.grad_sums(state.params, tokens, idx_B, mask_B, state.step, h)
+        grad_sum, s, n, h = self.grad_sums(state.params, seed, tokens, idx_B, mask_B, state.step, h)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -150,7 +154,7 @@ class Steps:
         (acc, _), _ = lax.scan(body, (jnp.zeros(2), self.model.init_state(idx_NxB.shape[1])), (idx_NxB, mask_NxB))
         return acc[0] / acc[1]
 
-    def chunk(self, state: TrainState, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
+    def chunk(self, state: TrainState, seed: Array, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
               val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[StepStats, Array]]:
         """Several epochs, each with its validation, as one program; returns every step's StepStats
         (each [E, N]) and each epoch's validation loss ([E]). With
@@ -158,7 +162,7 @@ class Steps:
 
         def batch(carry, b):
             st, h = carry
-            st, sn, h_last = self.step(st, train, b[0], b[1], h if self.carry else None)
+            st, sn, h_last = self.step(st, seed, train, b[0], b[1], h if self.carry else None)
             return (st, h_last if self.carry else h), sn
 
         def epoch(st, plan):
@@ -167,8 +171,8 @@ class Steps:
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
-    def round(self, state: TrainState, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array, reset_K: Array,
-              h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, StepStats, Array]:
+    def round(self, state: TrainState, seed: Array, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array,
+              reset_K: Array, h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, StepStats, Array]:
         """K optimizer steps then one validation, as one program (training by steps); with `carry` the
         state `h` runs on from the round before and restarts from zeros where `reset_K` says (an
         epoch's first step). Returns the state, the last recurrent state, StepStats ([K]), the val loss."""
@@ -178,7 +182,7 @@ class Steps:
             st, h = carry
             idx, mask, reset = b
             h = jax.tree.map(lambda z, x: jnp.where(reset, z, x), zeros, h)
-            st, sn, h_last = self.step(st, train, idx, mask, h if self.carry else None)
+            st, sn, h_last = self.step(st, seed, train, idx, mask, h if self.carry else None)
             return (st, h_last if self.carry else h), sn
 
         (state, h), stats_K = lax.scan(batch, (state, h), (idx_KxB, mask_KxB, reset_K))
@@ -191,11 +195,39 @@ class Steps:
         H = NamedSharding(lay.mesh, P(AXIS))  # a recurrent state [B, H] (each leaf), split by rows
         self = replace(self, mesh=lay.mesh)
         return Jitted(
-            step=jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, b(1), b(1), b(2)),
+            step=jax.jit(self.step, donate_argnums=0, in_shardings=(R, R, R, b(1), b(1), b(2)),
                          out_shardings=(R, R, b(2))),
             evaluate=jax.jit(self.evaluate, in_shardings=(R, R, b(2), b(2)), out_shardings=R),
-            chunk=jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, b(3), b(3), b(2), b(2)),
+            chunk=jax.jit(self.chunk, donate_argnums=0, in_shardings=(R, R, R, R, b(3), b(3), b(2), b(2)),
                           out_shardings=(R, R)),
-            round=jax.jit(self.round, donate_argnums=(0, 6), in_shardings=(R, R, R, b(2), b(2), R, H, b(2), b(2)),
-                          out_shardings=(R, H, R, R)),
+            round=jax.jit(self.round, donate_argnums=(0, 7),
+                          in_shardings=(R, R, R, R, b(2), b(2), R, H, b(2), b(2)), out_shardings=(R, H, R, R)),
         )
+
+    def for_replicas(self, lay: Layout) -> Jitted:
+        """`chunk` and `round` for replicas that differ by their seed (every argument but the tokens with a
+        leading replica axis, a multiple of the layout's devices long): the replicas are split over the
+        devices, and each device trains its share one after another (`lax.map`), each replica on one device
+        with no communication between them. On CPUs this measured faster than `vmap`, whose batched small
+        matmuls run slower than plain ones, and than each replica split over the devices
+        (docs/benchmarks.md). `step` and `evaluate` are the solo ones."""
+        solo, by_replica, R = replace(self, mesh=None), NamedSharding(lay.mesh, P(AXIS)), lay.replicated
+        shared = (2, 3)  # the train and val tokens: held once, by every replica
+
+        def mapped(fn: Callable, arity: int) -> Callable:
+            def local(*args: Any) -> Any:
+                def one(own: tuple) -> Any:
+                    it = iter(own)
+                    return fn(*(args[i] if i in shared else next(it) for i in range(arity)))
+                return lax.map(one, tuple(a for i, a in enumerate(args) if i not in shared))
+            specs = tuple(P() if i in shared else P(AXIS) for i in range(arity))
+            return jax.shard_map(local, mesh=lay.mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False)
+
+        def where(arity: int) -> tuple[NamedSharding, ...]:
+            return tuple(R if i in shared else by_replica for i in range(arity))
+
+        plain = self.jitted(lay)
+        return plain._replace(
+            chunk=jax.jit(mapped(solo.chunk, 8), donate_argnums=0, in_shardings=where(8), out_shardings=by_replica),
+            round=jax.jit(mapped(solo.round, 10), donate_argnums=(0, 7), in_shardings=where(10),
+                          out_shardings=by_replica))

@@ -44,10 +44,12 @@ class NonFiniteLoss(JaxrnnError):
     """The training or validation loss became nan or inf, or so large that its perplexity overflows
     (`loss`, in nats); `epoch` and `step` (1-based) say where."""
 
-    def __init__(self, epoch: int, step: int, which: str = "training", loss: float | None = None) -> None:
+    def __init__(self, epoch: int, step: int, which: str = "training", loss: float | None = None,
+                 seed: int | None = None) -> None:
         self.epoch, self.step, self.which, self.loss = epoch, step, which, loss
         how = "non-finite" if loss is None else f"too large for a perplexity ({loss:.4g} nats: exp overflows)"
-        super().__init__(f"the {which} loss became {how} at epoch {epoch}, step {step}")
+        of = "" if seed is None else f" of the replica with seed {seed}"
+        super().__init__(f"the {which} loss{of} became {how} at epoch {epoch}, step {step}")
 
 
 def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -146,10 +148,11 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
         a = b
 
 
-def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray, skipping: bool) -> None:
+def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray, skipping: bool,
+                 seed: int | None = None) -> None:
     """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped) or
     whose perplexity overflows, or at the first evaluation like that; rows of N steps from optimizer
-    step `first_step`, each followed by an evaluation, `spe` steps an epoch."""
+    step `first_step`, each followed by an evaluation, `spe` steps an epoch (`seed`: the replica's, named)."""
     skipped, tokens = stats["skipped_steps"], stats["tokens"]
     N = skipped.shape[1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -161,17 +164,18 @@ def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray,
         row, col = np.argwhere(bad)[0]
         step = first_step + row * N + col + 1
         big = loss[row, col] if np.isfinite(loss[row, col]) and skipped[row, col] == 0 else None
-        raise NonFiniteLoss((step - 1) // spe + 1, step, loss=big)
+        raise NonFiniteLoss((step - 1) // spe + 1, step, loss=big, seed=seed)
     if len(bad_val):
         step = first_step + (bad_val[0] + 1) * N
         v = float(val_E[bad_val[0]])
-        raise NonFiniteLoss(-(-step // spe), step, "validation", v if math.isfinite(v) else None)
+        raise NonFiniteLoss(-(-step // spe), step, "validation", v if math.isfinite(v) else None, seed)
 
 
-def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel) -> Layout:
+def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel, replicas: int = 1) -> Layout:
     """The device layout `cfg` trains on, after refusing a batching the training part cannot fill, a
     batch the devices cannot split, a program too large to compile or a run that cannot fit in memory
-    (`budget`): what `fit` would refuse or fail on, checked before a run directory exists."""
+    (`budget`): what `fit` would refuse or fail on, checked before a run directory exists. Several
+    `replicas` split over the devices each train a whole batch on one device, one at a time (`Replicas`)."""
     n, n_val = corpus.spans["train"][1], corpus.spans["val"][1]
     check_batching(cfg.batching, n, cfg.batch_size, cfg.num_steps)
     check_eval(eval_protocol(cfg.eval, cfg.split), n_val, cfg.batch_size, cfg.num_steps)
@@ -181,21 +185,46 @@ def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel) -> Layout
     device = lay.mesh.devices.flat[0]
     shared = device.platform == "cpu"
     local = sum(d.process_index == jax.process_index() for d in lay.mesh.devices.flat)
-    need = budget.needs(cfg, model.cfg.vocab_size, budget.tree_bytes(abstract), budget.tree_bytes(abstract.params),
-                        lay.devices, local, shared, n, n_val, len(corpus.tokens), corpus.tokens.dtype.itemsize,
-                        steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
+    state_bytes = budget.tree_bytes(abstract) * (1 if replicas == 1 else -(-replicas // lay.devices))
+    need = budget.needs(cfg, model.cfg.vocab_size, state_bytes, budget.tree_bytes(abstract.params),
+                        lay.devices if replicas == 1 else 1, local, shared, n, n_val, len(corpus.tokens),
+                        corpus.tokens.dtype.itemsize, steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
     where = "this machine" if shared else f"each {device.device_kind}"
     budget.check_memory(cfg, need, budget.available(device), where)
     return lay
 
 
 class Chunk(NamedTuple):
-    """What one compiled call trained: the state after it, its records (one per epoch of a chunk, or a
-    round's one in a run by steps), and whether a checkpoint is due after it."""
+    """What one compiled call trained: the state after it, each replica's records (one per epoch of a
+    chunk, or a round's one in a run by steps; a solo run is one replica), and whether a checkpoint is
+    due after it."""
 
     state: TrainState
-    records: list[dict[str, Any]]
+    records: list[list[dict[str, Any]]]
     save: bool
+
+
+class Replicas(NamedTuple):
+    """The seeds of a group trained as one program, padded to a multiple of the devices (the padding
+    trains a copy of the last seed, never reported), and where their arrays live."""
+
+    seeds: tuple[int, ...]  # the group's own
+    padded: tuple[int, ...]
+    by_replica: NamedSharding  # an array whose leading axis is the replica, split over the devices
+
+    def pad(self, state: Any) -> Any:
+        """A stacked state of the group's own seeds with the padding's copies of the last."""
+        extra = len(self.padded) - len(self.seeds)
+        return state if not extra else jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], extra, 0)]), state)
+
+    @classmethod
+    def of(cls, seeds: tuple[int, ...], lay: Layout) -> Replicas:
+        pad = -len(seeds) % lay.devices
+        return cls(seeds, seeds + seeds[-1:] * pad, NamedSharding(lay.mesh, P(AXIS)))
+
+    def stacked(self, make: Callable[[int], Any]) -> Any:
+        """`make(seed)` of every padded seed (numpy), stacked along a leading replica axis."""
+        return jax.tree.map(lambda *xs: np.stack(xs), *[make(s) for s in self.padded])
 
 
 def fit_chunks(
@@ -207,6 +236,7 @@ def fit_chunks(
     per_step: bool = False,
     timings: dict[str, float] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    seeds: tuple[int, ...] | None = None,
 ) -> Iterator[Chunk]:
     """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end, yielding a Chunk
     after each compiled call: by epochs each chunk ends at a multiple of `cfg.save_every` or at the end
@@ -215,39 +245,57 @@ def fit_chunks(
     saves and decides whether to go on; leaving the loop ends training there. Raises NonFiniteLoss,
     before yielding, for a chunk in which the loss stopped being finite.
 
+    With `seeds`, replicas of `cfg` that differ only by their seed (init, data order, dropout masks) train
+    as one program (`Steps.for_replicas`): `state` and the yielded states carry a leading replica axis
+    (padded to a multiple of the devices: `Replicas`), and each replica's records come in seed order.
+
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given, and
     `on_phase` is told 'compiling' and then 'training' around each compilation (for progress lines)."""
     n = corpus.spans["train"][1]
-    lay = check_trainable(cfg, corpus, model)
+    lay = check_trainable(cfg, corpus, model, 1 if seeds is None else len(seeds))
     spe = steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps)
     tx = make_optimizer(cfg, spe)
     protocol = eval_protocol(cfg.eval, cfg.split)
-    fns = Steps(model, tx, cfg.num_steps, cfg.seed, cfg.batching == "sequential", protocol == "stream").jitted(lay)
+    steps = Steps(model, tx, cfg.num_steps, cfg.batching == "sequential", protocol == "stream")
+    group = None if seeds is None else Replicas.of(tuple(seeds), lay)
+    fns = steps.jitted(lay) if group is None else steps.for_replicas(lay)
+    own = lay.replicated if group is None else group.by_replica  # where the state, seed and plans' rows live
+
+    def batched(ndim: int) -> NamedSharding:  # a plan whose last of `ndim` axes is the batch (solo)
+        return lay.batched(ndim) if group is None else group.by_replica
+
+    def each(make: Callable[[int], Any]) -> Any:  # a seed's arrays, or every replica's stacked
+        return make(cfg.seed) if group is None else group.stacked(make)
+
     if state is None:  # one compiled call, abandoned as a compilation is (`compile_`)
-        state = interrupts.wait(init_state, model, tx, cfg.seed, abandon=jax.process_count() == 1)
-    state, train, val = interrupts.wait(put_tree, (state, corpus.part_tokens("train"), corpus.part_tokens("val")),
-                                        lay.replicated)
+        state = interrupts.wait(init_state, model, tx, cfg.seed if group is None else group.padded,
+                                abandon=jax.process_count() == 1)
+    elif group is not None:
+        state = group.pad(state)
+    state, seed = interrupts.wait(put_tree, (state, each(np.int32)), own)
+    train, val = interrupts.wait(put_tree, (corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
     val_plan = eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
-    val_idx, val_mask = put_tree(eval_sample(val_plan, cfg.eval_batches, cfg.seed, protocol), lay.batched(2))
+    val_idx, val_mask = put_tree(each(lambda s: eval_sample(val_plan, cfg.eval_batches, s, protocol)), batched(2))
     timings = {} if timings is None else timings
     timings.setdefault("compile_s", 0.0)
     timings.setdefault("train_s", 0.0)
     build = functools.partial(compile_, on_phase=on_phase)
     precision = functools.partial(jax.default_matmul_precision, cfg.precision)  # where programs are traced
+    replicas = 1 if group is None else len(group.seeds)
     if cfg.steps is not None:
-        yield from _fit_steps(cfg, model, fns, lay, state, (train, val, val_idx, val_mask), n, spe, start, protocol,
-                              timings, build, precision)
+        yield from _fit_steps(cfg, model, fns, lay, group, state, seed, (train, val, val_idx, val_mask), n, spe,
+                              start, protocol, timings, build, precision)
         return
     compiled: dict[int, Callable] = {}  # chunk length -> executable
     for a, b in chunks(start, cfg.epochs, cfg.save_every):
-        plan = chunk_plan(cfg.seed, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps)
-        tokens_per_epoch = int(plan[1][0].sum()) * cfg.num_steps
-        idx, mask = put_tree(plan, lay.batched(3))
+        plan = each(lambda s, a=a, b=b: chunk_plan(s, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps))
+        tokens_per_epoch = int(plan[1].reshape(-1, *plan[1].shape[-2:])[0].sum()) * cfg.num_steps
+        idx, mask = put_tree(plan, batched(3))
         if not per_step and b - a not in compiled:
             t0 = time.perf_counter()
             with precision():
-                lowered = fns.chunk.lower(state, train, val, idx, mask, val_idx, val_mask)
+                lowered = fns.chunk.lower(state, seed, train, val, idx, mask, val_idx, val_mask)
             compiled[b - a] = build(lowered)
             timings["compile_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -257,7 +305,7 @@ def fit_chunks(
                 for e in range(b - a):
                     h = model.init_state(cfg.batch_size)
                     for i in range(idx.shape[1]):
-                        state, stats_i, h_last = fns.step(state, train, idx[e, i], mask[e, i], h)
+                        state, stats_i, h_last = fns.step(state, seed, train, idx[e, i], mask[e, i], h)
                         h = h_last if cfg.batching == "sequential" else h
                         stats.append(stats_i)
                     vals.append(fns.evaluate(state.params, val, val_idx, val_mask))
@@ -265,13 +313,19 @@ def fit_chunks(
             stats_ExN = {k: jnp.stack([st[k] for st in stats]).reshape(shape) for k in stats[0]}
             val_E = jnp.stack(vals)
         else:
-            state, (stats_ExN, val_E) = compiled[b - a](state, train, val, idx, mask, val_idx, val_mask)
+            state, (stats_ExN, val_E) = compiled[b - a](state, seed, train, val, idx, mask, val_idx, val_mask)
         stats_ExN, val_E = fetch((stats_ExN, val_E))
         timings["train_s"] += time.perf_counter() - t0
-        check_finite(a * spe, spe, stats_ExN, val_E, cfg.skip_nonfinite)
         seconds = (time.perf_counter() - t0) / (b - a)
-        records = [record({"epoch": a + e + 1, "step": (a + e + 1) * spe}, {k: x[e] for k, x in stats_ExN.items()},
-                          float(val_E[e]), seconds, tokens_per_epoch, protocol) for e in range(b - a)]
+        if group is None:
+            stats_ExN, val_E = jax.tree.map(lambda x: x[None], (stats_ExN, val_E))
+        records = []
+        for k in range(replicas):
+            stats_k = {name: x[k] for name, x in stats_ExN.items()}
+            check_finite(a * spe, spe, stats_k, val_E[k], cfg.skip_nonfinite, None if group is None else group.seeds[k])
+            records.append([record({"epoch": a + e + 1, "step": (a + e + 1) * spe},
+                                   {name: x[e] for name, x in stats_k.items()}, float(val_E[k, e]), seconds,
+                                   tokens_per_epoch, protocol) for e in range(b - a)])
         yield Chunk(state, records, True)
 
 
@@ -280,7 +334,7 @@ def fit(cfg: Config, corpus: Corpus, model: LanguageModel, state: TrainState | N
     """`fit_chunks` to the end, nothing saved: the final state and every new record."""
     history: list[dict[str, Any]] = []
     for chunk in fit_chunks(cfg, corpus, model, state, start, per_step, timings):
-        state, history = chunk.state, history + chunk.records
+        state, history = chunk.state, history + chunk.records[0]
     return state, history
 
 
@@ -301,39 +355,49 @@ def fetch(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(x, np.float64), interrupts.wait(jax.device_get, tree))
 
 
-def round_plan(cfg: Config, n: int, spe: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def round_plan(cfg: Config, n: int, spe: int, a: int, b: int, seed: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Window starts [b - a, B], mask and epoch-start flags [b - a] of optimizer steps [a, b) of a run by
-    steps: step g is step g % spe of epoch g // spe, as a run by epochs orders them."""
+    steps (with `seed`, or the config's): step g is step g % spe of epoch g // spe, as a run by epochs
+    orders them."""
+    seed = cfg.seed if seed is None else seed
     parts = []
     for e in range(a // spe, (b - 1) // spe + 1):
         lo, hi = max(a - e * spe, 0), min(b - e * spe, spe)
         if cfg.batching == "sequential":
-            idx, mask = (x[lo:hi] for x in sequential_plan(cfg.seed, e, n, cfg.batch_size, cfg.num_steps))
+            idx, mask = (x[lo:hi] for x in sequential_plan(seed, e, n, cfg.batch_size, cfg.num_steps))
         else:  # only these steps' windows: a big text's epoch order is never held whole
-            idx, mask = batch_slice(cfg.seed, e, n, cfg.batch_size, lo, hi)
+            idx, mask = batch_slice(seed, e, n, cfg.batch_size, lo, hi)
         parts.append((idx, mask, np.arange(lo, hi) == 0))
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
-def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay: Layout, state: TrainState,
-               data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str, timings: dict[str, float],
-               build: Callable[[Any], Callable], precision: Callable) -> Iterator[Chunk]:
+def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: Replicas | None, state: TrainState,
+               seed: Array, data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str,
+               timings: dict[str, float], build: Callable[[Any], Callable], precision: Callable) -> Iterator[Chunk]:
     """Training by steps: rounds of `eval_every` steps (from step 0, so a resumed run's rounds are the
     same), each one compiled call ending with an evaluation. With sequential batching the state runs on
     across rounds, and restarts from zeros at each epoch's start and after each checkpoint (a resumed
     run starts there from zeros too, so it ends exactly as the run left alone)."""
     train, val, val_idx, val_mask = data
-    h = put_tree(model.init_state(cfg.batch_size), NamedSharding(lay.mesh, P(AXIS)))
+    zeros = model.init_state(cfg.batch_size)
+    h = (put_tree(zeros, NamedSharding(lay.mesh, P(AXIS))) if group is None
+         else put_tree(group.stacked(lambda s: zeros), group.by_replica))
     compiled: dict[int, Callable] = {}  # round length -> executable
     K, g = cfg.eval_every, start
     while g < cfg.steps:
         b = min((g // K + 1) * K, cfg.steps)
-        idx, mask, reset = round_plan(cfg, n, spe, g, b)
-        reset[0] |= g % cfg.save_every == 0  # a round after a checkpoint starts from zeros
-        tokens = int(mask.sum()) * cfg.num_steps
-        idx, mask = put_tree((idx, mask), lay.batched(2))
-        reset = put_tree(reset, lay.replicated)
-        args = (state, train, val, idx, mask, reset, h, val_idx, val_mask)
+
+        def plan(s: int, g: int = g, b: int = b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            idx, mask, reset = round_plan(cfg, n, spe, g, b, s)
+            reset[0] |= g % cfg.save_every == 0  # a round after a checkpoint starts from zeros
+            return idx, mask, reset
+
+        idx, mask, reset = plan(cfg.seed) if group is None else group.stacked(plan)
+        tokens = int(mask.reshape(-1, *mask.shape[-2:])[0].sum()) * cfg.num_steps
+        idx, mask = put_tree((idx, mask), lay.batched(2) if group is None else group.by_replica)
+        reset = put_tree(reset, lay.replicated if group is None else group.by_replica)
+        args = (state, seed, train, val, idx, mask, reset, h, val_idx, val_mask)
         if b - g not in compiled:
             t0 = time.perf_counter()
             with precision():
@@ -345,7 +409,14 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: dict[str, Callable], lay:
         stats_K, val_loss = fetch((stats_K, val_loss))
         seconds = time.perf_counter() - t0
         timings["train_s"] += seconds
-        check_finite(g, spe, {k: x[None] for k, x in stats_K.items()}, val_loss[None], cfg.skip_nonfinite)
-        records = [record({"step": b, "epoch": b / spe}, stats_K, float(val_loss), seconds, tokens, protocol)]
+        if group is None:
+            stats_K, val_loss = jax.tree.map(lambda x: x[None], (stats_K, val_loss))
+        records = []
+        for k in range(1 if group is None else len(group.seeds)):
+            stats_k = {name: x[k] for name, x in stats_K.items()}
+            check_finite(g, spe, {name: x[None] for name, x in stats_k.items()}, val_loss[k][None],
+                         cfg.skip_nonfinite, None if group is None else group.seeds[k])
+            records.append([record({"step": b, "epoch": b / spe}, stats_k, float(val_loss[k]), seconds, tokens,
+                                   protocol)])
         yield Chunk(state, records, b % cfg.save_every == 0 or b == cfg.steps)
         g = b

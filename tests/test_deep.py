@@ -108,8 +108,8 @@ def test_dropout_training_is_seeded_and_resumes_exactly(tiny_cfg, tiny_corpus) -
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     assert hist[-1]["val_loss"] == hist2[-1]["val_loss"]
-    grads = jax.jit(Steps(model, make_optimizer(cfg), cfg.num_steps, cfg.seed).grad_sums)
-    batch = (jnp.asarray(tiny_corpus.part_tokens("train")), jnp.arange(128), jnp.ones(128, bool))
+    grads = jax.jit(Steps(model, make_optimizer(cfg), cfg.num_steps).grad_sums)
+    batch = (jnp.int32(cfg.seed), jnp.asarray(tiny_corpus.part_tokens("train")), jnp.arange(128), jnp.ones(128, bool))
     g0, g1 = (grads(whole.params, *batch, jnp.int32(step))[0]["rnn_2"]["W_hh"] for step in (0, 1))
     assert not np.allclose(g0, g1)  # each step draws its own masks
 
@@ -129,7 +129,7 @@ def one_step(cfg: Config, tiny_corpus, steps: int = 1):
         g = {k: np.asarray(v, np.float64) for k, v in jax.tree_util.tree_leaves_with_path(g)}
         norm = math.sqrt(sum((v**2).sum() for v in g.values()))
         grads.append({k: v * min(1.0, cfg.clip / norm) for k, v in g.items()})
-        state, _, _ = step(state, tokens, idx, mask)
+        state, _, _ = step(state, jnp.int32(cfg.seed), tokens, idx, mask)
     flat = lambda t: {k: np.asarray(v, np.float64) for k, v in jax.tree_util.tree_leaves_with_path(t)}  # noqa: E731
     return flat(p0), flat(state.params), grads
 

@@ -114,8 +114,9 @@ def test_readme_commands_print_what_the_readme_says(ran, work: Path) -> None:
     line per run in `runs`, a resumed run that says so, and a plot."""
     for command, proc in ran.items():
         if command.startswith("jaxrnn train") and "--resume" not in command:
-            assert re.fullmatch(r"(test perplexity \d+\.\d+, bpc \d+\.\d+, loss \d+\.\d+\n)?perplexity \d+\.\d, "
-                                r"(['\"]).+\2\n", proc.stdout)
+            group = r"\d+\.\d\d ± \d+\.\d\d \(\d+ seeds, 95% interval -?\d+\.\d\d-\d+\.\d\d\)"  # --seeds
+            assert re.fullmatch(r"(test perplexity \d+\.\d+, bpc \d+\.\d+, loss \d+\.\d+\n)?perplexity "
+                                rf"(?:\d+\.\d|{group}), (['\"]).+\2\n", proc.stdout), proc.stdout
     sample = ran["jaxrnn sample --run runs/concise --prefix 'the time machine' --num-preds 80"].stdout
     assert sample.startswith("the time machine") and len(sample) == len("the time machine") + 80 + 1
     evaluated = ran["jaxrnn eval --run runs/concise"].stdout

@@ -125,10 +125,10 @@ def test_masked_partial_batch_weighs_like_d2l(tiny_cfg, tiny_corpus) -> None:
     train = jnp.asarray(tiny_corpus.part_tokens("train"))
     real = jnp.array([5, 17, 3, 250, 99], jnp.int32)
     with jax.default_matmul_precision("highest"):
-        want, sn_want, _ = step(init_state(model, tx, 0), train, real, jnp.ones(5, bool))
+        want, sn_want, _ = step(init_state(model, tx, 0), jnp.int32(0), train, real, jnp.ones(5, bool))
         for pad in (0, 7):
             idx = jnp.concatenate([real, jnp.full(11, pad, jnp.int32)])
-            got, sn, _ = step(init_state(model, tx, 0), train, idx, jnp.arange(16) < 5)
+            got, sn, _ = step(init_state(model, tx, 0), jnp.int32(0), train, idx, jnp.arange(16) < 5)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), got.params, want.params)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), sn, sn_want)
     assert float(sn_want["tokens"]) == 5 * cfg.num_steps
@@ -157,9 +157,9 @@ def test_chunking_does_not_change_training_and_loss_falls(tiny_cfg, tiny_corpus)
     """Three chunks of 1 epoch train exactly like one chunk of 3; the loss falls every epoch."""
     model = build_model(tiny_cfg(), len(tiny_corpus.vocab))
     chunks = list(fit_chunks(tiny_cfg(epochs=3, save_every=1), tiny_corpus, model))
-    a, hist_a = chunks[-1].state, [r for c in chunks for r in c.records]
+    a, hist_a = chunks[-1].state, [r for c in chunks for r in c.records[0]]
     b, hist_b = fit(tiny_cfg(epochs=3, save_every=3), tiny_corpus, model)
-    assert [[r["epoch"] for r in c.records] for c in chunks] == [[1], [2], [3]] and all(c.save for c in chunks)
+    assert [[r["epoch"] for r in c.records[0]] for c in chunks] == [[1], [2], [3]] and all(c.save for c in chunks)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a.params, b.params)
     train = [r["train_loss"] for r in hist_a]
     val = [r["val_loss"] for r in hist_a]

@@ -28,6 +28,7 @@ def lowered_chunk(changes: dict[str, Any]) -> tuple[Any, Any]:
     """(the budget's Needs, the lowered training chunk) of the seed config with `changes`, on one device,
     The Time Machine windowed for it; nothing is run, only shapes."""
     import jax
+    import numpy as np
 
     from jaxrnn import budget
     from jaxrnn.batching import chunk_plan, eval_plan, steps_per_epoch
@@ -48,7 +49,8 @@ def lowered_chunk(changes: dict[str, Any]) -> tuple[Any, Any]:
     def spec(x: Any, sharding: Any) -> Any:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-    args = (jax.tree.map(lambda x: spec(x, lay.replicated), state), spec(corpus.part_tokens("train"), lay.replicated),
+    args = (jax.tree.map(lambda x: spec(x, lay.replicated), state), spec(np.int32(0), lay.replicated),
+            spec(corpus.part_tokens("train"), lay.replicated),
             spec(corpus.part_tokens("val"), lay.replicated),
             *(spec(x, lay.batched(3)) for x in chunk_plan(0, 0, 1, n, cfg.batch_size, "random", T)),
             *(spec(x, lay.batched(2)) for x in eval_plan("d2l-windows", n_val, cfg.batch_size, T)))
@@ -56,7 +58,7 @@ def lowered_chunk(changes: dict[str, Any]) -> tuple[Any, Any]:
                         n, n_val, len(corpus.tokens), corpus.tokens.itemsize,
                         steps_per_epoch("random", n, cfg.batch_size, T))
     with jax.default_matmul_precision(cfg.precision):
-        return need, Steps(model, tx, T, cfg.seed).jitted(lay).chunk.lower(*args)
+        return need, Steps(model, tx, T).jitted(lay).chunk.lower(*args)
 
 
 def xla_bytes(compiled: Any) -> int:
