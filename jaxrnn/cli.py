@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list the run directories under a directory, with their best val perplexity")
     r.add_argument("root", nargs="?", default=".", help="where to look (default: the current directory)")
+    r.add_argument("--all", action="store_true", help="also list each replica of a group (--seeds) as a run")
 
     pl = sub.add_parser("plot", help="draw the perplexity curves of one or more runs into one figure")
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by train")
@@ -415,15 +416,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from jaxrnn import rundir
+    from jaxrnn.spread import Spread
 
     rows = [("run", "best val ppl", "at", "best saved", "done", "model")]
-    for d in rundir.find_runs(args.root):
+    runs = rundir.find_runs(args.root)
+    groups = {d.parent: rundir.read_group(d.parent) for d in runs if (d.parent / rundir.GROUP).is_file()}
+    for d in sorted({*runs, *groups}):
         try:
-            s = rundir.summary(d)
+            if d in groups:  # a group: one row, the spread of its replicas' best
+                each = [rundir.summary(rundir.replica_dir(d, s)) for s in groups[d]]
+                bests = [s["best_val_ppl"] for s in each if s["best_val_ppl"] is not None]
+                spread = Spread.of(bests) if bests else None
+                s = {**each[0], "done": min(s["done"] for s in each), "best_epoch": None, "best_saved": None,
+                     "name": f"{each[0]['name']}, {len(each)} seeds"}
+                best = f"{spread.mean:.2f} ± {spread.std:.2f}" if spread else "-"
+            elif d.parent in groups and not args.all:
+                continue
+            else:
+                s = rundir.summary(d)
+                best = f"{s['best_val_ppl']:.2f}" if s["best_val_ppl"] is not None else "-"
         except JaxrnnError as e:
             print(f"jaxrnn: warning: skipping {d}: {e}", file=sys.stderr)
             continue
-        best = f"{s['best_val_ppl']:.2f}" if s["best_val_ppl"] is not None else "-"
         rows.append((os.path.relpath(d), best, str(s["best_epoch"] or "-"), str(s["best_saved"] or "-"),
                      f"{s['done']}/{s['epochs']} {s['unit']}s", s["name"]))  # epochs, or steps for a run by steps
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -438,7 +452,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     histories = {}
     for d, name in zip(args.run_dirs, legend_names(args.run_dirs)):
-        history = rundir.read_metrics(d)
+        seeds = rundir.read_group(Path(d))
+        if seeds:  # a group: each replica's, drawn as a band
+            history = [rundir.read_metrics(rundir.replica_dir(Path(d), s)) for s in seeds]
+            history = history if all(history) else []
+        else:
+            history = rundir.read_metrics(d)
         if not history:
             raise JaxrnnError(f"{d} has no epochs in {rundir.METRICS}; pass run directories written by 'jaxrnn train'")
         histories[name] = history

@@ -147,3 +147,23 @@ def test_the_cli_trains_a_group_and_prints_its_spread(call, tmp_path: Path) -> N
     assert result["perplexity"] == pytest.approx(np.mean([r["perplexity"] for r in result["replicas"]]))
     proc = call(["train", "--resume", "g"], tmp_path)
     assert proc.returncode == 0 and "finished all 2 epochs already" in proc.stderr and proc.stdout.strip() == line
+
+
+def test_runs_and_plot_see_a_group_as_one(call, tiny_cfg, tiny_corpus, tmp_path: Path, monkeypatch) -> None:
+    """`jaxrnn runs` shows a group as one row (the mean ± std of its replicas' best), `--all` its replicas
+    too; `jaxrnn plot GROUP` draws the mean over the seeds with their band."""
+    group = jaxrnn.train(tiny_cfg(epochs=2), out=tmp_path / "g", corpus=tiny_corpus, progress=False, seeds=2)
+    rows = call(["runs", "."], tmp_path).stdout.splitlines()
+    best = [t.val_ppl for t in group.replicas]
+    assert len(rows) == 2 and rows[1].split()[0] == "g" and rows[1].endswith("scratch, 2 seeds")
+    assert f"{np.mean(best):.2f} ± {np.std(best, ddof=1):.2f}" in rows[1]
+    listed = [r.split()[0] for r in call(["runs", ".", "--all"], tmp_path).stdout.splitlines()[1:]]
+    assert listed == ["g", "g/seed-0", "g/seed-1"]
+    from matplotlib.axes import Axes
+
+    bands = []
+    monkeypatch.setattr(Axes, "fill_between", lambda self, x, lo, hi, **kw: bands.append((list(lo), list(hi))))
+    assert call(["plot", "g", "--out", "band.png"], tmp_path).returncode == 0
+    assert (tmp_path / "band.png").read_bytes().startswith(b"\x89PNG") and len(bands) == 2  # train and val
+    val = [[r["val_ppl"] for r in t.history] for t in group.replicas]
+    assert bands[1] == ([min(c) for c in zip(*val)], [max(c) for c in zip(*val)])

@@ -36,7 +36,7 @@ SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for d in ("tools", "experiments"
 
 def test_every_script_is_listed() -> None:
     """Every tool and experiment with a main is in SCRIPTS (the modules they share are not)."""
-    assert len(SCRIPTS) == 13
+    assert len(SCRIPTS) == 15
     assert {"tools/ablate.py", "tools/budget_report.py", "experiments/rnn_scratch.py"} <= set(SCRIPTS)
 
 
@@ -197,3 +197,25 @@ def test_race_table_shows_both_on_one_protocol() -> None:
     assert lines[0].startswith("| | whole process | val loss (blocks of 64, whole val part)")
     assert lines[2] == "| nanoGPT, its README's CPU recipe | 78.1 s | 1.9012 | 1.8857 | `\\nWhat say` |"
     assert lines[3].startswith("| jaxrnn, --preset shakespeare-cpu | 77.5 s | 1.5987 | 1.6100 |")
+
+
+@pytest.mark.slow
+def test_seeds_bench_times_a_group_against_solo_processes(tmp_path: Path) -> None:
+    """tools/seeds_bench.py on a tiny model: its row and JSON hold both wall times and both epoch times."""
+    out = tmp_path / "seeds.json"
+    proc = run_tool("tools/seeds_bench.py", "--seeds", "2", "--epochs", "2", "--json-out", str(out), "--",
+                    "--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size", "128",
+                    "--num-steps", "8", "--save-every", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())
+    assert row["seeds"] == 2 and row["wall_ratio"] == pytest.approx(row["group_wall_s"] / row["solo_wall_s"])
+    assert row["epoch_ratio"] == pytest.approx(row["group_epoch_s"] / row["solo_epoch_s"]) and row["solo_epoch_s"] > 0
+    assert proc.stdout.count("\n") == 3 and proc.stdout.splitlines()[2].startswith("| 2 | ")
+
+
+@pytest.mark.slow
+def test_replica_layouts_times_each_layout() -> None:
+    proc = run_tool("tools/replica_layouts.py", "--replicas", "2", "--epochs", "1", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 4 and rows[0].endswith("| 1.00 |") and "(--seeds)" in rows[-1]
