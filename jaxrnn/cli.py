@@ -185,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("root", nargs="?", default=".", help="where to look (default: the current directory)")
     r.add_argument("--all", action="store_true", help="also list each replica of a group (--seeds) as a run")
 
+    sw = sub.add_parser("sweep", help="train a grid of settings times seeds, each point's seeds as one program, "
+                        "and print every point's spread, best first")
+    sw.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
+    sw.add_argument("--config", metavar="FILE", help="start from a saved config; flags override it")
+    sw.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2,...",
+                    help="a setting of jaxrnn train and its values (repeat for more; the points are every "
+                    "combination), e.g. --grid lr=0.5,1,2 --grid hidden=32,64")
+    sw.add_argument("--seeds", type=_seeds, default=1, metavar="N|S,S,...", help="seeds of every point (default 1)")
+    sw.add_argument("--out", metavar="DIR", required=True, help="the sweep's directory: sweep.json, sweep.png and "
+                    "a group directory per point (point-K/); the same command again goes on where it stopped")
+    sw.add_argument("--force", action="store_true", help="replace a sweep that DIR holds")
+    sw.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    sw.add_argument("--json", action="store_true", help="the points' rows as one JSON line instead of the table")
+    _add_config_flags(sw)
+
     pl = sub.add_parser("plot", help="draw the perplexity curves of one or more runs into one figure")
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by train")
     pl.add_argument("--out", metavar="FILE", default="curves.png", help="image to write (default curves.png)")
@@ -316,6 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from jaxrnn import interrupts, run
+    from jaxrnn.loop import SAMPLE_CHARS
     from jaxrnn.parallel import initialize, is_primary, use_cpu_cores
     from jaxrnn.training import bits, perplexity
 
@@ -352,7 +368,7 @@ def _train(args: argparse.Namespace) -> int:
         result.update(test_perplexity=perplexity(loss), test_bpc=bits(loss), test_loss=loss)
         if not args.json:
             print(f"test {loss_line(loss)}", flush=True)
-    sample = interrupts.wait(trained.predict, trained.prompt, run.SAMPLE_CHARS)
+    sample = interrupts.wait(trained.predict, trained.prompt, SAMPLE_CHARS)
     result.update(perplexity=trained.val_ppl, sample=sample)
     print(strict_json.dumps(result) if args.json else result_line(result["perplexity"], result["sample"]), flush=True)
     return 0
@@ -370,6 +386,7 @@ def _group_result(args: argparse.Namespace, group: Any) -> int:
     """A group's result: the spread of its final validation perplexity and the median replica's sample, or
     with --json every replica's result and the summary; a test part's spread too, where there is one."""
     from jaxrnn import interrupts, run
+    from jaxrnn.loop import SAMPLE_CHARS
     from jaxrnn.spread import Spread
     from jaxrnn.training import perplexity
 
@@ -383,7 +400,7 @@ def _group_result(args: argparse.Namespace, group: Any) -> int:
         summary["test_ppl"] = Spread.of([r["test_perplexity"] for r in replicas]).to_dict()
         if not args.json:
             print(f"test perplexity {Spread.of([r['test_perplexity'] for r in replicas])}", flush=True)
-    sample = interrupts.wait(median.predict, median.prompt, run.SAMPLE_CHARS)
+    sample = interrupts.wait(median.predict, median.prompt, SAMPLE_CHARS)
     spread = Spread.of([r["perplexity"] for r in replicas])
     result = {"run_dir": str(group.run_dir), cfg.unit: median.done, "perplexity": spread.mean, "sample": sample,
               "summary": summary, "replicas": replicas}
@@ -475,8 +492,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Every point of the grid as a group, its table best first on stdout, sweep.png beside sweep.json."""
+    from jaxrnn import run, rundir, sweep
+    from jaxrnn.parallel import use_cpu_cores
+    from jaxrnn.plots import plot_curves
+
+    args.distributed, args.per_step = False, False
+    base = config_from_args(args)
+    grid = sweep.parse_grid(args.grid)
+    sizes = grid.get("batch_size", [base.batch_size])
+    use_cpu_cores(base.devices, math.gcd(*sizes))  # before JAX starts: devices that split every point's batch
+    progress = Progress.of(base, "quiet" if args.quiet else "auto")
+    out = Path(args.out)
+    try:
+        rows = sweep.run_sweep(base, grid, args.seeds, out, args.force, progress, None if args.quiet else run.log)
+    finally:
+        progress.close()
+    curves = {" ".join(f"{k}={v}" for k, v in r["settings"].items()):
+              [rundir.read_metrics(d) for d in sorted((out / r["dir"]).glob("seed-*"))] for r in rows}
+    plot_curves(curves, out / "sweep.png", log_scale=True, splits=("val",))
+    print(strict_json.dumps(rows) if args.json else sweep.table(rows), flush=True)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "runs": cmd_runs, "plot": cmd_plot,
-            "bench": cmd_bench}  # each subcommand of `build_parser`, by name
+            "sweep": cmd_sweep, "bench": cmd_bench}  # each subcommand of `build_parser`, by name
 
 
 def enable_compile_cache() -> None:

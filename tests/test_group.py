@@ -29,10 +29,13 @@ def max_diff(a, b) -> float:
 
 
 @pytest.mark.parametrize("changes", [
-    dict(), dict(steps=12, eval_every=4, save_every=4, batching="sequential", batch_size=32),  # by steps, state carried
+    dict(),
+    # by steps, the state carried across rounds (slow)
+    pytest.param(dict(steps=12, eval_every=4, save_every=4, batching="sequential", batch_size=32),
+                 marks=pytest.mark.slow),
     # dropout: each replica draws the masks the solo run on one device does (a run over two devices draws
-    # each device's rows' masks from a key of its own)
-    dict(dropout=0.3, embed=8, layers=2),
+    # each device's rows' masks from a key of its own) (slow)
+    pytest.param(dict(dropout=0.3, embed=8, layers=2), marks=pytest.mark.slow),
 ], ids=["epochs", "steps-sequential", "dropout"])
 def test_each_replica_trains_as_its_solo_run(tiny_cfg, tiny_corpus, changes: dict) -> None:
     """Replica K against `train` with seed K: the same records (the data order is the same, so the token

@@ -1,7 +1,7 @@
 """The README, run as written: every command of its bash blocks in order in one working directory (as a
 reader following it would), and every Python block.
 
-Training commands get `--epochs 1` appended (argparse keeps the last value; those that count optimizer
+Training commands (and sweeps) get `--epochs 1` appended (argparse keeps the last value; those that count optimizer
 steps, the sine experiment and `--steps` runs, get `--steps 20`), and the Python blocks `epochs=1`.
 `--data tinyshakespeare` reads the repo's slice of it (tests/data), which stands in for the whole.
 Exempt, as the issue says:
@@ -55,7 +55,7 @@ def as_tested(command: str) -> list[str]:
     """The command's argv after `jaxrnn` (or the script and its args), shortened as the module docstring says."""
     words = shlex.split(command)
     args = words[1:]
-    if words[:2] == ["jaxrnn", "train"] and "--resume" not in words or words[0] == "python":
+    if words[:2] in (["jaxrnn", "train"], ["jaxrnn", "sweep"]) and "--resume" not in words or words[0] == "python":
         by_steps = "sine_autoregressive" in command or "--steps" in words
         args += ["--steps", "20", "--eval-every", "10"][:2 if words[0] == "python" else 4] if by_steps \
             else ["--epochs", "1"]

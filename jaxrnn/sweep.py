@@ -1,0 +1,161 @@
+"""`jaxrnn sweep`: a grid of settings times the seeds, each point of the grid a group of replicas
+(`run.train(cfg, seeds=...)`: its seeds in one program), every point's spread in one table.
+
+A sweep's directory holds `sweep.json` (the base config, the grid, the seeds, and each finished point's
+spread, written after every point) and a group directory per point, `point-K/`; `sweep.png` draws each
+point's validation curve with its band over the seeds. Run again with the same flags and `--out`, a
+stopped sweep goes on where it stopped: finished points are read back, a stopped one resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from jaxrnn import rundir, strict_json
+from jaxrnn.config import Config, field_kind
+from jaxrnn.errors import ConfigError, JaxrnnError, SettingError
+from jaxrnn.run import Group, RunOptions, log, resume, seed_list, train
+from jaxrnn.spread import Spread
+
+SWEEP = "sweep.json"
+NOT_GRIDDED = {"data": "the corpus", "seed": "the seeds (--seeds)", "model": "an alias (grid --cell and --impl)",
+               "gru_reset": "an alias (grid --cell)", "cell_options": "a cell's options"}
+TRUE, FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
+    """`--grid NAME=V1,V2,...` (each a Config field, in its flag's spelling or the field's) as {field: values}."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, eq, values = spec.partition("=")
+        key = name.strip().lstrip("-").replace("-", "_")
+        key = {"window": "num_steps"}.get(key, key)
+        if not eq or not key:
+            raise ConfigError(f"--grid {spec!r} is not NAME=V1,V2,...; pass e.g. --grid lr=0.5,1,2")
+        if key == "out" or key in NOT_GRIDDED or key not in fields:
+            what = "the sweep's directory" if key == "out" else NOT_GRIDDED.get(key)
+            raise ConfigError(f"--grid {name} " + (f"is {what}, not a setting to sweep" if what else
+                                                  "is not a setting of jaxrnn train") + "; grid another setting, "
+                              "e.g. --grid lr=0.5,1,2")
+        if key in grid:
+            raise ConfigError(f"--grid {name} is given twice; give its values once, e.g. --grid {name}=1,2")
+        kind = field_kind(fields[key])
+        raw = [v.strip() for v in values.split(",")] if kind is not tuple else values.split(";")
+        if not raw or any(v == "" for v in raw):
+            raise ConfigError(f"--grid {spec!r} has an empty value; pass its values separated by commas")
+        grid[key] = [_value(key, kind, v) for v in raw]
+        if len(set(map(repr, grid[key]))) != len(grid[key]):
+            raise ConfigError(f"--grid {name} repeats a value; give each value once")
+    if not grid:
+        raise ConfigError("a sweep needs at least one --grid NAME=V1,V2,...; pass e.g. --grid lr=0.5,1,2")
+    return grid
+
+
+def _value(key: str, kind: type, text: str) -> Any:
+    try:
+        if kind is bool:
+            if text.lower() not in TRUE + FALSE:
+                raise ValueError
+            return text.lower() in TRUE
+        if kind is tuple:
+            return tuple(float(x) for x in text.split(","))
+        return kind(text)
+    except ValueError:
+        words = {int: "a whole number", float: "a number", bool: "true or false", tuple: "fractions"}[kind]
+        raise ConfigError(f"--grid {key.replace('_', '-')} value {text!r} is not {words}; pass e.g. "
+                          f"--grid {key.replace('_', '-')}=" + {int: "32,64", float: "0.5,1", bool: "true,false",
+                                                                 tuple: "0.8,0.1,0.1;0.9,0.1,0"}[kind]) from None
+
+
+def points(base: Config, grid: dict[str, list[Any]]) -> list[Config]:
+    """Every combination of the grid's values on `base`, each a validated config (a bad one refused now)."""
+    out = []
+    for values in itertools.product(*grid.values()):
+        changes = dict(zip(grid, values))
+        try:
+            out.append(base.replace(**changes))
+        except SettingError as e:
+            raise ConfigError(f"--grid {e.key.replace('_', '-')} {changes[e.key]!r}: {e.problem}; {e.advice}") from None
+        except ConfigError as e:
+            raise ConfigError(f"the grid point {_label(changes)} cannot train: {e}") from None
+    return out
+
+
+def _label(changes: dict[str, Any]) -> str:
+    return " ".join(f"{k.replace('_', '-')}={v}" for k, v in changes.items())
+
+
+def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, ...], out: Path, force: bool = False,
+              progress: Any = True, say: Any = log) -> list[dict[str, Any]]:
+    """Train every point of the grid as a group of `seeds` into `out/point-K/`, one after another, writing
+    sweep.json after each; a sweep already begun in `out` with the same plan goes on where it stopped
+    (`say`: where each point's start is told; None: nowhere).
+    Returns each point's row (its settings, the spread of its final val loss, ppl and bpc, tokens/s)."""
+    cfgs, seeds = points(base, grid), seed_list(base, seeds)
+    RunOptions().check(base, group=True)
+    plan = {"base": base.to_dict(), "grid": grid, "seeds": list(seeds)}
+    saved = _read(out)
+    if saved is not None and not force and json.loads(strict_json.dumps(plan)) != saved["plan"]:
+        raise JaxrnnError(f"{out} holds another sweep; pass --force to replace it, or --out NEW_DIR")
+    done = {} if saved is None or force else {r["point"]: r for r in saved["rows"]}
+    rows = []
+    for k, cfg in enumerate(cfgs):
+        changes = {name: getattr(cfg, name) for name in grid}
+        point_dir = out / f"point-{k}"
+        if k in done:
+            rows.append(done[k])
+            continue
+        if say is not None:
+            say(f"jaxrnn: sweep point {k + 1} of {len(cfgs)}: {_label(changes)}")
+        if (point_dir / rundir.GROUP).is_file() and not force:
+            group = resume(point_dir, progress=progress)
+        else:
+            group = train(cfg, point_dir, progress=progress, force=force, seeds=seeds)
+        rows.append(_row(k, changes, group))
+        _write(out, plan, rows)
+    return rows
+
+
+def _row(k: int, changes: dict[str, Any], group: Group) -> dict[str, Any]:
+    last = [t.history[-1] for t in group.replicas]
+    speed = [r["tokens_per_s"] for r in last if r.get("tokens_per_s")]
+    summary = group.summary()
+    return {"point": k, "settings": changes, "dir": f"point-{k}", "val_loss": summary["val_loss"],
+            "val_ppl": summary["val_ppl"], "val_bpc": summary["val_bpc"],
+            "tokens_per_s": math.fsum(speed) / len(speed) if speed else None}
+
+
+def _read(out: Path) -> dict[str, Any] | None:
+    try:
+        saved = json.loads((out / SWEEP).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise JaxrnnError(f"cannot read {out / SWEEP} ({e}); restore it, or pass --force to start the sweep anew") \
+            from None
+    return saved
+
+
+def _write(out: Path, plan: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_text(out / SWEEP, strict_json.dumps({"plan": plan, "rows": rows}, indent=2) + "\n")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The points, best (lowest mean val loss) first: settings, val loss mean ± std and its 95% interval,
+    ppl, bpc, tokens/s."""
+    head = ["point", *rows[0]["settings"], "val loss", "95% interval", "val ppl", "val bpc", "tokens/s"]
+    body = []
+    for r in sorted(rows, key=lambda r: r["val_loss"]["mean"]):
+        loss = Spread(**r["val_loss"])
+        body.append([r["dir"], *(str(v) for v in r["settings"].values()), f"{loss.mean:.3f} ± {loss.std:.3f}",
+                     f"{loss.lo:.3f}-{loss.hi:.3f}", f"{r['val_ppl']['mean']:.2f}", f"{r['val_bpc']['mean']:.3f}",
+                     f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
