@@ -171,14 +171,14 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
         print(f"jaxrnn: note: {run_dir} holds a run that never saved a checkpoint; starting it anew",
               file=sys.stderr, flush=True)
         force = True
-    if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists():
+    if (run_dir / CONFIG).exists() or (run_dir / checkpoint.CHECKPOINTS).exists() or (run_dir / GROUP).exists():
         if not force:
             raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
                               "overwrite it, or --out NEW_DIR")
         shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
         shutil.rmtree(run_dir / "damaged", ignore_errors=True)
         shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
-        for name in (METRICS, CURVES, SAMPLES):
+        for name in (METRICS, CURVES, SAMPLES, GROUP):
             (run_dir / name).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

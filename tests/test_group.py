@@ -74,6 +74,8 @@ def test_a_group_directory_holds_a_run_directory_per_replica(tiny_cfg, tiny_corp
     assert summary["median_seed"] == group.seeds[int(np.argmin(ppl))]  # of two, the lower
     with pytest.raises(jaxrnn.errors.JaxrnnError, match="already holds a run; pass --resume"):
         jaxrnn.train(cfg, out=tmp_path / "g", corpus=tiny_corpus, progress=False, seeds=2)
+    with pytest.raises(jaxrnn.errors.JaxrnnError, match="already holds a run; pass --resume"):
+        jaxrnn.train(cfg, out=tmp_path / "g", corpus=tiny_corpus, progress=False)  # a solo run into a group's
 
 
 def test_a_stopped_group_resumes_exactly(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
