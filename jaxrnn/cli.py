@@ -147,7 +147,7 @@ def _saved_config(run_dir: Path) -> Path:
     """The config.json a run to resume was trained with: its own, or a group's first replica's."""
     from jaxrnn import rundir
 
-    seeds = rundir.read_group(run_dir) if (run_dir / rundir.GROUP).is_file() else None
+    seeds = rundir.read_group(run_dir)
     return (rundir.replica_dir(run_dir, seeds[0]) if seeds else run_dir) / rundir.CONFIG
 
 
@@ -206,11 +206,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     rows = [("run", "best val ppl", "at", "best saved", "done", "model")]
     runs = rundir.find_runs(args.root)
-    groups = {d.parent: rundir.read_group(d.parent) for d in runs if (d.parent / rundir.GROUP).is_file()}
+    groups = {d.parent for d in runs if (d.parent / rundir.GROUP).is_file()}
     for d in sorted({*runs, *groups}):
         try:
             if d in groups:  # a group: one row, the spread of its replicas' best
-                each = [rundir.summary(rundir.replica_dir(d, s)) for s in groups[d]]
+                each = [rundir.summary(rundir.replica_dir(d, s)) for s in rundir.read_group(d)]
                 bests = [s["best_val_ppl"] for s in each if s["best_val_ppl"] is not None]
                 spread = Spread.of(bests) if bests else None
                 s = {**each[0], "done": min(s["done"] for s in each), "best_epoch": None, "best_saved": None,
@@ -238,9 +238,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     histories = {}
     for d, name in zip(args.run_dirs, legend_names(args.run_dirs)):
-        seeds = rundir.read_group(Path(d))
-        if seeds:  # a group: each replica's, drawn as a band
-            history = [rundir.read_metrics(rundir.replica_dir(Path(d), s)) for s in seeds]
+        if rundir.read_group(Path(d)):  # a group: each replica's, drawn as a band
+            history = rundir.group_histories(Path(d))
             history = history if all(history) else []
         else:
             history = rundir.read_metrics(d)
@@ -272,14 +271,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = sweep.parse_grid(args.grid)
     sizes = grid.get("batch_size", [base.batch_size])
     use_cpu_cores(base.devices, math.gcd(*sizes))  # before JAX starts: devices that split every point's batch
-    progress = Progress.of(base, "quiet" if args.quiet else "auto")
     out = Path(args.out)
-    try:
-        rows = sweep.run_sweep(base, grid, args.seeds, out, args.force, progress, None if args.quiet else run.log)
-    finally:
-        progress.close()
-    curves = {" ".join(f"{k}={v}" for k, v in r["settings"].items()):
-              [rundir.read_metrics(d) for d in sorted((out / r["dir"]).glob("seed-*"))] for r in rows}
+    rows = sweep.run_sweep(base, grid, args.seeds, out, args.force, not args.quiet, None if args.quiet else run.log)
+    curves = {" ".join(f"{k}={v}" for k, v in r["settings"].items()): rundir.group_histories(out / r["dir"])
+              for r in rows}
     plot_curves(curves, out / "sweep.png", log_scale=True, splits=("val",))
     print(strict_json.dumps(rows) if args.json else sweep.table(rows), flush=True)
     return 0

@@ -97,6 +97,7 @@ BOUNDS = {
     "positive": (lambda v: v > 0, "a positive {noun}", "pass a value > 0"),
     "non-negative": (lambda v: v >= 0, "{a_noun} >= 0", "pass a value >= 0"),
     "fraction": (lambda v: 0 <= v < 1, "in [0, 1)", "pass a value in [0, 1)"),
+    "seed": (lambda v: 0 <= v < 2**31, "in [0, 2**31)", "pass a seed from 0 to 2147483647"),  # an int32 on device
 }
 
 
@@ -135,7 +136,7 @@ class Config:
                              "num_steps; not --steps, which counts optimizer steps)", "positive", alias="window")
     lr: float = setting(1.0, "optimisation", "learning rate", "positive")
     clip: float = setting(1.0, "optimisation", "global gradient-norm clip", "positive")
-    seed: int = setting(0, "optimisation", "seed of the init, the data order and dropout", "non-negative")
+    seed: int = setting(0, "optimisation", "seed of the init, the data order and dropout", "seed")
     sigma: float = setting(0.01, "model", "std of the scratch model's normal init (d2l's sigma)", "positive")
     num_train: int = setting(10000, "data", "training windows (d2l's count)", "positive")
     num_val: int = setting(5000, "data", "validation windows, the next ones", "positive")

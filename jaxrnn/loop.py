@@ -56,6 +56,8 @@ class RunOptions:
         if self.per_step and group:
             raise ConfigError("--per-step is the chapters' loop, one call a batch, and --seeds trains the replicas as "
                               "one compiled program; drop one of them")
+        if group and jax.process_count() > 1:
+            raise ConfigError("a group of seeds trains in one process so far; train it without --distributed")
 
 
 @dataclass

@@ -175,11 +175,7 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
         if not force:
             raise JaxrnnError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, --force to "
                               "overwrite it, or --out NEW_DIR")
-        shutil.rmtree(run_dir / checkpoint.CHECKPOINTS, ignore_errors=True)
-        shutil.rmtree(run_dir / "damaged", ignore_errors=True)
-        shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
-        for name in (METRICS, CURVES, SAMPLES, GROUP):
-            (run_dir / name).unlink(missing_ok=True)
+        _clear(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG, data_sha1=data_sha1, versions=versions(),
@@ -187,6 +183,14 @@ def prepare(run_dir: Path, cfg: Config, force: bool, data_sha1: str | None) -> N
         (run_dir / METRICS).write_text("")
     except OSError as e:
         raise _unwritable(run_dir, e) from None
+
+
+def _clear(run_dir: Path) -> None:
+    """Remove what a run or a group wrote in `run_dir` (for --force), config.json aside (rewritten)."""
+    for name in (checkpoint.CHECKPOINTS, "damaged", TENSORBOARD):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in (METRICS, CURVES, SAMPLES, GROUP):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _never_trained(run_dir: Path) -> bool:
@@ -215,6 +219,12 @@ def write_group(group_dir: Path, seeds: tuple[int, ...], force: bool) -> None:
     try:
         group_dir.mkdir(parents=True, exist_ok=True)
         replicas = [replica_dir(group_dir, s).name for s in seeds]
+        if force:  # what another run or group left here: no stale run or replica is read as this group's
+            _clear(group_dir)
+            (group_dir / CONFIG).unlink(missing_ok=True)
+            for d in group_dir.glob("seed-*"):
+                if d.is_dir() and d.name not in replicas:
+                    shutil.rmtree(d)
         write_text(group_dir / GROUP, strict_json.dumps({"seeds": list(seeds), "replicas": replicas}, indent=2) + "\n")
     except OSError as e:
         raise _unwritable(group_dir, e) from None
@@ -222,16 +232,21 @@ def write_group(group_dir: Path, seeds: tuple[int, ...], force: bool) -> None:
 
 def read_group(group_dir: Path) -> tuple[int, ...] | None:
     """A group's seeds from its group.json, or None where `group_dir` is not a group's."""
+    if not (group_dir / GROUP).is_file():
+        return None
     try:
         saved = json.loads((group_dir / GROUP).read_text())
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError) as e:
         raise JaxrnnError(f"cannot read {group_dir / GROUP} ({e}); restore it, or resume each seed-K/ alone") from None
     seeds = saved.get("seeds") if isinstance(saved, dict) else None
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise JaxrnnError(f"{group_dir / GROUP} names no seeds; restore it, or resume each seed-K/ alone")
     return tuple(seeds)
+
+
+def group_histories(group_dir: Path) -> list[list[dict[str, Any]]]:
+    """Each replica's records of a group, in the order of its seeds."""
+    return [read_metrics(replica_dir(group_dir, s)) for s in read_group(group_dir) or ()]
 
 
 def find_runs(root: str | Path) -> list[Path]:

@@ -53,14 +53,15 @@ def median_index(values: list[float]) -> int:
 
 
 def mean_record(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The replicas' records of one epoch (or evaluation) as one: each number's mean over them, and the val
-    loss' standard deviation as `val_loss_std` (what a group's progress line shows)."""
+    """The replicas' records of one epoch (or evaluation) as one: each number's mean over them (a count of
+    skipped steps: their sum), and the val loss' standard deviation as `val_loss_std` (what a group's
+    progress line shows)."""
     first = records[0]
     def mean(k: str, v: Any) -> Any:
         vs = [r.get(k) for r in records]
         if all(x == v for x in vs) or isinstance(v, bool) or not all(isinstance(x, (int, float)) for x in vs):
             return v
-        return math.fsum(vs) / len(vs)
+        return sum(vs) if k == "skipped_steps" else math.fsum(vs) / len(vs)
 
     out = {k: mean(k, v) for k, v in first.items()}
     out["val_loss_std"] = Spread.of([r["val_loss"] for r in records]).std

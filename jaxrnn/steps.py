@@ -204,30 +204,42 @@ class Steps:
                           in_shardings=(R, R, R, R, b(2), b(2), R, H, b(2), b(2)), out_shardings=(R, H, R, R)),
         )
 
-    def for_replicas(self, lay: Layout) -> Jitted:
+    def for_replicas(self, lay: Layout, split: bool = True) -> Jitted:
         """`chunk` and `round` for replicas that differ by their seed (every argument but the tokens with a
-        leading replica axis, a multiple of the layout's devices long): the replicas are split over the
-        devices, and each device trains its share one after another (`lax.map`), each replica on one device
-        with no communication between them. On CPUs this measured faster than `vmap`, whose batched small
-        matmuls run slower than plain ones, and than each replica split over the devices
-        (docs/benchmarks.md). `step` and `evaluate` are the solo ones."""
-        solo, by_replica, R = replace(self, mesh=None), NamedSharding(lay.mesh, P(AXIS)), lay.replicated
-        shared = (2, 3)  # the train and val tokens: held once, by every replica
+        leading replica axis), trained one after another (`lax.map`). `split`: the replicas (a multiple of
+        the layout's devices) are split over the devices, each device training its share, each replica on
+        one device with no communication between them; on CPUs this measured faster than `vmap`, whose
+        batched small matmuls run slower than plain ones (docs/benchmarks.md). Else (fewer replicas than
+        devices) each replica is split over the devices by its batch, as a solo run is."""
+        R, shared = lay.replicated, (2, 3)  # the train and val tokens: held once, by every replica
 
-        def mapped(fn: Callable, arity: int) -> Callable:
-            def local(*args: Any) -> Any:
+        def serially(fn: Callable, arity: int) -> Callable:
+            def run(*args: Any) -> Any:
                 def one(own: tuple) -> Any:
                     it = iter(own)
                     return fn(*(args[i] if i in shared else next(it) for i in range(arity)))
                 return lax.map(one, tuple(a for i, a in enumerate(args) if i not in shared))
-            specs = tuple(P() if i in shared else P(AXIS) for i in range(arity))
-            return jax.shard_map(local, mesh=lay.mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False)
+            return run
 
-        def where(arity: int) -> tuple[NamedSharding, ...]:
-            return tuple(R if i in shared else by_replica for i in range(arity))
+        if split:
+            by_replica = NamedSharding(lay.mesh, P(AXIS))
 
-        plain = self.jitted(lay)
-        return plain._replace(
-            chunk=jax.jit(mapped(solo.chunk, 8), donate_argnums=0, in_shardings=where(8), out_shardings=by_replica),
-            round=jax.jit(mapped(solo.round, 10), donate_argnums=(0, 7), in_shardings=where(10),
-                          out_shardings=by_replica))
+            def mapped(fn: Callable, arity: int) -> Callable:
+                specs = tuple(P() if i in shared else P(AXIS) for i in range(arity))
+                return jax.shard_map(serially(fn, arity), mesh=lay.mesh, in_specs=specs, out_specs=P(AXIS),
+                                     check_vma=False)
+
+            solo = replace(self, mesh=None)
+            return Jitted(None, None,
+                          jax.jit(mapped(solo.chunk, 8), donate_argnums=0, in_shardings=(by_replica, by_replica, R, R,
+                                  *[by_replica] * 4), out_shardings=by_replica),
+                          jax.jit(mapped(solo.round, 10), donate_argnums=(0, 7), in_shardings=(by_replica, by_replica,
+                                  R, R, *[by_replica] * 6), out_shardings=by_replica))
+        b = lay.batched  # b(n): the batch is the last of n axes, a replica's plan behind the replica axis
+        H = NamedSharding(lay.mesh, P(None, AXIS))  # the replicas' recurrent states [R, B, H], split by rows
+        dp = replace(self, mesh=lay.mesh)
+        return Jitted(None, None,
+                      jax.jit(serially(dp.chunk, 8), donate_argnums=0,
+                              in_shardings=(R, R, R, R, b(4), b(4), b(3), b(3)), out_shardings=R),
+                      jax.jit(serially(dp.round, 10), donate_argnums=(0, 7),
+                              in_shardings=(R, R, R, R, b(3), b(3), R, H, b(3), b(3)), out_shardings=(R, H, R, R)))

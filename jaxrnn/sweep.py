@@ -19,7 +19,8 @@ from typing import Any
 from jaxrnn import rundir, strict_json
 from jaxrnn.config import Config, field_kind
 from jaxrnn.errors import ConfigError, JaxrnnError, SettingError
-from jaxrnn.run import Group, RunOptions, log, resume, seed_list, train
+from jaxrnn.execution import resolve
+from jaxrnn.run import Group, log, resume, seed_list, train
 from jaxrnn.spread import Spread
 
 SWEEP = "sweep.json"
@@ -80,6 +81,7 @@ def points(base: Config, grid: dict[str, list[Any]]) -> list[Config]:
         changes = dict(zip(grid, values))
         try:
             out.append(base.replace(**changes))
+            resolve(out[-1])  # the model it names can be built (a cell without a Flax twin, say)
         except SettingError as e:
             raise ConfigError(f"--grid {e.key.replace('_', '-')} {changes[e.key]!r}: {e.problem}; {e.advice}") from None
         except ConfigError as e:
@@ -98,12 +100,14 @@ def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, 
     (`say`: where each point's start is told; None: nowhere).
     Returns each point's row (its settings, the spread of its final val loss, ppl and bpc, tokens/s)."""
     cfgs, seeds = points(base, grid), seed_list(base, seeds)
-    RunOptions().check(base, group=True)
     plan = {"base": base.to_dict(), "grid": grid, "seeds": list(seeds)}
     saved = _read(out)
-    if saved is not None and not force and json.loads(strict_json.dumps(plan)) != saved["plan"]:
-        raise JaxrnnError(f"{out} holds another sweep; pass --force to replace it, or --out NEW_DIR")
+    if not force and (saved is not None and json.loads(strict_json.dumps(plan)) != saved["plan"]
+                      or saved is None and out.is_dir() and any(out.iterdir())):
+        raise JaxrnnError(f"{out} holds another sweep (or something else); pass --force to replace it, or --out "
+                          "NEW_DIR")
     done = {} if saved is None or force else {r["point"]: r for r in saved["rows"]}
+    _write(out, plan, list(done.values()))  # the plan first: a sweep stopped in its first point is still its own
     rows = []
     for k, cfg in enumerate(cfgs):
         changes = {name: getattr(cfg, name) for name in grid}
@@ -113,7 +117,7 @@ def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, 
             continue
         if say is not None:
             say(f"jaxrnn: sweep point {k + 1} of {len(cfgs)}: {_label(changes)}")
-        if (point_dir / rundir.GROUP).is_file() and not force:
+        if rundir.read_group(point_dir) is not None and not force:
             group = resume(point_dir, progress=progress)
         else:
             group = train(cfg, point_dir, progress=progress, force=force, seeds=seeds)

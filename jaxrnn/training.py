@@ -185,9 +185,10 @@ def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel, replicas:
     device = lay.mesh.devices.flat[0]
     shared = device.platform == "cpu"
     local = sum(d.process_index == jax.process_index() for d in lay.mesh.devices.flat)
-    state_bytes = budget.tree_bytes(abstract) * (1 if replicas == 1 else -(-replicas // lay.devices))
+    split = replicas > 1 and replicas >= lay.devices  # `Replicas.of`: each replica on one device, a whole batch
+    state_bytes = budget.tree_bytes(abstract) * (-(-replicas // lay.devices) if split else replicas)
     need = budget.needs(cfg, model.cfg.vocab_size, state_bytes, budget.tree_bytes(abstract.params),
-                        lay.devices if replicas == 1 else 1, local, shared, n, n_val, len(corpus.tokens),
+                        1 if split else lay.devices, local, shared, n, n_val, len(corpus.tokens),
                         corpus.tokens.dtype.itemsize, steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps))
     where = "this machine" if shared else f"each {device.device_kind}"
     budget.check_memory(cfg, need, budget.available(device), where)
@@ -205,12 +206,27 @@ class Chunk(NamedTuple):
 
 
 class Replicas(NamedTuple):
-    """The seeds of a group trained as one program, padded to a multiple of the devices (the padding
-    trains a copy of the last seed, never reported), and where their arrays live."""
+    """The seeds of a group trained as one program and where their arrays live: as many as the devices or
+    more, split over them, padded to a multiple of them (the padding trains a copy of the last seed,
+    never reported); fewer, each replica split over the devices by its batch, as a solo run."""
 
     seeds: tuple[int, ...]  # the group's own
     padded: tuple[int, ...]
-    by_replica: NamedSharding  # an array whose leading axis is the replica, split over the devices
+    split: bool  # the replicas split over the devices (else each one's batch is)
+    mesh: Any
+
+    @property
+    def by_replica(self) -> NamedSharding:
+        """Where an array whose leading axis is the replica lives (its state, its seed)."""
+        return NamedSharding(self.mesh, P(AXIS) if self.split else P())
+
+    def batched(self, ndim: int) -> NamedSharding:
+        """Where the replicas' stacked plans (or states) live whose batch is axis `batch` of `ndim`."""
+        return self.by_replica if self.split else NamedSharding(self.mesh, P(*[None] * (ndim - 1), AXIS))
+
+    def rows(self) -> NamedSharding:
+        """Where the replicas' recurrent states [R, B, H] live."""
+        return self.by_replica if self.split else NamedSharding(self.mesh, P(None, AXIS))
 
     def pad(self, state: Any) -> Any:
         """A stacked state of the group's own seeds with the padding's copies of the last."""
@@ -219,8 +235,9 @@ class Replicas(NamedTuple):
 
     @classmethod
     def of(cls, seeds: tuple[int, ...], lay: Layout) -> Replicas:
-        pad = -len(seeds) % lay.devices
-        return cls(seeds, seeds + seeds[-1:] * pad, NamedSharding(lay.mesh, P(AXIS)))
+        split = len(seeds) >= lay.devices
+        pad = -len(seeds) % lay.devices if split else 0
+        return cls(seeds, seeds + seeds[-1:] * pad, split, lay.mesh)
 
     def stacked(self, make: Callable[[int], Any]) -> Any:
         """`make(seed)` of every padded seed (numpy), stacked along a leading replica axis."""
@@ -259,11 +276,11 @@ def fit_chunks(
     protocol = eval_protocol(cfg.eval, cfg.split)
     steps = Steps(model, tx, cfg.num_steps, cfg.batching == "sequential", protocol == "stream")
     group = None if seeds is None else Replicas.of(tuple(seeds), lay)
-    fns = steps.jitted(lay) if group is None else steps.for_replicas(lay)
-    own = lay.replicated if group is None else group.by_replica  # where the state, seed and plans' rows live
+    fns = steps.jitted(lay) if group is None else steps.for_replicas(lay, group.split)
+    own = lay.replicated if group is None else group.by_replica  # where the state and seed live
 
-    def batched(ndim: int) -> NamedSharding:  # a plan whose last of `ndim` axes is the batch (solo)
-        return lay.batched(ndim) if group is None else group.by_replica
+    def batched(ndim: int) -> NamedSharding:  # a plan whose last of `ndim` axes is the batch (a replica's)
+        return lay.batched(ndim) if group is None else group.batched(ndim + 1)
 
     def each(make: Callable[[int], Any]) -> Any:  # a seed's arrays, or every replica's stacked
         return make(cfg.seed) if group is None else group.stacked(make)
@@ -382,7 +399,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
     train, val, val_idx, val_mask = data
     zeros = model.init_state(cfg.batch_size)
     h = (put_tree(zeros, NamedSharding(lay.mesh, P(AXIS))) if group is None
-         else put_tree(group.stacked(lambda s: zeros), group.by_replica))
+         else put_tree(group.stacked(lambda s: zeros), group.rows()))
     compiled: dict[int, Callable] = {}  # round length -> executable
     K, g = cfg.eval_every, start
     while g < cfg.steps:
@@ -395,7 +412,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
 
         idx, mask, reset = plan(cfg.seed) if group is None else group.stacked(plan)
         tokens = int(mask.reshape(-1, *mask.shape[-2:])[0].sum()) * cfg.num_steps
-        idx, mask = put_tree((idx, mask), lay.batched(2) if group is None else group.by_replica)
+        idx, mask = put_tree((idx, mask), lay.batched(2) if group is None else group.batched(3))
         reset = put_tree(reset, lay.replicated if group is None else group.by_replica)
         args = (state, seed, train, val, idx, mask, reset, h, val_idx, val_mask)
         if b - g not in compiled:

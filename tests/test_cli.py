@@ -317,7 +317,8 @@ def test_every_config_field_is_a_flag_in_its_group() -> None:
     ("--lr", "0", r"a positive finite number, got 0\.0; pass a value > 0"),
     ("--weight-decay", "-1", r"a finite number >= 0, got -1\.0; pass a value >= 0"),
     ("--dropout", "1.5", r"in \[0, 1\), got 1\.5"),
-    ("--seed", "-2", r"an integer >= 0, got -2"),
+    ("--seed", "-2", r"in \[0, 2\*\*31\), got -2; pass a seed from 0 to 2147483647"),
+    ("--seed", "2147483648", r"in \[0, 2\*\*31\), got 2147483648"),  # an int32 on the device
     ("--lr", "inf", r"a positive finite number, got inf"),
     ("--lr", "abc", r"'abc' is not a number"),
 ])

@@ -172,3 +172,25 @@ def test_runs_and_plot_see_a_group_as_one(call, tiny_cfg, tiny_corpus, tmp_path:
     assert (tmp_path / "band.png").read_bytes().startswith(b"\x89PNG") and len(bands) == 2  # train and val
     val = [[r["val_ppl"] for r in t.history] for t in group.replicas]
     assert bands[1] == ([min(c) for c in zip(*val)], [max(c) for c in zip(*val)])
+
+
+def test_fewer_replicas_than_devices_stay_data_parallel(tiny_cfg, tiny_corpus) -> None:
+    """One seed on two devices: the replica is split by its batch as the solo run is (no padding copy),
+    so it draws the solo run's dropout masks and ends within float rounding of it."""
+    assert jax.device_count() == 2
+    cfg = tiny_cfg(epochs=2, dropout=0.3, embed=8)
+    group = jaxrnn.train(cfg, corpus=tiny_corpus, progress=False, seeds=(5,))
+    solo = jaxrnn.train(cfg.replace(seed=5), corpus=tiny_corpus, progress=False)
+    assert max_diff(group.replicas[0].params, solo.params) < 1e-6
+    assert group.replicas[0].history[-1]["val_loss"] == pytest.approx(solo.history[-1]["val_loss"], rel=1e-6)
+
+
+def test_force_leaves_nothing_of_what_was_there(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
+    """A group forced into a solo run's directory, or over a larger group: no stale run or replica stays."""
+    cfg = tiny_cfg()
+    jaxrnn.train(cfg, out=tmp_path / "g", corpus=tiny_corpus, progress=False)
+    jaxrnn.train(cfg, out=tmp_path / "g", corpus=tiny_corpus, progress=False, seeds=3, force=True)
+    assert not (tmp_path / "g" / rundir.CONFIG).exists() and not (tmp_path / "g" / "checkpoints").exists()
+    jaxrnn.train(cfg, out=tmp_path / "g", corpus=tiny_corpus, progress=False, seeds=(1,), force=True)
+    assert sorted(p.name for p in (tmp_path / "g").glob("seed-*")) == ["seed-1"]
+    assert len(rundir.group_histories(tmp_path / "g")) == 1

@@ -18,7 +18,8 @@ from toolcli import Parser, positive_int, run_main
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="replica_layouts.py", description=__doc__.splitlines()[0])
-    p.add_argument("--replicas", type=positive_int, default=8, help="replicas (default 8; a multiple of the devices)")
+    p.add_argument("--replicas", type=positive_int, default=8, help="replicas (default 8; padded to a multiple of the "
+                   "devices, as --seeds pads them)")
     p.add_argument("--epochs", type=positive_int, default=5, help="epochs of one compiled chunk (default 5)")
     a = p.parse_args(argv)
     from jaxrnn import parallel
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                                           *put_tree((np.int32(0), train, val), lay.replicated),
                                           *put_tree(plan, lay.batched(3)), *put_tree(val_plan, lay.batched(2))))
     states = init_state(model, tx, group.padded)
-    seeds = np.arange(R, dtype=np.int32)
+    seeds = np.array(group.padded, np.int32)
     plans = group.stacked(lambda s: chunk_plan(s, 0, E, n, cfg.batch_size, cfg.batching, cfg.num_steps))
     vals = group.stacked(lambda s: val_plan)
     rep, by_replica = lay.replicated, group.by_replica
@@ -69,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     batched = [NamedSharding(lay.mesh, P(*[None] * k, AXIS)) for k in (3, 3, 2, 2)]
     dp = jax.jit(jax.vmap(dataclasses.replace(steps, mesh=lay.mesh).chunk, in_axes=(0, 0, None, None, 0, 0, 0, 0)),
                  in_shardings=(rep, rep, rep, rep, *batched))
-    rows["vmap, each replica data-parallel"] = timed(dp, args) / R
+    padded = len(group.padded)
+    rows["vmap, each replica data-parallel"] = timed(dp, args) / padded
     split = jax.jit(jax.vmap(steps.chunk, in_axes=(0, 0, None, None, 0, 0, 0, 0)),
                     in_shardings=(by_replica, by_replica, rep, rep, *[by_replica] * 4))
-    rows["vmap, replicas split over the devices"] = timed(split, args) / R
-    rows["lax.map, replicas split over the devices (--seeds)"] = timed(steps.for_replicas(lay).chunk, args) / R
+    rows["vmap, replicas split over the devices"] = timed(split, args) / padded
+    rows["lax.map, replicas split over the devices (--seeds)"] = timed(steps.for_replicas(lay).chunk, args) / padded
     print(f"{R} replicas of the seed config on {lay.devices} {jax.devices()[0].platform} devices, {E} epochs a chunk")
     print("| layout | s/epoch per replica | x solo |\n| --- | ---: | ---: |")
     for name, s in rows.items():
