@@ -151,8 +151,8 @@ def _resume_group(group_dir: Path, seeds: tuple[int, ...], options: RunOptions) 
         options.check(base, group=True)
         corpus = _own_corpus(dirs[0], base)
         model = build_model(base, len(corpus.vocab))
-        common = None
-        while True:  # the latest checkpoint every replica restores
+        common = min(max(checkpoint.steps(d), default=0) for d in dirs)  # no replica restores past this
+        while True:  # the latest checkpoint every replica restores: once each where none is damaged
             latest = [_latest(w, c, corpus, common) for w, c in zip(writers, cfgs)]
             lowest = min(start for _, start, _ in latest)
             if lowest == common:
