@@ -154,7 +154,8 @@ def replica(state: Any, k: int) -> Any:
 def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state: TrainState | None, start: int,
               options: RunOptions, group: bool = False) -> list[Trained]:
     """The run loop: train from `start` (in the unit of the members' configs), chunk by chunk
-    (`training.fit_chunks`; a `group` of members, one per seed, as one program), appending each member's
+    (`training.fit_chunks`; a `group` of members, each a replica with its own seed and perhaps its own
+    tuned settings, as one program), appending each member's
     metrics as records come, showing progress as `options` says (a group's as the mean over its members),
     and saving each member's checkpoint where one is due. A signal, or the options' time budget passed,
     ends the loop at its next checkpoint; a signal during a compilation with nothing trained since the
@@ -179,9 +180,9 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
         with jax.default_matmul_precision(cfg.precision):
             return samples(model, local_copy(params), corpus.vocab, corpus.prompt, SAMPLE_CHARS, 1)[0]
 
-    seeds = tuple(m.cfg.seed for m in members) if group else None
     trained = training.fit_chunks(cfg, corpus, model, state, start, options.per_step,
-                                  on_phase=watched.phase if watched else None, seeds=seeds)
+                                  on_phase=watched.phase if watched else None,
+                                  replicas=tuple(m.cfg for m in members) if group else None)
     for w in writers:
         w.begin(cfg.curves, cfg.tensorboard)
     with (interrupts.deferred() as caught, contextlib.closing(shown) if shown else nothing,

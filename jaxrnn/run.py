@@ -34,7 +34,7 @@ from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, largest_across, on_primary
 from jaxrnn.spread import Spread, median_index
 from jaxrnn.steps import TrainState, init_state
-from jaxrnn.training import bits, check_trainable, evaluate_tokens, make_optimizer
+from jaxrnn.training import TUNED, bits, check_trainable, evaluate_tokens, make_optimizer, program_of
 from jaxrnn.writer import Writer
 
 
@@ -64,9 +64,22 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     refuse the run is checked before the run directory is made. With `seeds` (a count, or the seeds), replicas
     of `cfg` that differ only by their seed train as one program and a `Group` of them is returned; `out`
     then holds group.json and each replica's run directory `seed-K/`."""
+    if seeds is not None:
+        return train_groups([cfg], [out], seeds, corpus, per_step, force, progress, time_budget)[0]
     options = RunOptions(per_step, progress, time_budget)
-    group = None if seeds is None else seed_list(cfg, seeds)
-    options.check(cfg, group is not None)
+    options.check(cfg)
+    cfg, corpus, model = _ready(cfg, corpus, 1, out)
+    run_dir = Path(out) if out is not None else None
+    with Writer(run_dir) if run_dir is not None else contextlib.nullcontext() as writer:
+        if writer is not None:
+            writer.start(cfg, force, corpus.sha1)
+        return fit_into([Member(cfg, writer)], corpus, model, None, 0, options)[0]
+
+
+def _ready(cfg: Config, corpus: Corpus | None, replicas: int, out: str | Path | None
+           ) -> tuple[Config, Corpus, LanguageModel]:
+    """A new run's config (its corpus' path made absolute), corpus and model, everything that can refuse the
+    run checked (for `replicas` trained as one program) before anything is written."""
     loop = resolve(cfg)
     if source_of(cfg.data) is None:
         cfg = cfg.replace(data=str(Path(cfg.data).absolute()))  # its reading stays
@@ -75,24 +88,63 @@ def train(cfg: Config, out: str | Path | None = None, corpus: Corpus | None = No
     else:
         check_corpus(cfg, corpus)
     model = build_model(cfg, len(corpus.vocab), loop)
-    check_trainable(cfg, corpus, model, 1 if group is None else len(group))
+    check_trainable(cfg, corpus, model, replicas)
     if cfg.tensorboard and out is not None:
         summary_writer()
-    run_dir = Path(out) if out is not None else None
     if interrupts.pending():  # Ctrl-C while the corpus was read: no run directory for a run that never starts
         raise Stopped(interrupts.pending(), None)
-    if group is not None:
-        return _train_group(cfg, group, run_dir, corpus, model, options, force)
-    with Writer(run_dir) if run_dir is not None else contextlib.nullcontext() as writer:
-        if writer is not None:
-            writer.start(cfg, force, corpus.sha1)
-        return fit_into([Member(cfg, writer)], corpus, model, None, 0, options)[0]
+    return cfg, corpus, model
+
+
+def train_groups(points: list[Config], outs: list[str | Path | None], seeds: int | tuple[int, ...],
+                 corpus: Corpus | None = None, per_step: bool = False, force: bool = False,
+                 progress: bool | OnEpoch = True, time_budget: float | None = None) -> list[Group]:
+    """A group of `seeds` for each of `points` (configs that differ only by TUNED settings:
+    `training.program_of`), every replica of every group trained as one program, each group into its
+    directory of `outs` (None: nothing written) as `train(point, out, seeds=seeds)` writes it. A sweep's
+    points that share a program train so (`sweep.run_sweep`)."""
+    options = RunOptions(per_step, progress, time_budget)
+    seeds = seed_list(points[0], seeds)
+    options.check(points[0], group=True)
+    _one_program(points, "the points")
+    base, corpus, model = _ready(points[0], corpus, len(points) * len(seeds), outs[0])
+    with contextlib.ExitStack() as held:
+        members = []
+        for point, out in zip(points, outs):
+            cfgs = [point.replace(data=base.data, seed=s) for s in seeds]
+            writers: list[Writer | None] = [None] * len(seeds)
+            if out is not None:
+                on_primary(functools.partial(rundir.write_group, Path(out), seeds, force))
+                writers = [held.enter_context(Writer(rundir.replica_dir(Path(out), s))) for s in seeds]
+                for w, c in zip(writers, cfgs):
+                    w.start(c, force, corpus.sha1)
+            members += [Member(c, w) for c, w in zip(cfgs, writers)]
+        trained = fit_into(members, corpus, model, None, 0, options, group=True)
+    return _groups(trained, [len(seeds)] * len(points), outs)
+
+
+def _one_program(cfgs: list[Config], what: str) -> None:
+    """Refuse configs that cannot train as one program: they may differ by their seed and TUNED settings only."""
+    first = program_of(cfgs[0])
+    for c in cfgs[1:]:
+        diff = sorted(k for k, v in program_of(c).items() if first[k] != v)
+        if diff:
+            raise ConfigError(f"{what} differ in {', '.join(diff)}, which changes the program; one program trains "
+                              f"replicas that differ only by their seed and {', '.join(TUNED)} (of weight decay, "
+                              "not whether there is any): train the others apart")
+
+
+def _groups(trained: list[Trained], sizes: list[int], dirs: list[Any]) -> list[Group]:
+    """The members of one program cut back into their groups (`sizes` of them each, in order)."""
+    ends = np.cumsum([0, *sizes])
+    return [Group(trained[a:b], None if d is None else Path(d)) for a, b, d in zip(ends[:-1], ends[1:], dirs)]
 
 
 @dataclass
 class Group:
     """Replicas of one config that differ only by their seed (init, data order, dropout masks), trained as one
-    program: what `train(cfg, seeds=...)` and the resume of a group return. Each replica is a `Trained`, in
+    program (with other groups, in a sweep: `train_groups`): what `train(cfg, seeds=...)` and the resume of a
+    group return. Each replica is a `Trained`, in
     seed order; `run_dir` holds group.json and each replica's run directory `seed-K/`."""
 
     replicas: list[Trained]
@@ -116,38 +168,30 @@ class Group:
                 "median_seed": self.median.cfg.seed}
 
 
-def _train_group(cfg: Config, seeds: tuple[int, ...], group_dir: Path | None, corpus: Corpus, model: LanguageModel,
-                 options: RunOptions, force: bool) -> Group:
-    """A new group: group.json, then each replica's run directory (its config with its own seed), trained."""
-    cfgs = [cfg.replace(seed=s) for s in seeds]
+def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
+    """Resume every replica of the groups (one group's, or a sweep's groups that share a program) from the
+    latest checkpoint all of them have (the others' later ones, which a stop between their saves can leave,
+    are set aside: training makes them again, bit for bit)."""
     with contextlib.ExitStack() as held:
-        writers: list[Writer | None] = [None] * len(seeds)
-        if group_dir is not None:
-            on_primary(functools.partial(rundir.write_group, group_dir, seeds, force))
-            writers = [held.enter_context(Writer(rundir.replica_dir(group_dir, s))) for s in seeds]
-            for w, c in zip(writers, cfgs):
-                w.start(c, force, corpus.sha1)
-        members = [Member(c, w) for c, w in zip(cfgs, writers)]
-        return Group(fit_into(members, corpus, model, None, 0, options, group=True), group_dir)
-
-
-def _resume_group(group_dir: Path, seeds: tuple[int, ...], options: RunOptions) -> Group:
-    """Resume every replica of a group from the latest checkpoint all of them have (the others' later ones,
-    which a stop between their saves can leave, are set aside: training makes them again, bit for bit)."""
-    with contextlib.ExitStack() as held:
-        dirs = [rundir.replica_dir(group_dir, s) for s in seeds]
-        missing = [d.name for d in dirs if not (d / rundir.CONFIG).is_file()]
+        seeds = [rundir.read_group(g) or () for g in group_dirs]
+        dirs = [rundir.replica_dir(g, s) for g, ss in zip(group_dirs, seeds) for s in ss]
+        missing = [d for d in dirs if not (d / rundir.CONFIG).is_file()]
         if missing:
-            raise JaxrnnError(f"{group_dir} names replica {missing[0]} but it holds no {rundir.CONFIG}; restore it, "
-                              f"or train the group anew with --force")
+            raise JaxrnnError(f"{missing[0].parent} names replica {missing[0].name} but it holds no {rundir.CONFIG}; "
+                              "restore it, or train the group anew with --force")
         writers = [held.enter_context(Writer(d)) for d in dirs]
         cfgs = [Config.load(d / rundir.CONFIG) for d in dirs]
-        base = cfgs[0].replace(seed=seeds[0])
-        for s, c, d in zip(seeds, cfgs, dirs):
-            if c != base.replace(seed=s):
-                diff = sorted(k for k, v in c.to_dict().items() if k != "seed" and base.to_dict()[k] != v)
-                raise RunMismatch(f"{d} is not a replica of {dirs[0]} (its config differs in {diff or ['seed']}); "
-                                  "restore its config.json, or train the group anew with --force")
+        at = 0
+        for ss in seeds:  # within a group the replicas differ only by their seed
+            base = cfgs[at].replace(seed=ss[0])
+            for s, c, d in zip(ss, cfgs[at:at + len(ss)], dirs[at:at + len(ss)]):
+                if c != base.replace(seed=s):
+                    diff = sorted(k for k, v in c.to_dict().items() if k != "seed" and base.to_dict()[k] != v)
+                    raise RunMismatch(f"{d} is not a replica of {dirs[at]} (its config differs in {diff or ['seed']}); "
+                                      "restore its config.json, or train the group anew with --force")
+            at += len(ss)
+        _one_program([cfgs[0], *cfgs[1:]], "the groups' configs")
+        base = cfgs[0]
         options.check(base, group=True)
         corpus = _own_corpus(dirs[0], base)
         model = build_model(base, len(corpus.vocab))
@@ -159,20 +203,28 @@ def _resume_group(group_dir: Path, seeds: tuple[int, ...], options: RunOptions) 
                 break
             common = lowest
         for w in writers:
-            for at in [e for e in checkpoint.steps(w.run_dir) if e > common]:
-                ahead = CheckpointError(f"checkpoint {at} of {w.run_dir} is ahead of the group's latest common one "
+            for later in [e for e in checkpoint.steps(w.run_dir) if e > common]:
+                ahead = CheckpointError(f"checkpoint {later} of {w.run_dir} is ahead of the group's latest common one "
                                         f"({base.unit} {common})")
-                w.set_aside(at, ahead, f"the group resumes from {base.unit} {common}")
+                w.set_aside(later, ahead, f"the group resumes from {base.unit} {common}")
         histories = [_history_upto(w, common) for w in writers]
         members = [Member(c, w, h) for c, w, h in zip(cfgs, writers, histories)]
-        states = [st for st, _, _ in latest]
+        names = ", ".join(map(str, group_dirs))
+        sizes = [len(ss) for ss in seeds]
         if common and common >= base.length:
-            log(f"jaxrnn: {group_dir} finished all {base.length} {base.unit}s already")
-            return Group([Trained(m.cfg, corpus.vocab, model, st, m.history, m.writer.run_dir, common, val, corpus)
-                          for m, (st, _, val) in zip(members, latest)], group_dir)
-        state = jax.tree.map(lambda *xs: np.stack(xs), *states) if common else None
-        log(f"jaxrnn: resuming {group_dir} ({len(seeds)} seeds) at {base.unit} {common}")
-        return Group(fit_into(members, corpus, model, state, common, options, group=True), group_dir)
+            log(f"jaxrnn: {names} finished all {base.length} {base.unit}s already")
+            trained = [Trained(m.cfg, corpus.vocab, model, st, m.history, m.writer.run_dir, common, val, corpus)
+                       for m, (st, _, val) in zip(members, latest)]
+            return _groups(trained, sizes, group_dirs)
+        state = jax.tree.map(lambda *xs: np.stack(xs), *[st for st, _, _ in latest]) if common else None
+        log(f"jaxrnn: resuming {names} ({' + '.join(map(str, sizes))} seeds) at {base.unit} {common}")
+        return _groups(fit_into(members, corpus, model, state, common, options, group=True), sizes, group_dirs)
+
+
+def resume_groups(group_dirs: list[str | Path], per_step: bool = False, progress: bool | OnEpoch = True,
+                  time_budget: float | None = None) -> list[Group]:
+    """Resume groups that `train_groups` trained as one program, as one program again (as `resume` does one)."""
+    return _resume_groups([Path(g) for g in group_dirs], RunOptions(per_step, progress, time_budget))
 
 
 def _restore(run_dir: Path, epoch: int, cfg: Config | None = None, vocab: Vocab | None = None) -> Trained:
@@ -203,9 +255,8 @@ def resume(run_dir: str | Path, per_step: bool = False, progress: bool | OnEpoch
     second writer is refused)."""
     run_dir = Path(run_dir)
     options = RunOptions(per_step, progress, time_budget)
-    seeds = rundir.read_group(run_dir)
-    if seeds is not None:
-        return _resume_group(run_dir, seeds, options)
+    if rundir.read_group(run_dir) is not None:
+        return _resume_groups([run_dir], options)[0]
     if not (run_dir / rundir.CONFIG).is_file():
         what = (f"holds no {rundir.CONFIG}" if run_dir.is_dir() else "is a file, not a run directory"
                 if run_dir.exists() else "does not exist")

@@ -65,6 +65,15 @@ def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: 
     return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1], state
 
 
+Knobs = Array | dict[str, Array]
+"""A replica's own values inside a compiled program: its seed (an int32 array), or a dict of it (`seed`) and
+the shape-free settings that a sweep varies inside one program (`training.TUNED`: lr, clip, weight decay)."""
+
+
+def seed_of(knobs: Knobs) -> Array:
+    return knobs["seed"] if isinstance(knobs, dict) else knobs
+
+
 StepStats = dict[str, Array]
 """What an optimizer step reports, by name, each stacked along the steps of a chunk or round. `tokens`
 counts the batch's real tokens; a `NAME_sum` is summed over them, and its record's `train_NAME` is the
@@ -92,6 +101,13 @@ class Steps:
     carry: bool = False  # sequential batching: each batch starts from the last one's final state
     stream_eval: bool = False  # evaluation carries the state from batch to batch (a plan of streams)
     mesh: Mesh | None = None  # set by `jitted`: the devices a batch is split over
+    retune: Callable[..., optax.GradientTransformation] | None = None  # `tx` with a replica's tuned settings
+
+    def optimizer(self, knobs: Knobs) -> optax.GradientTransformation:
+        """`tx`, or with a replica's tuned settings (a sweep's points inside one program) `retune(**them)`:
+        only the values differ, so the optimizer state's structure is `tx`'s."""
+        tuned = {k: v for k, v in knobs.items() if k != "seed"} if isinstance(knobs, dict) else {}
+        return self.retune(**tuned) if tuned else self.tx
 
     def grad_sums(self, params: Params, seed: Array, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
                   h: State | None = None) -> tuple[Params, Array, Array, State]:
@@ -126,14 +142,14 @@ class Steps:
                                    out_specs=(P(), P(), P(), P(AXIS)), check_vma=False)
         return per_device(params, seed, tokens, idx_B, mask_B, step, h)
 
-    def step(self, state: TrainState, seed: Array, tokens: Array, idx_B: Array, mask_B: Array,
+    def step(self, state: TrainState, knobs: Knobs, tokens: Array, idx_B: Array, mask_B: Array,
              h: State | None = None) -> tuple[TrainState, StepStats, State]:
-        """One optimizer step on the mean loss of one batch; returns the new state, its StepStats and the
-        batch's final recurrent state. A non-finite step adds nothing to the sums when the optimizer
-        skips it."""
-        grad_sum, s, n, h = self.grad_sums(state.params, seed, tokens, idx_B, mask_B, state.step, h)
+        """One optimizer step on the mean loss of one batch (the replica's `knobs`: its seed, and any tuned
+        settings); returns the new state, its StepStats and the batch's final recurrent state. A non-finite
+        step adds nothing to the sums when the optimizer skips it."""
+        grad_sum, s, n, h = self.grad_sums(state.params, seed_of(knobs), tokens, idx_B, mask_B, state.step, h)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self.optimizer(knobs).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         bad = ~jnp.isfinite(s)
         if isinstance(opt_state, optax.ApplyIfFiniteState):
@@ -154,7 +170,7 @@ class Steps:
         (acc, _), _ = lax.scan(body, (jnp.zeros(2), self.model.init_state(idx_NxB.shape[1])), (idx_NxB, mask_NxB))
         return acc[0] / acc[1]
 
-    def chunk(self, state: TrainState, seed: Array, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
+    def chunk(self, state: TrainState, knobs: Knobs, train: Array, val: Array, idx_ExNxB: Array, mask_ExNxB: Array,
               val_idx: Array, val_mask: Array) -> tuple[TrainState, tuple[StepStats, Array]]:
         """Several epochs, each with its validation, as one program; returns every step's StepStats
         (each [E, N]) and each epoch's validation loss ([E]). With
@@ -162,7 +178,7 @@ class Steps:
 
         def batch(carry, b):
             st, h = carry
-            st, sn, h_last = self.step(st, seed, train, b[0], b[1], h if self.carry else None)
+            st, sn, h_last = self.step(st, knobs, train, b[0], b[1], h if self.carry else None)
             return (st, h_last if self.carry else h), sn
 
         def epoch(st, plan):
@@ -171,7 +187,7 @@ class Steps:
 
         return lax.scan(epoch, state, (idx_ExNxB, mask_ExNxB))
 
-    def round(self, state: TrainState, seed: Array, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array,
+    def round(self, state: TrainState, knobs: Knobs, train: Array, val: Array, idx_KxB: Array, mask_KxB: Array,
               reset_K: Array, h: State, val_idx: Array, val_mask: Array) -> tuple[TrainState, State, StepStats, Array]:
         """K optimizer steps then one validation, as one program (training by steps); with `carry` the
         state `h` runs on from the round before and restarts from zeros where `reset_K` says (an
@@ -182,7 +198,7 @@ class Steps:
             st, h = carry
             idx, mask, reset = b
             h = jax.tree.map(lambda z, x: jnp.where(reset, z, x), zeros, h)
-            st, sn, h_last = self.step(st, seed, train, idx, mask, h if self.carry else None)
+            st, sn, h_last = self.step(st, knobs, train, idx, mask, h if self.carry else None)
             return (st, h_last if self.carry else h), sn
 
         (state, h), stats_K = lax.scan(batch, (state, h), (idx_KxB, mask_KxB, reset_K))
@@ -205,12 +221,13 @@ class Steps:
         )
 
     def for_replicas(self, lay: Layout, split: bool = True) -> Jitted:
-        """`chunk` and `round` for replicas that differ by their seed (every argument but the tokens with a
-        leading replica axis), trained one after another (`lax.map`). `split`: the replicas (a multiple of
-        the layout's devices) are split over the devices, each device training its share, each replica on
-        one device with no communication between them; on CPUs this measured faster than `vmap`, whose
-        batched small matmuls run slower than plain ones (docs/benchmarks.md). Else (fewer replicas than
-        devices) each replica is split over the devices by its batch, as a solo run is."""
+        """`chunk` and `round` for replicas that differ by their knobs (seed, and tuned settings; every
+        argument but the tokens with a leading replica axis), trained one after another (`lax.map`).
+        `split`: the replicas (a multiple of the layout's devices) are split over the devices, each device
+        training its share, each replica on one device with no communication between them; on CPUs this
+        measured faster than `vmap`, whose batched small matmuls run slower than plain ones
+        (docs/benchmarks.md). Else (fewer replicas than devices) each replica is split over the devices by
+        its batch, as a solo run is."""
         R, shared = lay.replicated, (2, 3)  # the train and val tokens: held once, by every replica
 
         def serially(fn: Callable, arity: int) -> Callable:

@@ -1,5 +1,7 @@
-"""`jaxrnn sweep`: a grid of settings times the seeds, each point of the grid a group of replicas
-(`run.train(cfg, seeds=...)`: its seeds in one program), every point's spread in one table.
+"""`jaxrnn sweep`: a grid of settings times the seeds, each point of the grid a group of replicas, every
+point's spread in one table. Points that differ only by the optimizer's values (lr, clip, weight decay)
+train with all their seeds as one program (`run.train_groups`); points that change the program (hidden,
+cell, batch size, ...) run as programs one after another.
 
 A sweep's directory holds `sweep.json` (the base config, the grid, the seeds, and each finished point's
 spread, written after every point) and a group directory per point, `point-K/`; `sweep.png` draws each
@@ -20,8 +22,9 @@ from jaxrnn import rundir, strict_json
 from jaxrnn.config import Config, field_kind
 from jaxrnn.errors import ConfigError, JaxrnnError, SettingError
 from jaxrnn.execution import resolve
-from jaxrnn.run import Group, log, resume, seed_list, train
+from jaxrnn.run import Group, log, resume_groups, seed_list, train_groups
 from jaxrnn.spread import Spread
+from jaxrnn.training import program_of
 
 SWEEP = "sweep.json"
 NOT_GRIDDED = {"data": "the corpus", "seed": "the seeds (--seeds)", "model": "an alias (grid --cell and --impl)",
@@ -95,10 +98,12 @@ def _label(changes: dict[str, Any]) -> str:
 
 def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, ...], out: Path, force: bool = False,
               progress: Any = True, say: Any = log) -> list[dict[str, Any]]:
-    """Train every point of the grid as a group of `seeds` into `out/point-K/`, one after another, writing
-    sweep.json after each; a sweep already begun in `out` with the same plan goes on where it stopped
-    (`say`: where each point's start is told; None: nowhere).
-    Returns each point's row (its settings, the spread of its final val loss, ppl and bpc, tokens/s)."""
+    """Train every point of the grid as a group of `seeds` into `out/point-K/`, writing sweep.json after each
+    program: points that differ only by settings that leave the program as it is (`training.TUNED`: lr,
+    clip, weight decay) train together as one program (`run.train_groups`), the others one after another.
+    A sweep already begun in `out` with the same plan goes on where it stopped (`say`: where each
+    program's start is told; None: nowhere). Returns each point's row (its settings, the spread of its
+    final val loss, ppl and bpc, tokens/s), in the order of the points."""
     cfgs, seeds = points(base, grid), seed_list(base, seeds)
     plan = {"base": base.to_dict(), "grid": grid, "seeds": list(seeds)}
     saved = _read(out)
@@ -106,24 +111,35 @@ def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, 
                       or saved is None and out.is_dir() and any(out.iterdir())):
         raise JaxrnnError(f"{out} holds another sweep (or something else); pass --force to replace it, or --out "
                           "NEW_DIR")
-    done = {} if saved is None or force else {r["point"]: r for r in saved["rows"]}
-    _write(out, plan, list(done.values()))  # the plan first: a sweep stopped in its first point is still its own
-    rows = []
-    for k, cfg in enumerate(cfgs):
-        changes = {name: getattr(cfg, name) for name in grid}
-        point_dir = out / f"point-{k}"
-        if k in done:
-            rows.append(done[k])
+    rows = {} if saved is None or force else {r["point"]: r for r in saved["rows"]}
+    _write(out, plan, list(rows.values()))  # the plan first: a sweep stopped in its first point is still its own
+    for ks in programs(cfgs):
+        todo = [k for k in ks if k not in rows]
+        if not todo:
             continue
         if say is not None:
-            say(f"jaxrnn: sweep point {k + 1} of {len(cfgs)}: {_label(changes)}")
-        if rundir.read_group(point_dir) is not None and not force:
-            group = resume(point_dir, progress=progress)
-        else:
-            group = train(cfg, point_dir, progress=progress, force=force, seeds=seeds)
-        rows.append(_row(k, changes, group))
-        _write(out, plan, rows)
-    return rows
+            told = " | ".join(_label({name: getattr(cfgs[k], name) for name in grid}) for k in todo)
+            which = f"point {todo[0] + 1}" if len(todo) == 1 else "points " + ", ".join(str(k + 1) for k in todo)
+            say(f"jaxrnn: sweep {which} of {len(cfgs)}" + (" as one program" if len(todo) > 1 else "") + f": {told}")
+        dirs = [out / f"point-{k}" for k in todo]
+        begun = [rundir.read_group(d) is not None for d in dirs]
+        if all(begun) and not force:
+            groups = resume_groups(dirs, progress=progress)
+        else:  # none begun, or some stopped while being written: this sweep's own directories, made anew
+            groups = train_groups([cfgs[k] for k in todo], dirs, seeds, progress=progress, force=force or any(begun))
+        for k, group in zip(todo, groups):
+            rows[k] = _row(k, {name: getattr(cfgs[k], name) for name in grid}, group)
+        _write(out, plan, [rows[k] for k in sorted(rows)])
+    return [rows[k] for k in range(len(cfgs))]
+
+
+def programs(cfgs: list[Config]) -> list[list[int]]:
+    """The points (their indices) that train as one program: those that share `training.program_of`, in the
+    order of each program's first point."""
+    by: dict[str, list[int]] = {}
+    for k, cfg in enumerate(cfgs):
+        by.setdefault(strict_json.dumps(program_of(cfg)), []).append(k)
+    return list(by.values())
 
 
 def _row(k: int, changes: dict[str, Any], group: Group) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from jaxrnn.batching import (
 )
 from jaxrnn.config import Config
 from jaxrnn.data import Corpus
-from jaxrnn.errors import JaxrnnError
+from jaxrnn.errors import ConfigError, JaxrnnError
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.parallel import AXIS, Layout, layout, put_tree
 from jaxrnn.steps import Steps, StepStats, TrainState, init_state
@@ -52,32 +52,49 @@ class NonFiniteLoss(JaxrnnError):
         super().__init__(f"the {which} loss{of} became {how} at epoch {epoch}, step {step}")
 
 
-def learning_rate(cfg: Config, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate by optimizer step: `lr` throughout, or a cosine decay to 0 over the run's
-    `steps` (or `epochs * steps_per_epoch`); either after `warmup` steps rising linearly from 0."""
+def learning_rate(cfg: Config, steps_per_epoch: int, lr: Any = None) -> optax.Schedule:
+    """The learning rate by optimizer step: `lr` (the config's, or a replica's own) throughout, or a cosine
+    decay to 0 over the run's `steps` (or `epochs * steps_per_epoch`); either after `warmup` steps rising
+    linearly from 0."""
+    lr = cfg.lr if lr is None else lr
     total = cfg.steps or cfg.epochs * steps_per_epoch
-    main = (optax.constant_schedule(cfg.lr) if cfg.schedule == "constant"
-            else optax.cosine_decay_schedule(cfg.lr, max(total - cfg.warmup, 1)))
+    main = (optax.constant_schedule(lr) if cfg.schedule == "constant"
+            else optax.cosine_decay_schedule(lr, max(total - cfg.warmup, 1)))
     if not cfg.warmup:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup), main], [cfg.warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup), main], [cfg.warmup])
 
 
-def make_optimizer(cfg: Config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+TUNED = ("lr", "clip", "weight_decay")
+"""Settings whose values reach only the optimizer's arithmetic: replicas that differ in them (and their seed)
+train as one program, each with its own values (`make_optimizer`'s `tuned`, `steps.Knobs`)."""
+
+
+def program_of(cfg: Config) -> dict[str, Any]:
+    """What a config's training program depends on: every setting but the seed and the TUNED ones, of whose
+    weight decay only whether there is any (SGD's and Adam's decay is a stage of its own, AdamW's is always)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", *TUNED)}
+    return {**d, "decays": cfg.optimizer == "adamw" or bool(cfg.weight_decay)}
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int = 1, **tuned: Any) -> optax.GradientTransformation:
     """Global-norm clipping, then SGD (the chapters'), Adam or AdamW with `learning_rate(cfg, ...)`
     (`steps_per_epoch` matters to a cosine schedule only; the state's structure does not depend on it):
     clipping lives in the optimizer so every path gets it. Weight decay is L2 for SGD and Adam
     (added to the clipped gradient, as torch's `weight_decay`) and decoupled for AdamW. With
-    `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite)."""
+    `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite).
+    `tuned` gives a replica's own values of TUNED settings (traced arrays inside a program) in place of the
+    config's; the state's structure is the config's."""
+    lr, clip, decay = (tuned.get(k, getattr(cfg, k)) for k in TUNED)
     # a plain float keeps the optimizer state of constant-rate runs (and so their checkpoints) as it
     # was before schedules existed; a schedule adds a step count to it
-    lr = cfg.lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg, steps_per_epoch)
+    rate = lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg, steps_per_epoch, lr)
     if cfg.optimizer == "adamw":
-        update = [optax.adamw(lr, weight_decay=cfg.weight_decay)]
+        update = [optax.adamw(rate, weight_decay=decay)]
     else:
-        decay = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
-        update = [*decay, optax.sgd(lr) if cfg.optimizer == "sgd" else optax.adam(lr)]
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip), *update)
+        decayed = [optax.add_decayed_weights(decay)] if cfg.weight_decay else []
+        update = [*decayed, optax.sgd(rate) if cfg.optimizer == "sgd" else optax.adam(rate)]
+    tx = optax.chain(optax.clip_by_global_norm(clip), *update)
     return optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPS) if cfg.skip_nonfinite else tx
 
 
@@ -206,18 +223,23 @@ class Chunk(NamedTuple):
 
 
 class Replicas(NamedTuple):
-    """The seeds of a group trained as one program and where their arrays live: as many as the devices or
-    more, split over them, padded to a multiple of them (the padding trains a copy of the last seed,
-    never reported); fewer, each replica split over the devices by its batch, as a solo run."""
+    """The replicas of a group trained as one program (each a config: its seed, and its own values of the
+    TUNED settings in a sweep's program) and where their arrays live: as many as the devices or more, split
+    over them, padded to a multiple of them (the padding trains a copy of the last replica, never
+    reported); fewer, each replica split over the devices by its batch, as a solo run."""
 
-    seeds: tuple[int, ...]  # the group's own
-    padded: tuple[int, ...]
+    cfgs: tuple[Config, ...]  # the group's own
+    padded: tuple[Config, ...]
     split: bool  # the replicas split over the devices (else each one's batch is)
     mesh: Any
 
     @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(c.seed for c in self.cfgs)
+
+    @property
     def by_replica(self) -> NamedSharding:
-        """Where an array whose leading axis is the replica lives (its state, its seed)."""
+        """Where an array whose leading axis is the replica lives (its state, its knobs)."""
         return NamedSharding(self.mesh, P(AXIS) if self.split else P())
 
     def batched(self, ndim: int) -> NamedSharding:
@@ -229,19 +251,26 @@ class Replicas(NamedTuple):
         return self.by_replica if self.split else NamedSharding(self.mesh, P(None, AXIS))
 
     def pad(self, state: Any) -> Any:
-        """A stacked state of the group's own seeds with the padding's copies of the last."""
-        extra = len(self.padded) - len(self.seeds)
+        """A stacked state of the group's own replicas with the padding's copies of the last."""
+        extra = len(self.padded) - len(self.cfgs)
         return state if not extra else jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], extra, 0)]), state)
 
     @classmethod
-    def of(cls, seeds: tuple[int, ...], lay: Layout) -> Replicas:
-        split = len(seeds) >= lay.devices
-        pad = -len(seeds) % lay.devices if split else 0
-        return cls(seeds, seeds + seeds[-1:] * pad, split, lay.mesh)
+    def of(cls, cfgs: tuple[Config, ...], lay: Layout) -> Replicas:
+        split = len(cfgs) >= lay.devices
+        pad = -len(cfgs) % lay.devices if split else 0
+        return cls(cfgs, cfgs + cfgs[-1:] * pad, split, lay.mesh)
 
-    def stacked(self, make: Callable[[int], Any]) -> Any:
-        """`make(seed)` of every padded seed (numpy), stacked along a leading replica axis."""
-        return jax.tree.map(lambda *xs: np.stack(xs), *[make(s) for s in self.padded])
+    def stacked(self, make: Callable[[Config], Any]) -> Any:
+        """`make(cfg)` of every padded replica (numpy), stacked along a leading replica axis."""
+        return jax.tree.map(lambda *xs: np.stack(xs), *[make(c) for c in self.padded])
+
+    def knobs(self) -> Any:
+        """Each replica's seed, stacked, or with TUNED settings that differ between replicas a dict of them."""
+        tuned = [k for k in TUNED if len({getattr(c, k) for c in self.cfgs}) > 1]
+        if not tuned:
+            return self.stacked(lambda c: np.int32(c.seed))
+        return self.stacked(lambda c: {"seed": np.int32(c.seed), **{k: np.float32(getattr(c, k)) for k in tuned}})
 
 
 def fit_chunks(
@@ -253,7 +282,7 @@ def fit_chunks(
     per_step: bool = False,
     timings: dict[str, float] | None = None,
     on_phase: Callable[[str], None] | None = None,
-    seeds: tuple[int, ...] | None = None,
+    replicas: tuple[Config, ...] | None = None,
 ) -> Iterator[Chunk]:
     """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end, yielding a Chunk
     after each compiled call: by epochs each chunk ends at a multiple of `cfg.save_every` or at the end
@@ -262,35 +291,41 @@ def fit_chunks(
     saves and decides whether to go on; leaving the loop ends training there. Raises NonFiniteLoss,
     before yielding, for a chunk in which the loss stopped being finite.
 
-    With `seeds`, replicas of `cfg` that differ only by their seed (init, data order, dropout masks) train
-    as one program (`Steps.for_replicas`): `state` and the yielded states carry a leading replica axis
-    (padded to a multiple of the devices: `Replicas`), and each replica's records come in seed order.
+    With `replicas`, configs that share `cfg`'s program (`program_of`: they differ by their seed, which sets
+    init, data order and dropout masks, and by TUNED settings) train as one program (`Steps.for_replicas`):
+    `state` and the yielded states carry a leading replica axis (padded to a multiple of the devices:
+    `Replicas`), and each replica's records come in their order.
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given, and
     `on_phase` is told 'compiling' and then 'training' around each compilation (for progress lines)."""
     n = corpus.spans["train"][1]
-    lay = check_trainable(cfg, corpus, model, 1 if seeds is None else len(seeds))
+    lay = check_trainable(cfg, corpus, model, 1 if replicas is None else len(replicas))
     spe = steps_per_epoch(cfg.batching, n, cfg.batch_size, cfg.num_steps)
     tx = make_optimizer(cfg, spe)
     protocol = eval_protocol(cfg.eval, cfg.split)
-    steps = Steps(model, tx, cfg.num_steps, cfg.batching == "sequential", protocol == "stream")
-    group = None if seeds is None else Replicas.of(tuple(seeds), lay)
+    steps = Steps(model, tx, cfg.num_steps, cfg.batching == "sequential", protocol == "stream",
+                  retune=functools.partial(make_optimizer, cfg, spe))
+    group = None if replicas is None else Replicas.of(tuple(replicas), lay)
+    if group is not None and any(program_of(c) != program_of(cfg) for c in group.cfgs):
+        raise ConfigError("the replicas of one program differ only by their seed and " + ", ".join(TUNED) + "; "
+                          "train the others as a program of their own")
     fns = steps.jitted(lay) if group is None else steps.for_replicas(lay, group.split)
-    own = lay.replicated if group is None else group.by_replica  # where the state and seed live
+    own = lay.replicated if group is None else group.by_replica  # where the state and knobs live
 
     def batched(ndim: int) -> NamedSharding:  # a plan whose last of `ndim` axes is the batch (a replica's)
         return lay.batched(ndim) if group is None else group.batched(ndim + 1)
 
     def each(make: Callable[[int], Any]) -> Any:  # a seed's arrays, or every replica's stacked
-        return make(cfg.seed) if group is None else group.stacked(make)
+        return make(cfg.seed) if group is None else group.stacked(lambda c: make(c.seed))
 
     if state is None:  # one compiled call, abandoned as a compilation is (`compile_`)
-        state = interrupts.wait(init_state, model, tx, cfg.seed if group is None else group.padded,
-                                abandon=jax.process_count() == 1)
+        seeds = cfg.seed if group is None else tuple(c.seed for c in group.padded)
+        state = interrupts.wait(init_state, model, tx, seeds, abandon=jax.process_count() == 1)
     elif group is not None:
         state = group.pad(state)
-    state, seed = interrupts.wait(put_tree, (state, each(np.int32)), own)
+    knobs = np.int32(cfg.seed) if group is None else group.knobs()
+    state, seed = interrupts.wait(put_tree, (state, knobs), own)
     train, val = interrupts.wait(put_tree, (corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
     val_plan = eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
     val_idx, val_mask = put_tree(each(lambda s: eval_sample(val_plan, cfg.eval_batches, s, protocol)), batched(2))
@@ -299,7 +334,7 @@ def fit_chunks(
     timings.setdefault("train_s", 0.0)
     build = functools.partial(compile_, on_phase=on_phase)
     precision = functools.partial(jax.default_matmul_precision, cfg.precision)  # where programs are traced
-    replicas = 1 if group is None else len(group.seeds)
+    count = 1 if group is None else len(group.cfgs)
     if cfg.steps is not None:
         yield from _fit_steps(cfg, model, fns, lay, group, state, seed, (train, val, val_idx, val_mask), n, spe,
                               start, protocol, timings, build, precision)
@@ -337,7 +372,7 @@ def fit_chunks(
         if group is None:
             stats_ExN, val_E = jax.tree.map(lambda x: x[None], (stats_ExN, val_E))
         records = []
-        for k in range(replicas):
+        for k in range(count):
             stats_k = {name: x[k] for name, x in stats_ExN.items()}
             check_finite(a * spe, spe, stats_k, val_E[k], cfg.skip_nonfinite, None if group is None else group.seeds[k])
             records.append([record({"epoch": a + e + 1, "step": (a + e + 1) * spe},
@@ -410,7 +445,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
             reset[0] |= g % cfg.save_every == 0  # a round after a checkpoint starts from zeros
             return idx, mask, reset
 
-        idx, mask, reset = plan(cfg.seed) if group is None else group.stacked(plan)
+        idx, mask, reset = plan(cfg.seed) if group is None else group.stacked(lambda c: plan(c.seed))
         tokens = int(mask.reshape(-1, *mask.shape[-2:])[0].sum()) * cfg.num_steps
         idx, mask = put_tree((idx, mask), lay.batched(2) if group is None else group.batched(3))
         reset = put_tree(reset, lay.replicated if group is None else group.by_replica)
@@ -429,7 +464,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
         if group is None:
             stats_K, val_loss = jax.tree.map(lambda x: x[None], (stats_K, val_loss))
         records = []
-        for k in range(1 if group is None else len(group.seeds)):
+        for k in range(1 if group is None else len(group.cfgs)):
             stats_k = {name: x[k] for name, x in stats_K.items()}
             check_finite(g, spe, {name: x[None] for name, x in stats_k.items()}, val_loss[k][None],
                          cfg.skip_nonfinite, None if group is None else group.seeds[k])

@@ -183,6 +183,12 @@ def ref() -> SimpleNamespace:
                            flat=flat_scratch, as_flax=as_flax)
 
 
+def max_diff(a: object, b: object) -> float:
+    """The largest absolute difference between two pytrees' leaves (params, say)."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in pairs)
+
+
 def state_leaves(run_dir: Path, step: int | str | None = None) -> dict[str, np.ndarray]:
     """Every leaf of a run's restored TrainState (params, optimizer state, step), by path: what a resumed
     run must match bit for bit."""

@@ -12,20 +12,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import max_diff
 
 import jaxrnn
 from jaxrnn import checkpoint, rundir
 from jaxrnn.errors import ConfigError
 from jaxrnn.run import Group, seed_list
 from jaxrnn.spread import Spread, mean_record, median_index
-
-
-def leaves(params) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(params)]
-
-
-def max_diff(a, b) -> float:
-    return max(float(np.abs(x - y).max()) for x, y in zip(leaves(a), leaves(b)))
 
 
 @pytest.mark.parametrize("changes", [

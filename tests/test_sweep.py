@@ -1,5 +1,6 @@
 """`jaxrnn sweep`: the grid as parsed and refused, each point a group whose row is its replicas' spread,
-the table best first, and a stopped sweep that goes on where it stopped, ending as one left alone."""
+points that differ by the optimizer's values trained as one program (each replica as its solo run), the
+table best first, and a stopped sweep that goes on where it stopped, ending as one left alone."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import max_diff
 
 import jaxrnn
 from jaxrnn import sweep
 from jaxrnn.errors import ConfigError
+from jaxrnn.run import train_groups
 
 TINY = ["--epochs", "2", "--no-curves", "--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size",
         "128", "--num-steps", "8", "--save-every", "1"]
@@ -48,9 +51,55 @@ def test_a_grid_point_that_cannot_train_is_refused_before_any_trains(tiny_cfg) -
         sweep.points(tiny_cfg(), {"tie": [True]})
 
 
+@pytest.mark.parametrize("changes", [
+    dict(),  # SGD at a constant rate: the rate and clip as the program's arguments
+    # Adam with a warmed-up cosine schedule and L2 decay (a stage of its own): each point's own rate and decay
+    pytest.param(dict(optimizer="adam", lr=1e-2, schedule="cosine", warmup=3, weight_decay=1e-3),
+                 marks=pytest.mark.slow),
+], ids=["sgd", "adam-cosine-decay"])
+def test_points_that_differ_by_the_optimizers_values_train_as_one_program(tiny_cfg, tiny_corpus, changes) -> None:
+    """Two points (another lr, clip and weight decay) times two seeds, one program: each replica as the solo
+    run of its config (the same records; params within float32 rounding of the solo run's all-reduce over
+    the two devices), and the points' replicas differ."""
+    cfg = tiny_cfg(epochs=2, **changes)
+    wd = cfg.weight_decay
+    pts = [cfg.replace(lr=0.5 * cfg.lr), cfg.replace(lr=2 * cfg.lr, clip=0.25, weight_decay=3 * wd)]
+    groups = train_groups(pts, [None, None], (0, 5), tiny_corpus, progress=False)
+    assert [g.seeds for g in groups] == [(0, 5), (0, 5)]
+    for point, group in zip(pts, groups):
+        for replica in group.replicas:
+            assert replica.cfg == point.replace(seed=replica.cfg.seed)
+            solo = jaxrnn.train(replica.cfg, corpus=tiny_corpus, progress=False)
+            assert max_diff(replica.params, solo.params) < 1e-6
+            for r, s in zip(replica.history, solo.history, strict=True):
+                assert r["step"] == s["step"] and r["val_loss"] == pytest.approx(s["val_loss"], rel=1e-6)
+                assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-6)
+    assert max_diff(groups[0].replicas[0].params, groups[1].replicas[0].params) > 1e-3  # same seed, other lr
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    (dict(hidden=24), "differ in hidden, which changes the program"),
+    (dict(dropout=0.1), "differ in dropout, which changes the program"),
+    (dict(weight_decay=0.1), "differ in decays"),  # with SGD, weight decay is a stage only where there is any
+])
+def test_points_that_change_the_program_are_refused_as_one(tiny_cfg, tiny_corpus, changes, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        train_groups([tiny_cfg(), tiny_cfg(**changes)], [None, None], 1, tiny_corpus, progress=False)
+
+
+def test_the_sweep_trains_each_program_once(tiny_cfg) -> None:
+    cfgs = sweep.points(tiny_cfg(), {"hidden": [16, 24], "lr": [0.5, 2.0], "clip": [1.0, 0.5]})
+    assert sweep.programs(cfgs) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    cfgs = sweep.points(tiny_cfg(), {"weight_decay": [0.0, 1e-3, 1e-2], "dropout": [0.0, 0.1]})
+    assert sweep.programs(cfgs) == [[0], [1], [2, 4], [3, 5]]  # by dropout, and by whether there is decay
+    adamw = sweep.points(tiny_cfg(optimizer="adamw"), {"weight_decay": [0.0, 1e-2]})
+    assert sweep.programs(adamw) == [[0, 1]]  # AdamW's decay is one stage whatever its value
+
+
 def test_a_sweep_prints_each_points_spread_best_first(call, tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
     proc = call(["sweep", *TINY, "--grid", "lr=0.25,2", "--seeds", "2", "--out", "sw"], tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "jaxrnn: sweep points 1, 2 of 2 as one program: lr=0.25 | lr=2.0" in proc.stderr
     head, *lines = proc.stdout.splitlines()
     assert head.split()[:3] == ["point", "lr", "val"] and [line.split()[:2] for line in lines] == \
         [["point-1", "2.0"], ["point-0", "0.25"]]  # lr 2 learns faster in 2 epochs: best first
@@ -75,21 +124,22 @@ class Stop(Exception):
 
 @pytest.mark.slow
 def test_a_stopped_sweep_goes_on_where_it_stopped(tiny_cfg, tiny_corpus, tmp_path: Path) -> None:
-    """Stopped inside its second point (after that group's first checkpoint), run again: the first point is
-    read back, the second resumes, and every row is what the sweep left alone gives."""
-    cfg, grid = tiny_cfg(epochs=3), {"lr": [0.5, 2.0]}
+    """Two programs (by hidden size) of two points each (by lr), stopped inside the second program (after its
+    first checkpoint), run again: the first program's points are read back, the second's resume as one
+    program, and every row is what the sweep left alone gives."""
+    cfg, grid = tiny_cfg(epochs=3), {"hidden": [16, 24], "lr": [0.5, 2.0]}
     whole = sweep.run_sweep(cfg, grid, 2, tmp_path / "whole", progress=False, say=None)
     seen = []
 
-    def stop_in_point_two(record: dict) -> None:
+    def stop_in_program_two(record: dict) -> None:
         seen.append(record)
-        if len(seen) == 5:  # point 1's records are 1-3; point 2's epoch 2
+        if len(seen) == 5:  # program 1's records are 1-3; program 2's epoch 2
             raise Stop
 
     with pytest.raises(Stop):
-        sweep.run_sweep(cfg, grid, 2, tmp_path / "sw", progress=stop_in_point_two, say=None)
-    assert [r["point"] for r in json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]] == [0]
+        sweep.run_sweep(cfg, grid, 2, tmp_path / "sw", progress=stop_in_program_two, say=None)
+    assert [r["point"] for r in json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]] == [0, 1]
     said = []
     rows = sweep.run_sweep(cfg, grid, 2, tmp_path / "sw", progress=False, say=said.append)
-    assert said == ["jaxrnn: sweep point 2 of 2: lr=2.0"]
+    assert said == ["jaxrnn: sweep points 3, 4 of 4 as one program: hidden=24 lr=0.5 | hidden=24 lr=2.0"]
     assert [r["val_loss"] for r in rows] == [r["val_loss"] for r in whole]

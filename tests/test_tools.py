@@ -199,18 +199,28 @@ def test_race_table_shows_both_on_one_protocol() -> None:
     assert lines[3].startswith("| jaxrnn, --preset shakespeare-cpu | 77.5 s | 1.5987 | 1.6100 |")
 
 
+TINY_FLAGS = ["--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size", "128", "--num-steps", "8",
+              "--save-every", "1"]
+
+
 @pytest.mark.slow
 def test_seeds_bench_times_a_group_against_solo_processes(tmp_path: Path) -> None:
-    """tools/seeds_bench.py on a tiny model: its row and JSON hold both wall times and both epoch times."""
+    """tools/seeds_bench.py on a tiny model, of seeds and of a sweep: its row and JSON hold both wall times and
+    both record times."""
     out = tmp_path / "seeds.json"
     proc = run_tool("tools/seeds_bench.py", "--seeds", "2", "--epochs", "2", "--json-out", str(out), "--",
-                    "--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size", "128",
-                    "--num-steps", "8", "--save-every", "1", timeout=300)
+                    *TINY_FLAGS, timeout=300)
     assert proc.returncode == 0, proc.stderr
     row = json.loads(out.read_text())
     assert row["seeds"] == 2 and row["wall_ratio"] == pytest.approx(row["group_wall_s"] / row["solo_wall_s"])
-    assert row["epoch_ratio"] == pytest.approx(row["group_epoch_s"] / row["solo_epoch_s"]) and row["solo_epoch_s"] > 0
+    assert row["record_ratio"] == pytest.approx(row["group_record_s"] / row["solo_record_s"])
+    assert row["solo_record_s"] > 0 and row["runs"] == 2
     assert proc.stdout.count("\n") == 3 and proc.stdout.splitlines()[2].startswith("| 2 | ")
+    swept = run_tool("tools/seeds_bench.py", "--seeds", "2", "--grid", "lr=0.5,2", "--epochs", "2", "--json-out",
+                     str(out), "--", *TINY_FLAGS, timeout=300)  # a sweep: 2 points x 2 seeds against 4 processes
+    assert swept.returncode == 0, swept.stderr
+    row = json.loads(out.read_text())
+    assert row["runs"] == 4 and row["grid"] == ["lr=0.5,2"] and swept.stdout.splitlines()[2].startswith("| 4 | ")
 
 
 @pytest.mark.slow
