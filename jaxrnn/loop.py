@@ -42,6 +42,7 @@ class RunOptions:
     per_step: bool = False  # the chapters' Python loop, one jitted step a batch, instead of fused chunks
     progress: bool | OnEpoch = True  # on stderr as the CLI shows it (process 0), nothing, or each record to this
     time_budget: float | None = None  # seconds: stop at the first checkpoint past them (resume goes on)
+    until: int | None = None  # a checkpoint's number to stop at short of the end (a replica catching up)
 
     def __post_init__(self) -> None:
         b = self.time_budget
@@ -162,6 +163,7 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
     last checkpoint ends it at once."""
     cfg = members[0].cfg
     unit, began = cfg.unit, time.monotonic()
+    end = cfg.length if options.until is None else options.until
     run_dir = (members[0].writer.run_dir.parent if group else members[0].writer.run_dir) if members[0].writer else None
     last_saved = {unit: start if state is not None else None}
     nothing = contextlib.nullcontext()
@@ -182,7 +184,7 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
 
     trained = training.fit_chunks(cfg, corpus, model, state, start, options.per_step,
                                   on_phase=watched.phase if watched else None,
-                                  replicas=tuple(m.cfg for m in members) if group else None)
+                                  replicas=tuple(m.cfg for m in members) if group else None, stop=options.until)
     for w in writers:
         w.begin(cfg.curves, cfg.tensorboard)
     with (interrupts.deferred() as caught, contextlib.closing(shown) if shown else nothing,
@@ -210,7 +212,7 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
                                   functools.partial(interrupts.wait, sample_text, own.params))
                 if writers:
                     last_saved[unit] = done
-                if done >= cfg.length:  # complete: it prints its result, whatever signal came
+                if done >= end:  # complete (or where it was to stop): it prints its result, whatever signal came
                     break
                 signum = largest_across(caught.signum)  # a signal to any process stops them all after this chunk
                 if signum:
@@ -220,7 +222,7 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
                     log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
                         f"{cfg.length}{goes_on}")
                     break
-            caught.done = done >= cfg.length
+            caught.done = done >= end
         except interrupts.Interrupted as e:  # while compiling, nothing trained since the last checkpoint
             raise Stopped(e.signum, last_saved[unit], run_dir, unit, compiling=True) from None
         except jax.errors.JaxRuntimeError as e:

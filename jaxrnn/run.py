@@ -195,20 +195,16 @@ def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
         options.check(base, group=True)
         corpus = _own_corpus(dirs[0], base)
         model = build_model(base, len(corpus.vocab))
-        common = min(max(checkpoint.steps(d), default=0) for d in dirs)  # no replica restores past this
-        while True:  # the latest checkpoint every replica restores: once each where none is damaged
-            latest = [_latest(w, c, corpus, common) for w, c in zip(writers, cfgs)]
-            lowest = min(start for _, start, _ in latest)
-            if lowest == common:
-                break
-            common = lowest
+        common = min(max(checkpoint.steps(d), default=0) for d in dirs)  # the checkpoint every replica has
+        latest = [_latest(w, c, corpus, common) for w, c in zip(writers, cfgs)]
         for w in writers:
             for later in [e for e in checkpoint.steps(w.run_dir) if e > common]:
                 ahead = CheckpointError(f"checkpoint {later} of {w.run_dir} is ahead of the group's latest common one "
                                         f"({base.unit} {common})")
                 w.set_aside(later, ahead, f"the group resumes from {base.unit} {common}")
-        histories = [_history_upto(w, common) for w in writers]
+        histories = [_history_upto(w, start) for w, (_, start, _) in zip(writers, latest)]
         members = [Member(c, w, h) for c, w, h in zip(cfgs, writers, histories)]
+        latest = _catch_up(members, latest, common, corpus, model, options)
         names = ", ".join(map(str, group_dirs))
         sizes = [len(ss) for ss in seeds]
         if common and common >= base.length:
@@ -219,6 +215,29 @@ def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
         state = jax.tree.map(lambda *xs: np.stack(xs), *[st for st, _, _ in latest]) if common else None
         log(f"jaxrnn: resuming {names} ({' + '.join(map(str, sizes))} seeds) at {base.unit} {common}")
         return _groups(fit_into(members, corpus, model, state, common, options, group=True), sizes, group_dirs)
+
+
+def _catch_up(members: list[Member], latest: list[tuple[TrainState | None, int, float | None]], common: int,
+              corpus: Corpus, model: LanguageModel, options: RunOptions) -> list[tuple[TrainState | None, int, Any]]:
+    """Replicas whose checkpoint at `common` did not restore (damaged, set aside) train from their latest one
+    that did up to `common`, those from one checkpoint as a program of their own, while the others keep
+    theirs; then every replica is at `common` (each one's state, number and val ppl, as `latest` holds them).
+    Each one's restart is said on stderr."""
+    unit = members[0].cfg.unit
+    behind = sorted({start for _, start, _ in latest if start < common})
+    for start in behind:
+        ks = [k for k, (_, at, _) in enumerate(latest) if at == start]
+        for k in ks:
+            log(f"jaxrnn: replica {members[k].writer.run_dir} restarts from " + (f"{unit} {start}" if start else
+                "the start") + f" (its checkpoint {common} does not restore); the others keep {unit} {common}")
+        states = [latest[k][0] for k in ks]
+        state = jax.tree.map(lambda *xs: np.stack(xs), *states) if start else None
+        caught_up = fit_into([members[k] for k in ks], corpus, model, state, start,
+                             dataclasses.replace(options, until=common, time_budget=None), group=True)
+        for k, t in zip(ks, caught_up):
+            latest[k] = (t.state, common, t.val_ppl)
+            members[k].history, members[k].new = members[k].history + members[k].new, []
+    return latest
 
 
 def resume_groups(group_dirs: list[str | Path], per_step: bool = False, progress: bool | OnEpoch = True,

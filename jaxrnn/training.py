@@ -283,12 +283,14 @@ def fit_chunks(
     timings: dict[str, float] | None = None,
     on_phase: Callable[[str], None] | None = None,
     replicas: tuple[Config, ...] | None = None,
+    stop: int | None = None,
 ) -> Iterator[Chunk]:
     """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end, yielding a Chunk
     after each compiled call: by epochs each chunk ends at a multiple of `cfg.save_every` or at the end
     (a checkpoint due after every one); by steps each round of `cfg.eval_every` steps ends with an
     evaluation, a checkpoint due at a multiple of `cfg.save_every` or at the end. The caller writes,
-    saves and decides whether to go on; leaving the loop ends training there. Raises NonFiniteLoss,
+    saves and decides whether to go on; leaving the loop ends training there (or `stop`, a checkpoint's
+    number short of the end: the chunks and schedule stay the whole run's). Raises NonFiniteLoss,
     before yielding, for a chunk in which the loss stopped being finite.
 
     With `replicas`, configs that share `cfg`'s program (`program_of`: they differ by their seed, which sets
@@ -335,12 +337,13 @@ def fit_chunks(
     build = functools.partial(compile_, on_phase=on_phase)
     precision = functools.partial(jax.default_matmul_precision, cfg.precision)  # where programs are traced
     count = 1 if group is None else len(group.cfgs)
+    stop = cfg.length if stop is None else stop
     if cfg.steps is not None:
         yield from _fit_steps(cfg, model, fns, lay, group, state, seed, (train, val, val_idx, val_mask), n, spe,
-                              start, protocol, timings, build, precision)
+                              start, stop, protocol, timings, build, precision)
         return
     compiled: dict[int, Callable] = {}  # chunk length -> executable
-    for a, b in chunks(start, cfg.epochs, cfg.save_every):
+    for a, b in chunks(start, stop, cfg.save_every):
         plan = each(lambda s, a=a, b=b: chunk_plan(s, a, b - a, n, cfg.batch_size, cfg.batching, cfg.num_steps))
         tokens_per_epoch = int(plan[1].reshape(-1, *plan[1].shape[-2:])[0].sum()) * cfg.num_steps
         idx, mask = put_tree(plan, batched(3))
@@ -425,7 +428,7 @@ def round_plan(cfg: Config, n: int, spe: int, a: int, b: int, seed: int | None =
 
 
 def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: Replicas | None, state: TrainState,
-               seed: Array, data: tuple[Array, ...], n: int, spe: int, start: int, protocol: str,
+               seed: Array, data: tuple[Array, ...], n: int, spe: int, start: int, stop: int, protocol: str,
                timings: dict[str, float], build: Callable[[Any], Callable], precision: Callable) -> Iterator[Chunk]:
     """Training by steps: rounds of `eval_every` steps (from step 0, so a resumed run's rounds are the
     same), each one compiled call ending with an evaluation. With sequential batching the state runs on
@@ -437,8 +440,8 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
          else put_tree(group.stacked(lambda s: zeros), group.rows()))
     compiled: dict[int, Callable] = {}  # round length -> executable
     K, g = cfg.eval_every, start
-    while g < cfg.steps:
-        b = min((g // K + 1) * K, cfg.steps)
+    while g < stop:
+        b = min((g // K + 1) * K, stop)
 
         def plan(s: int, g: int = g, b: int = b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             idx, mask, reset = round_plan(cfg, n, spe, g, b, s)
@@ -470,5 +473,5 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
                          cfg.skip_nonfinite, None if group is None else group.seeds[k])
             records.append([record({"step": b, "epoch": b / spe}, stats_k, float(val_loss[k]), seconds, tokens,
                                    protocol)])
-        yield Chunk(state, records, b % cfg.save_every == 0 or b == cfg.steps)
+        yield Chunk(state, records, b % cfg.save_every == 0 or b == stop)
         g = b

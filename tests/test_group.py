@@ -91,6 +91,41 @@ def test_a_stopped_group_resumes_exactly(tiny_cfg, tiny_corpus, tmp_path: Path) 
         assert max_diff(a.params, b.params) == 0
 
 
+def test_a_damaged_replica_catches_up_while_the_others_keep_their_checkpoints(tiny_cfg, tiny_corpus, tmp_path: Path,
+                                                                               capfd) -> None:
+    """Stopped after epoch 2 of 4, replica seed-1's checkpoint 2 damaged: resumed, seed-1 trains from its
+    checkpoint 1 to 2 alone (and says so), seed-0 and seed-2 keep their checkpoint 2, then all go on as
+    one program; every replica ends within float rounding of the group left alone (seed-1's catch-up ran
+    split over the devices by its batch, not on one), and every history is whole."""
+    cfg = tiny_cfg(epochs=4)
+    whole = jaxrnn.train(cfg, corpus=tiny_corpus, progress=False, seeds=3)
+    seen = []
+
+    def stop_after_two(record: dict) -> None:
+        seen.append(record)
+        if len(seen) == 3:  # epoch 3's record, before its checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jaxrnn.train(cfg, out=tmp_path / "g", corpus=tiny_corpus, progress=stop_after_two, seeds=3)
+    assert checkpoint.steps(tmp_path / "g" / "seed-1") == [1, 2]
+    for leaf in (tmp_path / "g" / "seed-1" / "checkpoints" / "2").rglob("*"):
+        if leaf.is_file() and leaf.stat().st_size > 100 and "metrics" not in str(leaf):
+            leaf.write_bytes(b"\0" * leaf.stat().st_size)  # every array's bytes zeroed
+    kept = (tmp_path / "g" / "seed-0" / "checkpoints" / "2").stat().st_mtime_ns
+    capfd.readouterr()
+    resumed = jaxrnn.resume(tmp_path / "g", progress=False)
+    err = capfd.readouterr().err
+    assert f"jaxrnn: replica {tmp_path / 'g' / 'seed-1'} restarts from epoch 1 (its checkpoint 2 does not " \
+           "restore); the others keep epoch 2" in err
+    assert (tmp_path / "g" / "seed-0" / "checkpoints" / "2").stat().st_mtime_ns == kept
+    assert (tmp_path / "g" / "seed-1" / "damaged" / "2").is_dir()
+    for a, b in zip(whole.replicas, resumed.replicas):
+        assert max_diff(a.params, b.params) < 1e-6 and [r["epoch"] for r in b.history] == [1, 2, 3, 4]
+        assert [r["epoch"] for r in rundir.read_metrics(b.run_dir)] == [1, 2, 3, 4]
+        assert b.history[-1]["val_loss"] == pytest.approx(a.history[-1]["val_loss"], rel=1e-6)
+
+
 @pytest.mark.parametrize(("seeds", "words"), [
     (0, "--seeds 0 trains no replica"), (-2, "--seeds -2 trains no replica"),
     ((0, 3, 0), "--seeds names seed 0 twice"), ((1, -1), "whole numbers >= 0"), ((), "whole numbers >= 0"),
