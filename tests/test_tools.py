@@ -221,6 +221,8 @@ def test_seeds_bench_times_a_group_against_solo_processes(tmp_path: Path) -> Non
     assert swept.returncode == 0, swept.stderr
     row = json.loads(out.read_text())
     assert row["runs"] == 4 and row["grid"] == ["lr=0.5,2"] and swept.stdout.splitlines()[2].startswith("| 4 | ")
+    assert len(row["solo_val_loss"]) == len(row["group_val_loss"]) == 4
+    assert row["group_val_loss"] == pytest.approx(row["solo_val_loss"], rel=1e-4)  # each replica as its solo run
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Many runs as one program against one process a run: `jaxrnn train --seeds N` (or, with `--grid`, `jaxrnn
 sweep --grid ... --seeds N`) and the same runs as solo `jaxrnn train` processes one after another, in this one
 command, on this machine; the wall-time ratio and the steady-state ratio of a record's seconds (group /
-solo, against the replicas in the program).
+solo, against the replicas in the program); the JSON also holds every run's final val loss (solo runs by
+point and seed, the program's by point directory and seed).
 
     python tools/seeds_bench.py                 # 8 seeds of the seed config (scratch, 100 epochs)
     python tools/seeds_bench.py --seeds 2 --epochs 5 --json-out seeds.json
@@ -43,6 +44,11 @@ def record_seconds(run_dir: Path) -> float:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     skip = cfg["save_every"] if cfg.get("steps") is None else 1
     return statistics.median(r["seconds"] for r in records[skip:] or records)
+
+
+def last_val_loss(run_dir: Path) -> float:
+    """A run's final validation loss (its last record's)."""
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
 
 
 def parse_grid(specs: list[str]) -> list[dict[str, str]]:
@@ -88,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             group_dir = work / "group" / "seed-0"
         solo_record = statistics.median(record_seconds(d) for d in solo_dirs)
         group_record = record_seconds(group_dir)
+        solo_loss = [last_val_loss(d) for d in solo_dirs]
+        replicas = [work / "sweep" / f"point-{k}" / f"seed-{s}" for k in range(len(grid)) for s in range(a.seeds)] \
+            if a.grid else [work / "group" / f"seed-{s}" for s in range(a.seeds)]
+        group_loss = [last_val_loss(d) for d in replicas]
     row = {"seeds": a.seeds, "grid": a.grid, "runs": runs, "flags": flags, "solo_wall_s": sum(solo_wall),
            "group_wall_s": group_wall, "wall_ratio": group_wall / sum(solo_wall), "solo_record_s": solo_record,
-           "group_record_s": group_record, "record_ratio": group_record / solo_record}
+           "group_record_s": group_record, "record_ratio": group_record / solo_record,
+           "solo_val_loss": solo_loss, "group_val_loss": group_loss}
     print("| runs | solo processes, wall | one program, wall | ratio | solo record | group record | group / solo "
           "record |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {runs} | {row['solo_wall_s']:.1f} s | {group_wall:.1f} s | {row['wall_ratio']:.2f} | "
