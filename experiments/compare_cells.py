@@ -2,12 +2,14 @@
 
 Each model gets the hidden size that brings its parameter count closest to the budget without going
 over (default: the one-layer tanh RNN at hidden 256), and all train alike: the seed's windows (10000
-train, 5000 validation, 32 steps), Adam, global-norm clipping at 1. Prints a markdown table (cell,
-layers, hidden, parameters, final and best validation perplexity, training seconds) to stdout and,
-with `--plot`, draws every run's validation perplexity per epoch. Progress goes to stderr. Run from the repo root:
+train, 5000 validation, 32 steps), Adam, global-norm clipping at 1, each with `--seeds` seeds trained as
+one program (`jaxrnn.train(cfg, seeds=N)`). Prints a markdown table (cell, layers, hidden, parameters, the
+final and best validation perplexity's mean ± std over the seeds and the final one's 95% interval,
+training seconds) to stdout and, with `--plot`, draws every model's mean validation perplexity per epoch
+with its band over the seeds. Progress goes to stderr. Run from the repo root:
 
-    JAXRNN_DATA_DIR=DIR_WITH_timemachine.txt python experiments/compare_cells.py [--budget-hidden 256]
-        [--epochs 20] [--lr 0.005] [--batch-size 256] [--impl scratch] [--plot cells.png] [--json-out FILE]
+    python experiments/compare_cells.py [--budget-hidden 256] [--epochs 20] [--lr 0.005] [--batch-size 256]
+        [--impl scratch] [--seeds 5] [--plot cells.png] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax
 import jaxrnn
 from jaxrnn.parallel import use_cpu_cores
 from jaxrnn.plots import plot_curves
+from jaxrnn.spread import Spread
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.005, help="Adam's learning rate (default 0.005)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--impl", default="scratch", choices=["scratch", "flax"])
+    p.add_argument("--seeds", type=int, default=5, help="seeds of each model, as one program (default 5)")
     p.add_argument("--plot", metavar="FILE", help="save the perplexity curves")
     p.add_argument("--json-out", metavar="FILE", help="also write the rows as JSON")
     return p.parse_args(argv)
@@ -74,22 +78,25 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{cell} x{layers}"
                 print(f"training {name}: hidden {cfg.hidden}, {count_params(cfg, V)} parameters", file=sys.stderr)
                 t0 = time.perf_counter()
-                trained = jaxrnn.train(cfg, corpus=corpus)
+                group = jaxrnn.train(cfg, corpus=corpus, seeds=args.seeds)
                 seconds = time.perf_counter() - t0
-                histories[name] = trained.history
+                histories[name] = [t.history for t in group.replicas]  # drawn as the mean with its band
+                best = Spread.of([min(r["val_ppl"] for r in t.history) for t in group.replicas])
                 rows.append({"cell": cell, "layers": layers, "hidden": cfg.hidden, "params": count_params(cfg, V),
-                             "val_ppl": trained.val_ppl, "best_val_ppl": min(r["val_ppl"] for r in trained.history),
-                             "seconds": seconds, "sample": trained.predict("time traveller", 40)})
+                             "val_ppl": group.summary()["val_ppl"], "best_val_ppl": best.to_dict(),
+                             "seconds": seconds, "sample": group.median.predict("time traveller", 40)})
     except jaxrnn.JaxrnnError as e:
         print(f"jaxrnn: error: {e}", file=sys.stderr)
         return 2
     print(f"budget: {budget} parameters (1-layer tanh RNN, hidden {args.budget_hidden}); {args.impl} cells, "
-          f"Adam lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, {jax.devices()[0].platform}")
-    print("| cell | layers | hidden | params | val ppl | best val ppl | seconds |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"Adam lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, {args.seeds} seeds, "
+          f"{jax.devices()[0].platform}")
+    print("| cell | layers | hidden | params | best val ppl | final val ppl | final's 95% interval | seconds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['cell']} | {r['layers']} | {r['hidden']} | {r['params']:,} | {r['val_ppl']:.2f} | "
-              f"{r['best_val_ppl']:.2f} | {r['seconds']:.1f} |")
+        final, best = Spread(**r["val_ppl"]), Spread(**r["best_val_ppl"])
+        print(f"| {r['cell']} | {r['layers']} | {r['hidden']} | {r['params']:,} | {best.mean:.2f} ± {best.std:.2f} | "
+              f"{final.mean:.2f} ± {final.std:.2f} | {final.lo:.2f}-{final.hi:.2f} | {r['seconds']:.1f} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=1)

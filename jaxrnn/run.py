@@ -171,7 +171,8 @@ class Group:
 def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
     """Resume every replica of the groups (one group's, or a sweep's groups that share a program) from the
     latest checkpoint all of them have (the others' later ones, which a stop between their saves can leave,
-    are set aside: training makes them again, bit for bit)."""
+    are set aside: training makes them again, bit for bit). A replica whose checkpoint there does not
+    restore catches up from its latest one that does (`_catch_up`) before the group goes on."""
     with contextlib.ExitStack() as held:
         seeds = [rundir.read_group(g) or () for g in group_dirs]
         dirs = [rundir.replica_dir(g, s) for g, ss in zip(group_dirs, seeds) for s in ss]
@@ -197,6 +198,7 @@ def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
         model = build_model(base, len(corpus.vocab))
         common = min(max(checkpoint.steps(d), default=0) for d in dirs)  # the checkpoint every replica has
         latest = [_latest(w, c, corpus, common) for w, c in zip(writers, cfgs)]
+        common = max(start for _, start, _ in latest)  # where one restores at least (the others catch up)
         for w in writers:
             for later in [e for e in checkpoint.steps(w.run_dir) if e > common]:
                 ahead = CheckpointError(f"checkpoint {later} of {w.run_dir} is ahead of the group's latest common one "
