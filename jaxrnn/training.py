@@ -45,10 +45,10 @@ class NonFiniteLoss(JaxrnnError):
     (`loss`, in nats); `epoch` and `step` (1-based) say where."""
 
     def __init__(self, epoch: int, step: int, which: str = "training", loss: float | None = None,
-                 seed: int | None = None) -> None:
+                 replica: str | None = None) -> None:
         self.epoch, self.step, self.which, self.loss = epoch, step, which, loss
         how = "non-finite" if loss is None else f"too large for a perplexity ({loss:.4g} nats: exp overflows)"
-        of = "" if seed is None else f" of the replica with seed {seed}"
+        of = "" if replica is None else f" of the replica with {replica}"
         super().__init__(f"the {which} loss{of} became {how} at epoch {epoch}, step {step}")
 
 
@@ -166,10 +166,10 @@ def chunks(start: int, stop: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray, skipping: bool,
-                 seed: int | None = None) -> None:
+                 replica: str | None = None) -> None:
     """Raise NonFiniteLoss at the first step whose loss is not finite (unless such steps were skipped) or
     whose perplexity overflows, or at the first evaluation like that; rows of N steps from optimizer
-    step `first_step`, each followed by an evaluation, `spe` steps an epoch (`seed`: the replica's, named)."""
+    step `first_step`, each followed by an evaluation, `spe` steps an epoch (`replica`: which, named)."""
     skipped, tokens = stats["skipped_steps"], stats["tokens"]
     N = skipped.shape[1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -181,11 +181,11 @@ def check_finite(first_step: int, spe: int, stats: StepStats, val_E: np.ndarray,
         row, col = np.argwhere(bad)[0]
         step = first_step + row * N + col + 1
         big = loss[row, col] if np.isfinite(loss[row, col]) and skipped[row, col] == 0 else None
-        raise NonFiniteLoss((step - 1) // spe + 1, step, loss=big, seed=seed)
+        raise NonFiniteLoss((step - 1) // spe + 1, step, loss=big, replica=replica)
     if len(bad_val):
         step = first_step + (bad_val[0] + 1) * N
         v = float(val_E[bad_val[0]])
-        raise NonFiniteLoss(-(-step // spe), step, "validation", v if math.isfinite(v) else None, seed)
+        raise NonFiniteLoss(-(-step // spe), step, "validation", v if math.isfinite(v) else None, replica)
 
 
 def check_trainable(cfg: Config, corpus: Corpus, model: LanguageModel, replicas: int = 1) -> Layout:
@@ -265,9 +265,19 @@ class Replicas(NamedTuple):
         """`make(cfg)` of every padded replica (numpy), stacked along a leading replica axis."""
         return jax.tree.map(lambda *xs: np.stack(xs), *[make(c) for c in self.padded])
 
+    @property
+    def tuned(self) -> list[str]:
+        """The TUNED settings whose values differ between the replicas."""
+        return [k for k in TUNED if len({getattr(c, k) for c in self.cfgs}) > 1]
+
+    def name(self, k: int) -> str:
+        """Replica `k` as its errors name it: 'seed 3', or 'seed 3, lr=2.0' where the replicas' rates differ."""
+        c = self.cfgs[k]
+        return ", ".join([f"seed {c.seed}", *(f"{t.replace('_', '-')}={getattr(c, t)}" for t in self.tuned)])
+
     def knobs(self) -> Any:
         """Each replica's seed, stacked, or with TUNED settings that differ between replicas a dict of them."""
-        tuned = [k for k in TUNED if len({getattr(c, k) for c in self.cfgs}) > 1]
+        tuned = self.tuned
         if not tuned:
             return self.stacked(lambda c: np.int32(c.seed))
         return self.stacked(lambda c: {"seed": np.int32(c.seed), **{k: np.float32(getattr(c, k)) for k in tuned}})
@@ -377,7 +387,7 @@ def fit_chunks(
         records = []
         for k in range(count):
             stats_k = {name: x[k] for name, x in stats_ExN.items()}
-            check_finite(a * spe, spe, stats_k, val_E[k], cfg.skip_nonfinite, None if group is None else group.seeds[k])
+            check_finite(a * spe, spe, stats_k, val_E[k], cfg.skip_nonfinite, None if group is None else group.name(k))
             records.append([record({"epoch": a + e + 1, "step": (a + e + 1) * spe},
                                    {name: x[e] for name, x in stats_k.items()}, float(val_E[k, e]), seconds,
                                    tokens_per_epoch, protocol) for e in range(b - a)])
@@ -470,7 +480,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
         for k in range(1 if group is None else len(group.cfgs)):
             stats_k = {name: x[k] for name, x in stats_K.items()}
             check_finite(g, spe, {name: x[None] for name, x in stats_k.items()}, val_loss[k][None],
-                         cfg.skip_nonfinite, None if group is None else group.seeds[k])
+                         cfg.skip_nonfinite, None if group is None else group.name(k))
             records.append([record({"step": b, "epoch": b / spe}, stats_k, float(val_loss[k]), seconds, tokens,
                                    protocol)])
         yield Chunk(state, records, b % cfg.save_every == 0 or b == stop)

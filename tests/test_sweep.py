@@ -87,6 +87,13 @@ def test_points_that_change_the_program_are_refused_as_one(tiny_cfg, tiny_corpus
         train_groups([tiny_cfg(), tiny_cfg(**changes)], [None, None], 1, tiny_corpus, progress=False)
 
 
+def test_a_replica_that_diverges_is_named_by_its_seed_and_settings(tiny_cfg, tiny_corpus) -> None:
+    pts = [tiny_cfg(epochs=1), tiny_cfg(epochs=1, lr=1e9)]
+    with pytest.raises(jaxrnn.JaxrnnError, match=r"the training loss of the replica with seed 0, lr=1000000000.0 "
+                       r"became .* at epoch 1, step \d+ \(no checkpoint was saved before it\); lower --lr"):
+        train_groups(pts, [None, None], 2, tiny_corpus, progress=False)
+
+
 def test_the_sweep_trains_each_program_once(tiny_cfg) -> None:
     cfgs = sweep.points(tiny_cfg(), {"hidden": [16, 24], "lr": [0.5, 2.0], "clip": [1.0, 0.5]})
     assert sweep.programs(cfgs) == [[0, 1, 2, 3], [4, 5, 6, 7]]
