@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -229,5 +230,10 @@ def test_seeds_bench_times_a_group_against_solo_processes(tmp_path: Path) -> Non
 def test_replica_layouts_times_each_layout() -> None:
     proc = run_tool("tools/replica_layouts.py", "--replicas", "2", "--epochs", "1", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    speed, memory = proc.stdout.split("\n\n")
+    rows = [line for line in speed.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 4 and rows[0].endswith("| 1.00 |") and "(--seeds)" in rows[-1]
+    tokens, own = (int(x.replace(",", "")) for x in re.findall(r"([\d,]+) bytes", memory))
+    (r, each, args, _, want), = [[int(x.replace(",", "")) for x in line.strip("| ").split(" | ")]
+                                 for line in memory.splitlines()[3:]]  # 2 replicas: one a device
+    assert (r, each) == (2, 1) and want == tokens + own and abs(args - want) < 64  # the tokens once, its own arrays

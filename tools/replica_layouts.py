@@ -2,7 +2,9 @@
 one solo run (data-parallel over the devices, as `jaxrnn train` runs), `vmap` over the replicas with each
 replica data-parallel, `vmap` with the replicas split over the devices, and the replicas split over the
 devices with each device training its share one after another (`lax.map`, what `--seeds` runs:
-`steps.Steps.for_replicas`). Seconds per epoch per replica, steady state (compilation excluded).
+`steps.Steps.for_replicas`). Seconds per epoch per replica, steady state (compilation excluded). Then the
+memory of the `--seeds` program by replicas (XLA's analysis of the compiled chunk, per device): what its
+arguments hold (the tokens once, each replica's state and plans) and its temporaries.
 
     python tools/replica_layouts.py             # 8 replicas, 5 epochs, on one device per core
 """
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     train, val = corpus.part_tokens("train"), corpus.part_tokens("val")
     val_plan = eval_sample(eval_plan("windows", corpus.spans["val"][1], cfg.batch_size, cfg.num_steps), None, 0,
                            "windows")
-    group = Replicas.of(tuple(range(R)), lay)
+    group = Replicas.of(tuple(cfg.replace(seed=s) for s in range(R)), lay)
 
     def timed(fn, args) -> float:  # seconds an epoch of the second call (the first compiles and warms)
         compiled = fn.lower(*args).compile()
@@ -60,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     solo = timed(steps.jitted(lay).chunk, (put_tree(init_state(model, tx, 0), lay.replicated),
                                           *put_tree((np.int32(0), train, val), lay.replicated),
                                           *put_tree(plan, lay.batched(3)), *put_tree(val_plan, lay.batched(2))))
-    states = init_state(model, tx, group.padded)
-    seeds = np.array(group.padded, np.int32)
-    plans = group.stacked(lambda s: chunk_plan(s, 0, E, n, cfg.batch_size, cfg.batching, cfg.num_steps))
-    vals = group.stacked(lambda s: val_plan)
+    states = init_state(model, tx, tuple(c.seed for c in group.padded))
+    seeds = group.knobs()
+    plans = group.stacked(lambda c: chunk_plan(c.seed, 0, E, n, cfg.batch_size, cfg.batching, cfg.num_steps))
+    vals = group.stacked(lambda c: val_plan)
     rep, by_replica = lay.replicated, group.by_replica
     args = (states, seeds, train, val, *plans, *vals)
     rows = {"solo, data-parallel": solo}
@@ -80,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| layout | s/epoch per replica | x solo |\n| --- | ---: | ---: |")
     for name, s in rows.items():
         print(f"| {name} | {s:.3f} | {s / solo:.2f} |")
+    tokens = train.nbytes + val.nbytes
+    own = sum(x.nbytes for x in jax.tree.leaves((states, seeds, plans, vals))) // padded  # one replica's arrays
+    print(f"\nthe tokens: {tokens:,} bytes; one replica's state, seed and plans: {own:,} bytes")
+    print("| replicas | per device | arguments | temporaries | tokens + own arrays of its replicas |\n"
+          "| ---: | ---: | ---: | ---: | ---: |")
+    for r in sorted({lay.devices * 2 ** i for i in range(8) if lay.devices * 2 ** i <= padded}):
+        few = jax.tree.map(lambda x, r=r: x[:r], (states, seeds, plans, vals))
+        mem = steps.for_replicas(lay).chunk.lower(few[0], few[1], train, val, *few[2], *few[3]).compile() \
+            .memory_analysis()
+        each = r // lay.devices
+        print(f"| {r} | {each} | {mem.argument_size_in_bytes:,} | {mem.temp_size_in_bytes:,} | "
+              f"{tokens + each * own:,} |")
     return 0
 
 
