@@ -55,18 +55,20 @@ class RunMismatch(CheckpointError):
 
 class Stopped(Exception):
     """Training stopped on a signal at the checkpoint of `epoch` (an epoch, or a step: `unit`; None: before
-    the first checkpoint), after its chunk or, `compiling`, while the next one compiled."""
+    the first checkpoint), after its chunk or, `compiling`, while the next one compiled; `again` is the
+    command that goes on, if not 'jaxrnn train --resume RUN_DIR' (a sweep's: the same sweep again)."""
 
     def __init__(self, signum: int, epoch: int | None, run_dir: object = None, unit: str = "epoch",
-                 compiling: bool = False) -> None:
-        self.signum, self.epoch, self.run_dir = signum, epoch, run_dir
+                 compiling: bool = False, again: str | None = None) -> None:
+        self.signum, self.epoch, self.run_dir, self.unit, self.compiling = signum, epoch, run_dir, unit, compiling
         how = f"stopped by {signal.Signals(signum).name}" + (" while compiling," if compiling else "")
+        again = again or f"'jaxrnn train --resume {run_dir}'"
         if epoch is None:
             text = f"{how} before the first checkpoint" if run_dir else f"{how} before training began"
-            goes_on = f"; 'jaxrnn train --resume {run_dir}' starts it again" if run_dir else ""
+            goes_on = f"; {again} starts it again" if run_dir else ""
         else:
             text = f"{how} after {unit} {epoch}" + (", its checkpoint saved" if run_dir else "")
-            goes_on = f"; resume with 'jaxrnn train --resume {run_dir}'" if run_dir else ""
+            goes_on = f"; resume with {again}" if run_dir else ""
         super().__init__(text + goes_on)
 
 

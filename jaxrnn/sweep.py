@@ -20,7 +20,7 @@ from typing import Any
 
 from jaxrnn import rundir, strict_json
 from jaxrnn.config import Config, field_kind
-from jaxrnn.errors import ConfigError, JaxrnnError, SettingError
+from jaxrnn.errors import ConfigError, JaxrnnError, SettingError, Stopped
 from jaxrnn.execution import resolve
 from jaxrnn.run import Group, log, resume_groups, seed_list, train_groups
 from jaxrnn.spread import Spread
@@ -123,10 +123,15 @@ def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, 
             say(f"jaxrnn: sweep {which} of {len(cfgs)}" + (" as one program" if len(todo) > 1 else "") + f": {told}")
         dirs = [out / f"point-{k}" for k in todo]
         begun = [rundir.read_group(d) is not None for d in dirs]
-        if all(begun) and not force:
-            groups = resume_groups(dirs, progress=progress)
-        else:  # none begun, or some stopped while being written: this sweep's own directories, made anew
-            groups = train_groups([cfgs[k] for k in todo], dirs, seeds, progress=progress, force=force or any(begun))
+        try:
+            if all(begun) and not force:
+                groups = resume_groups(dirs, progress=progress)
+            else:  # none begun, or some stopped while being written: this sweep's own directories, made anew
+                groups = train_groups([cfgs[k] for k in todo], dirs, seeds, progress=progress,
+                                      force=force or any(begun))
+        except Stopped as e:  # its points' groups go on with the sweep, not one by one
+            raise Stopped(e.signum, e.epoch, e.run_dir, e.unit, e.compiling,
+                          again=f"the same 'jaxrnn sweep ... --out {out}'") from None
         for k, group in zip(todo, groups):
             rows[k] = _row(k, {name: getattr(cfgs[k], name) for name in grid}, group)
         _write(out, plan, [rows[k] for k in sorted(rows)])

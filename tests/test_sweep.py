@@ -13,7 +13,7 @@ from conftest import max_diff
 
 import jaxrnn
 from jaxrnn import sweep
-from jaxrnn.errors import ConfigError
+from jaxrnn.errors import ConfigError, Stopped
 from jaxrnn.run import train_groups
 
 TINY = ["--epochs", "2", "--no-curves", "--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size",
@@ -92,6 +92,17 @@ def test_a_replica_that_diverges_is_named_by_its_seed_and_settings(tiny_cfg, tin
     with pytest.raises(jaxrnn.JaxrnnError, match=r"the training loss of the replica with seed 0, lr=1000000000.0 "
                        r"became .* at epoch 1, step \d+ \(no checkpoint was saved before it\); lower --lr"):
         train_groups(pts, [None, None], 2, tiny_corpus, progress=False)
+
+
+def test_a_signal_says_the_sweep_goes_on_with_the_same_command(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    def stopped(*args, **kwargs):  # SIGINT after the program's epoch 1 checkpoint
+        raise Stopped(2, 1, tmp_path / "sw" / "point-0", "epoch")
+
+    monkeypatch.setattr(sweep, "train_groups", stopped)
+    with pytest.raises(Stopped) as caught:
+        sweep.run_sweep(tiny_cfg(), {"lr": [0.5, 2.0]}, 1, tmp_path / "sw", progress=False, say=None)
+    assert str(caught.value) == (f"stopped by SIGINT after epoch 1, its checkpoint saved; resume with the same "
+                                 f"'jaxrnn sweep ... --out {tmp_path / 'sw'}'")
 
 
 def test_the_sweep_trains_each_program_once(tiny_cfg) -> None:
