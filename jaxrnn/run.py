@@ -34,7 +34,7 @@ from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, largest_across, on_primary
 from jaxrnn.spread import Spread, median_index
 from jaxrnn.steps import TrainState, init_state
-from jaxrnn.training import TUNED, bits, check_trainable, evaluate_tokens, make_optimizer, program_of
+from jaxrnn.training import INIT, TUNED, bits, check_trainable, evaluate_tokens, make_optimizer, program_of
 from jaxrnn.writer import Writer
 
 
@@ -99,7 +99,7 @@ def _ready(cfg: Config, corpus: Corpus | None, replicas: int, out: str | Path | 
 def train_groups(points: list[Config], outs: list[str | Path | None], seeds: int | tuple[int, ...],
                  corpus: Corpus | None = None, per_step: bool = False, force: bool = False,
                  progress: bool | OnEpoch = True, time_budget: float | None = None) -> list[Group]:
-    """A group of `seeds` for each of `points` (configs that differ only by TUNED settings:
+    """A group of `seeds` for each of `points` (configs that differ only by TUNED and INIT settings:
     `training.program_of`), every replica of every group trained as one program, each group into its
     directory of `outs` (None: nothing written) as `train(point, out, seeds=seeds)` writes it. A sweep's
     points that share a program train so (`sweep.run_sweep`)."""
@@ -130,8 +130,8 @@ def _one_program(cfgs: list[Config], what: str) -> None:
         diff = sorted(k for k, v in program_of(c).items() if first[k] != v)
         if diff:
             raise ConfigError(f"{what} differ in {', '.join(diff)}, which changes the program; one program trains "
-                              f"replicas that differ only by their seed and {', '.join(TUNED)} (of weight decay, "
-                              "not whether there is any): train the others apart")
+                              f"replicas that differ only by their seed, {', '.join(TUNED + INIT)} (of weight "
+                              "decay, not whether there is any): train the others apart")
 
 
 def _groups(trained: list[Trained], sizes: list[int], dirs: list[Any]) -> list[Group]:

@@ -1,7 +1,7 @@
 """`jaxrnn sweep`: a grid of settings times the seeds, each point of the grid a group of replicas, every
 point's spread in one table. Points that differ only by the optimizer's values (lr, clip, weight decay)
-train with all their seeds as one program (`run.train_groups`); points that change the program (hidden,
-cell, batch size, ...) run as programs one after another.
+and the init scale (sigma) train with all their seeds as one program (`run.train_groups`); points that
+change the program (hidden, cell, batch size, ...) run as programs one after another.
 
 A sweep's directory holds `sweep.json` (the base config, the grid, the seeds, and each finished point's
 spread, written after every point) and a group directory per point, `point-K/`; `sweep.png` draws each
@@ -100,7 +100,8 @@ def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, 
               progress: Any = True, say: Any = log) -> list[dict[str, Any]]:
     """Train every point of the grid as a group of `seeds` into `out/point-K/`, writing sweep.json after each
     program: points that differ only by settings that leave the program as it is (`training.TUNED`: lr,
-    clip, weight decay) train together as one program (`run.train_groups`), the others one after another.
+    clip, weight decay; `training.INIT`: sigma) train together as one program (`run.train_groups`), the
+    others one after another.
     A sweep already begun in `out` with the same plan goes on where it stopped (`say`: where each
     program's start is told; None: nowhere). Returns each point's row (its settings, the spread of its
     final val loss, ppl and bpc, tokens/s), in the order of the points."""

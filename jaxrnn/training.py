@@ -4,6 +4,7 @@ chunks of epochs or rounds of steps, checking the loss, timing and recording eac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -70,10 +71,16 @@ TUNED = ("lr", "clip", "weight_decay")
 train as one program, each with its own values (`make_optimizer`'s `tuned`, `steps.Knobs`)."""
 
 
+INIT = ("sigma",)
+"""Settings that only the initialisation reads: replicas that differ in them are initialised each as its solo
+run is (`init_replicas`) and then train as one program."""
+
+
 def program_of(cfg: Config) -> dict[str, Any]:
-    """What a config's training program depends on: every setting but the seed and the TUNED ones, of whose
-    weight decay only whether there is any (SGD's and Adam's decay is a stage of its own, AdamW's is always)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", *TUNED)}
+    """What a config's training program depends on: every setting but the seed, the TUNED and the INIT ones,
+    of whose weight decay only whether there is any (SGD's and Adam's decay is a stage of its own, AdamW's
+    is always)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", *TUNED, *INIT)}
     return {**d, "decays": cfg.optimizer == "adamw" or bool(cfg.weight_decay)}
 
 
@@ -283,6 +290,20 @@ class Replicas(NamedTuple):
         return self.stacked(lambda c: {"seed": np.int32(c.seed), **{k: np.float32(getattr(c, k)) for k in tuned}})
 
 
+def init_replicas(model: LanguageModel, tx: optax.GradientTransformation, cfgs: tuple[Config, ...]) -> TrainState:
+    """Each replica's initial state as its solo run makes it (its seed, and its INIT settings: the model's init
+    scale), stacked in their order; one compiled call for each distinct init scale."""
+    by: dict[float, list[int]] = {}
+    for k, c in enumerate(cfgs):
+        by.setdefault(c.sigma, []).append(k)
+    parts = [init_state(dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, sigma=sigma)), tx,
+                        tuple(cfgs[k].seed for k in ks)) for sigma, ks in by.items()]
+    if len(parts) == 1:
+        return parts[0]
+    back = np.argsort([k for ks in by.values() for k in ks])  # from the parts' order to the replicas'
+    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[back], *parts)
+
+
 def fit_chunks(
     cfg: Config,
     corpus: Corpus,
@@ -304,7 +325,7 @@ def fit_chunks(
     before yielding, for a chunk in which the loss stopped being finite.
 
     With `replicas`, configs that share `cfg`'s program (`program_of`: they differ by their seed, which sets
-    init, data order and dropout masks, and by TUNED settings) train as one program (`Steps.for_replicas`):
+    init, data order and dropout masks, and by TUNED and INIT settings) train as one program (`Steps.for_replicas`):
     `state` and the yielded states carry a leading replica axis (padded to a multiple of the devices:
     `Replicas`), and each replica's records come in their order.
 
@@ -320,8 +341,8 @@ def fit_chunks(
                   retune=functools.partial(make_optimizer, cfg, spe))
     group = None if replicas is None else Replicas.of(tuple(replicas), lay)
     if group is not None and any(program_of(c) != program_of(cfg) for c in group.cfgs):
-        raise ConfigError("the replicas of one program differ only by their seed and " + ", ".join(TUNED) + "; "
-                          "train the others as a program of their own")
+        raise ConfigError("the replicas of one program differ only by their seed, " + ", ".join(TUNED + INIT) +
+                          "; train the others as a program of their own")
     fns = steps.jitted(lay) if group is None else steps.for_replicas(lay, group.split)
     own = lay.replicated if group is None else group.by_replica  # where the state and knobs live
 
@@ -331,9 +352,9 @@ def fit_chunks(
     def each(make: Callable[[int], Any]) -> Any:  # a seed's arrays, or every replica's stacked
         return make(cfg.seed) if group is None else group.stacked(lambda c: make(c.seed))
 
-    if state is None:  # one compiled call, abandoned as a compilation is (`compile_`)
-        seeds = cfg.seed if group is None else tuple(c.seed for c in group.padded)
-        state = interrupts.wait(init_state, model, tx, seeds, abandon=jax.process_count() == 1)
+    if state is None:  # compiled calls, abandoned as a compilation is (`compile_`)
+        state = interrupts.wait(init_state, model, tx, cfg.seed, abandon=jax.process_count() == 1) if group is None \
+            else interrupts.wait(init_replicas, model, tx, group.padded, abandon=jax.process_count() == 1)
     elif group is not None:
         state = group.pad(state)
     knobs = np.int32(cfg.seed) if group is None else group.knobs()

@@ -58,12 +58,12 @@ def test_a_grid_point_that_cannot_train_is_refused_before_any_trains(tiny_cfg) -
                  marks=pytest.mark.slow),
 ], ids=["sgd", "adam-cosine-decay"])
 def test_points_that_differ_by_the_optimizers_values_train_as_one_program(tiny_cfg, tiny_corpus, changes) -> None:
-    """Two points (another lr, clip and weight decay) times two seeds, one program: each replica as the solo
+    """Two points (another lr, clip, weight decay and init scale) times two seeds, one program: each replica as the solo
     run of its config (the same records; params within float32 rounding of the solo run's all-reduce over
     the two devices), and the points' replicas differ."""
     cfg = tiny_cfg(epochs=2, **changes)
     wd = cfg.weight_decay
-    pts = [cfg.replace(lr=0.5 * cfg.lr), cfg.replace(lr=2 * cfg.lr, clip=0.25, weight_decay=3 * wd)]
+    pts = [cfg.replace(lr=0.5 * cfg.lr), cfg.replace(lr=2 * cfg.lr, clip=0.25, weight_decay=3 * wd, sigma=0.05)]
     groups = train_groups(pts, [None, None], (0, 5), tiny_corpus, progress=False)
     assert [g.seeds for g in groups] == [(0, 5), (0, 5)]
     for point, group in zip(pts, groups):
@@ -106,8 +106,8 @@ def test_a_signal_says_the_sweep_goes_on_with_the_same_command(tiny_cfg, tmp_pat
 
 
 def test_the_sweep_trains_each_program_once(tiny_cfg) -> None:
-    cfgs = sweep.points(tiny_cfg(), {"hidden": [16, 24], "lr": [0.5, 2.0], "clip": [1.0, 0.5]})
-    assert sweep.programs(cfgs) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    cfgs = sweep.points(tiny_cfg(), {"hidden": [16, 24], "lr": [0.5, 2.0], "clip": [1.0, 0.5], "sigma": [0.01, 0.1]})
+    assert sweep.programs(cfgs) == [list(range(8)), list(range(8, 16))]
     cfgs = sweep.points(tiny_cfg(), {"weight_decay": [0.0, 1e-3, 1e-2], "dropout": [0.0, 0.1]})
     assert sweep.programs(cfgs) == [[0], [1], [2, 4], [3, 5]]  # by dropout, and by whether there is decay
     adamw = sweep.points(tiny_cfg(optimizer="adamw"), {"weight_decay": [0.0, 1e-2]})
