@@ -43,6 +43,7 @@ class RunOptions:
     progress: bool | OnEpoch = True  # on stderr as the CLI shows it (process 0), nothing, or each record to this
     time_budget: float | None = None  # seconds: stop at the first checkpoint past them (resume goes on)
     until: int | None = None  # a checkpoint's number to stop at short of the end (a replica catching up)
+    like: int | None = None  # lay the replicas out as a group of this many is (a catch-up, bit for bit as its group)
 
     def __post_init__(self) -> None:
         b = self.time_budget
@@ -184,7 +185,8 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
 
     trained = training.fit_chunks(cfg, corpus, model, state, start, options.per_step,
                                   on_phase=watched.phase if watched else None,
-                                  replicas=tuple(m.cfg for m in members) if group else None, stop=options.until)
+                                  replicas=tuple(m.cfg for m in members) if group else None, stop=options.until,
+                                  like=options.like)
     for w in writers:
         w.begin(cfg.curves, cfg.tensorboard)
     with (interrupts.deferred() as caught, contextlib.closing(shown) if shown else nothing,
@@ -212,17 +214,19 @@ def fit_into(members: list[Member], corpus: Corpus, model: LanguageModel, state:
                                   functools.partial(interrupts.wait, sample_text, own.params))
                 if writers:
                     last_saved[unit] = done
-                if done >= end:  # complete (or where it was to stop): it prints its result, whatever signal came
+                if done >= cfg.length:  # complete: it prints its result, whatever signal came
                     break
                 signum = largest_across(caught.signum)  # a signal to any process stops them all after this chunk
                 if signum:
                     raise Stopped(signum, done, run_dir, unit)
+                if done >= end:  # where it was to stop (a replica caught up): the caller goes on
+                    break
                 if time_budget is not None and largest_across(time.monotonic() - began >= time_budget):
                     goes_on = f", its checkpoint saved; 'jaxrnn train --resume {run_dir}' goes on" if run_dir else ""
                     log(f"jaxrnn: the time budget of {time_budget:g} s is spent; stopped after {unit} {done} of "
                         f"{cfg.length}{goes_on}")
                     break
-            caught.done = done >= end
+            caught.done = done >= cfg.length
         except interrupts.Interrupted as e:  # while compiling, nothing trained since the last checkpoint
             raise Stopped(e.signum, last_saved[unit], run_dir, unit, compiling=True) from None
         except jax.errors.JaxRuntimeError as e:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, largest_across, on_primary
 from jaxrnn.spread import Spread, median_index
 from jaxrnn.steps import TrainState, init_state
-from jaxrnn.training import INIT, TUNED, bits, check_trainable, evaluate_tokens, make_optimizer, program_of
+from jaxrnn.training import bits, check_trainable, evaluate_tokens, make_optimizer, one_program
 from jaxrnn.writer import Writer
 
 
@@ -106,7 +107,7 @@ def train_groups(points: list[Config], outs: list[str | Path | None], seeds: int
     options = RunOptions(per_step, progress, time_budget)
     seeds = seed_list(points[0], seeds)
     options.check(points[0], group=True)
-    _one_program(points, "the points")
+    one_program(points, "the points")
     base, corpus, model = _ready(points[0], corpus, len(points) * len(seeds), outs[0])
     with contextlib.ExitStack() as held:
         members = []
@@ -121,17 +122,6 @@ def train_groups(points: list[Config], outs: list[str | Path | None], seeds: int
             members += [Member(c, w) for c, w in zip(cfgs, writers)]
         trained = fit_into(members, corpus, model, None, 0, options, group=True)
     return _groups(trained, [len(seeds)] * len(points), outs)
-
-
-def _one_program(cfgs: list[Config], what: str) -> None:
-    """Refuse configs that cannot train as one program: they may differ by their seed and TUNED settings only."""
-    first = program_of(cfgs[0])
-    for c in cfgs[1:]:
-        diff = sorted(k for k, v in program_of(c).items() if first[k] != v)
-        if diff:
-            raise ConfigError(f"{what} differ in {', '.join(diff)}, which changes the program; one program trains "
-                              f"replicas that differ only by their seed, {', '.join(TUNED + INIT)} (of weight "
-                              "decay, not whether there is any): train the others apart")
 
 
 def _groups(trained: list[Trained], sizes: list[int], dirs: list[Any]) -> list[Group]:
@@ -170,11 +160,15 @@ class Group:
 
 def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
     """Resume every replica of the groups (one group's, or a sweep's groups that share a program) from the
-    latest checkpoint all of them have (the others' later ones, which a stop between their saves can leave,
-    are set aside: training makes them again, bit for bit). A replica whose checkpoint there does not
-    restore catches up from its latest one that does (`_catch_up`) before the group goes on."""
+    group's latest checkpoint, the latest that any replica restores: a replica behind it (a stop between
+    the replicas' saves, or its checkpoint damaged and set aside) first catches up from its own latest
+    (`_catch_up`, bit for bit as in the group), then all go on as one program."""
     with contextlib.ExitStack() as held:
-        seeds = [rundir.read_group(g) or () for g in group_dirs]
+        seeds = [rundir.read_group(g) for g in group_dirs]
+        for g, ss in zip(group_dirs, seeds):
+            if ss is None:
+                raise JaxrnnError(f"{g} holds no {rundir.GROUP}; pass the directories of groups that 'jaxrnn train "
+                                  "--seeds' or 'jaxrnn sweep' wrote")
         dirs = [rundir.replica_dir(g, s) for g, ss in zip(group_dirs, seeds) for s in ss]
         missing = [d for d in dirs if not (d / rundir.CONFIG).is_file()]
         if missing:
@@ -191,22 +185,20 @@ def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
                     raise RunMismatch(f"{d} is not a replica of {dirs[at]} (its config differs in {diff or ['seed']}); "
                                       "restore its config.json, or train the group anew with --force")
             at += len(ss)
-        _one_program([cfgs[0], *cfgs[1:]], "the groups' configs")
+        one_program(cfgs, "the groups' configs")
         base = cfgs[0]
         options.check(base, group=True)
         corpus = _own_corpus(dirs[0], base)
         model = build_model(base, len(corpus.vocab))
-        common = min(max(checkpoint.steps(d), default=0) for d in dirs)  # the checkpoint every replica has
-        latest = [_latest(w, c, corpus, common) for w, c in zip(writers, cfgs)]
-        common = max(start for _, start, _ in latest)  # where one restores at least (the others catch up)
-        for w in writers:
-            for later in [e for e in checkpoint.steps(w.run_dir) if e > common]:
-                ahead = CheckpointError(f"checkpoint {later} of {w.run_dir} is ahead of the group's latest common one "
-                                        f"({base.unit} {common})")
-                w.set_aside(later, ahead, f"the group resumes from {base.unit} {common}")
+        latest = [_latest(w, c, corpus) for w, c in zip(writers, cfgs)]  # each one's latest that restores
+        common = max(start for _, start, _ in latest)  # the group's: the others catch up to it
         histories = [_history_upto(w, start) for w, (_, start, _) in zip(writers, latest)]
         members = [Member(c, w, h) for c, w, h in zip(cfgs, writers, histories)]
+        began = time.monotonic()
         latest = _catch_up(members, latest, common, corpus, model, options)
+        if options.time_budget is not None:  # the catch-up's time is the budget's too
+            options = dataclasses.replace(options, time_budget=max(options.time_budget - (time.monotonic() - began),
+                                                                   1e-9))
         names = ", ".join(map(str, group_dirs))
         sizes = [len(ss) for ss in seeds]
         if common and common >= base.length:
@@ -221,21 +213,21 @@ def _resume_groups(group_dirs: list[Path], options: RunOptions) -> list[Group]:
 
 def _catch_up(members: list[Member], latest: list[tuple[TrainState | None, int, float | None]], common: int,
               corpus: Corpus, model: LanguageModel, options: RunOptions) -> list[tuple[TrainState | None, int, Any]]:
-    """Replicas whose checkpoint at `common` did not restore (damaged, set aside) train from their latest one
-    that did up to `common`, those from one checkpoint as a program of their own, while the others keep
-    theirs; then every replica is at `common` (each one's state, number and val ppl, as `latest` holds them).
-    Each one's restart is said on stderr."""
+    """Replicas behind the group's checkpoint `common` train from their own latest one up to it, those from one
+    checkpoint as a program of their own laid out as the whole group is (so each trains bit for bit as it would
+    have in the group), while the others keep theirs; then every replica is at `common` (each one's state,
+    number and val ppl, as `latest` holds them). Each one's restart is said on stderr."""
     unit = members[0].cfg.unit
-    behind = sorted({start for _, start, _ in latest if start < common})
-    for start in behind:
+    for start in sorted({start for _, start, _ in latest if start < common}):
         ks = [k for k, (_, at, _) in enumerate(latest) if at == start]
         for k in ks:
-            log(f"jaxrnn: replica {members[k].writer.run_dir} restarts from " + (f"{unit} {start}" if start else
-                "the start") + f" (its checkpoint {common} does not restore); the others keep {unit} {common}")
-        states = [latest[k][0] for k in ks]
-        state = jax.tree.map(lambda *xs: np.stack(xs), *states) if start else None
+            log(f"jaxrnn: replica {members[k].writer.run_dir} restarts from " + (f"{unit} {start}, its latest "
+                "checkpoint that restores" if start else "the start: none of its checkpoints restores") +
+                f"; the others keep {unit} {common}")
+        state = jax.tree.map(lambda *xs: np.stack(xs), *[latest[k][0] for k in ks]) if start else None
         caught_up = fit_into([members[k] for k in ks], corpus, model, state, start,
-                             dataclasses.replace(options, until=common, time_budget=None), group=True)
+                             dataclasses.replace(options, until=common, time_budget=None, like=len(members)),
+                             group=True)
         for k, t in zip(ks, caught_up):
             latest[k] = (t.state, common, t.val_ppl)
             members[k].history, members[k].new = members[k].history + members[k].new, []

@@ -84,6 +84,18 @@ def program_of(cfg: Config) -> dict[str, Any]:
     return {**d, "decays": cfg.optimizer == "adamw" or bool(cfg.weight_decay)}
 
 
+def one_program(cfgs: list[Config], what: str) -> None:
+    """Refuse configs that cannot train as one program: they may differ by their seed, TUNED and INIT settings."""
+    first = program_of(cfgs[0])
+    for c in cfgs[1:]:
+        diff = sorted(k for k, v in program_of(c).items() if first[k] != v)
+        if diff:
+            named = ", ".join("whether there is weight decay" if k == "decays" else k for k in diff)
+            raise ConfigError(f"{what} differ in {named}, which changes the program; one program trains replicas "
+                              f"that differ only by their seed, {', '.join(TUNED + INIT)} (of weight decay, not "
+                              "whether there is any, with SGD or Adam): train the others apart")
+
+
 def make_optimizer(cfg: Config, steps_per_epoch: int = 1, **tuned: Any) -> optax.GradientTransformation:
     """Global-norm clipping, then SGD (the chapters'), Adam or AdamW with `learning_rate(cfg, ...)`
     (`steps_per_epoch` matters to a cosine schedule only; the state's structure does not depend on it):
@@ -241,10 +253,6 @@ class Replicas(NamedTuple):
     mesh: Any
 
     @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(c.seed for c in self.cfgs)
-
-    @property
     def by_replica(self) -> NamedSharding:
         """Where an array whose leading axis is the replica lives (its state, its knobs)."""
         return NamedSharding(self.mesh, P(AXIS) if self.split else P())
@@ -263,8 +271,10 @@ class Replicas(NamedTuple):
         return state if not extra else jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], extra, 0)]), state)
 
     @classmethod
-    def of(cls, cfgs: tuple[Config, ...], lay: Layout) -> Replicas:
-        split = len(cfgs) >= lay.devices
+    def of(cls, cfgs: tuple[Config, ...], lay: Layout, like: int | None = None) -> Replicas:
+        """`cfgs` on the layout's devices, laid out as `like` replicas would be (split or not; default: as many
+        as `cfgs`), so that some of a group's replicas train bit for bit as in the whole group."""
+        split = (like or len(cfgs)) >= lay.devices
         pad = -len(cfgs) % lay.devices if split else 0
         return cls(cfgs, cfgs + cfgs[-1:] * pad, split, lay.mesh)
 
@@ -272,19 +282,19 @@ class Replicas(NamedTuple):
         """`make(cfg)` of every padded replica (numpy), stacked along a leading replica axis."""
         return jax.tree.map(lambda *xs: np.stack(xs), *[make(c) for c in self.padded])
 
-    @property
-    def tuned(self) -> list[str]:
-        """The TUNED settings whose values differ between the replicas."""
-        return [k for k in TUNED if len({getattr(c, k) for c in self.cfgs}) > 1]
+    def differing(self, names: tuple[str, ...]) -> list[str]:
+        """Those of the settings `names` whose values differ between the replicas."""
+        return [k for k in names if len({getattr(c, k) for c in self.cfgs}) > 1]
 
     def name(self, k: int) -> str:
         """Replica `k` as its errors name it: 'seed 3', or 'seed 3, lr=2.0' where the replicas' rates differ."""
         c = self.cfgs[k]
-        return ", ".join([f"seed {c.seed}", *(f"{t.replace('_', '-')}={getattr(c, t)}" for t in self.tuned)])
+        own = self.differing(TUNED + INIT)
+        return ", ".join([f"seed {c.seed}", *(f"{t.replace('_', '-')}={getattr(c, t)}" for t in own)])
 
     def knobs(self) -> Any:
         """Each replica's seed, stacked, or with TUNED settings that differ between replicas a dict of them."""
-        tuned = self.tuned
+        tuned = self.differing(TUNED)
         if not tuned:
             return self.stacked(lambda c: np.int32(c.seed))
         return self.stacked(lambda c: {"seed": np.int32(c.seed), **{k: np.float32(getattr(c, k)) for k in tuned}})
@@ -315,6 +325,7 @@ def fit_chunks(
     on_phase: Callable[[str], None] | None = None,
     replicas: tuple[Config, ...] | None = None,
     stop: int | None = None,
+    like: int | None = None,
 ) -> Iterator[Chunk]:
     """Train from `start` (epochs, or optimizer steps with `cfg.steps`) to the run's end, yielding a Chunk
     after each compiled call: by epochs each chunk ends at a multiple of `cfg.save_every` or at the end
@@ -327,7 +338,8 @@ def fit_chunks(
     With `replicas`, configs that share `cfg`'s program (`program_of`: they differ by their seed, which sets
     init, data order and dropout masks, and by TUNED and INIT settings) train as one program (`Steps.for_replicas`):
     `state` and the yielded states carry a leading replica axis (padded to a multiple of the devices:
-    `Replicas`), and each replica's records come in their order.
+    `Replicas`; laid out as a group of `like` replicas would be, if given), and each replica's records come
+    in their order.
 
     The fused path compiles each chunk shape ahead of time, so epoch times exclude compilation; the
     seconds spent compiling and training are added to `timings` ('compile_s', 'train_s') if given, and
@@ -339,10 +351,9 @@ def fit_chunks(
     protocol = eval_protocol(cfg.eval, cfg.split)
     steps = Steps(model, tx, cfg.num_steps, cfg.batching == "sequential", protocol == "stream",
                   retune=functools.partial(make_optimizer, cfg, spe))
-    group = None if replicas is None else Replicas.of(tuple(replicas), lay)
-    if group is not None and any(program_of(c) != program_of(cfg) for c in group.cfgs):
-        raise ConfigError("the replicas of one program differ only by their seed, " + ", ".join(TUNED + INIT) +
-                          "; train the others as a program of their own")
+    group = None if replicas is None else Replicas.of(tuple(replicas), lay, like)
+    if group is not None:
+        one_program([cfg, *group.cfgs], "the replicas")
     fns = steps.jitted(lay) if group is None else steps.for_replicas(lay, group.split)
     own = lay.replicated if group is None else group.by_replica  # where the state and knobs live
 

@@ -80,7 +80,7 @@ def test_points_that_differ_by_the_optimizers_values_train_as_one_program(tiny_c
 @pytest.mark.parametrize(("changes", "words"), [
     (dict(hidden=24), "differ in hidden, which changes the program"),
     (dict(dropout=0.1), "differ in dropout, which changes the program"),
-    (dict(weight_decay=0.1), "differ in decays"),  # with SGD, weight decay is a stage only where there is any
+    (dict(weight_decay=0.1), "differ in whether there is weight decay"),  # with SGD a stage only where any
 ])
 def test_points_that_change_the_program_are_refused_as_one(tiny_cfg, tiny_corpus, changes, words) -> None:
     with pytest.raises(ConfigError, match=words):
