@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("root", nargs="?", default=".", help="where to look (default: the current directory)")
     r.add_argument("--all", action="store_true", help="also list each replica of a group (--seeds) as a run")
 
-    sw = sub.add_parser("sweep", help="train a grid of settings times seeds (points that differ only by lr, clip "
-                        "or weight decay as one program) and print every point's spread, best first")
+    sw = sub.add_parser("sweep", help="train a grid of settings times seeds (points that differ only by lr, clip, "
+                        "weight decay or sigma as one program) and print every point's spread, best first")
     sw.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config; flags override it")
     sw.add_argument("--config", metavar="FILE", help="start from a saved config; flags override it")
     sw.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2,...",

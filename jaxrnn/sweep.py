@@ -4,7 +4,7 @@ and the init scale (sigma) train with all their seeds as one program (`run.train
 change the program (hidden, cell, batch size, ...) run as programs one after another.
 
 A sweep's directory holds `sweep.json` (the base config, the grid, the seeds, and each finished point's
-spread, written after every point) and a group directory per point, `point-K/`; `sweep.png` draws each
+spread, written after every program) and a group directory per point, `point-K/`; `sweep.png` draws each
 point's validation curve with its band over the seeds. Run again with the same flags and `--out`, a
 stopped sweep goes on where it stopped: finished points are read back, a stopped one resumes exactly.
 """

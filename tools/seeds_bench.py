@@ -77,20 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     flags = [*(["--epochs", str(epochs)] if epochs else []), *extra]
     grid = parse_grid(a.grid) if a.grid else [{}]
     runs = len(grid) * a.seeds
+    if any(x == "--seed" or x.startswith("--seed=") for x in extra):
+        raise ToolError("the runs use seeds 0 to N - 1; pass no --seed after --")
+    seeds = str(a.seeds)  # counted from seed 0, as the solo runs' are
     with tempfile.TemporaryDirectory(prefix="jaxrnn-seeds-") as tmp:
         work = Path(tmp)
         solo_wall, solo_dirs = [], []
         for k, point in enumerate(grid):
             for seed in range(a.seeds):
                 solo_dirs.append(work / f"solo-{k}-{seed}")
-                settings = [x for name, v in point.items() for x in (f"--{name}", v)]
+                settings = [x for name, v in point.items() for x in (f"--{name.replace('_', '-')}", v)]
                 solo_wall.append(jaxrnn("train", [*flags, *settings, "--seed", str(seed), "--out", str(solo_dirs[-1])]))
         if a.grid:
-            group_wall = jaxrnn("sweep", [*flags, *[f"--grid={g}" for g in a.grid], "--seeds", str(a.seeds), "--out",
+            group_wall = jaxrnn("sweep", [*flags, *[f"--grid={g}" for g in a.grid], "--seeds", seeds, "--out",
                                           str(work / "sweep")])
             group_dir = work / "sweep" / "point-0" / "seed-0"
         else:
-            group_wall = jaxrnn("train", [*flags, "--seeds", str(a.seeds), "--out", str(work / "group")])
+            group_wall = jaxrnn("train", [*flags, "--seeds", seeds, "--out", str(work / "group")])
             group_dir = work / "group" / "seed-0"
         solo_record = statistics.median(record_seconds(d) for d in solo_dirs)
         group_record = record_seconds(group_dir)
