@@ -33,9 +33,10 @@ from jaxrnn.execution import resolve
 from jaxrnn.loop import Member, OnEpoch, RunOptions, Trained, fit_into, log
 from jaxrnn.models import LanguageModel, build_model
 from jaxrnn.parallel import barrier, largest_across, on_primary
+from jaxrnn.replicas import one_program
 from jaxrnn.spread import Spread, median_index
 from jaxrnn.steps import TrainState, init_state
-from jaxrnn.training import bits, check_trainable, evaluate_tokens, make_optimizer, one_program
+from jaxrnn.training import bits, check_trainable, evaluate_tokens, make_optimizer
 from jaxrnn.writer import Writer
 
 
@@ -101,7 +102,7 @@ def train_groups(points: list[Config], outs: list[str | Path | None], seeds: int
                  corpus: Corpus | None = None, per_step: bool = False, force: bool = False,
                  progress: bool | OnEpoch = True, time_budget: float | None = None) -> list[Group]:
     """A group of `seeds` for each of `points` (configs that differ only by TUNED and INIT settings:
-    `training.program_of`), every replica of every group trained as one program, each group into its
+    `replicas.program_of`), every replica of every group trained as one program, each group into its
     directory of `outs` (None: nothing written) as `train(point, out, seeds=seeds)` writes it. A sweep's
     points that share a program train so (`sweep.run_sweep`)."""
     options = RunOptions(per_step, progress, time_budget)

@@ -67,7 +67,7 @@ def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: 
 
 Knobs = Array | dict[str, Array]
 """A replica's own values inside a compiled program: its seed (an int32 array), or a dict of it (`seed`) and
-the shape-free settings that a sweep varies inside one program (`training.TUNED`: lr, clip, weight decay)."""
+the shape-free settings that a sweep varies inside one program (`replicas.TUNED`: lr, clip, weight decay)."""
 
 
 def seed_of(knobs: Knobs) -> Array:

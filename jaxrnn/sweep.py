@@ -22,9 +22,9 @@ from jaxrnn import rundir, strict_json
 from jaxrnn.config import Config, field_kind
 from jaxrnn.errors import ConfigError, JaxrnnError, SettingError, Stopped
 from jaxrnn.execution import resolve
+from jaxrnn.replicas import program_of
 from jaxrnn.run import Group, log, resume_groups, seed_list, train_groups
 from jaxrnn.spread import Spread
-from jaxrnn.training import program_of
 
 SWEEP = "sweep.json"
 NOT_GRIDDED = {"data": "the corpus", "seed": "the seeds (--seeds)", "model": "an alias (grid --cell and --impl)",
@@ -99,8 +99,8 @@ def _label(changes: dict[str, Any]) -> str:
 def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, ...], out: Path, force: bool = False,
               progress: Any = True, say: Any = log) -> list[dict[str, Any]]:
     """Train every point of the grid as a group of `seeds` into `out/point-K/`, writing sweep.json after each
-    program: points that differ only by settings that leave the program as it is (`training.TUNED`: lr,
-    clip, weight decay; `training.INIT`: sigma) train together as one program (`run.train_groups`), the
+    program: points that differ only by settings that leave the program as it is (`replicas.TUNED`: lr,
+    clip, weight decay; `replicas.INIT`: sigma) train together as one program (`run.train_groups`), the
     others one after another.
     A sweep already begun in `out` with the same plan goes on where it stopped (`say`: where each
     program's start is told; None: nowhere). Returns each point's row (its settings, the spread of its
@@ -140,7 +140,7 @@ def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, 
 
 
 def programs(cfgs: list[Config]) -> list[list[int]]:
-    """The points (their indices) that train as one program: those that share `training.program_of`, in the
+    """The points (their indices) that train as one program: those that share `replicas.program_of`, in the
     order of each program's first point."""
     by: dict[str, list[int]] = {}
     for k, cfg in enumerate(cfgs):

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from jaxrnn.batching import chunk_plan, eval_plan, eval_sample, steps_per_epoch
     from jaxrnn.models import build_model
     from jaxrnn.parallel import AXIS, layout, put_tree
+    from jaxrnn.replicas import Replicas
     from jaxrnn.steps import Steps, init_state
-    from jaxrnn.training import Replicas, make_optimizer
+    from jaxrnn.training import make_optimizer
 
     R, E, cfg = a.replicas, a.epochs, jaxrnn.Config()
     corpus = jaxrnn.corpus_for(cfg)
