@@ -265,8 +265,8 @@ def fit_chunks(
             else interrupts.wait(init_replicas, model, tx, group.padded, abandon=jax.process_count() == 1)
     elif group is not None:
         state = group.pad(state)
-    knobs = np.int32(cfg.seed) if group is None else group.knobs()
-    state, seed = interrupts.wait(put_tree, (state, knobs), own)
+    knobs = np.int32(cfg.seed) if group is None else group.knobs()  # what each replica's step reads of its own
+    state, knobs = interrupts.wait(put_tree, (state, knobs), own)
     train, val = interrupts.wait(put_tree, (corpus.part_tokens("train"), corpus.part_tokens("val")), lay.replicated)
     val_plan = eval_plan(protocol, corpus.spans["val"][1], cfg.batch_size, cfg.num_steps)
     val_idx, val_mask = put_tree(each(lambda s: eval_sample(val_plan, cfg.eval_batches, s, protocol)), batched(2))
@@ -278,7 +278,7 @@ def fit_chunks(
     count = 1 if group is None else len(group.cfgs)
     stop = cfg.length if stop is None else stop
     if cfg.steps is not None:
-        yield from _fit_steps(cfg, model, fns, lay, group, state, seed, (train, val, val_idx, val_mask), n, spe,
+        yield from _fit_steps(cfg, model, fns, lay, group, state, knobs, (train, val, val_idx, val_mask), n, spe,
                               start, stop, protocol, timings, build, precision)
         return
     compiled: dict[int, Callable] = {}  # chunk length -> executable
@@ -289,7 +289,7 @@ def fit_chunks(
         if not per_step and b - a not in compiled:
             t0 = time.perf_counter()
             with precision():
-                lowered = fns.chunk.lower(state, seed, train, val, idx, mask, val_idx, val_mask)
+                lowered = fns.chunk.lower(state, knobs, train, val, idx, mask, val_idx, val_mask)
             compiled[b - a] = build(lowered)
             timings["compile_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -299,7 +299,7 @@ def fit_chunks(
                 for e in range(b - a):
                     h = model.init_state(cfg.batch_size)
                     for i in range(idx.shape[1]):
-                        state, stats_i, h_last = fns.step(state, seed, train, idx[e, i], mask[e, i], h)
+                        state, stats_i, h_last = fns.step(state, knobs, train, idx[e, i], mask[e, i], h)
                         h = h_last if cfg.batching == "sequential" else h
                         stats.append(stats_i)
                     vals.append(fns.evaluate(state.params, val, val_idx, val_mask))
@@ -307,7 +307,7 @@ def fit_chunks(
             stats_ExN = {k: jnp.stack([st[k] for st in stats]).reshape(shape) for k in stats[0]}
             val_E = jnp.stack(vals)
         else:
-            state, (stats_ExN, val_E) = compiled[b - a](state, seed, train, val, idx, mask, val_idx, val_mask)
+            state, (stats_ExN, val_E) = compiled[b - a](state, knobs, train, val, idx, mask, val_idx, val_mask)
         stats_ExN, val_E = fetch((stats_ExN, val_E))
         timings["train_s"] += time.perf_counter() - t0
         seconds = (time.perf_counter() - t0) / (b - a)
@@ -367,7 +367,7 @@ def round_plan(cfg: Config, n: int, spe: int, a: int, b: int, seed: int | None =
 
 
 def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: Replicas | None, state: TrainState,
-               seed: Array, data: tuple[Array, ...], n: int, spe: int, start: int, stop: int, protocol: str,
+               knobs: Any, data: tuple[Array, ...], n: int, spe: int, start: int, stop: int, protocol: str,
                timings: dict[str, float], build: Callable[[Any], Callable], precision: Callable) -> Iterator[Chunk]:
     """Training by steps: rounds of `eval_every` steps (from step 0, so a resumed run's rounds are the
     same), each one compiled call ending with an evaluation. With sequential batching the state runs on
@@ -391,7 +391,7 @@ def _fit_steps(cfg: Config, model: LanguageModel, fns: Any, lay: Layout, group: 
         tokens = int(mask.reshape(-1, *mask.shape[-2:])[0].sum()) * cfg.num_steps
         idx, mask = put_tree((idx, mask), lay.batched(2) if group is None else group.batched(3))
         reset = put_tree(reset, lay.replicated if group is None else group.by_replica)
-        args = (state, seed, train, val, idx, mask, reset, h, val_idx, val_mask)
+        args = (state, knobs, train, val, idx, mask, reset, h, val_idx, val_mask)
         if b - g not in compiled:
             t0 = time.perf_counter()
             with precision():
