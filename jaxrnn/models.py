@@ -6,7 +6,8 @@ RNNLM: Flax's `nn.SimpleCell` unrolled by `nn.scan`, with an `nn.Dense` head. Bo
 `nn.GRUCell`). Both are frozen dataclasses of one `ModelConfig`, so they are hashable and can be
 closed over by jitted functions. The recurrent state is a pytree: `h [B, H]`, or a pair for the
 LSTM (scratch `(h, c)`, Flax `(c, h)`), and a tuple of those with `layers` > 1. `forward` takes a
-PRNG key only in training, where it draws the dropout masks; without one it is deterministic.
+PRNG key only in training, where it draws the dropout masks (keeping values with the probability `keep`,
+a replica's own inside a sweep's program, or 1 - the config's rate); without one it is deterministic.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class LanguageModel(Protocol):
 
     def init_state(self, batch_size: int) -> State: ...
 
-    def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None
-                ) -> tuple[Array, State]: ...
+    def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None,
+                keep: Array | None = None) -> tuple[Array, State]: ...
 
 
 def _cast(tree: Params, dtype: str) -> Params:
@@ -82,13 +83,32 @@ def joined(states: list[State]) -> State:
     return states[0] if len(states) == 1 else tuple(states)
 
 
-def dropout(x: Array, rate: float, key: Array | None, i: int) -> Array:
-    """Inverted dropout with the `i`-th key folded from `key`; the identity when `key` is None
-    (evaluation, sampling) or the rate is 0."""
-    if key is None or rate == 0.0:
+def over(x: Array, d: float | Array) -> Array:
+    """`x / d` as XLA computes it for a constant `d` (times its reciprocal) also where `d` is a traced value (a
+    true division there), so that a replica's dropout with its own keep probability is its solo run's bit for bit."""
+    return x / d if isinstance(d, (int, float)) else x * (1 / d.astype(jnp.result_type(x, float)))
+
+
+def dropout(x: Array, keep: float | Array, key: Array | None, i: int) -> Array:
+    """Inverted dropout keeping each value with probability `keep` (a traced value: a replica's own), with
+    the `i`-th key folded from `key`; the identity when `key` is None (evaluation, sampling) or `keep` is 1."""
+    if key is None or (isinstance(keep, float) and keep == 1.0):
         return x
-    keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    kept = jax.random.bernoulli(jax.random.fold_in(key, i), keep, x.shape)
+    return jnp.where(kept, over(x, keep), 0).astype(x.dtype)
+
+
+class Dropout(nn.Dropout):
+    """Flax's `nn.Dropout` (its name, so the same masks from the same rng stream, and its arithmetic) whose
+    keep probability may be given at the call as a traced value (a replica's own)."""
+
+    @nn.compact
+    def __call__(self, inputs: Array, keep: Array | None = None) -> Array:  # type: ignore[override]
+        if self.rate == 0.0 or self.deterministic:
+            return inputs
+        keep = 1.0 - self.rate if keep is None else keep
+        mask = jax.random.bernoulli(self.make_rng(self.rng_collection), p=keep, shape=inputs.shape)
+        return jax.lax.select(mask, over(inputs, keep), jnp.zeros_like(inputs))
 
 
 @dataclass(frozen=True)
@@ -120,17 +140,18 @@ class ScratchRNNLM:
     def init_state(self, batch_size: int) -> State:
         return zero_states(self.cfg, batch_size)
 
-    def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None
-                ) -> tuple[Array, State]:
+    def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None,
+                keep: Array | None = None) -> tuple[Array, State]:
         c, dtype = self.cfg, self.cfg.loop.dtype
+        keep = 1.0 - c.dropout if keep is None else keep
         if c.embed:
-            x = dropout(params["embed"]["E"][tokens_BxT.T], c.dropout, key, c.layers)
+            x = dropout(params["embed"]["E"][tokens_BxT.T], keep, key, c.layers)
         new = []
         for i, s in enumerate(per_layer(state, c.layers)):
             p = params[layer_name(i)]
             s, hs_TxBxH = (cells.dense_unroll(p, s, x, c.loop) if i or c.embed
                            else cells.rnn_unroll(p, s, tokens_BxT.T, c.loop))
-            x = dropout(hs_TxBxH, c.dropout, key, i)
+            x = dropout(hs_TxBxH, keep, key, i)
             new.append(_cast(s, "float32"))
         W_hq = params["embed"]["E"].T if c.tie else params["head"]["W_hq"]
         logits_TxBxV = x @ W_hq.astype(dtype) + params["head"]["b_q"].astype(dtype)
@@ -155,12 +176,13 @@ class _ConciseNet(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxT: Array, state: State, train: bool = False) -> tuple[Array, State]:
+    def __call__(self, tokens_BxT: Array, state: State, train: bool = False, keep: Array | None = None
+                 ) -> tuple[Array, State]:
         c, dtype = self.cfg, self.cfg.loop.dtype
-        drop = nn.Dropout(c.dropout, deterministic=not train)
+        drop = Dropout(c.dropout, deterministic=not train)
         if c.embed:
             table = nn.Embed(c.vocab_size, c.embed, name="embed")
-            x = drop(table(tokens_BxT.T).astype(dtype))
+            x = drop(table(tokens_BxT.T).astype(dtype), keep)
         else:
             x = jax.nn.one_hot(tokens_BxT.T, c.vocab_size, dtype=dtype)
         twin = getattr(nn, cells.CELLS[c.cell].flax)
@@ -169,7 +191,7 @@ class _ConciseNet(nn.Module):
             scan = nn.scan(twin, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0,
                            unroll=c.loop.unroll)
             s, hs_TxBxH = scan(features=c.hidden, dtype=dtype, name=layer_name(i))(_cast(s, dtype), x)
-            x = drop(hs_TxBxH)
+            x = drop(hs_TxBxH, keep)
             new.append(_cast(s, "float32"))
         if c.tie:
             logits_TxBxV = table.attend(x) + self.param("head_bias", nn.initializers.zeros, (c.vocab_size,))
@@ -193,12 +215,12 @@ class ConciseRNNLM:
     def init_state(self, batch_size: int) -> State:
         return zero_states(self.cfg, batch_size)
 
-    def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None
-                ) -> tuple[Array, State]:
+    def forward(self, params: Params, tokens_BxT: Array, state: State, key: Array | None = None,
+                keep: Array | None = None) -> tuple[Array, State]:
         net = _ConciseNet(self.cfg)
         if key is None:
             return net.apply({"params": params}, tokens_BxT, state)
-        return net.apply({"params": params}, tokens_BxT, state, True, rngs={"dropout": key})
+        return net.apply({"params": params}, tokens_BxT, state, True, keep, rngs={"dropout": key})
 
 
 def model_config(cfg: Config, vocab_size: int, loop: Loop | None = None) -> ModelConfig:

@@ -1,6 +1,6 @@
 """Replicas trained as one program: which configs can share one (`program_of`: they differ by their seed,
-the optimizer's values `TUNED` and the init's `INIT`), and `Replicas`, how a group's replicas are laid out
-over the devices, padded, initialised and told apart inside the program (their knobs).
+the optimizer's values `TUNED`, the init's `INIT` and the model's `DROPPED`), and `Replicas`, how a group's
+replicas are laid out over the devices, padded, initialised and told apart inside the program (their knobs).
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from jaxrnn.models import LanguageModel
 from jaxrnn.parallel import AXIS, Layout
 from jaxrnn.steps import TrainState, init_state
 
-TUNED = ("lr", "clip", "weight_decay")
+TUNED = ("lr", "clip", "weight_decay", "warmup")
 """Settings whose values reach only the optimizer's arithmetic: replicas that differ in them (and their seed)
 train as one program, each with its own values (`make_optimizer`'s `tuned`, `steps.Knobs`)."""
+
+DROPPED = ("dropout",)
+"""Settings whose values reach the model's forward pass as arguments: replicas that differ in dropout's rate
+train as one program, each drawing its masks with its own keep probability (`steps.Knobs`' `keep`)."""
 
 
 INIT = ("sigma",)
@@ -31,24 +35,33 @@ INIT = ("sigma",)
 run is (`init_replicas`) and then train as one program."""
 
 
+SHARED = TUNED + INIT + DROPPED
+"""The settings besides the seed whose values may differ inside one program."""
+
+WHETHER = {"decays": "whether there is weight decay", "warms": "whether there is warm-up",
+           "drops": "whether there is dropout"}
+"""Of some SHARED settings the program depends on whether they are used at all, by these names."""
+
+
 def program_of(cfg: Config) -> dict[str, Any]:
-    """What a config's training program depends on: every setting but the seed, the TUNED and the INIT ones,
-    of whose weight decay only whether there is any (SGD's and Adam's decay is a stage of its own, AdamW's
-    is always)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", *TUNED, *INIT)}
-    return {**d, "decays": cfg.optimizer == "adamw" or bool(cfg.weight_decay)}
+    """What a config's training program depends on: every setting but the seed and the SHARED ones, and of
+    these whether there is weight decay (SGD's and Adam's decay is a stage of its own, AdamW's is always),
+    warm-up (a schedule's step count in the optimizer state) and dropout (masks drawn at all)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", *SHARED)}
+    return {**d, "decays": cfg.optimizer == "adamw" or bool(cfg.weight_decay), "warms": bool(cfg.warmup),
+            "drops": bool(cfg.dropout)}
 
 
 def one_program(cfgs: list[Config], what: str) -> None:
-    """Refuse configs that cannot train as one program: they may differ by their seed, TUNED and INIT settings."""
+    """Refuse configs that cannot train as one program: they may differ by their seed and SHARED settings."""
     first = program_of(cfgs[0])
     for c in cfgs[1:]:
         diff = sorted(k for k, v in program_of(c).items() if first[k] != v)
         if diff:
-            named = ", ".join("whether there is weight decay" if k == "decays" else k for k in diff)
+            named = ", ".join(WHETHER.get(k, k) for k in diff)
             raise ConfigError(f"{what} differ in {named}, which changes the program; one program trains replicas "
-                              f"that differ only by their seed, {', '.join(TUNED + INIT)} (of weight decay, not "
-                              "whether there is any, with SGD or Adam): train the others apart")
+                              f"that differ only by their seed and values of {', '.join(SHARED)} (not whether "
+                              "there is warm-up, dropout, or weight decay with SGD or Adam): train the others apart")
 
 
 class Replicas(NamedTuple):
@@ -99,15 +112,20 @@ class Replicas(NamedTuple):
     def name(self, k: int) -> str:
         """Replica `k` as its errors name it: 'seed 3', or 'seed 3, lr=2.0' where the replicas' rates differ."""
         c = self.cfgs[k]
-        own = self.differing(TUNED + INIT)
+        own = self.differing(SHARED)
         return ", ".join([f"seed {c.seed}", *(f"{t.replace('_', '-')}={getattr(c, t)}" for t in own)])
 
     def knobs(self) -> Any:
-        """Each replica's seed, stacked, or with TUNED settings that differ between replicas a dict of them."""
-        tuned = self.differing(TUNED)
-        if not tuned:
+        """Each replica's seed, stacked, or where TUNED or DROPPED settings differ between the replicas a dict
+        of it and their values (warm-up an int32, dropout as its `keep` probability, as the solo run rounds it)."""
+        tuned, drops = self.differing(TUNED), self.differing(DROPPED)
+        if not tuned and not drops:
             return self.stacked(lambda c: np.int32(c.seed))
-        return self.stacked(lambda c: {"seed": np.int32(c.seed), **{k: np.float32(getattr(c, k)) for k in tuned}})
+
+        def own(c: Config) -> dict[str, np.ndarray]:
+            values = {k: (np.int32 if k == "warmup" else np.float32)(getattr(c, k)) for k in tuned}
+            return {"seed": np.int32(c.seed), **values, **({"keep": np.float32(1.0 - c.dropout)} if drops else {})}
+        return self.stacked(own)
 
 
 def init_replicas(model: LanguageModel, tx: optax.GradientTransformation, cfgs: tuple[Config, ...]) -> TrainState:

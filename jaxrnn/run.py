@@ -101,7 +101,7 @@ def _ready(cfg: Config, corpus: Corpus | None, replicas: int, out: str | Path | 
 def train_groups(points: list[Config], outs: list[str | Path | None], seeds: int | tuple[int, ...],
                  corpus: Corpus | None = None, per_step: bool = False, force: bool = False,
                  progress: bool | OnEpoch = True, time_budget: float | None = None) -> list[Group]:
-    """A group of `seeds` for each of `points` (configs that differ only by TUNED and INIT settings:
+    """A group of `seeds` for each of `points` (configs that differ only by SHARED settings:
     `replicas.program_of`), every replica of every group trained as one program, each group into its
     directory of `outs` (None: nothing written) as `train(point, out, seeds=seeds)` writes it. A sweep's
     points that share a program train so (`sweep.run_sweep`)."""

@@ -53,13 +53,13 @@ def gather(tokens: Array, starts_B: Array, length: int) -> Array:
 
 
 def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: Array, key: Array | None = None,
-             state: State | None = None) -> tuple[Array, Array, State]:
+             state: State | None = None, keep: Array | None = None) -> tuple[Array, Array, State]:
     """Summed cross-entropy over the real (unmasked) windows' tokens, how many tokens that is, and
-    the final recurrent state; `key` draws dropout masks (training only); `state` is where the
-    recurrence starts (None: zeros)."""
+    the final recurrent state; `key` draws dropout masks (training only), keeping values with probability
+    `keep` (None: the model's); `state` is where the recurrence starts (None: zeros)."""
     x_BxT, y_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
     state = model.init_state(x_BxT.shape[0]) if state is None else state
-    logits_BxTxV, state = model.forward(params, x_BxT, state, key)
+    logits_BxTxV, state = model.forward(params, x_BxT, state, key, keep)
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, y_BxT)
     w_B = mask_B.astype(ce_BxT.dtype)
     return (ce_BxT.sum(axis=1) * w_B).sum(), w_B.sum() * y_BxT.shape[1], state
@@ -67,11 +67,17 @@ def loss_sum(model: LanguageModel, params: Params, windows_BxT1: Array, mask_B: 
 
 Knobs = Array | dict[str, Array]
 """A replica's own values inside a compiled program: its seed (an int32 array), or a dict of it (`seed`) and
-the shape-free settings that a sweep varies inside one program (`replicas.TUNED`: lr, clip, weight decay)."""
+the shape-free settings that a sweep varies inside one program: the optimizer's (`replicas.TUNED`: lr, clip,
+weight decay, warm-up, by their names) and dropout's keep probability (`keep`, 1 - its rate)."""
 
 
 def seed_of(knobs: Knobs) -> Array:
     return knobs["seed"] if isinstance(knobs, dict) else knobs
+
+
+def keep_of(knobs: Knobs) -> Array | None:
+    """A replica's own dropout keep probability, or None where the replicas share the model's."""
+    return knobs.get("keep") if isinstance(knobs, dict) else None
 
 
 StepStats = dict[str, Array]
@@ -106,48 +112,49 @@ class Steps:
     def optimizer(self, knobs: Knobs) -> optax.GradientTransformation:
         """`tx`, or with a replica's tuned settings (a sweep's points inside one program) `retune(**them)`:
         only the values differ, so the optimizer state's structure is `tx`'s."""
-        tuned = {k: v for k, v in knobs.items() if k != "seed"} if isinstance(knobs, dict) else {}
+        tuned = {k: v for k, v in knobs.items() if k not in ("seed", "keep")} if isinstance(knobs, dict) else {}
         return self.retune(**tuned) if tuned else self.tx
 
-    def grad_sums(self, params: Params, seed: Array, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
+    def grad_sums(self, params: Params, knobs: Knobs, tokens: Array, idx_B: Array, mask_B: Array, step: Array,
                   h: State | None = None) -> tuple[Params, Array, Array, State]:
         """The gradient of the summed loss of a batch, the loss sum, the token count and the final
         state, the recurrence starting from `h` (None: zeros). Dropout masks are drawn from the run's
-        `seed` (an int32 array, so that replicas of one program each have their own) folded with the
-        step number (and the device), so resume is exact. `h` is an input, not a result of this
-        program, so no gradient flows into earlier batches: truncated BPTT. Over a mesh each device
+        seed (of its `knobs`: an int32 array, so that replicas of one program each have their own, as
+        their keep probability) folded with the step number (and the device), so resume is exact. `h` is
+        an input, not a result of this program, so no gradient flows into earlier batches: truncated BPTT.
+        Over a mesh each device
         differentiates its share of the batch and one all-reduce sums the results; left to the SPMD
         partitioner, `nn.scan`'s backward all-reduced the input kernel's gradient at every time
         step, and the Flax model gained nothing from a second device (docs/scaling.md)."""
 
-        def local(p: Params, seed: Array, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
+        def local(p: Params, knobs: Knobs, tok: Array, idx: Array, mask: Array, step: Array, h: State | None
                   ) -> tuple[Params, Array, Array, State]:
             key = None
             if self.model.cfg.dropout:
                 device = 0 if self.mesh is None else lax.axis_index(AXIS)  # a replica draws as one device does
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), device)
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed_of(knobs)), step), device)
             w = gather(tok, idx, self.num_steps + 1)
 
             def loss(q: Params) -> tuple[Array, tuple[Array, State]]:
-                s, n, h_last = loss_sum(self.model, q, w, mask, key, h)
+                s, n, h_last = loss_sum(self.model, q, w, mask, key, h, keep_of(knobs))
                 return s, (n, h_last)
 
             (s, (n, h)), g = jax.value_and_grad(loss, has_aux=True)(p)
             return (g, s, n, h) if self.mesh is None else (*lax.psum((g, s, n), AXIS), h)
 
         if self.mesh is None:
-            return local(params, seed, tokens, idx_B, mask_B, step, h)
+            return local(params, knobs, tokens, idx_B, mask_B, step, h)
         # check_vma=False: each device's gradient is its own partial sum, which `local` psums itself
         per_device = jax.shard_map(local, mesh=self.mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P(), P(AXIS)),
                                    out_specs=(P(), P(), P(), P(AXIS)), check_vma=False)
-        return per_device(params, seed, tokens, idx_B, mask_B, step, h)
+        return per_device(params, knobs, tokens, idx_B, mask_B, step, h)
 
     def step(self, state: TrainState, knobs: Knobs, tokens: Array, idx_B: Array, mask_B: Array,
              h: State | None = None) -> tuple[TrainState, StepStats, State]:
         """One optimizer step on the mean loss of one batch (the replica's `knobs`: its seed, and any tuned
         settings); returns the new state, its StepStats and the batch's final recurrent state. A non-finite
         step adds nothing to the sums when the optimizer skips it."""
-        grad_sum, s, n, h = self.grad_sums(state.params, seed_of(knobs), tokens, idx_B, mask_B, state.step, h)
+        grad_sum, s, n, h = self.grad_sums(state.params, knobs, tokens, idx_B, mask_B, state.step, h)
         grads = jax.tree.map(lambda g: g / n, grad_sum)
         updates, opt_state = self.optimizer(knobs).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -99,8 +99,8 @@ def _label(changes: dict[str, Any]) -> str:
 def run_sweep(base: Config, grid: dict[str, list[Any]], seeds: int | tuple[int, ...], out: Path, force: bool = False,
               progress: Any = True, say: Any = log) -> list[dict[str, Any]]:
     """Train every point of the grid as a group of `seeds` into `out/point-K/`, writing sweep.json after each
-    program: points that differ only by settings that leave the program as it is (`replicas.TUNED`: lr,
-    clip, weight decay; `replicas.INIT`: sigma) train together as one program (`run.train_groups`), the
+    program: points that differ only by settings that leave the program as it is (`replicas.SHARED`: lr,
+    clip, weight decay, warm-up, sigma, dropout) train together as one program (`run.train_groups`), the
     others one after another.
     A sweep already begun in `out` with the same plan goes on where it stopped (`say`: where each
     program's start is told; None: nowhere). Returns each point's row (its settings, the spread of its

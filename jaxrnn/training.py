@@ -53,17 +53,30 @@ class NonFiniteLoss(JaxrnnError):
         super().__init__(f"the {which} loss{of} became {how} at epoch {epoch}, step {step}")
 
 
-def learning_rate(cfg: Config, steps_per_epoch: int, lr: Any = None) -> optax.Schedule:
+def learning_rate(cfg: Config, steps_per_epoch: int, lr: Any = None, warmup: Any = None) -> optax.Schedule:
     """The learning rate by optimizer step: `lr` (the config's, or a replica's own) throughout, or a cosine
-    decay to 0 over the run's `steps` (or `epochs * steps_per_epoch`); either after `warmup` steps rising
-    linearly from 0."""
+    decay to 0 over the run's `steps` (or `epochs * steps_per_epoch`); either after `warmup` steps (the
+    config's, or a replica's own) rising linearly from 0. The arithmetic is optax's linear and cosine
+    schedules' joined (the same rates bit for bit), written out so that the rate and the warm-up may be a
+    replica's traced values inside a program; there XLA folds fewer constants, so a replica's rates may
+    differ from its solo run's by float32 rounding."""
     lr = cfg.lr if lr is None else lr
+    warmup = cfg.warmup if warmup is None else warmup
     total = cfg.steps or cfg.epochs * steps_per_epoch
-    main = (optax.constant_schedule(lr) if cfg.schedule == "constant"
-            else optax.cosine_decay_schedule(lr, max(total - cfg.warmup, 1)))
-    if not cfg.warmup:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, cfg.warmup), main], [cfg.warmup])
+    decay = jnp.maximum(total - warmup, 1) if isinstance(warmup, jax.Array) else float(max(total - warmup, 1))
+
+    def main(count: Any) -> Any:
+        if cfg.schedule == "constant":
+            return lr
+        count = jnp.minimum(count, decay)
+        return lr * (0.5 * (1 + jnp.cos(jnp.pi * count / decay)))
+
+    def rate(count: Any) -> Any:
+        if isinstance(warmup, int) and not warmup:
+            return main(count)
+        rising = (0.0 - lr) * (1 - jnp.clip(count, 0, warmup) / warmup) + lr
+        return jnp.where(count < warmup, rising, main(count - warmup))
+    return rate
 
 
 def make_optimizer(cfg: Config, steps_per_epoch: int = 1, **tuned: Any) -> optax.GradientTransformation:
@@ -74,10 +87,10 @@ def make_optimizer(cfg: Config, steps_per_epoch: int = 1, **tuned: Any) -> optax
     `skip_nonfinite`, an update whose gradients are not finite is dropped (optax.apply_if_finite).
     `tuned` gives a replica's own values of TUNED settings (traced arrays inside a program) in place of the
     config's; the state's structure is the config's."""
-    lr, clip, decay = (tuned.get(k, getattr(cfg, k)) for k in TUNED)
+    lr, clip, decay, warmup = (tuned.get(k, getattr(cfg, k)) for k in TUNED)
     # a plain float keeps the optimizer state of constant-rate runs (and so their checkpoints) as it
     # was before schedules existed; a schedule adds a step count to it
-    rate = lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg, steps_per_epoch, lr)
+    rate = lr if cfg.schedule == "constant" and not cfg.warmup else learning_rate(cfg, steps_per_epoch, lr, warmup)
     if cfg.optimizer == "adamw":
         update = [optax.adamw(rate, weight_decay=decay)]
     else:
@@ -233,7 +246,7 @@ def fit_chunks(
     before yielding, for a chunk in which the loss stopped being finite.
 
     With `replicas`, configs that share `cfg`'s program (`program_of`: they differ by their seed, which sets
-    init, data order and dropout masks, and by TUNED and INIT settings) train as one program (`Steps.for_replicas`):
+    init, data order and dropout masks, and by SHARED settings) train as one program (`Steps.for_replicas`):
     `state` and the yielded states carry a leading replica axis (padded to a multiple of the devices:
     `Replicas`; laid out as a group of `like` replicas would be, if given), and each replica's records come
     in their order.

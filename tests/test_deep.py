@@ -77,12 +77,15 @@ def test_stacked_models_match_float64_numpy_and_the_flax_twin(key, ref, cell: st
 
 def test_dropout_keeps_the_expected_fraction_and_mean(key) -> None:
     x = jnp.ones((200, 500))
-    y = np.asarray(dropout(x, 0.3, key, 0))
+    y = np.asarray(dropout(x, 0.7, key, 0))  # keeping 0.7: a rate of 0.3
     zeros = (y == 0).mean()
     assert abs(zeros - 0.3) < 4 * math.sqrt(0.3 * 0.7 / y.size)  # binomial, 4 sigma
     np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=1e-6)
-    assert not np.array_equal(y, np.asarray(dropout(x, 0.3, key, 1)))  # each place its own mask
-    assert dropout(x, 0.3, None, 0) is x and dropout(x, 0.0, key, 0) is x
+    assert not np.array_equal(y, np.asarray(dropout(x, 0.7, key, 1)))  # each place its own mask
+    x = jax.random.normal(key, (200, 500))  # a replica's keep probability, traced: the same masks and values
+    np.testing.assert_array_equal(jax.jit(lambda x, k: dropout(x, 0.7, k, 0))(x, key),
+                                  jax.jit(lambda x, k, p: dropout(x, p, k, 0))(x, key, np.float32(0.7)))
+    assert dropout(x, 0.7, None, 0) is x and dropout(x, 1.0, key, 0) is x  # no key, or keeping everything
 
 
 @pytest.mark.parametrize("impl", [ScratchRNNLM, ConciseRNNLM], ids=["scratch", "flax"])

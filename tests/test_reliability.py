@@ -766,8 +766,8 @@ def test_skip_nonfinite_skips_and_counts_the_bad_steps(monkeypatch, capsys, tmp_
     target = jnp.asarray(c.train[k])
     real = steps.loss_sum
 
-    def poisoned(model, params, windows_BxT1, mask_B, key=None, state=None):
-        s, n, h = real(model, params, windows_BxT1, mask_B, key, state)
+    def poisoned(model, params, windows_BxT1, mask_B, key=None, state=None, keep=None):
+        s, n, h = real(model, params, windows_BxT1, mask_B, key, state, keep)
         hit = jnp.any(jnp.all(windows_BxT1 == target, axis=1) & mask_B)
         return s * jnp.where(hit, jnp.nan, 1.0), n, h
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import max_diff
 
@@ -15,6 +18,7 @@ import jaxrnn
 from jaxrnn import sweep
 from jaxrnn.errors import ConfigError, Stopped
 from jaxrnn.run import train_groups
+from jaxrnn.training import learning_rate
 
 TINY = ["--epochs", "2", "--no-curves", "--hidden", "16", "--num-train", "512", "--num-val", "256", "--batch-size",
         "128", "--num-steps", "8", "--save-every", "1"]
@@ -77,9 +81,50 @@ def test_points_that_differ_by_the_optimizers_values_train_as_one_program(tiny_c
     assert max_diff(groups[0].replicas[0].params, groups[1].replicas[0].params) > 1e-3  # same seed, other lr
 
 
+@pytest.mark.parametrize(("impl", "other", "tol"), [
+    ("scratch", dict(dropout=0.3), 0.0),  # a replica's dropout is its solo run's bit for bit
+    pytest.param("flax", dict(dropout=0.3), 0.0, marks=pytest.mark.slow),
+    # the warm-up's and rate's arithmetic folds fewer constants inside the program: float32 rounding
+    ("scratch", dict(dropout=0.3, warmup=5, lr=2e-2), 1e-6),
+], ids=["dropout", "dropout-flax", "warmup-lr"])
+def test_points_that_differ_by_dropout_and_warm_up_train_as_one_program(tiny_cfg, tiny_corpus, impl, other, tol
+                                                                        ) -> None:
+    """Another dropout rate (and warm-up and rate) inside one program: each replica is the solo run of its config
+    on one device (a replica trains on one device, drawing its masks as one device does)."""
+    cfg = tiny_cfg(epochs=2, impl=impl, embed=8, optimizer="adam", lr=1e-2, schedule="cosine", warmup=2, dropout=0.1)
+    pts = [cfg, cfg.replace(**other)]
+    groups = train_groups(pts, [None, None], (0, 3), tiny_corpus, progress=False)
+    for point, group in zip(pts, groups):
+        for replica in group.replicas:
+            solo = jaxrnn.train(replica.cfg.replace(devices=1), corpus=tiny_corpus, progress=False)
+            assert replica.cfg == point.replace(seed=replica.cfg.seed)
+            assert max_diff(replica.params, solo.params) <= tol, (point.dropout, replica.cfg.seed)
+            assert [r["val_loss"] for r in replica.history] == pytest.approx([r["val_loss"] for r in solo.history],
+                                                                             rel=tol, abs=0)
+    assert max_diff(groups[0].replicas[0].params, groups[1].replicas[0].params) > 1e-3
+
+
+def test_the_learning_rate_is_optaxs_schedule_bit_for_bit(tiny_cfg) -> None:
+    """`learning_rate` (written out so that the rate and warm-up may be a replica's traced values) against optax's
+    own joined linear warm-up and cosine decay, at every step of a run and past its end, in both forms."""
+    steps = jnp.arange(0, 90, dtype=jnp.int32)
+    for changes in (dict(schedule="cosine", warmup=7), dict(schedule="cosine"), dict(warmup=10)):
+        cfg = tiny_cfg(epochs=4, lr=3e-3, **changes)  # 4 epochs of 16 steps
+        main = (optax.constant_schedule(cfg.lr) if cfg.schedule == "constant"
+                else optax.cosine_decay_schedule(cfg.lr, 64 - cfg.warmup))
+        want = (optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup), main], [cfg.warmup])
+                if cfg.warmup else main)
+        want_S = jax.jit(jax.vmap(want))(steps)
+        np.testing.assert_array_equal(jax.jit(jax.vmap(learning_rate(cfg, 16)))(steps), want_S)
+        traced = jax.jit(lambda s, lr, w: jax.vmap(learning_rate(cfg, 16, lr, w))(s))  # noqa: B023
+        got = traced(steps, jnp.float32(cfg.lr), jnp.int32(cfg.warmup))
+        np.testing.assert_array_equal(got, want_S, err_msg=str(changes))
+
+
 @pytest.mark.parametrize(("changes", "words"), [
     (dict(hidden=24), "differ in hidden, which changes the program"),
-    (dict(dropout=0.1), "differ in dropout, which changes the program"),
+    (dict(dropout=0.1), "differ in whether there is dropout, which changes the program"),
+    (dict(warmup=3), "differ in whether there is warm-up"),  # a schedule's step count in the optimizer state
     (dict(weight_decay=0.1), "differ in whether there is weight decay"),  # with SGD a stage only where any
 ])
 def test_points_that_change_the_program_are_refused_as_one(tiny_cfg, tiny_corpus, changes, words) -> None:
@@ -108,8 +153,10 @@ def test_a_signal_says_the_sweep_goes_on_with_the_same_command(tiny_cfg, tmp_pat
 def test_the_sweep_trains_each_program_once(tiny_cfg) -> None:
     cfgs = sweep.points(tiny_cfg(), {"hidden": [16, 24], "lr": [0.5, 2.0], "clip": [1.0, 0.5], "sigma": [0.01, 0.1]})
     assert sweep.programs(cfgs) == [list(range(8)), list(range(8, 16))]
-    cfgs = sweep.points(tiny_cfg(), {"weight_decay": [0.0, 1e-3, 1e-2], "dropout": [0.0, 0.1]})
-    assert sweep.programs(cfgs) == [[0], [1], [2, 4], [3, 5]]  # by dropout, and by whether there is decay
+    cfgs = sweep.points(tiny_cfg(), {"weight_decay": [0.0, 1e-3, 1e-2], "dropout": [0.0, 0.1, 0.3]})
+    assert sweep.programs(cfgs) == [[0], [1, 2], [3, 6], [4, 5, 7, 8]]  # by whether there is decay, and dropout
+    warm = sweep.points(tiny_cfg(), {"warmup": [0, 5, 10]})
+    assert sweep.programs(warm) == [[0], [1, 2]]
     adamw = sweep.points(tiny_cfg(optimizer="adamw"), {"weight_decay": [0.0, 1e-2]})
     assert sweep.programs(adamw) == [[0, 1]]  # AdamW's decay is one stage whatever its value
 
