@@ -1,4 +1,4 @@
-"""tanh RNN vs LSTM vs GRU, with 1 and 2 layers, at equal parameter counts on the seed's data.
+"""The registry's cells (default tanh RNN, LSTM, GRU), 1 and 2 layers, at equal parameter counts on the seed's data.
 
 Each model gets the hidden size that brings its parameter count closest to the budget without going
 over (default: the one-layer tanh RNN at hidden 256), and all train alike: the seed's windows (10000
@@ -23,6 +23,7 @@ import time
 import jax
 
 import jaxrnn
+from jaxrnn import cells
 from jaxrnn.parallel import use_cpu_cores
 from jaxrnn.plots import plot_curves
 from jaxrnn.spread import Spread
@@ -51,14 +52,19 @@ def count_params(cfg: jaxrnn.Config, vocab_size: int) -> int:
 
 def hidden_for(cfg: jaxrnn.Config, vocab_size: int, budget: int) -> int:
     """The largest hidden size whose model has at most `budget` parameters (bisection: the count
-    grows with the hidden size)."""
+    grows with the hidden size), a multiple of the sLSTM's heads (its width splits into them)."""
+    step = int(cells.with_defaults(cfg.cell, cfg.cell_options or {}).get("heads", 1))
+
+    def fits(k: int) -> bool:
+        return count_params(cfg.replace(hidden=k * step), vocab_size) <= budget
+
     lo, hi = 1, 2
-    while count_params(cfg.replace(hidden=hi), vocab_size) <= budget:
+    while fits(hi):
         lo, hi = hi, 2 * hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if count_params(cfg.replace(hidden=mid), vocab_size) <= budget else (lo, mid)
-    return lo
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo * step
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,20 @@
 """`jaxrnn bench`: jaxrnn against the chapters' way in JAX (`d2l-way`) and PyTorch, as ratios in one run.
 
-Cases: `seed-train` (the seed config), `large-train` (a big model: train tokens/s), `decode-1` and
-`decode-256` (greedy, 1000 new characters for 1 and 256 prompts), each for the tanh RNN, the LSTM and
-the GRU (`--cells`); and `big-corpus` (a generated 100 MB text read, counted and encoded in a fresh
-process: seconds, characters/s and the peak host memory it added per character). Every row has `case, impl, cell,
-backend, wall_s, compile_s, tokens_per_s, val_ppl` (null where it does not apply); wall_s excludes
-compilation. torch rows appear when torch is installed (`pip install 'jaxrnn[bench]'`).
+Cases: `seed-train` (the seed config), `large-train` (a big model: train tokens/s), `wide-train` (hidden
+256, batch 64, 64 steps), `decode-1` and `decode-256` (greedy, 1000 new characters for 1 and 256 prompts),
+each for the tanh RNN, the LSTM and the GRU, or any cells of the registry (`--cells`); and `big-corpus` (a
+generated 100 MB text read, counted and encoded in a fresh process: seconds, characters/s and the peak host
+memory it added per character). `jaxrnn-scan` and `jaxrnn-sequence` are the scratch model with its loop
+forced to the step loop or to the cell's whole-sequence form (a parallel scan; the tanh RNN's hoisted
+backward), for the cells that have one. Every row has `case, impl, cell, backend, wall_s, compile_s,
+tokens_per_s, val_ppl` (null where it does not apply); wall_s excludes compilation. torch rows appear when
+torch is installed (`pip install 'jaxrnn[bench]'`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -30,14 +34,16 @@ from jaxrnn import cells, strict_json
 from jaxrnn.batching import epoch_order
 from jaxrnn.config import DTYPES, PRECISIONS, Config
 from jaxrnn.data import PROMPT, Corpus, load_corpus
+from jaxrnn.execution import resolve
 from jaxrnn.models import build_model
 from jaxrnn.sample import generate
 from jaxrnn.steps import init_state
 from jaxrnn.training import fit, make_optimizer, perplexity
 
-CASES = ("seed-train", "large-train", "decode-1", "decode-256", "big-corpus")
+CASES = ("seed-train", "large-train", "wide-train", "decode-1", "decode-256", "big-corpus")
 BIG_CHARS = 100_000_000  # the big-corpus case's text (10 M with --quick)
-IMPLS = ("jaxrnn-scratch", "jaxrnn-concise", "jaxrnn-pallas", "d2l-way", "torch")
+IMPLS = ("jaxrnn-scratch", "jaxrnn-scan", "jaxrnn-sequence", "jaxrnn-concise", "jaxrnn-pallas", "d2l-way", "torch")
+RUNS = {"jaxrnn-scan": "scan", "jaxrnn-sequence": "sequence"}  # impls that force the scratch model's `Loop.run`
 DECODE_CHARS = 1000
 
 
@@ -72,7 +78,8 @@ def log(msg: str) -> None:
 def jaxrnn_train(case: str, impl: str, cfg: Config, corpus: Corpus) -> dict[str, Any]:
     """Time `fit` (the fused path `jaxrnn train` uses); compilation is timed apart by `fit` itself."""
     timings: dict[str, float] = {}
-    _, history = fit(cfg, corpus, build_model(cfg, len(corpus.vocab)), timings=timings)
+    loop = dataclasses.replace(resolve(cfg), run=RUNS[impl]) if impl in RUNS else None
+    _, history = fit(cfg, corpus, build_model(cfg, len(corpus.vocab), loop), timings=timings)
     tokens = cfg.epochs * len(corpus.train) * cfg.num_steps
     val = history[-1]["val_ppl"] if case == "seed-train" else None
     return row(case, impl, timings["train_s"], timings["compile_s"], tokens / timings["train_s"], val, cfg.cell)
@@ -349,8 +356,10 @@ def case_configs(case: str, quick: bool, on_gpu: bool) -> tuple[Config, int]:
     """The config each case trains or decodes with, and its repetition count."""
     if case == "seed-train":
         return Config(epochs=10 if quick else 100), 0
-    if case == "large-train":
+    if case in ("large-train", "wide-train"):
         hidden, batch, steps = (1024, 128, 256) if on_gpu else (256, 64, 128)
+        if case == "wide-train":
+            hidden, batch, steps = 256, 64, 64
         iters = (10 if quick else 40) if not on_gpu else (20 if quick else 100)
         return Config(hidden=hidden, batch_size=batch, num_steps=steps, num_train=batch * iters, num_val=batch,
                       epochs=2, save_every=1), 0
@@ -373,7 +382,7 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
         if base.num_steps not in corpora:
             corpora[base.num_steps] = load_corpus(args.data, base.num_steps, 10000, 5000)
         corpus = corpora[base.num_steps]
-        if case == "large-train":
+        if case in ("large-train", "wide-train"):
             corpus = corpus.head(base.num_train, base.num_val)
         batch = 256 if case == "decode-256" else 1
         training = case.endswith("train")
@@ -381,7 +390,8 @@ def run_suite(args: argparse.Namespace) -> list[dict[str, Any]]:
             cfg, twins = base.replace(cell=cell, dtype=args.dtype, precision=args.precision), cells.CELLS[cell]
             for impl in impls:
                 missing = {"torch": not (have_torch and twins.torch), "jaxrnn-concise": not twins.flax,
-                           "jaxrnn-pallas": not twins.kernels}
+                           "jaxrnn-pallas": not twins.kernels,
+                           **dict.fromkeys(RUNS, not twins.sequence or not training)}
                 if missing.get(impl):
                     continue
                 log(f"{case} {cell} {impl} ...")
@@ -415,14 +425,14 @@ def _fmt(v: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Rows with each one's tokens/s as a ratio to the d2l-way and torch rows of the same case."""
-    head = f"{'case':<12} {'cell':<6} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
+    head = f"{'case':<12} {'cell':<7} {'impl':<15} {'backend':<7} {'wall_s':>8} {'compile_s':>9} {'tokens/s':>11} " \
            f"{'val_ppl':>7} {'x d2l-way':>9} {'x torch':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         base = {b["impl"]: b["tokens_per_s"] for b in rows if b["case"] == r["case"] and b["cell"] == r["cell"]}
         ratio = [(r["tokens_per_s"] / base[k]) if base.get(k) and r["tokens_per_s"] else None
                  for k in ("d2l-way", "torch")]
-        lines.append(f"{r['case']:<12} {r['cell']:<6} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
+        lines.append(f"{r['case']:<12} {r['cell']:<7} {r['impl']:<15} {r['backend']:<7} {_fmt(r['wall_s'], '8.3f')} "
                      f"{_fmt(r['compile_s'], '9.2f')} {_fmt(r['tokens_per_s'], '11,.0f')} {_fmt(r['val_ppl'], '7.2f')} "
                      f"{_fmt(ratio[0], '9.2f')} {_fmt(ratio[1], '8.2f')}"
                      + (f"  failed: {r['error'][:80]}" if "error" in r else ""))

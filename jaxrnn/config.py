@@ -78,7 +78,8 @@ def _file_sha1(path: str, size: int, mtime_ns: int) -> str | None:
 
 
 MODELS = {"scratch": ("rnn", "scratch"), "concise": ("rnn", "flax")}  # the chapters' names -> (cell, impl)
-CELLS = ("rnn", "lstm", "gru", "gru-d2l", "mingru", "indrnn")  # cells.CELLS, the registry, defines each
+# cells.CELLS, the registry, defines each
+CELLS = ("rnn", "lstm", "gru", "gru-d2l", "mingru", "indrnn", "minlstm", "lru", "rglru", "slstm")
 IMPLS = ("scratch", "flax")
 GRU_FORMS = {"after": "gru", "before": "gru-d2l"}  # --gru-reset, the older name of the GRU's two cells
 PRECISIONS = ("highest", "high", "default")

@@ -58,7 +58,7 @@ def cell_options(cfg: Config, spec: Cell) -> Options:
             raise ConfigError(f"--cell-options {name}={v} must be a whole number; pass e.g. "
                               f"{name}={spec.options[name]}")
     chosen = {**spec.options, **given}
-    problem = spec.check(**chosen)
+    problem = spec.check(cfg.hidden, **chosen)
     if problem:
         raise ConfigError(f"--cell-options for --cell {cfg.cell}: {problem}")
     return tuple(sorted(chosen.items()))

@@ -135,6 +135,72 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
+def _np_minlstm(p: dict, h, xs: np.ndarray):
+    """Feng et al. 2024, minLSTM in sequential mode: f' = f / (f + i), i' = i / (f + i), h = f' h + i' h~."""
+    (W_f, W_i, W_c), (b_f, b_i, b_c) = (np.split(p[k], 3, axis=-1) for k in ("W_xh", "b_h"))
+    h, hs = np.asarray(h, np.float64), []
+    for x in xs:
+        f, i = _sigmoid(x @ W_f + b_f), _sigmoid(x @ W_i + b_i)
+        h = f / (f + i) * h + i / (f + i) * (x @ W_c + b_c)
+        hs.append(h)
+    return h, np.stack(hs)
+
+
+def _np_lru(p: dict, state, xs: np.ndarray):
+    """Orvieto et al. 2023 in complex numpy: h = lambda h + gamma (x B), y = Re(h C) + x D, with
+    lambda = exp(-exp(nu) + i exp(theta)), gamma = sqrt(1 - |lambda|^2), B = W_re + i W_im."""
+    (W_re, W_im, W_d), (b_re, b_im, b_d) = (np.split(p[k], 3, axis=-1) for k in ("W_xh", "b_h"))
+    lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+    gamma = np.sqrt(1 - np.abs(lam) ** 2)
+    C = p["C_re"] + 1j * p["C_im"]
+    h, ys = np.asarray(state[0], np.float64) + 1j * np.asarray(state[1], np.float64), []
+    for x in xs:
+        h = lam * h + gamma * (x @ W_re + b_re + 1j * (x @ W_im + b_im))
+        ys.append((h @ C).real + x @ W_d + b_d)
+    return (h.real, h.imag), np.stack(ys)
+
+
+def _np_rglru(p: dict, h, xs: np.ndarray):
+    """De et al. 2024, the RG-LRU: r, i sigmoid gates; a = sigmoid(Lambda) ** (8 r); h = a h + sqrt(1 - a^2)
+    (i x); the output Hawk's gelu(x W_g) * h (gelu in its tanh form, jax's default)."""
+    (W_a, W_i, W_v, W_g), (b_a, b_i, b_v, b_g) = (np.split(p[k], 4, axis=-1) for k in ("W_xh", "b_h"))
+    h, ys = np.asarray(h, np.float64), []
+    for x in xs:
+        a = _sigmoid(p["Lambda"]) ** (8 * _sigmoid(x @ W_a + b_a))
+        h = a * h + np.sqrt(1 - a**2) * (_sigmoid(x @ W_i + b_i) * (x @ W_v + b_v))
+        g = x @ W_g + b_g
+        gelu = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        ys.append(gelu * h)
+    return h, np.stack(ys)
+
+
+def _np_slstm(p: dict, state, xs: np.ndarray):
+    """Beck et al. 2024, the sLSTM, head by head with an explicit block-diagonal R (heads K): exponential
+    input and forget gates, stabiliser m, normaliser n; each head's output normalised (mean 0, variance 1,
+    eps 1e-6) and scaled by `norm`."""
+    K, D, _ = p["R"].shape
+    R = np.zeros((K * D, 4 * K * D))
+    for k in range(K):  # head k's block: its rows of h to its columns of each gate
+        for g in range(4):
+            R[k * D:(k + 1) * D, g * K * D + k * D:g * K * D + (k + 1) * D] = p["R"][k][:, g * D:(g + 1) * D]
+    h, c, n, m = (np.asarray(a, np.float64) for a in state)
+    ys = []
+    for x in xs:
+        i_, f_, z_, o_ = np.split(x @ p["W_xh"] + p["b_h"] + h @ R, 4, axis=-1)
+        m_new = np.maximum(f_ + m, i_)
+        i, f = np.exp(i_ - m_new), np.exp(f_ + m - m_new)
+        c, n, m = f * c + i * np.tanh(z_), f * n + i, m_new
+        h = _sigmoid(o_) * c / n
+        heads = h.reshape(len(h), K, D)
+        normed = (heads - heads.mean(-1, keepdims=True)) / np.sqrt(heads.var(-1, keepdims=True) + 1e-6)
+        ys.append(normed.reshape(h.shape) * p["norm"])
+    return (h, c, n, m), np.stack(ys)
+
+
+RECENT = {"minlstm": _np_minlstm, "lru": _np_lru, "rglru": _np_rglru, "slstm": _np_slstm}
+"""The float64 references of the cells of the last decade, each from its paper's equations."""
+
+
 def np_cell_run(cell: str, p: dict, state, x_TxBxI: np.ndarray):
     """d2l's cells (and minGRU, IndRNN) in float64 numpy, one gate at a time, over inputs [T, B, I]
     (one-hot rows or dense vectors): (last state, all h [T, B, H])."""
@@ -145,6 +211,8 @@ def np_cell_run(cell: str, p: dict, state, x_TxBxI: np.ndarray):
             h = np.maximum(x @ p["W_xh"] + p["u"] * h + p["b_h"], 0)
             hs.append(h)
         return h, np.stack(hs)
+    if cell in RECENT:
+        return RECENT[cell](p, state, np.asarray(x_TxBxI, np.float64))
     if cell == "mingru":  # Feng et al. 2024, minGRU in sequential mode: gates z and candidate h~ read only x
         (W_z, W_c), (b_z, b_c) = (np.split(p[k], 2, axis=-1) for k in ("W_xh", "b_h"))
         h, hs = np.asarray(state, np.float64), []

@@ -106,3 +106,21 @@ def test_sine_linear_baseline_reaches_the_noise_floor(ran) -> None:
     assert k == [1, 4, 16, 64]
     assert 0.035 < lin[0] < 0.055 and lin == sorted(lin) and rnn[-1] > rnn[0]
     assert (ran[1] / "sine.png").stat().st_size > 10_000
+
+
+def test_compare_cells_sizes_the_slstm_in_whole_heads() -> None:
+    """An sLSTM's width splits into its heads, so the budget's hidden size is the largest multiple of them
+    that fits: its parameters within the budget, one more head's worth over it."""
+    import importlib.util
+
+    import jaxrnn
+
+    spec = importlib.util.spec_from_file_location("compare_cells", EXPERIMENTS / "compare_cells.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    budget = cc.count_params(jaxrnn.Config(hidden=64), 28)  # a 1-layer tanh RNN of 64
+    for heads in (4, 3):
+        cfg = jaxrnn.Config(cell="slstm", cell_options={"heads": heads})
+        H = cc.hidden_for(cfg, 28, budget)
+        assert H % heads == 0 and cc.count_params(cfg.replace(hidden=H), 28) <= budget
+        assert cc.count_params(cfg.replace(hidden=H + heads), 28) > budget

@@ -121,8 +121,8 @@ def test_build_model_picks_the_class(tiny_cfg) -> None:
 def test_the_resolver_takes_the_measured_plans_by_backend_and_size() -> None:
     """(run, unroll) as `execution.resolve` takes them from each cell's measured `best`: the tanh cell GPU
     hoisted/8, CPU autodiff/32 for small hidden (clipped to the window) and hoisted/1 for large; LSTM and
-    GRU autodiff, unroll 1 on CPU; minGRU's step loop on CPU, its parallel scan elsewhere; an explicit
-    --unroll wins."""
+    GRU autodiff, unroll 1 on CPU; minGRU's and the LRU's step loop on CPU, minLSTM's and RG-LRU's parallel
+    scan there (and every parallel scan elsewhere); an explicit --unroll wins."""
     def plan(backend: str, **changes) -> tuple[str, int]:  # the scan path's (--kernel auto: tests/test_kernels.py)
         loop = resolve(Config(kernel="scan", **changes), backend)
         return loop.run, loop.unroll
@@ -131,4 +131,8 @@ def test_the_resolver_takes_the_measured_plans_by_backend_and_size() -> None:
     assert plan("cpu", hidden=256) == ("sequence", 1)
     assert plan("cpu", cell="lstm") == plan("cpu", cell="gru") == plan("cpu", cell="gru-d2l") == ("scan", 1)
     assert plan("cpu", cell="mingru") == ("scan", 1) and plan("gpu", cell="mingru")[0] == "sequence"
+    assert plan("cpu", cell="lru") == ("scan", 1) and plan("gpu", cell="lru")[0] == "sequence"
+    for cell in ("minlstm", "rglru"):  # their parallel scans measured faster on CPUs too
+        assert plan("cpu", cell=cell) == plan("gpu", cell=cell) == ("sequence", 1)
+    assert plan("cpu", cell="slstm") == plan("gpu", cell="slstm") == ("scan", 1)
     assert plan("cpu", cell="lstm", unroll=4) == ("scan", 4)
