@@ -1,15 +1,28 @@
-"""The registry's cells (default tanh RNN, LSTM, GRU), 1 and 2 layers, at equal parameter counts on the seed's data.
+"""The registry's cells compared: at equal parameters on the seed's data, or at equal time on Tiny Shakespeare.
 
-Each model gets the hidden size that brings its parameter count closest to the budget without going
-over (default: the one-layer tanh RNN at hidden 256), and all train alike: the seed's windows (10000
-train, 5000 validation, 32 steps), Adam, global-norm clipping at 1, each with `--seeds` seeds trained as
-one program (`jaxrnn.train(cfg, seeds=N)`). Prints a markdown table (cell, layers, hidden, parameters, the
-final and best validation perplexity's mean ± std over the seeds and the final one's 95% interval,
-training seconds) to stdout and, with `--plot`, draws every model's mean validation perplexity per epoch
-with its band over the seeds. Progress goes to stderr. Run from the repo root:
+Equal parameters (the default): each model gets the hidden size that brings its parameter count closest to
+the budget without going over (default: the one-layer tanh RNN at hidden 256), and all train alike: the
+seed's windows (10000 train, 5000 validation, 32 steps), Adam, global-norm clipping at 1, each with `--seeds`
+seeds trained as one program (`jaxrnn.train(cfg, seeds=N)`). Prints a markdown table (cell, layers, hidden,
+parameters, the final and best validation perplexity's mean ± std over the seeds and the final one's 95%
+interval, training seconds) to stdout and, with `--plot`, draws every model's mean validation perplexity per
+epoch with its band over the seeds.
+
+Equal time (`--race SECONDS ...`, e.g. `--race 100 600`): every cell on Tiny Shakespeare in the race's shape
+(`--preset shakespeare-cpu`: one layer of 192, 64-character windows, batch 64, Adam with a warmed-up cosine
+schedule) as scratch cells with one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
+optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
+steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
+(`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program), then `--seeds` seeds train
+at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command). Prints a
+markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95%
+interval, the median seed's sample), says which cell is best and whether the next one's interval overlaps,
+writes DIR/race.json and draws DIR/race-SECONDS.png (val loss against the solo run's wall time, bands over
+the seeds). Progress goes to stderr. Run from the repo root:
 
     python experiments/compare_cells.py [--budget-hidden 256] [--epochs 20] [--lr 0.005] [--batch-size 256]
         [--impl scratch] [--seeds 5] [--plot cells.png] [--json-out FILE]
+    python experiments/compare_cells.py --race 100 600 [--cells ...] [--seeds 5] [--out runs/race-cells]
 """
 
 from __future__ import annotations
@@ -19,20 +32,25 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import jax
 
 import jaxrnn
-from jaxrnn import cells
+from jaxrnn import cells, rundir, sweep
+from jaxrnn.config import PRESETS
 from jaxrnn.parallel import use_cpu_cores
 from jaxrnn.plots import plot_curves
-from jaxrnn.spread import Spread
+from jaxrnn.spread import Spread, median_index
+from jaxrnn.training import fit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-hidden", type=int, default=256, help="the budget is a 1-layer tanh RNN of this width")
-    p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"], choices=jaxrnn.config.CELLS)
+    p.add_argument("--cells", nargs="+", choices=jaxrnn.config.CELLS, help="default rnn lstm gru; with --race: every "
+                   "cell but gru-d2l")
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.005, help="Adam's learning rate (default 0.005)")
@@ -41,6 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="seeds of each model, as one program (default 5)")
     p.add_argument("--plot", metavar="FILE", help="save the perplexity curves")
     p.add_argument("--json-out", metavar="FILE", help="also write the rows as JSON")
+    race = p.add_argument_group("equal time on Tiny Shakespeare")
+    race.add_argument("--race", nargs="+", type=float, metavar="SECONDS", help="the budgets, each cell's solo seconds")
+    race.add_argument("--out", default="runs/race-cells", help="where the runs and race.json go (default %(default)s)")
+    race.add_argument("--lr-factors", default="0.5,1,2", help="the sweep's rates, times the preset's (default 0.5,1,2)")
+    race.add_argument("--sweep-seeds", type=int, default=1, help="seeds of each rate in the sweep (default 1)")
+    race.add_argument("--sigma", type=float, default=0.1, help="every cell's init scale (default 0.1)")
+    race.add_argument("--data", help="the corpus file (default Tiny Shakespeare, downloaded or $JAXRNN_DATA_DIR)")
+    race.add_argument("--calibration-steps", type=int, default=100, help="the solo run that measures steps/s")
     return p.parse_args(argv)
 
 
@@ -67,9 +93,137 @@ def hidden_for(cfg: jaxrnn.Config, vocab_size: int, budget: int) -> int:
     return lo * step
 
 
+# every cell but d2l's GRU form (the GRU's twin, slower), the GRU of the race first, then the new cells
+RACE_CELLS = ["gru", "minlstm", "lru", "rglru", "slstm", "lstm", "mingru", "indrnn", "rnn"]
+
+
+def race_base(cell: str, args: argparse.Namespace) -> jaxrnn.Config:
+    """The race's config for a cell: `--preset shakespeare-cpu` as scratch cells with one init scale."""
+    base = PRESETS["shakespeare-cpu"].replace(cell=cell, impl="scratch", sigma=args.sigma)
+    return base.replace(data=args.data) if args.data else base
+
+
+def steps_per_s(cfg: jaxrnn.Config, corpus: jaxrnn.data.Corpus, steps: int) -> float:
+    """A cell's solo training rate on this machine: optimizer steps per second of a `steps`-step run,
+    compilation excluded."""
+    short = cfg.replace(steps=steps, eval_every=steps, save_every=steps, warmup=min(cfg.warmup, steps - 1))
+    timings: dict[str, float] = {}
+    fit(short, corpus, jaxrnn.build_model(short, len(corpus.vocab)), timings=timings)
+    return steps / timings["train_s"]
+
+
+def median_sample(point: Path, prompt: str, n: int) -> str:
+    """The greedy sample of the replica with the median final val loss of a sweep point's group."""
+    replicas = [point / r for r in json.loads((point / "group.json").read_text())["replicas"]]
+    losses = [rundir.read_metrics(d)[-1]["val_loss"] for d in replicas]
+    return jaxrnn.load(replicas[median_index(losses)]).predict(prompt, n)
+
+
+def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]:
+    """One cell at one budget: its steps from its measured rate (`plan`), the rate sweep, then the seeds at
+    the best rate; its row."""
+    base = race_base(cell, args)
+    corpus = jaxrnn.corpus_for(base)
+    rate = plan["steps_per_s"][cell]
+    steps = max(round(budget * rate), 10)
+    cfg = base.replace(steps=steps, eval_every=max(steps // 5, 1), save_every=max(steps // 5, 1))
+    where = Path(args.out) / f"{budget:g}s" / cell
+    lrs = [round(base.lr * float(f), 6) for f in args.lr_factors.split(",")]
+    say(f"{cell}, {budget:g} s: {steps} steps; sweeping lr {lrs}")
+    swept = sweep.run_sweep(cfg, {"lr": lrs}, args.sweep_seeds, where / "sweep", progress=False, say=say)
+    best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["settings"]["lr"]
+    say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
+    row = sweep.run_sweep(cfg, {"lr": [best_lr]}, args.seeds, where / "seeds", progress=False, say=say)[0]
+    point = where / "seeds" / row["dir"]
+    histories = [rundir.read_metrics(point / r) for r in json.loads((point / "group.json").read_text())["replicas"]]
+    V = len(corpus.vocab)
+    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, V), "steps": steps,
+            "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr,
+            "sweep": [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept],
+            "val_loss": row["val_loss"], "sample": median_sample(point, corpus.prompt, 60),
+            "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
+
+
+def race_table(rows: list[dict[str, Any]]) -> str:
+    """A budget's rows as markdown, best first, and which cell is best with whether the next one's interval
+    of the mean overlaps its own."""
+    rows = sorted(rows, key=lambda r: r["val_loss"]["mean"])
+    lines = ["| cell | params | chars/s | steps | lr | val loss | 95% interval | sample |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        loss = Spread(**r["val_loss"])
+        text = r["sample"].replace("\n", " / ").replace("|", "/")
+        lines.append(f"| {r['cell']} | {r['params']:,} | {r['chars_per_s']:,.0f} | {r['steps']} | {r['lr']:g} | "
+                     f"{loss.mean:.3f} ± {loss.std:.3f} | {loss.lo:.3f}-{loss.hi:.3f} | {text!r} |")
+    if len(rows) > 1:
+        a, b = Spread(**rows[0]["val_loss"]), Spread(**rows[1]["val_loss"])
+        apart = "apart: the difference is real" if a.hi < b.lo else "overlapping: the seeds do not separate them"
+        lines.append(f"\nbest: {rows[0]['cell']} ({a.lo:.3f}-{a.hi:.3f}); next: {rows[1]['cell']} "
+                     f"({b.lo:.3f}-{b.hi:.3f}), {apart}")
+    return "\n".join(lines)
+
+
+def race_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Val loss against the solo run's wall time, each cell's mean over its seeds in a band from the lowest
+    to the highest."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, r in enumerate(sorted(rows, key=lambda r: r["val_loss"]["mean"])):
+        n = min(len(c) for c in r["curves"])
+        t = [p[0] for p in r["curves"][0][:n]]
+        ys = list(zip(*[[p[1] for p in c[:n]] for c in r["curves"]]))
+        ax.plot(t, [sum(y) / len(y) for y in ys], color=f"C{i % 10}", label=r["cell"])
+        ax.fill_between(t, [min(y) for y in ys], [max(y) for y in ys], color=f"C{i % 10}", alpha=0.2, linewidth=0)
+    ax.set(xlabel="seconds (the solo run's)", ylabel="val loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, format="png", bbox_inches="tight", dpi=120)
+
+
+def race(args: argparse.Namespace) -> int:
+    """Every cell at every budget; the tables, race.json and the plots."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "race.json"
+    plan = json.loads(saved.read_text())["plan"] if saved.exists() else {"steps_per_s": {}}
+    for cell in args.cells or RACE_CELLS:  # every rate first, together: a quiet machine's, kept for good
+        if cell not in plan["steps_per_s"]:
+            base = race_base(cell, args)
+            plan["steps_per_s"][cell] = steps_per_s(base, jaxrnn.corpus_for(base), args.calibration_steps)
+            say(f"{cell}: {plan['steps_per_s'][cell]:.1f} steps/s solo")
+    saved.write_text(json.dumps({"plan": plan, "budgets": {}}, indent=1))
+    results: dict[str, list[dict[str, Any]]] = {}
+    for budget in args.race:
+        for cell in args.cells or RACE_CELLS:
+            results.setdefault(f"{budget:g}", []).append(race_cell(cell, budget, args, plan))
+            saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
+    for budget, rows in results.items():
+        print(f"\n{budget} s a cell (its solo run's time on {jax.devices()[0].platform}), {args.seeds} seeds at the "
+              f"best of lr x {args.lr_factors}, sigma {args.sigma}:\n")
+        print(race_table(rows), flush=True)
+        race_plot(rows, out / f"race-{budget}.png")
+        say(f"wrote {out / f'race-{budget}.png'}")
+    return 0
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     use_cpu_cores(None, args.batch_size)  # as `jaxrnn train` does: one XLA device per CPU core
+    if args.race:
+        try:
+            return race(args)
+        except jaxrnn.JaxrnnError as e:
+            print(f"jaxrnn: error: {e}", file=sys.stderr)
+            return 2
+    args.cells = args.cells or ["rnn", "lstm", "gru"]
     try:
         base = jaxrnn.Config(impl=args.impl, epochs=args.epochs, lr=args.lr, optimizer="adam",
                              batch_size=args.batch_size, save_every=args.epochs)

@@ -124,3 +124,28 @@ def test_compare_cells_sizes_the_slstm_in_whole_heads() -> None:
         H = cc.hidden_for(cfg, 28, budget)
         assert H % heads == 0 and cc.count_params(cfg.replace(hidden=H), 28) <= budget
         assert cc.count_params(cfg.replace(hidden=H + heads), 28) > budget
+
+
+@pytest.mark.slow
+def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -> None:
+    """`--race`: each cell's steps are its measured solo rate times the budget, its rate the best of its sweep,
+    its row the spread of the seeds there; the same command again reads the finished comparison back."""
+    data = str(Path(__file__).parent / "data" / "timemachine.txt")
+    argv = [str(EXPERIMENTS / "compare_cells.py"), "--race", "1.5", "--cells", "minlstm", "rnn", "--seeds", "2",
+            "--lr-factors", "0.5,2", "--calibration-steps", "10", "--data", data, "--out", "race"]
+    proc = run_python(argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "race" / "race.json").read_text())
+    rows = saved["budgets"]["1.5"]
+    for r in rows:
+        assert r["steps"] == max(round(1.5 * saved["plan"]["steps_per_s"][r["cell"]]), 10)
+        assert r["lr"] == min(r["sweep"], key=lambda s: s["val_loss"]["mean"])["lr"]
+        assert {s["lr"] for s in r["sweep"]} == {0.006, 0.024} and r["val_loss"]["n"] == 2
+        assert len(r["curves"]) == 2 and r["sample"].startswith("time traveller")  # the corpus' prompt
+    best = min(rows, key=lambda r: r["val_loss"]["mean"])
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + len(rows) and table[2].startswith(f"| {best['cell']} |")
+    assert re.search(rf"best: {best['cell']} \(\d\.\d+-\d\.\d+\); next: \w+ .*, (apart|overlapping)", proc.stdout)
+    again = run_python(argv, tmp_path)
+    assert again.returncode == 0 and again.stdout == proc.stdout and "sweeping" in again.stderr
+    assert (tmp_path / "race" / "race-1.5.png").stat().st_size > 0
