@@ -10,7 +10,8 @@ epoch with its band over the seeds.
 
 Equal time (`--race SECONDS ...`, e.g. `--race 100 600`): every cell on Tiny Shakespeare in the race's shape
 (`--preset shakespeare-cpu`: one layer of 192, 64-character windows, batch 64, Adam with a warmed-up cosine
-schedule) as scratch cells with one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
+schedule; from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0.15) as scratch cells with
+one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
 optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
 steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
 (`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program), then `--seeds` seeds train
@@ -97,9 +98,20 @@ def hidden_for(cfg: jaxrnn.Config, vocab_size: int, budget: int) -> int:
 RACE_CELLS = ["gru", "minlstm", "lru", "rglru", "slstm", "lstm", "mingru", "indrnn", "rnn"]
 
 
-def race_base(cell: str, args: argparse.Namespace) -> jaxrnn.Config:
-    """The race's config for a cell: `--preset shakespeare-cpu` as scratch cells with one init scale."""
-    base = PRESETS["shakespeare-cpu"].replace(cell=cell, impl="scratch", sigma=args.sigma)
+def race_preset(budget: float) -> str:
+    """The shape a budget races in: the race's (`shakespeare-cpu`, one layer of 192) under 5 minutes, the
+    10-minute recipe's (`shakespeare-10min`, two layers of 224, dropout 0.15) from there."""
+    return "shakespeare-cpu" if budget < 300 else "shakespeare-10min"
+
+
+def rate_key(cell: str, preset: str) -> str:
+    """Where a cell's measured rate in a preset's shape is kept in the plan: by its name in the race's shape."""
+    return cell if preset == "shakespeare-cpu" else f"{cell} ({preset})"
+
+
+def race_base(cell: str, preset: str, args: argparse.Namespace) -> jaxrnn.Config:
+    """A cell's config in a preset's shape, as scratch cells with one init scale."""
+    base = PRESETS[preset].replace(cell=cell, impl="scratch", sigma=args.sigma)
     return base.replace(data=args.data) if args.data else base
 
 
@@ -122,9 +134,9 @@ def median_sample(point: Path, prompt: str, n: int) -> str:
 def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]:
     """One cell at one budget: its steps from its measured rate (`plan`), the rate sweep, then the seeds at
     the best rate; its row."""
-    base = race_base(cell, args)
+    base = race_base(cell, race_preset(budget), args)
     corpus = jaxrnn.corpus_for(base)
-    rate = plan["steps_per_s"][cell]
+    rate = plan["steps_per_s"][rate_key(cell, race_preset(budget))]
     steps = max(round(budget * rate), 10)
     cfg = base.replace(steps=steps, eval_every=max(steps // 5, 1), save_every=max(steps // 5, 1))
     where = Path(args.out) / f"{budget:g}s" / cell
@@ -190,23 +202,25 @@ def race(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "race.json"
     plan = json.loads(saved.read_text())["plan"] if saved.exists() else {"steps_per_s": {}}
-    for cell in args.cells or RACE_CELLS:  # every rate first, together: a quiet machine's, kept for good
-        if cell not in plan["steps_per_s"]:
-            base = race_base(cell, args)
-            plan["steps_per_s"][cell] = steps_per_s(base, jaxrnn.corpus_for(base), args.calibration_steps)
-            say(f"{cell}: {plan['steps_per_s'][cell]:.1f} steps/s solo")
+    for preset in dict.fromkeys(map(race_preset, args.race)):  # every rate first, together: a quiet machine's
+        for cell in args.cells or RACE_CELLS:
+            key = rate_key(cell, preset)
+            if key not in plan["steps_per_s"]:  # kept for good: a resumed comparison keeps its steps
+                base = race_base(cell, preset, args)
+                plan["steps_per_s"][key] = steps_per_s(base, jaxrnn.corpus_for(base), args.calibration_steps)
+                say(f"{cell}, {preset}: {plan['steps_per_s'][key]:.1f} steps/s solo")
     saved.write_text(json.dumps({"plan": plan, "budgets": {}}, indent=1))
     results: dict[str, list[dict[str, Any]]] = {}
-    for budget in args.race:
+    for budget in args.race:  # each budget's table as soon as its cells are done
+        rows = results.setdefault(f"{budget:g}", [])
         for cell in args.cells or RACE_CELLS:
-            results.setdefault(f"{budget:g}", []).append(race_cell(cell, budget, args, plan))
+            rows.append(race_cell(cell, budget, args, plan))
             saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
-    for budget, rows in results.items():
-        print(f"\n{budget} s a cell (its solo run's time on {jax.devices()[0].platform}), {args.seeds} seeds at the "
-              f"best of lr x {args.lr_factors}, sigma {args.sigma}:\n")
+        print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of --preset "
+              f"{race_preset(budget)}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma {args.sigma}:\n")
         print(race_table(rows), flush=True)
-        race_plot(rows, out / f"race-{budget}.png")
-        say(f"wrote {out / f'race-{budget}.png'}")
+        race_plot(rows, out / f"race-{budget:g}.png")
+        say(f"wrote {out / f'race-{budget:g}.png'}")
     return 0
 
 

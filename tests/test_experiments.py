@@ -133,7 +133,7 @@ def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -
     data = str(Path(__file__).parent / "data" / "timemachine.txt")
     argv = [str(EXPERIMENTS / "compare_cells.py"), "--race", "1.5", "--cells", "minlstm", "rnn", "--seeds", "2",
             "--lr-factors", "0.5,2", "--calibration-steps", "10", "--data", data, "--out", "race"]
-    proc = run_python(argv, tmp_path)
+    proc = run_python(argv, tmp_path, timeout=600)  # about a minute alone on 2 cores
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((tmp_path / "race" / "race.json").read_text())
     rows = saved["budgets"]["1.5"]
@@ -146,6 +146,6 @@ def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(rows) and table[2].startswith(f"| {best['cell']} |")
     assert re.search(rf"best: {best['cell']} \(\d\.\d+-\d\.\d+\); next: \w+ .*, (apart|overlapping)", proc.stdout)
-    again = run_python(argv, tmp_path)
+    again = run_python(argv, tmp_path, timeout=600)
     assert again.returncode == 0 and again.stdout == proc.stdout and "sweeping" in again.stderr
     assert (tmp_path / "race" / "race-1.5.png").stat().st_size > 0
