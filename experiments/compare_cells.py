@@ -17,7 +17,8 @@ steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep pick
 (`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program), then `--seeds` seeds train
 at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command). Prints a
 markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95%
-interval, the median seed's sample), says which cell is best and whether the next one's interval overlaps,
+interval on the whole validation part; the sweep and the curves read the runs' own sampled validation; the
+median seed's sample), says which cell is best and whether the next one's interval overlaps,
 writes DIR/race.json and draws DIR/race-SECONDS.png (val loss against the solo run's wall time, bands over
 the seeds). Progress goes to stderr. Run from the repo root:
 
@@ -124,11 +125,12 @@ def steps_per_s(cfg: jaxrnn.Config, corpus: jaxrnn.data.Corpus, steps: int) -> f
     return steps / timings["train_s"]
 
 
-def median_sample(point: Path, prompt: str, n: int) -> str:
-    """The greedy sample of the replica with the median final val loss of a sweep point's group."""
-    replicas = [point / r for r in json.loads((point / "group.json").read_text())["replicas"]]
-    losses = [rundir.read_metrics(d)[-1]["val_loss"] for d in replicas]
-    return jaxrnn.load(replicas[median_index(losses)]).predict(prompt, n)
+def whole_val(point: Path, prompt: str, n: int) -> tuple[list[float], str]:
+    """Each replica of a sweep point's group on the whole validation part (as `jaxrnn eval` reads it; the
+    runs' own validation is a sample of batches), and the greedy sample of the replica with the median."""
+    trained = [jaxrnn.load(point / r) for r in json.loads((point / "group.json").read_text())["replicas"]]
+    losses = [jaxrnn.evaluate(t) for t in trained]
+    return losses, trained[median_index(losses)].predict(prompt, n)
 
 
 def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]:
@@ -148,11 +150,11 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
     row = sweep.run_sweep(cfg, {"lr": [best_lr]}, args.seeds, where / "seeds", progress=False, say=say)[0]
     point = where / "seeds" / row["dir"]
     histories = [rundir.read_metrics(point / r) for r in json.loads((point / "group.json").read_text())["replicas"]]
-    V = len(corpus.vocab)
-    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, V), "steps": steps,
+    losses, sample = whole_val(point, corpus.prompt, 60)
+    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": steps,
             "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr,
             "sweep": [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept],
-            "val_loss": row["val_loss"], "sample": median_sample(point, corpus.prompt, 60),
+            "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": row["val_loss"], "sample": sample,
             "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
 
 

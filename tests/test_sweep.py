@@ -85,7 +85,7 @@ def test_points_that_differ_by_the_optimizers_values_train_as_one_program(tiny_c
     ("scratch", dict(dropout=0.3), 0.0),  # a replica's dropout is its solo run's bit for bit
     pytest.param("flax", dict(dropout=0.3), 0.0, marks=pytest.mark.slow),
     # the warm-up's and rate's arithmetic folds fewer constants inside the program: float32 rounding
-    ("scratch", dict(dropout=0.3, warmup=5, lr=2e-2), 1e-6),
+    pytest.param("scratch", dict(dropout=0.3, warmup=5, lr=2e-2), 1e-6, marks=pytest.mark.slow),
 ], ids=["dropout", "dropout-flax", "warmup-lr"])
 def test_points_that_differ_by_dropout_and_warm_up_train_as_one_program(tiny_cfg, tiny_corpus, impl, other, tol
                                                                         ) -> None:
