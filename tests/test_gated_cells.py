@@ -244,7 +244,7 @@ def test_a_cells_options_that_cannot_build_it_are_refused(tiny_cfg, cell, option
         resolve(tiny_cfg(cell=cell, cell_options=options))
 
 
-@pytest.mark.parametrize("cell", RECENT)
+@pytest.mark.parametrize("cell", ["minlstm", *(pytest.param(c, marks=pytest.mark.slow) for c in RECENT[1:])])
 def test_a_recent_cell_learns_and_decodes(tiny_cfg, tiny_corpus, cell: str) -> None:
     """Each cell through the whole library: a small run's loss falls, below the uniform guess's, and greedy
     decoding continues a prefix."""
