@@ -125,10 +125,10 @@ def steps_per_s(cfg: jaxrnn.Config, corpus: jaxrnn.data.Corpus, steps: int) -> f
     return steps / timings["train_s"]
 
 
-def whole_val(point: Path, prompt: str, n: int) -> tuple[list[float], str]:
-    """Each replica of a sweep point's group on the whole validation part (as `jaxrnn eval` reads it; the
-    runs' own validation is a sample of batches), and the greedy sample of the replica with the median."""
-    trained = [jaxrnn.load(point / r) for r in json.loads((point / "group.json").read_text())["replicas"]]
+def whole_val(replicas: list[Path], prompt: str, n: int) -> tuple[list[float], str]:
+    """Each replica of a group on the whole validation part (as `jaxrnn eval` reads it; the runs' own
+    validation is a sample of batches), and the greedy sample of the replica with the median."""
+    trained = [jaxrnn.load(d) for d in replicas]
     losses = [jaxrnn.evaluate(t) for t in trained]
     return losses, trained[median_index(losses)].predict(prompt, n)
 
@@ -149,8 +149,9 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
     row = sweep.run_sweep(cfg, {"lr": [best_lr]}, args.seeds, where / "seeds", progress=False, say=say)[0]
     point = where / "seeds" / row["dir"]
-    histories = [rundir.read_metrics(point / r) for r in json.loads((point / "group.json").read_text())["replicas"]]
-    losses, sample = whole_val(point, corpus.prompt, 60)
+    replicas = [point / r for r in json.loads((point / "group.json").read_text())["replicas"]]
+    histories = [rundir.read_metrics(d) for d in replicas]
+    losses, sample = whole_val(replicas, corpus.prompt, 60)
     return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": steps,
             "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr,
             "sweep": [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept],
