@@ -1,4 +1,4 @@
-"""`jaxrnn train | sample | eval | runs | plot | sweep | bench`: the commands, each a function of the parsed
+"""`jaxrnn train | sample | eval | runs | plot | sweep | bench | serve`: the commands, each a function of the parsed
 command line (flags.py) calling the library; bad input -> exit 2.
 
 stdout carries results only; progress, logs and warnings go to stderr.
@@ -280,8 +280,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Restore and compile every run, then serve them until SIGINT/SIGTERM (`jaxrnn.serve`)."""
+    try:
+        from jaxrnn import serve
+    except ImportError as e:
+        raise JaxrnnError(f"jaxrnn serve needs Starlette and uvicorn ({e}); pip install 'jaxrnn[serve]'") from None
+    if args.max_n > args.max_batch:
+        raise JaxrnnError(f"--max-n {args.max_n} is more than --max-batch {args.max_batch}: a request's choices "
+                          "decode in one batch; raise --max-batch or lower --max-n")
+    runs = serve.restore(args.run, args.step, args.max_batch)
+    limits = serve.Limits(max_prompt=args.max_prompt, max_tokens=args.max_tokens, max_n=args.max_n)
+    return serve.serve_forever(runs, args.host, args.port, limits)
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "runs": cmd_runs, "plot": cmd_plot,
-            "sweep": cmd_sweep, "bench": cmd_bench}  # each subcommand of `build_parser`, by name
+            "sweep": cmd_sweep, "bench": cmd_bench, "serve": cmd_serve}  # each subcommand of `build_parser`, by name
 
 
 def enable_compile_cache() -> None:

@@ -43,6 +43,7 @@ def _number(cast: Any, what: str, ok: Any = lambda v: True, need: str = "") -> A
 _positive_int = _number(int, "an integer", lambda v: v > 0, "a positive integer")
 _positive_float = _number(float, "a number", lambda v: 0 < v < math.inf, "a positive finite number")
 _non_negative_int = _number(int, "an integer", lambda v: v >= 0, "0 or more")
+_port = _number(int, "a port number", lambda v: 0 <= v < 65536, "in [0, 65535]")
 
 
 def _split(s: str) -> tuple[float, ...]:
@@ -199,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by train")
     pl.add_argument("--out", metavar="FILE", default="curves.png", help="image to write (default curves.png)")
     pl.add_argument("--log", action="store_true", help="log-scale perplexity axis")
+
+    sv = sub.add_parser("serve", help="serve trained runs over HTTP (OpenAI's completions API and a page)")
+    sv.add_argument("--run", metavar="RUN_DIR", action="append", required=True, help="run directory written by "
+                    "train; repeat to serve several, each named by its directory")
+    sv.add_argument("--step", type=_step, default=None, help=STEP_HELP)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                    "only; 0.0.0.0 serves every network)")
+    sv.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0: any free one)")
+    sv.add_argument("--max-prompt", type=_positive_int, default=4096, help="characters of one prompt (default 4096)")
+    sv.add_argument("--max-tokens", type=_positive_int, default=2000, help="characters one choice may ask for "
+                    "(default 2000)")
+    sv.add_argument("--max-n", type=_positive_int, default=16, help="choices per request (default 16)")
+    sv.add_argument("--max-batch", type=_positive_int, default=32, help="choices decoded as one call (default 32; "
+                    "on CPUs up to 32 rows compute a row's bits as jaxrnn sample does)")
 
     # bench's flags are its own (jaxrnn/bench.py, which imports JAX): parsed by `bench_parser` when it runs
     sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch", add_help=False)

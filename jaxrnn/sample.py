@@ -55,19 +55,23 @@ class Sampling:
 GREEDY = Sampling()
 
 
-def filter_logits(logits_BxV: Array, top_k: int, top_p: Array | None) -> Array:
-    """Logits outside the `top_k` largest (0: no limit), and then outside the smallest set of the most
-    likely tokens left whose renormalised probability reaches `top_p` (None: no limit; the most likely
-    token always stays), set to -inf; the order of Hugging Face's top-k and top-p warpers."""
-    if top_k:
-        kth_Bx1 = lax.top_k(logits_BxV, top_k)[0][:, -1:]
+def filter_logits(logits_BxV: Array, top_k_B: Array | None, top_p_B: Array | None) -> Array:
+    """Each row's logits outside its `top_k_B` largest (0: no limit), and then outside the smallest set of
+    the most likely tokens left whose renormalised probability reaches its `top_p_B` (1: no limit; the most
+    likely token always stays), set to -inf; the order of Hugging Face's top-k and top-p warpers. None:
+    that limit is off for every row (and costs nothing)."""
+    V = logits_BxV.shape[-1]
+    if top_k_B is not None:
+        k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, V), V)
+        kth_Bx1 = jnp.take_along_axis(-jnp.sort(-logits_BxV, axis=-1), k_B[:, None] - 1, axis=-1)
         logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-    if top_p is not None:
+    if top_p_B is not None:
         sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
         probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
         before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # mass of the more likely tokens
-        kept_BxV = jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf)
-        logits_BxV = jnp.where(logits_BxV < kept_BxV.min(-1, keepdims=True), -jnp.inf, logits_BxV)
+        kept_BxV = jnp.where(before_BxV < top_p_B[:, None], sorted_BxV, jnp.inf)
+        cut_Bx1 = jnp.where(top_p_B[:, None] < 1, kept_BxV.min(-1, keepdims=True), -jnp.inf)
+        logits_BxV = jnp.where(logits_BxV < cut_Bx1, -jnp.inf, logits_BxV)
     return logits_BxV
 
 
@@ -94,7 +98,8 @@ def _generate(model: LanguageModel, params: Params, prompts_BxP: Array, lengths_
         if greedy:
             tok_B = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
-            kept = filter_logits(logits / temperature, top_k, top_p if nucleus else None)
+            kept = filter_logits(logits / temperature, jnp.full(B, top_k) if top_k else None,
+                                 jnp.full(B, top_p) if nucleus else None)
             tok_B = jax.random.categorical(k, kept).astype(jnp.int32)
         logits, h = model.forward(params, tok_B[:, None], h)
         return (h, logits[:, 0]), tok_B
