@@ -286,11 +286,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from jaxrnn import serve
     except ImportError as e:
         raise JaxrnnError(f"jaxrnn serve needs Starlette and uvicorn ({e}); pip install 'jaxrnn[serve]'") from None
-    if args.max_n > args.max_batch:
+    max_n = min(16, args.max_batch) if args.max_n is None else args.max_n
+    if max_n > args.max_batch:
         raise JaxrnnError(f"--max-n {args.max_n} is more than --max-batch {args.max_batch}: a request's choices "
                           "decode in one batch; raise --max-batch or lower --max-n")
     runs = serve.restore(args.run, args.step, args.max_batch)
-    limits = serve.Limits(max_prompt=args.max_prompt, max_tokens=args.max_tokens, max_n=args.max_n)
+    limits = serve.Limits(max_prompt=args.max_prompt, max_tokens=args.max_tokens, max_n=max_n)
     return serve.serve_forever(runs, args.host, args.port, limits)
 
 

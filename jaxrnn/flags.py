@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-prompt", type=_positive_int, default=4096, help="characters of one prompt (default 4096)")
     sv.add_argument("--max-tokens", type=_positive_int, default=2000, help="characters one choice may ask for "
                     "(default 2000)")
-    sv.add_argument("--max-n", type=_positive_int, default=16, help="choices per request (default 16)")
+    sv.add_argument("--max-n", type=_positive_int, help="choices per request (default 16, or --max-batch if less)")
     sv.add_argument("--max-batch", type=_positive_int, default=32, help="choices decoded as one call (default 32; "
                     "on CPUs up to 32 rows compute a row's bits as jaxrnn sample does)")
 

@@ -244,7 +244,9 @@ def build_app(runs: dict[str, Served], limits: Limits = Limits()) -> Starlette:
         return JSONResponse({"object": "list", "data": [s.card() for s in runs.values()]})
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": list(runs)})
+        return JSONResponse({"status": "ok", "models": list(runs),  # each model's slots decoding and jobs queued
+                             "busy": {n: s.engine.busy for n, s in runs.items()},
+                             "waiting": {n: s.engine.waiting.qsize() for n, s in runs.items()}})
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
