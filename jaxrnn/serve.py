@@ -10,6 +10,7 @@ JSON error in OpenAI's form that names the field, and nothing it sends reaches t
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -156,15 +157,14 @@ class Pending:
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.queue: asyncio.Queue[tuple[int, np.ndarray, bool]] = asyncio.Queue()
-        loop, vocab = asyncio.get_running_loop(), c.served.trained.vocab
-        self.jobs = []
-        for i, prompt in enumerate(c.prompts):
-            for j in range(c.n):
-                index = i * c.n + j
-                emit = (lambda index: lambda ids, done: loop.call_soon_threadsafe(
-                    self.queue.put_nowait, (index, ids, done)))(index)
-                self.jobs.append(Job(vocab.encode(prompt), c.max_tokens, emit, c.temperature, c.top_k, c.top_p,
-                                     c.seed, index))
+        self.loop, vocab = asyncio.get_running_loop(), c.served.trained.vocab
+        choices = [(i * c.n + j, prompt) for i, prompt in enumerate(c.prompts) for j in range(c.n)]  # OpenAI's order
+        self.jobs = [Job(vocab.encode(prompt), c.max_tokens, functools.partial(self._put, index), c.temperature,
+                         c.top_k, c.top_p, c.seed, index) for index, prompt in choices]
+
+    def _put(self, index: int, ids: np.ndarray, done: bool) -> None:
+        """A job's characters, from the engine's thread onto the request's event loop."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, ids, done))
 
     def submit(self, limits: Limits) -> None:
         engine = self.c.served.engine

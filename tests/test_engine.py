@@ -8,12 +8,12 @@ import threading
 import jax
 import numpy as np
 import pytest
+from test_sample import first_token_probs
 
 from jaxrnn.cells import Loop
 from jaxrnn.engine import Engine, Job, buckets
 from jaxrnn.models import ModelConfig, ScratchRNNLM
 from jaxrnn.sample import predict
-from test_sample import first_token_probs
 
 H = 16
 

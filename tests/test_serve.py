@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 import jaxrnn
-from conftest import TINY
 from jaxrnn import run
 
 READY = re.compile(r"^jaxrnn: serving (\S+) .* at http://127\.0\.0\.1:(\d+)/ \(ready\)$")
