@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,8 +25,6 @@ from jax import Array, lax
 
 from jaxrnn.models import LanguageModel, Params
 from jaxrnn.sample import filter_logits
-
-JOIN_S = 0.002  # how long an idle engine waits for more requests to join the first one's batch
 
 
 @dataclass
@@ -126,18 +123,11 @@ class Engine:
         return sum(j is not None for j in self.slots)
 
     def _admit(self) -> bool:
-        """Move queued jobs into free slots: block while nothing runs, then give others JOIN_S to join.
-        False once `stop` was called."""
-        idle = self.busy == 0
-        deadline = None
+        """Move queued jobs into free slots, blocking while nothing runs: a request that finds the engine idle
+        starts at once, and those that come while a chunk runs join at its end. False once `stop` was called."""
         while None in self.slots:
             try:
-                if idle and deadline is None:
-                    job = self.waiting.get()
-                    deadline = time.monotonic() + JOIN_S
-                else:
-                    left = deadline - time.monotonic() if idle else 0
-                    job = self.waiting.get(timeout=left) if left > 0 else self.waiting.get_nowait()
+                job = self.waiting.get() if self.busy == 0 else self.waiting.get_nowait()
             except queue.Empty:
                 break
             if job is None:

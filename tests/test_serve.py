@@ -7,10 +7,8 @@ its slot; SIGTERM finishes the stream in flight and exits 0.
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
-import re
 import signal
 import socket
 import threading
@@ -18,47 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import TINY, load_tool
 
 import jaxrnn
 from jaxrnn import run
 
-READY = re.compile(r"^jaxrnn: serving (\S+) .* at http://127\.0\.0\.1:(\d+)/ \(ready\)$")
-
-
-class Server:
-    """The server process, its port and what it has written to stderr so far."""
-
-    def __init__(self, proc, timeout: float = 300) -> None:
-        self.proc, self.lines, self.port = proc, [], None
-        ready = threading.Event()
-
-        def read():
-            for line in proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                m = READY.match(self.lines[-1])
-                if m:
-                    self.port = int(m.group(2))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        assert ready.wait(timeout) and self.port, "\n".join(self.lines)
-
-    def call(self, method: str, path: str, body: object = None, raw: bytes | None = None,
-             timeout: float = 120) -> tuple[int, object]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        text = r.read().decode()
-        conn.close()
-        return r.status, json.loads(text) if r.getheader("content-type", "").startswith("application/json") else text
-
-    def complete(self, **body) -> dict:
-        status, reply = self.call("POST", "/v1/completions", body)
-        assert status == 200, reply
-        return reply
+SERVE = load_tool("serve_load")  # its Server: a `jaxrnn serve` process on loopback, and an HTTP client of it
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +34,12 @@ def trained(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(trained, start_python):
-    proc = start_python(["-m", "jaxrnn.cli", "serve", "--run", str(trained), "--port", "0", "--max-batch", "8",
-                         "--max-tokens", "1000000", "--max-n", "4", "--max-prompt", "200"], trained.parent)
-    s = Server(proc)
+def server(trained):
+    s = SERVE.Server([trained], "--max-batch", "8", "--max-tokens", "1000000", "--max-n", "4", "--max-prompt", "200")
     yield s
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+    if s.proc.poll() is None:
+        s.proc.kill()
+    s.proc.wait()
 
 
 def sample(run_dir: Path, prompt: str, n: int) -> str:
@@ -124,19 +85,8 @@ def test_prompts_read_as_the_runs_corpus(server, trained) -> None:
     assert "the time traveller " + reply["choices"][0]["text"] == sample(trained, "the time traveller ", 30)
 
 
-def stream(server, body: dict) -> list[str]:
-    """The `data:` payloads of a streamed completion, in order."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}))
-    r = conn.getresponse()
-    assert r.status == 200 and r.getheader("content-type").startswith("text/event-stream")
-    events = [e[len("data: "):] for e in r.read().decode().split("\n\n") if e]
-    conn.close()
-    return events
-
-
 def test_stream_sends_chunks_then_done_and_equals_greedy(server, trained) -> None:
-    events = stream(server, {"prompt": "time traveller", "max_tokens": 100, "temperature": 0})
+    events = server.stream({"prompt": "time traveller", "max_tokens": 100, "temperature": 0})
     assert events[-1] == "[DONE]" and len(events) > 3  # characters come chunk by chunk
     chunks = [json.loads(e) for e in events[:-1]]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
@@ -237,10 +187,18 @@ def test_a_client_gone_mid_stream_frees_its_slot(server) -> None:
     assert server.call("GET", "/healthz")[1]["busy"]["tiny-gru"] == 0
 
 
+def test_the_load_tool_measures_this_server(server) -> None:
+    """tools/serve_load.py's figures on a small load: every malformed request a 4xx, every valid one its text."""
+    r = SERVE.measure(server, clients=6, chars=30, first_n=3, bad=40)
+    assert r["bad_answered_4xx"] == 40 and r["valid_under_burst_ok"] == 6
+    assert r["concurrent_chars_per_s"] > 0 and 0 < r["first_char_p50_s"] <= r["first_char_p99_s"]
+    assert "| first streamed character, idle server |" in SERVE.table(r)
+
+
 def test_sigterm_finishes_the_stream_in_flight_and_exits_0(server) -> None:
     """Last in this file: the server stops."""
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(events=stream(server, {"prompt": "the", "max_tokens": 20000,
+    t = threading.Thread(target=lambda: result.update(events=server.stream({"prompt": "the", "max_tokens": 20000,
                                                                              "temperature": 1.0})))
     t.start()
     for _ in range(200):  # the stream has begun

@@ -37,7 +37,7 @@ SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for d in ("tools", "experiments"
 
 def test_every_script_is_listed() -> None:
     """Every tool and experiment with a main is in SCRIPTS (the modules they share are not)."""
-    assert len(SCRIPTS) == 15
+    assert len(SCRIPTS) == 16
     assert {"tools/ablate.py", "tools/budget_report.py", "experiments/rnn_scratch.py"} <= set(SCRIPTS)
 
 
@@ -72,6 +72,7 @@ def test_ablate_runs_a_tiny_grid(call, tmp_path: Path) -> None:
     (["tools/seed_vs_d2l.py", "--epochs", "0"], "must be at least 1"),
     (["tools/seed_vs_d2l.py", "--json-out", "/nonexistent-dir/rows.json"], "its directory does not exist"),
     (["tools/d2l_baseline.py", "train", "lstm"], "invalid choice"),
+    (["tools/serve_load.py", "--run", "/nonexistent-run"], "is not a run directory"),
     (["tools/d2l_baseline.py", "train", "scratch", "--data", "/nonexistent/timemachine.txt"], "does not exist"),
 ])
 def test_bad_input_exits_2_with_one_error_line(argv, problem, tmp_path):
