@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import socket
 import threading
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TINY, load_tool
+from conftest import ROOT, TINY, load_tool
 
 import jaxrnn
 from jaxrnn import run
@@ -185,6 +186,19 @@ def test_a_client_gone_mid_stream_frees_its_slot(server) -> None:
             break
         threading.Event().wait(0.05)
     assert server.call("GET", "/healthz")[1]["busy"]["tiny-gru"] == 0
+
+
+def test_the_readmes_curl_examples_are_answered(server) -> None:
+    """Each `curl ... -d '{...}'` body of the README, its model renamed to the one served here."""
+    bodies = [json.loads(b) for b in re.findall(r"-d '(\{.*?\})'", (ROOT / "README.md").read_text())]
+    assert len(bodies) >= 2
+    for body in bodies:
+        body = {**body, "model": "tiny-gru"}
+        if body.get("stream"):
+            assert server.stream(body)[-1] == "[DONE]"
+        else:
+            assert len(server.complete(**body)["choices"]) == body.get("n", 1) * (
+                len(body["prompt"]) if isinstance(body["prompt"], list) else 1)
 
 
 def test_the_load_tool_measures_this_server(server) -> None:
