@@ -15,7 +15,9 @@ one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
 optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
 steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
 (`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program), then `--seeds` seeds train
-at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command). Prints a
+at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command; a cell
+whose row DIR/race.json holds is not trained again, so a race.json kept elsewhere carries a comparison
+over to another machine or session with its plan). Prints a
 markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95%
 interval on the whole validation part; the sweep and the curves read the runs' own sampled validation; the
 median seed's sample), says which cell is best and whether the next one's interval overlaps,
@@ -204,7 +206,8 @@ def race(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "race.json"
-    plan = json.loads(saved.read_text())["plan"] if saved.exists() else {"steps_per_s": {}}
+    kept = json.loads(saved.read_text()) if saved.exists() else {"plan": {"steps_per_s": {}}, "budgets": {}}
+    plan = kept["plan"]
     for preset in dict.fromkeys(map(race_preset, args.race)):  # every rate first, together: a quiet machine's
         for cell in args.cells or RACE_CELLS:
             key = rate_key(cell, preset)
@@ -212,17 +215,19 @@ def race(args: argparse.Namespace) -> int:
                 base = race_base(cell, preset, args)
                 plan["steps_per_s"][key] = steps_per_s(base, jaxrnn.corpus_for(base), args.calibration_steps)
                 say(f"{cell}, {preset}: {plan['steps_per_s'][key]:.1f} steps/s solo")
-    saved.write_text(json.dumps({"plan": plan, "budgets": {}}, indent=1))
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[dict[str, Any]]] = kept["budgets"]  # a cell whose row is kept is not trained again
+    saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
     for budget in args.race:  # each budget's table as soon as its cells are done
         rows = results.setdefault(f"{budget:g}", [])
         for cell in args.cells or RACE_CELLS:
-            rows.append(race_cell(cell, budget, args, plan))
+            if not any(r["cell"] == cell for r in rows):
+                rows.append(race_cell(cell, budget, args, plan))
             saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
         print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of --preset "
               f"{race_preset(budget)}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma {args.sigma}:\n")
-        print(race_table(rows), flush=True)
-        race_plot(rows, out / f"race-{budget:g}.png")
+        shown = [r for r in rows if r["cell"] in (args.cells or RACE_CELLS)]
+        print(race_table(shown), flush=True)
+        race_plot(shown, out / f"race-{budget:g}.png")
         say(f"wrote {out / f'race-{budget:g}.png'}")
     return 0
 

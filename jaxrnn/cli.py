@@ -1,5 +1,5 @@
-"""`jaxrnn train | sample | eval | runs | plot | sweep | bench | serve`: the commands, each a function of the parsed
-command line (flags.py) calling the library; bad input -> exit 2.
+"""`jaxrnn train | sample | eval | runs | plot | sweep | bench | serve | export`: the commands, each a function of
+the parsed command line (flags.py) calling the library; bad input -> exit 2.
 
 stdout carries results only; progress, logs and warnings go to stderr.
 """
@@ -295,8 +295,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve.serve_forever(runs, args.host, args.port, limits)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from jaxrnn import run
+    from jaxrnn.export import export_run
+
+    trained = run.load(args.run, args.step)
+    out = export_run(trained, args.out)
+    print(f"exported {args.run} ({trained.cfg.unit} {trained.done}) to {out}: decoder.jaxexport, params.npz, "
+          "state.npz, model.json", flush=True)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "runs": cmd_runs, "plot": cmd_plot,
-            "sweep": cmd_sweep, "bench": cmd_bench, "serve": cmd_serve}  # each subcommand of `build_parser`, by name
+            "sweep": cmd_sweep, "bench": cmd_bench, "serve": cmd_serve,
+            "export": cmd_export}  # each subcommand of `build_parser`, by name
 
 
 def enable_compile_cache() -> None:

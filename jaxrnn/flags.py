@@ -215,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=_positive_int, default=32, help="choices decoded as one call (default 32; "
                     "on CPUs up to 32 rows compute a row's bits as jaxrnn sample does)")
 
+    ex = sub.add_parser("export", help="write a run's greedy decoder as a jax.export program with its params, to "
+                        "run without jaxrnn")
+    ex.add_argument("--run", metavar="RUN_DIR", required=True, help="run directory written by train")
+    ex.add_argument("--step", type=_step, default=None, help=STEP_HELP)
+    ex.add_argument("--out", metavar="DIR", required=True, help="directory to write (decoder.jaxexport, "
+                    "params.npz, state.npz, model.json)")
+
     # bench's flags are its own (jaxrnn/bench.py, which imports JAX): parsed by `bench_parser` when it runs
     sub.add_parser("bench", help="benchmark jaxrnn against d2l's way and PyTorch", add_help=False)
     return p

@@ -271,7 +271,12 @@ def load_tool(name: str) -> ModuleType:
     tools/ goes on sys.path as for a script run from there)."""
     if str(ROOT / "tools") not in sys.path:
         sys.path.insert(0, str(ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    return load_module(ROOT / "tools" / f"{name}.py", f"tool_{name}")
+
+
+def load_module(path: Path, name: str | None = None) -> ModuleType:
+    """Import a script (of tools/, docs/) as a module."""
+    spec = importlib.util.spec_from_file_location(name or f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
