@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -207,6 +209,65 @@ def test_the_load_tool_measures_this_server(server) -> None:
     assert r["bad_answered_4xx"] == 40 and r["valid_under_burst_ok"] == 6
     assert r["concurrent_chars_per_s"] > 0 and 0 < r["first_char_p50_s"] <= r["first_char_p99_s"]
     assert "| first streamed character, idle server |" in SERVE.table(r)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Debian chromium driven by selenium; skipped with a message where either is missing, failed
+    instead in CI (`CI` set, as .ci/run sets it, which installs both)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (webdriver and chromium and driver):
+        why = ("the page's tests need Debian's chromium and chromium-driver (apt-get install chromium "
+               "chromium-driver) and selenium (pip install -e '.[test]')")
+        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=options)
+    yield b
+    b.quit()
+
+
+def text_of(browser, element_id: str) -> str:
+    return browser.find_element("id", element_id).get_attribute("textContent")
+
+
+def wait_for(what, timeout: float = 60) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if what():
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError("the page did not get there in time")
+
+
+def test_the_page_shows_the_run_and_generates_jaxrnn_samples_text(server, trained, browser) -> None:
+    """In headless chromium: the page names the run, its step and val loss; a greedy generation streams in
+    exactly what `jaxrnn sample` prints; a bad length shows the server's error."""
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    wait_for(lambda: "tiny-gru" in text_of(browser, "card"))
+    t = run.load(trained)
+    assert text_of(browser, "card").startswith(f"tiny-gru: gru, step 1, val loss {math.log(t.val_ppl):.3f}, 28 ")
+    assert not browser.find_element("id", "model").is_displayed()  # one run: no selector
+    prompt = browser.find_element("id", "prompt")
+    assert prompt.get_attribute("value") == "time traveller"  # the run's own prompt
+    length = browser.find_element("id", "max_tokens")
+    length.clear()
+    length.send_keys("120")
+    browser.find_element("id", "generate").click()
+    wait_for(lambda: browser.find_element("id", "output").get_attribute("data-done") == "1")
+    assert text_of(browser, "output") == sample(trained, "time traveller", 120)
+    length.clear()
+    length.send_keys("2000000")
+    browser.find_element("id", "generate").click()
+    wait_for(lambda: "max_tokens" in text_of(browser, "error"))
 
 
 def test_sigterm_finishes_the_stream_in_flight_and_exits_0(server) -> None:
