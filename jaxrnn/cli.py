@@ -290,9 +290,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if max_n > args.max_batch:
         raise JaxrnnError(f"--max-n {args.max_n} is more than --max-batch {args.max_batch}: a request's choices "
                           "decode in one batch; raise --max-batch or lower --max-n")
+    sock = serve.listen(args.host, args.port)
     runs = serve.restore(args.run, args.step, args.max_batch)
     limits = serve.Limits(max_prompt=args.max_prompt, max_tokens=args.max_tokens, max_n=max_n)
-    return serve.serve_forever(runs, args.host, args.port, limits)
+    return serve.serve_forever(runs, sock, limits)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -14,20 +14,27 @@ import functools
 import json
 import math
 import os
+import signal
+import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from jaxrnn import run
 from jaxrnn.data import preprocess
 from jaxrnn.engine import Engine, Job
+from jaxrnn.errors import JaxrnnError
 from jaxrnn.loop import Trained
 
 FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "seed", "stream", "user"}
@@ -270,11 +277,6 @@ def build_app(runs: dict[str, Served], limits: Limits = Limits()) -> Starlette:
 
 def restore(run_dirs: list[str], step: int | str | None, max_batch: int) -> dict[str, Served]:
     """Each run restored, named by its directory, with its engine compiled (not yet started)."""
-    from pathlib import Path
-
-    from jaxrnn import run
-    from jaxrnn.errors import JaxrnnError
-
     runs: dict[str, Served] = {}
     for d in run_dirs:
         name = Path(d).resolve().name
@@ -287,12 +289,10 @@ def restore(run_dirs: list[str], step: int | str | None, max_batch: int) -> dict
     return runs
 
 
-def listen(host: str, port: int):
-    """A listening TCP socket on host:port (0: any free port), or the error that says which to pass."""
-    import socket
-
-    from jaxrnn.errors import JaxrnnError
-
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: any free port), or the error that says which to pass. Taken
+    before the runs are restored, so a port in use is said at once; clients that come before the server is
+    ready wait in its backlog."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
@@ -310,15 +310,9 @@ class _Signalled(Exception):
     pass
 
 
-def serve_forever(runs: dict[str, Served], host: str, port: int, limits: Limits) -> int:
-    """Serve until SIGINT or SIGTERM, then finish the requests in flight and stop the engines; exit 0."""
-    import signal
-    import sys
-
-    import uvicorn
-
+def serve_forever(runs: dict[str, Served], sock: socket.socket, limits: Limits) -> int:
+    """Serve on `sock` until SIGINT or SIGTERM, then finish the requests in flight and stop the engines."""
     sys.setswitchinterval(2e-4)  # the engine's thread gets the GIL back from the event loop's within 0.2 ms, not 5
-    sock = listen(host, port)
     bound = sock.getsockname()
     where = f"http://{bound[0] if ':' not in bound[0] else f'[{bound[0]}]'}:{bound[1]}/"
     config = uvicorn.Config(build_app(runs, limits), log_level="warning", access_log=False, lifespan="off",

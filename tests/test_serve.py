@@ -50,6 +50,24 @@ def sample(run_dir: Path, prompt: str, n: int) -> str:
     return run.load(run_dir).predict(prompt, n) if n else prompt
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["serve", "--run", "/nonexistent-run", "--port", "0"], "/nonexistent-run does not exist; pass --run"),
+    (["serve", "--run", "{run}", "--port", "{busy}"], "cannot listen on 127.0.0.1:{busy} "),
+    (["serve", "--run", "{run}", "--max-batch", "4", "--max-n", "8"], "--max-n 8 is more than --max-batch 4"),
+    (["serve", "--run", "{run}", "--port", "70000"], "must be in [0, 65535]"),
+    (["export", "--run", "/nonexistent-run", "--out", "x"], "/nonexistent-run does not exist; pass --run"),
+])
+def test_bad_command_lines_exit_2(call, trained, tmp_path, argv: list[str], problem: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        proc = call([a.replace("{run}", str(trained)).replace("{busy}", port) for a in argv], tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("jaxrnn: error: ") and problem.replace("{busy}", port) in last
+    assert proc.stdout == ""
+
+
 def test_models_and_health(server, trained) -> None:
     status, models = server.call("GET", "/v1/models")
     t = run.load(trained)
@@ -268,6 +286,31 @@ def test_the_page_shows_the_run_and_generates_jaxrnn_samples_text(server, traine
     length.send_keys("2000000")
     browser.find_element("id", "generate").click()
     wait_for(lambda: "max_tokens" in text_of(browser, "error"))
+
+
+@pytest.mark.slow
+def test_several_runs_each_answer_by_name_and_the_page_selects_them(trained, browser, tmp_path) -> None:
+    """Two runs served: /v1/models lists both, a completion goes to the model it names (each equal to its own
+    `jaxrnn sample`), one without a model is refused, and the page's selector switches the card."""
+    other = tmp_path / "tiny-lstm"
+    cfg = jaxrnn.Config(**{**TINY, "cell": "lstm", "impl": "scratch", "sigma": 0.5, "hidden": 32, "lr": 0.01})
+    jaxrnn.train(cfg, other, progress=False)
+    two = SERVE.Server([trained, other], "--max-batch", "4")
+    try:
+        assert [m["id"] for m in two.call("GET", "/v1/models")[1]["data"]] == ["tiny-gru", "tiny-lstm"]
+        for name, run_dir in (("tiny-gru", trained), ("tiny-lstm", other)):
+            text = two.complete(model=name, prompt="the", max_tokens=40, temperature=0)["choices"][0]["text"]
+            assert "the" + text == sample(run_dir, "the", 40)
+        status, reply = two.call("POST", "/v1/completions", {"prompt": "the"})
+        assert status == 400 and reply["error"]["param"] == "model"
+        browser.get(f"http://127.0.0.1:{two.port}/")
+        wait_for(lambda: "tiny-gru" in text_of(browser, "card"))
+        select = browser.find_element("id", "model")
+        assert select.is_displayed() and len(select.find_elements("tag name", "option")) == 2
+        select.find_elements("tag name", "option")[1].click()
+        wait_for(lambda: text_of(browser, "card").startswith("tiny-lstm: lstm, step 1"))
+    finally:
+        assert two.stop() == 0
 
 
 def test_sigterm_finishes_the_stream_in_flight_and_exits_0(server) -> None:
