@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 State = Any  # h [B, H], or a tuple (h, ...)
+CellParams = dict[str, Array]  # W_xh [V, G*H], b_h [G*H], and what the step reads: W_hh [H, G*H], ...
 
 
 def zeros_h(batch_size: int, hidden_size: int, dtype: Any = jnp.float32) -> State:
