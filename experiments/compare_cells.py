@@ -182,23 +182,10 @@ def race_table(rows: list[dict[str, Any]]) -> str:
 
 def race_plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Val loss against the solo run's wall time, each cell's mean over its seeds in a band from the lowest
-    to the highest."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i, r in enumerate(sorted(rows, key=lambda r: r["val_loss"]["mean"])):
-        n = min(len(c) for c in r["curves"])
-        t = [p[0] for p in r["curves"][0][:n]]
-        ys = list(zip(*[[p[1] for p in c[:n]] for c in r["curves"]]))
-        ax.plot(t, [sum(y) / len(y) for y in ys], color=f"C{i % 10}", label=r["cell"])
-        ax.fill_between(t, [min(y) for y in ys], [max(y) for y in ys], color=f"C{i % 10}", alpha=0.2, linewidth=0)
-    ax.set(xlabel="seconds (the solo run's)", ylabel="val loss (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path, format="png", bbox_inches="tight", dpi=120)
+    to the highest, best first."""
+    curves = {r["cell"]: [[{"seconds": t, "val_loss": loss} for t, loss in c] for c in r["curves"]]
+              for r in sorted(rows, key=lambda r: r["val_loss"]["mean"])}
+    plot_curves(curves, path, splits=("val",), x="seconds", y="loss")
 
 
 def race(args: argparse.Namespace) -> int:
