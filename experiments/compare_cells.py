@@ -14,7 +14,8 @@ schedule; from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0
 one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
 optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
 steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
-(`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program), then `--seeds` seeds train
+(`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program; a best at the sweep's edge
+goes one factor further that way, up to `--extend` times), then `--seeds` seeds train
 at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command; a cell
 whose row DIR/race.json holds is not trained again, so a race.json kept elsewhere carries a comparison
 over to another machine or session with its plan). Prints a
@@ -68,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     race.add_argument("--out", default="runs/race-cells", help="where the runs and race.json go (default %(default)s)")
     race.add_argument("--lr-factors", default="0.5,1,2", help="the sweep's rates, times the preset's (default 0.5,1,2)")
     race.add_argument("--sweep-seeds", type=int, default=1, help="seeds of each rate in the sweep (default 1)")
+    race.add_argument("--extend", type=int, default=2, help="times a sweep whose best rate is its lowest or highest "
+                      "goes one factor further that way (default 2)")
     race.add_argument("--sigma", type=float, default=0.1, help="every cell's init scale (default 0.1)")
     race.add_argument("--data", help="the corpus file (default Tiny Shakespeare, downloaded or $JAXRNN_DATA_DIR)")
     race.add_argument("--calibration-steps", type=int, default=100, help="the solo run that measures steps/s")
@@ -147,6 +150,14 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
     lrs = [round(base.lr * float(f), 6) for f in args.lr_factors.split(",")]
     say(f"{cell}, {budget:g} s: {steps} steps; sweeping lr {lrs}")
     swept = sweep.run_sweep(cfg, {"lr": lrs}, args.sweep_seeds, where / "sweep", progress=False, say=say)
+    step = lr_step(args)
+    for _ in range(args.extend):  # a best at the sweep's edge may not be the best: one rate further that way
+        further = beyond([{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept], step)
+        if further is None:
+            break
+        say(f"{cell}, {budget:g} s: the best rate is the sweep's edge; trying lr {further}")
+        swept += sweep.run_sweep(cfg, {"lr": [further]}, args.sweep_seeds, where / f"sweep-lr{further:g}",
+                                 progress=False, say=say)
     best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["settings"]["lr"]
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
     row = sweep.run_sweep(cfg, {"lr": [best_lr]}, args.seeds, where / "seeds", progress=False, say=say)[0]
@@ -159,6 +170,22 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
             "sweep": [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept],
             "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": row["val_loss"], "sample": sample,
             "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
+
+
+def lr_step(args: argparse.Namespace) -> float:
+    """The ratio of the sweep's two highest factors: how much further an extension goes (2 for 0.5,1,2)."""
+    factors = sorted(float(f) for f in args.lr_factors.split(","))
+    return factors[-1] / factors[-2] if len(factors) > 1 else 2.0
+
+
+def beyond(swept: list[dict[str, Any]], step: float) -> float | None:
+    """The next rate to try when a sweep's best ({"lr", "val_loss"} rows) is its lowest or highest rate: one
+    `step` (the sweep's ratio) further that way; None when the best is inside the sweep."""
+    rates = sorted(r["lr"] for r in swept)
+    best = min(swept, key=lambda r: r["val_loss"]["mean"])["lr"]
+    if len(rates) < 2 or rates[0] < best < rates[-1]:
+        return None
+    return round(best * step if best == rates[-1] else best / step, 6)
 
 
 def race_table(rows: list[dict[str, Any]]) -> str:
@@ -207,7 +234,12 @@ def race(args: argparse.Namespace) -> int:
     for budget in args.race:  # each budget's table as soon as its cells are done
         rows = results.setdefault(f"{budget:g}", [])
         for cell in args.cells or RACE_CELLS:
-            if not any(r["cell"] == cell for r in rows):
+            kept = [r for r in rows if r["cell"] == cell]
+            if kept and beyond(kept[0]["sweep"], lr_step(args)) is not None and len(kept[0]["sweep"]) < len(
+                    args.lr_factors.split(",")) + args.extend:  # kept from before the sweep went past its edges
+                rows.remove(kept[0])
+                kept = []
+            if not kept:
                 rows.append(race_cell(cell, budget, args, plan))
             saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
         print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of --preset "

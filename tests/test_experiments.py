@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import load_module
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 RUNS = {
@@ -112,13 +113,9 @@ def test_sine_linear_baseline_reaches_the_noise_floor(ran) -> None:
 def test_compare_cells_sizes_the_slstm_in_whole_heads() -> None:
     """An sLSTM's width splits into its heads, so the budget's hidden size is the largest multiple of them
     that fits: its parameters within the budget, one more head's worth over it."""
-    import importlib.util
-
     import jaxrnn
 
-    spec = importlib.util.spec_from_file_location("compare_cells", EXPERIMENTS / "compare_cells.py")
-    cc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cc)
+    cc = load_module(EXPERIMENTS / "compare_cells.py")
     budget = cc.count_params(jaxrnn.Config(hidden=64), 28)  # a 1-layer tanh RNN of 64
     for heads in (4, 3):
         cfg = jaxrnn.Config(cell="slstm", cell_options={"heads": heads})
@@ -127,13 +124,26 @@ def test_compare_cells_sizes_the_slstm_in_whole_heads() -> None:
         assert cc.count_params(cfg.replace(hidden=H + heads), 28) > budget
 
 
+@pytest.mark.parametrize("losses, step, want", [
+    ({0.006: 1.9, 0.012: 1.7, 0.024: 1.8}, 2.0, None),  # the best inside: nothing further
+    ({0.006: 1.9, 0.012: 1.8, 0.024: 1.7}, 2.0, 0.048),  # the highest: one step higher
+    ({0.006: 1.6, 0.012: 1.8, 0.024: 1.9}, 2.0, 0.003),  # the lowest: one step lower
+    ({0.006: 1.9, 0.012: 1.8, 0.024: 1.7, 0.048: 1.75}, 2.0, None),  # extended, and the edge passed
+    ({0.01: 1.9, 0.03: 1.8}, 3.0, 0.09),
+])
+def test_compare_cells_sweeps_past_a_best_at_its_edge(losses: dict, step: float, want) -> None:
+    cc = load_module(EXPERIMENTS / "compare_cells.py")
+    swept = [{"lr": lr, "val_loss": {"mean": v}} for lr, v in losses.items()]
+    assert cc.beyond(swept, step) == want
+
+
 @pytest.mark.slow
 def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -> None:
     """`--race`: each cell's steps are its measured solo rate times the budget, its rate the best of its sweep,
     its row the spread of the seeds there; the same command again keeps the finished cells of race.json."""
     data = str(Path(__file__).parent / "data" / "timemachine.txt")
     argv = [str(EXPERIMENTS / "compare_cells.py"), "--race", "1.5", "--cells", "minlstm", "rnn", "--seeds", "2",
-            "--lr-factors", "0.5,2", "--calibration-steps", "10", "--data", data, "--out", "race"]
+            "--lr-factors", "0.5,2", "--extend", "0", "--calibration-steps", "10", "--data", data, "--out", "race"]
     proc = run_python(argv, tmp_path, timeout=600)  # about a minute alone on 2 cores
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((tmp_path / "race" / "race.json").read_text())
