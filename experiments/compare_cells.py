@@ -45,6 +45,7 @@ import jax
 import jaxrnn
 from jaxrnn import cells, rundir, sweep
 from jaxrnn.config import PRESETS
+from jaxrnn.errors import Stopped
 from jaxrnn.parallel import use_cpu_cores
 from jaxrnn.plots import plot_curves
 from jaxrnn.spread import Spread, median_index
@@ -264,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         except jaxrnn.JaxrnnError as e:
             print(f"jaxrnn: error: {e}", file=sys.stderr)
             return 2
+        except Stopped as e:  # its checkpoints saved: the same command goes on
+            print(f"jaxrnn: {e}; run the same command again to go on", file=sys.stderr)
+            return 128 + e.signum
     args.cells = args.cells or ["rnn", "lstm", "gru"]
     try:
         base = jaxrnn.Config(impl=args.impl, epochs=args.epochs, lr=args.lr, optimizer="adam",
