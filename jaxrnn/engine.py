@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import queue
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -100,6 +102,8 @@ class Engine:
         self.waiting: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._serve, name="jaxrnn-engine", daemon=True)
         self.calls = 0
+        self.failed: Exception | None = None  # what ended the engine's thread, if not `stop`
+        self.ending = threading.Lock()
 
     def warm(self) -> None:
         """Compile every bucket's programs (greedy and sampled) now, not when a request first needs them."""
@@ -117,6 +121,8 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         self.waiting.put(job)
+        if self.failed is not None:  # no thread takes it: ended now rather than left waiting
+            self._end(iter_queue(self.waiting))
 
     @property
     def busy(self) -> int:
@@ -145,10 +151,19 @@ class Engine:
                 rows = [i for i, job in enumerate(self.slots) if job is not None]
                 if rows:
                     self._advance(rows)
+        except Exception as e:  # a bug: said, and every job still waiting is ended rather than left hanging
+            self.failed = e
+            traceback.print_exc(file=sys.stderr)
         finally:
-            for job in [*self.slots, *iter_queue(self.waiting)]:
-                if job is not None:
+            self._end([*self.slots, *iter_queue(self.waiting)])
+
+    def _end(self, jobs: list[Job | None]) -> None:
+        """End jobs that will not run (the thread has stopped): each done once, with what it had."""
+        with self.ending:
+            for job in jobs:
+                if job is not None and not job.cancelled.is_set():
                     job.cancelled.set()
+                    job.emit(np.zeros(0, np.int32), True)
 
     def _advance(self, rows: list[int]) -> None:
         """One chunk of the busy slots `rows`, then each job's new characters to its `emit`."""

@@ -63,7 +63,7 @@ class Served:
         t = self.trained
         try:
             val_loss = math.log(t.val_ppl)
-        except Exception:  # a run with no validation recorded still serves
+        except JaxrnnError:  # a run with no validation recorded still serves
             val_loss = None
         return {"id": self.name, "object": "model", "owned_by": "jaxrnn", t.cfg.unit: t.done, "step": t.done,
                 "val_loss": val_loss, "vocab_size": len(t.vocab), "cell": t.cfg.cell, "prompt": t.prompt}
@@ -178,10 +178,16 @@ class Pending:
             if not done:
                 return
             ids = np.concatenate(self.held[index])
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, ids, done))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, ids, done))
+        except RuntimeError:  # the loop has closed (the server stopped): nobody is waiting
+            pass
 
     def submit(self, limits: Limits) -> None:
         engine = self.c.served.engine
+        if engine.failed is not None or not engine.thread.is_alive():
+            raise ApiError(500, f"this model's engine has stopped ({engine.failed!r}); restart the server",
+                           None, "server_error")
         if engine.waiting.qsize() + len(self.jobs) > limits.max_waiting:
             raise ApiError(503, "the server is busy; try again shortly", None, "server_error")
         if self.c.max_tokens == 0:  # nothing to make: answered without the engine

@@ -137,3 +137,22 @@ def test_a_cancelled_job_frees_its_slot(engine, lm) -> None:
     count = len(seen)
     run_jobs(engine, [job(vocab, "the", 5)])
     assert engine.busy == 0 and len(seen) == count and len(after[0]) == 5
+
+
+def test_an_engine_that_fails_ends_its_jobs_and_says_why(lm, monkeypatch, capsys) -> None:
+    """A bug inside a chunk: the traceback goes to stderr, `failed` holds it, and every job waiting is
+    ended (done, with what it had) instead of hanging its client."""
+    import jaxrnn.engine
+
+    model, params, vocab = lm
+
+    def boom(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(jaxrnn.engine, "decode_chunk", boom)
+    broken = Engine(model, params, max_batch=2, chunk=4)
+    broken.start()
+    got = run_jobs(broken, [job(vocab, "the", 5), job(vocab, "time", 5), job(vocab, "a", 5)])
+    broken.thread.join(10)
+    assert not broken.thread.is_alive() and isinstance(broken.failed, ValueError)
+    assert [len(g) for g in got] == [0, 0, 0] and "ValueError: a bug" in capsys.readouterr().err
