@@ -46,7 +46,7 @@ def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, lo
         for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_formatter(LogFormatter(labelOnlyBase=False))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper right")  # "best" searches every point: slow on long runs
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:

@@ -76,6 +76,7 @@ def test_the_numpy_sampler_reproduces_jaxrnn_sample(exported) -> None:
         assert NUMPY.sample(out, prompt, 70) == run.load(run_dir).predict(prompt, 70)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell, impl", [("rnn", "flax"), ("lstm", "scratch"), ("gru", "flax")])
 def test_the_weights_layout_holds_for_depth_embedding_and_tying(tmp_path, cell: str, impl: str) -> None:
     """Two layers, an embedding and a tied head: the numpy sampler's text is still `predict`'s."""
