@@ -60,13 +60,17 @@ class Served:
     engine: Engine
 
     def card(self) -> dict[str, Any]:
+        """Its entry of GET /v1/models: OpenAI's model object, and its step (epoch or optimizer step), val loss
+        (nats per character), vocab size, cell and default prompt."""
         t = self.trained
         try:
             val_loss = math.log(t.val_ppl)
         except JaxrnnError:  # a run with no validation recorded still serves
             val_loss = None
-        return {"id": self.name, "object": "model", "owned_by": "jaxrnn", t.cfg.unit: t.done, "step": t.done,
-                "val_loss": val_loss, "vocab_size": len(t.vocab), "cell": t.cfg.cell, "prompt": t.prompt}
+        created = int(t.run_dir.stat().st_mtime) if t.run_dir is not None else 0
+        return {"id": self.name, "object": "model", "created": created, "owned_by": "jaxrnn", "step": t.done,
+                t.cfg.unit: t.done, "val_loss": val_loss, "vocab_size": len(t.vocab), "cell": t.cfg.cell,
+                "prompt": t.prompt}
 
 
 class ApiError(Exception):
