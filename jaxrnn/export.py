@@ -118,7 +118,8 @@ def export_run(trained: Trained, out: str | Path, platforms: tuple[str, ...] = P
     if layout is not None:
         np.savez(out / "weights.npz", **layout)
         meta["weights"] = {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "embed": cfg.embed,
-                           "tie": cfg.tie, "layer": EQUATIONS[cfg.cell],
+                           "tie": cfg.tie, "shapes": {k: list(v.shape) for k, v in layout.items()},
+                           "layer": EQUATIONS[cfg.cell],
                            "input": "x = E[token] with an embedding, else one_hot(token); each layer's h is "
                                     "the next one's x",
                            "head": "logits = h W_hq + b_q (W_hq = E^T when tied)"}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from conftest import ROOT, TINY, load_module
 
@@ -97,6 +98,9 @@ def test_model_json_says_what_the_run_was(exported) -> None:
     assert meta["vocab"] == list(t.vocab.idx_to_token) and meta["unk"] == t.vocab.unk
     assert (meta["cell"], meta["impl"], meta["hidden"], meta["epoch"]) == (t.cfg.cell, t.cfg.impl, 32, 1)
     assert meta["platforms"] == ["cpu", "cuda"]
+    with np.load(out / "weights.npz") as w:
+        assert meta["weights"]["shapes"] == {k: list(w[k].shape) for k in w.files}
+    assert meta["weights"]["shapes"]["0.W_hh"] == [32, {"gru": 96, "lstm": 128}[t.cfg.cell]]
 
 
 def test_export_refuses_a_file_as_out(call, tmp_path, exported) -> None:
