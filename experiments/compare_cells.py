@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--impl", default="scratch", choices=["scratch", "flax"])
     p.add_argument("--seeds", type=int, default=5, help="seeds of each model, as one program (default 5)")
     p.add_argument("--plot", metavar="FILE", help="save the perplexity curves")
-    p.add_argument("--json-out", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--json-out", metavar="FILE", help="also write the rows as JSON, after each model")
     race = p.add_argument_group("equal time on Tiny Shakespeare")
     race.add_argument("--race", nargs="+", type=float, metavar="SECONDS", help="the budgets, each cell's solo seconds")
     race.add_argument("--out", default="runs/race-cells", help="where the runs and race.json go (default %(default)s)")
@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"cell": cell, "layers": layers, "hidden": cfg.hidden, "params": count_params(cfg, V),
                              "val_ppl": group.summary()["val_ppl"], "best_val_ppl": best.to_dict(),
                              "seconds": seconds, "sample": group.median.predict("time traveller", 40)})
+                if args.json_out:  # after every model, so a comparison cut short keeps what it trained
+                    Path(args.json_out).write_text(json.dumps(rows, indent=1))
     except jaxrnn.JaxrnnError as e:
         print(f"jaxrnn: error: {e}", file=sys.stderr)
         return 2
@@ -302,9 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         final, best = Spread(**r["val_ppl"]), Spread(**r["best_val_ppl"])
         print(f"| {r['cell']} | {r['layers']} | {r['hidden']} | {r['params']:,} | {best.mean:.2f} ± {best.std:.2f} | "
               f"{final.mean:.2f} ± {final.std:.2f} | {final.lo:.2f}-{final.hi:.2f} | {r['seconds']:.1f} |")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(rows, f, indent=1)
     if args.plot:
         print(f"wrote {plot_curves(histories, args.plot, log_scale=True, splits=('val',))}", file=sys.stderr)
     return 0
