@@ -7,19 +7,19 @@ import argparse
 
 import pytest
 
-from jaxrnn import bench
+from jaxrnn import bench, bench_impls
 
 
 def test_a_failing_row_is_recorded_and_the_suite_goes_on(monkeypatch) -> None:
     def one_row(case, impl, cfg, corpus, batch, reps, training):
         if impl == "jaxrnn-pallas":
             raise RuntimeError("Triton refused\nsecond line")
-        return bench.row(case, impl, 1.0, 0.5, 1000.0 if impl == "torch" else 2000.0, cell=cfg.cell)
+        return bench_impls.row(case, impl, 1.0, 0.5, 1000.0 if impl == "torch" else 2000.0, cell=cfg.cell)
 
     monkeypatch.setattr(bench, "_one_row", one_row)
     args = argparse.Namespace(cases=["seed-train"], impls=["jaxrnn-scratch", "jaxrnn-pallas", "torch"], cells=["lstm"],
                               data=None, quick=True, precision="default", dtype="bfloat16")
-    monkeypatch.setattr(bench, "torch_available", lambda: True)
+    monkeypatch.setattr(bench_impls, "torch_available", lambda: True)
     rows = bench.run_suite(args)
     assert [r["impl"] for r in rows] == ["jaxrnn-scratch", "jaxrnn-pallas", "torch"]
     assert rows[1]["error"].startswith("RuntimeError: Triton refused") and rows[1]["tokens_per_s"] is None

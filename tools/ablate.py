@@ -12,7 +12,8 @@ import sys
 
 import jax
 
-from jaxrnn.bench import case_configs, jaxrnn_train, table
+from jaxrnn.bench import case_configs, table
+from jaxrnn.bench_impls import jaxrnn_train
 from jaxrnn.data import load_corpus
 from jaxrnn.parallel import use_cpu_cores
 
