@@ -17,8 +17,8 @@ steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep pick
 (`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program; a best at the sweep's edge
 goes one factor further that way, up to `--extend` times), then `--seeds` seeds train
 at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command; a cell
-whose row DIR/race.json holds is not trained again, so a race.json kept elsewhere carries a comparison
-over to another machine or session with its plan). Prints a
+whose row DIR/race.json holds is not trained again, nor the sweep of a cell whose seeds are not yet done,
+so a race.json kept elsewhere carries a comparison over to another machine or session with its plan). Prints a
 markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95%
 interval on the whole validation part; the sweep and the curves read the runs' own sampled validation; the
 median seed's sample), says which cell is best and whether the next one's interval overlaps,
@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,27 +140,22 @@ def whole_val(replicas: list[Path], prompt: str, n: int) -> tuple[list[float], s
     return losses, trained[median_index(losses)].predict(prompt, n)
 
 
-def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, Any]:
+def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any],
+              sweeps: dict[str, list[dict[str, Any]]], save: Callable[[], None]) -> dict[str, Any]:
     """One cell at one budget: its steps from its measured rate (`plan`), the rate sweep, then the seeds at
-    the best rate; its row."""
+    the best rate; its row. A finished sweep goes into `sweeps` (the budget's, by cell) and is saved at once,
+    so a comparison carried to another machine trains only the seeds; one found there is not run again."""
     base = race_base(cell, race_preset(budget), args)
     corpus = jaxrnn.corpus_for(base)
     rate = plan["steps_per_s"][rate_key(cell, race_preset(budget))]
     steps = max(round(budget * rate), 10)
     cfg = base.replace(steps=steps, eval_every=max(steps // 5, 1), save_every=max(steps // 5, 1))
     where = Path(args.out) / f"{budget:g}s" / cell
-    lrs = [round(base.lr * float(f), 6) for f in args.lr_factors.split(",")]
-    say(f"{cell}, {budget:g} s: {steps} steps; sweeping lr {lrs}")
-    swept = sweep.run_sweep(cfg, {"lr": lrs}, args.sweep_seeds, where / "sweep", progress=False, say=say)
-    step = lr_step(args)
-    for _ in range(args.extend):  # a best at the sweep's edge may not be the best: one rate further that way
-        further = beyond([{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept], step)
-        if further is None:
-            break
-        say(f"{cell}, {budget:g} s: the best rate is the sweep's edge; trying lr {further}")
-        swept += sweep.run_sweep(cfg, {"lr": [further]}, args.sweep_seeds, where / f"sweep-lr{further:g}",
-                                 progress=False, say=say)
-    best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["settings"]["lr"]
+    swept = sweeps.get(cell)
+    if swept is None or not settled(swept, args):
+        sweeps[cell] = swept = sweep_rates(cfg, cell, budget, where, args)
+        save()
+    best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["lr"]
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
     row = sweep.run_sweep(cfg, {"lr": [best_lr]}, args.seeds, where / "seeds", progress=False, say=say)[0]
     point = where / "seeds" / row["dir"]
@@ -167,10 +163,32 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
     histories = [rundir.read_metrics(d) for d in replicas]
     losses, sample = whole_val(replicas, corpus.prompt, 60)
     return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": steps,
-            "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr,
-            "sweep": [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept],
+            "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
             "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": row["val_loss"], "sample": sample,
             "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
+
+
+def sweep_rates(cfg: jaxrnn.Config, cell: str, budget: float, where: Path, args: argparse.Namespace
+                ) -> list[dict[str, Any]]:
+    """A cell's rate sweep (`--lr-factors` times the preset's rate, `--sweep-seeds` each, as one program), one
+    factor further while its best is at an edge (`--extend` times at most): its {"lr", "val_loss"} rows."""
+    lrs = [round(cfg.lr * float(f), 6) for f in args.lr_factors.split(",")]
+    say(f"{cell}, {budget:g} s: {cfg.steps} steps; sweeping lr {lrs}")
+    swept = sweep.run_sweep(cfg, {"lr": lrs}, args.sweep_seeds, where / "sweep", progress=False, say=say)
+    for _ in range(args.extend):  # a best at the sweep's edge may not be the best: one rate further that way
+        further = beyond([{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept], lr_step(args))
+        if further is None:
+            break
+        say(f"{cell}, {budget:g} s: the best rate is the sweep's edge; trying lr {further}")
+        swept += sweep.run_sweep(cfg, {"lr": [further]}, args.sweep_seeds, where / f"sweep-lr{further:g}",
+                                 progress=False, say=say)
+    return [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept]
+
+
+def settled(swept: list[dict[str, Any]], args: argparse.Namespace) -> bool:
+    """Whether a kept sweep is one this command would end with: its best inside its rates, or extended as far
+    as `--extend` lets it (a sweep kept from before the sweep went past its edges is not)."""
+    return beyond(swept, lr_step(args)) is None or len(swept) >= len(args.lr_factors.split(",")) + args.extend
 
 
 def lr_step(args: argparse.Namespace) -> float:
@@ -231,18 +249,23 @@ def race(args: argparse.Namespace) -> int:
                 plan["steps_per_s"][key] = steps_per_s(base, jaxrnn.corpus_for(base), args.calibration_steps)
                 say(f"{cell}, {preset}: {plan['steps_per_s'][key]:.1f} steps/s solo")
     results: dict[str, list[dict[str, Any]]] = kept["budgets"]  # a cell whose row is kept is not trained again
-    saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
+    sweeps: dict[str, dict[str, Any]] = kept.get("sweeps", {})  # a cell swept, its seeds not done: not swept again
+
+    def save() -> None:
+        saved.write_text(json.dumps({"plan": plan, "budgets": results, "sweeps": sweeps}, indent=1))
+
+    save()
     for budget in args.race:  # each budget's table as soon as its cells are done
-        rows = results.setdefault(f"{budget:g}", [])
+        rows, swept = results.setdefault(f"{budget:g}", []), sweeps.setdefault(f"{budget:g}", {})
         for cell in args.cells or RACE_CELLS:
             kept = [r for r in rows if r["cell"] == cell]
-            if kept and beyond(kept[0]["sweep"], lr_step(args)) is not None and len(kept[0]["sweep"]) < len(
-                    args.lr_factors.split(",")) + args.extend:  # kept from before the sweep went past its edges
+            if kept and not settled(kept[0]["sweep"], args):  # kept from before the sweep went past its edges
                 rows.remove(kept[0])
                 kept = []
             if not kept:
-                rows.append(race_cell(cell, budget, args, plan))
-            saved.write_text(json.dumps({"plan": plan, "budgets": results}, indent=1))
+                rows.append(race_cell(cell, budget, args, plan, swept, save))
+                swept.pop(cell)  # the row carries it
+            save()
         print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of --preset "
               f"{race_preset(budget)}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma {args.sigma}:\n")
         shown = [r for r in rows if r["cell"] in (args.cells or RACE_CELLS)]

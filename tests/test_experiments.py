@@ -137,6 +137,18 @@ def test_compare_cells_sweeps_past_a_best_at_its_edge(losses: dict, step: float,
     assert cc.beyond(swept, step) == want
 
 
+@pytest.mark.parametrize("losses, extend, want", [
+    ({0.006: 1.9, 0.012: 1.7, 0.024: 1.8}, 2, True),  # the best inside
+    ({0.006: 1.9, 0.012: 1.8, 0.024: 1.7}, 2, False),  # the best at the edge, not yet extended
+    ({0.006: 1.9, 0.012: 1.8, 0.024: 1.7}, 0, True),  # ... where no extension is asked for
+    ({0.006: 1.9, 0.012: 1.8, 0.024: 1.7, 0.048: 1.6, 0.096: 1.5}, 2, True),  # extended as far as allowed
+])
+def test_compare_cells_keeps_a_sweep_this_command_would_end_with(losses: dict, extend: int, want: bool) -> None:
+    cc = load_module(EXPERIMENTS / "compare_cells.py")
+    args = cc.parse_args(["--race", "100", "--extend", str(extend)])
+    assert cc.settled([{"lr": lr, "val_loss": {"mean": v}} for lr, v in losses.items()], args) is want
+
+
 @pytest.mark.slow
 def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -> None:
     """`--race`: each cell's steps are its measured solo rate times the budget, its rate the best of its sweep,
@@ -157,7 +169,15 @@ def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(rows) and table[2].startswith(f"| {best['cell']} |")
     assert re.search(rf"best: {best['cell']} \(\d\.\d+-\d\.\d+\); next: \w+ .*, (apart|overlapping)", proc.stdout)
-    shutil.rmtree(tmp_path / "race" / "1.5s")  # race.json alone carries the finished cells (another machine's)
+    # race.json alone carries the comparison to another machine: its finished cells, and a cell swept whose
+    # seeds are not done (here the last cell's row taken out, its sweep kept): that cell trains its seeds only
+    last = rows.pop()
+    saved["sweeps"] = {"1.5": {last["cell"]: last["sweep"]}}
+    (tmp_path / "race" / "race.json").write_text(json.dumps(saved))
+    shutil.rmtree(tmp_path / "race" / "1.5s")
     again = run_python(argv, tmp_path, timeout=600)
     assert again.returncode == 0 and again.stdout == proc.stdout and "sweeping" not in again.stderr
+    assert f"{last['cell']}, 1.5 s: lr {last['lr']} is best" in again.stderr
+    resaved = json.loads((tmp_path / "race" / "race.json").read_text())
+    assert resaved["sweeps"] == {"1.5": {}} and resaved["budgets"]["1.5"][-1]["sweep"] == last["sweep"]
     assert (tmp_path / "race" / "race-1.5.png").stat().st_size > 0
