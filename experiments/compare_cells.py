@@ -256,7 +256,7 @@ def race(args: argparse.Namespace) -> int:
 
     save()
     for budget in args.race:  # each budget's table as soon as its cells are done
-        rows, swept = results.setdefault(f"{budget:g}", []), sweeps.setdefault(f"{budget:g}", {})
+        rows, swept = results.setdefault(f"{budget:g}", []), sweeps.setdefault(f"{budget:g}", {})  # by cell
         for cell in args.cells or RACE_CELLS:
             kept = [r for r in rows if r["cell"] == cell]
             if kept and not settled(kept[0]["sweep"], args):  # kept from before the sweep went past its edges
