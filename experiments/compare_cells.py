@@ -10,15 +10,16 @@ epoch with its band over the seeds.
 
 Equal time (`--race SECONDS ...`, e.g. `--race 100 600`): every cell on Tiny Shakespeare in the race's shape
 (`--preset shakespeare-cpu`: one layer of 192, 64-character windows, batch 64, Adam with a warmed-up cosine
-schedule; from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0.15) as scratch cells with
-one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
+schedule; from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0.15, and AdamW's decoupled
+weight decay) as scratch cells with one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
 optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
 steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
 (`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program; a best at the sweep's edge
 goes one factor further that way, up to `--extend` times), then `--seeds` seeds train
 at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command; a cell
 whose row DIR/race.json holds is not trained again, nor the sweep of a cell whose seeds are not yet done,
-so a race.json kept elsewhere carries a comparison over to another machine or session with its plan). Prints a
+so a race.json kept elsewhere carries a comparison over to another machine or session with its plan; a budget's
+rows of another shape than this command's are set aside in it, and the budget races anew). Prints a
 markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95%
 interval on the whole validation part; the sweep and the curves read the runs' own sampled validation; the
 median seed's sample), says which cell is best and whether the next one's interval overlaps,
@@ -106,21 +107,40 @@ def hidden_for(cfg: jaxrnn.Config, vocab_size: int, budget: int) -> int:
 RACE_CELLS = ["gru", "minlstm", "lru", "rglru", "slstm", "lstm", "mingru", "indrnn", "rnn"]
 
 
-def race_preset(budget: float) -> str:
-    """The shape a budget races in: the race's (`shakespeare-cpu`, one layer of 192) under 5 minutes, the
-    10-minute recipe's (`shakespeare-10min`, two layers of 224, dropout 0.15) from there."""
-    return "shakespeare-cpu" if budget < 300 else "shakespeare-10min"
+# the race's shape from 5 minutes: the 10-minute recipe's with AdamW's decoupled weight decay, since at 35 passes
+# over the text its GRU is limited by overfitting and decay is what moves it (docs/results.md)
+LONG_RACE = {"optimizer": "adamw", "weight_decay": 0.04}
+
+
+def race_shape(budget: float) -> dict[str, Any]:
+    """The shape a budget races in, a preset and the settings over it: the race's (`shakespeare-cpu`, one layer
+    of 192) under 5 minutes, the 10-minute recipe's (`shakespeare-10min`, two layers of 224, dropout 0.15) with
+    `LONG_RACE` from there."""
+    return {"preset": "shakespeare-cpu"} if budget < 300 else {"preset": "shakespeare-10min", **LONG_RACE}
+
+
+def shape_text(shape: dict[str, Any]) -> str:
+    """A shape as flags: `--preset P --optimizer adamw --weight-decay W`."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in shape.items())
 
 
 def rate_key(cell: str, preset: str) -> str:
-    """Where a cell's measured rate in a preset's shape is kept in the plan: by its name in the race's shape."""
+    """Where a cell's measured rate in a preset's shape is kept in the plan: by its name in the race's shape
+    (the settings over a preset leave a step's cost as it is)."""
     return cell if preset == "shakespeare-cpu" else f"{cell} ({preset})"
 
 
-def race_base(cell: str, preset: str, args: argparse.Namespace) -> jaxrnn.Config:
-    """A cell's config in a preset's shape, as scratch cells with one init scale."""
-    base = PRESETS[preset].replace(cell=cell, impl="scratch", sigma=args.sigma)
+def race_base(cell: str, shape: dict[str, Any], args: argparse.Namespace) -> jaxrnn.Config:
+    """A cell's config in a race's shape, as scratch cells with one init scale."""
+    settings = {k: v for k, v in shape.items() if k != "preset"}
+    base = PRESETS[shape["preset"]].replace(cell=cell, impl="scratch", sigma=args.sigma, **settings)
     return base.replace(data=args.data) if args.data else base
+
+
+def race_dir(budget: float, shape: dict[str, Any]) -> str:
+    """A budget's runs' directory under --out: `600s`, then the settings' values over its preset
+    (`600s-adamw-0.04`), so a budget raced again in another shape never meets the runs of the one before."""
+    return f"{budget:g}s" + "".join(f"-{v}" for k, v in shape.items() if k != "preset")
 
 
 def steps_per_s(cfg: jaxrnn.Config, corpus: jaxrnn.data.Corpus, steps: int) -> float:
@@ -140,29 +160,44 @@ def whole_val(replicas: list[Path], prompt: str, n: int) -> tuple[list[float], s
     return losses, trained[median_index(losses)].predict(prompt, n)
 
 
+def race_config(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any]
+                ) -> tuple[jaxrnn.Config, float, Path]:
+    """A cell's config at one budget, its steps its measured rate (`plan`) times the budget; the rate, and
+    the directory its sweep and seeds go in."""
+    shape = race_shape(budget)
+    rate = plan["steps_per_s"][rate_key(cell, shape["preset"])]
+    steps = max(round(budget * rate), 10)
+    cfg = race_base(cell, shape, args).replace(steps=steps, eval_every=max(steps // 5, 1),
+                                                save_every=max(steps // 5, 1))
+    return cfg, rate, Path(args.out) / race_dir(budget, shape) / cell
+
+
+def race_seeds(cfg: jaxrnn.Config, lr: float, seeds: int, where: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The seeds of a cell at one rate, as one program, in `where`/seeds-lrLR (a rate's own, so seeds begun at
+    a rate before its sweep ends are kept only if the sweep picks it): the sweep's row and the replicas' runs."""
+    out = where / f"seeds-lr{lr:g}"
+    row = sweep.run_sweep(cfg, {"lr": [lr]}, seeds, out, progress=False, say=say)[0]
+    point = out / row["dir"]
+    return row, [point / r for r in json.loads((point / "group.json").read_text())["replicas"]]
+
+
 def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any],
               sweeps: dict[str, list[dict[str, Any]]], save: Callable[[], None]) -> dict[str, Any]:
-    """One cell at one budget: its steps from its measured rate (`plan`), the rate sweep, then the seeds at
-    the best rate; its row. A finished sweep goes into `sweeps` (the budget's, by cell) and is saved at once,
-    so a comparison carried to another machine trains only the seeds; one found there is not run again."""
-    base = race_base(cell, race_preset(budget), args)
-    corpus = jaxrnn.corpus_for(base)
-    rate = plan["steps_per_s"][rate_key(cell, race_preset(budget))]
-    steps = max(round(budget * rate), 10)
-    cfg = base.replace(steps=steps, eval_every=max(steps // 5, 1), save_every=max(steps // 5, 1))
-    where = Path(args.out) / f"{budget:g}s" / cell
+    """One cell at one budget: the rate sweep, then the seeds at the best rate; its row. A finished sweep goes
+    into `sweeps` (the budget's, by cell) and is saved at once, so a comparison carried to another machine
+    trains only the seeds; one found there is not run again."""
+    cfg, rate, where = race_config(cell, budget, args, plan)
+    corpus = jaxrnn.corpus_for(cfg)
     swept = sweeps.get(cell)
     if swept is None or not settled(swept, args):
         sweeps[cell] = swept = sweep_rates(cfg, cell, budget, where, args)
         save()
     best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["lr"]
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
-    row = sweep.run_sweep(cfg, {"lr": [best_lr]}, args.seeds, where / "seeds", progress=False, say=say)[0]
-    point = where / "seeds" / row["dir"]
-    replicas = [point / r for r in json.loads((point / "group.json").read_text())["replicas"]]
+    row, replicas = race_seeds(cfg, best_lr, args.seeds, where)
     histories = [rundir.read_metrics(d) for d in replicas]
     losses, sample = whole_val(replicas, corpus.prompt, 60)
-    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": steps,
+    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": cfg.steps,
             "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
             "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": row["val_loss"], "sample": sample,
             "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
@@ -234,6 +269,24 @@ def race_plot(rows: list[dict[str, Any]], path: Path) -> None:
     plot_curves(curves, path, splits=("val",), x="seconds", y="loss")
 
 
+def set_aside(kept: dict[str, Any], budgets: list[float]) -> list[str]:
+    """Moves a budget's rows and sweeps that race.json (`kept`) holds in another shape than `race_shape`'s into
+    its 'superseded' list, so a new shape starts anew and nothing is lost, and records each budget's shape; the
+    budgets set aside. A race.json from before shapes were kept raced each budget in its preset alone."""
+    moved = []
+    for budget in budgets:
+        key, shape = f"{budget:g}", race_shape(budget)
+        was = kept.setdefault("shapes", {}).get(key, {"preset": shape["preset"]})
+        if was != shape and (kept["budgets"].get(key) or kept.get("sweeps", {}).get(key)):
+            kept.setdefault("superseded", []).append({"budget_s": budget, "shape": was,
+                                                      "rows": kept["budgets"].pop(key, []),
+                                                      "sweeps": kept.get("sweeps", {}).pop(key, {})})
+            moved.append(key)
+        kept["shapes"][key] = shape
+    kept.setdefault("sweeps", {})
+    return moved
+
+
 def race(args: argparse.Namespace) -> int:
     """Every cell at every budget; the tables, race.json and the plots."""
     out = Path(args.out)
@@ -241,33 +294,37 @@ def race(args: argparse.Namespace) -> int:
     saved = out / "race.json"
     kept = json.loads(saved.read_text()) if saved.exists() else {"plan": {"steps_per_s": {}}, "budgets": {}}
     plan = kept["plan"]
-    for preset in dict.fromkeys(map(race_preset, args.race)):  # every rate first, together: a quiet machine's
+    for preset in dict.fromkeys(race_shape(b)["preset"] for b in args.race):  # every rate first, on a quiet machine
         for cell in args.cells or RACE_CELLS:
             key = rate_key(cell, preset)
             if key not in plan["steps_per_s"]:  # kept for good: a resumed comparison keeps its steps
-                base = race_base(cell, preset, args)
+                base = race_base(cell, {"preset": preset}, args)
                 plan["steps_per_s"][key] = steps_per_s(base, jaxrnn.corpus_for(base), args.calibration_steps)
                 say(f"{cell}, {preset}: {plan['steps_per_s'][key]:.1f} steps/s solo")
+    for key in set_aside(kept, args.race):
+        say(f"{key} s: race.json's rows of another shape set aside under 'superseded'; it races anew in "
+            f"{shape_text(kept['shapes'][key])}")
     results: dict[str, list[dict[str, Any]]] = kept["budgets"]  # a cell whose row is kept is not trained again
-    sweeps: dict[str, dict[str, Any]] = kept.get("sweeps", {})  # a cell swept, its seeds not done: not swept again
+    sweeps: dict[str, dict[str, Any]] = kept["sweeps"]  # a cell swept, its seeds not done: not swept again
 
     def save() -> None:
-        saved.write_text(json.dumps({"plan": plan, "budgets": results, "sweeps": sweeps}, indent=1))
+        saved.write_text(json.dumps(kept, indent=1))
 
     save()
     for budget in args.race:  # each budget's table as soon as its cells are done
         rows, swept = results.setdefault(f"{budget:g}", []), sweeps.setdefault(f"{budget:g}", {})  # by cell
         for cell in args.cells or RACE_CELLS:
-            kept = [r for r in rows if r["cell"] == cell]
-            if kept and not settled(kept[0]["sweep"], args):  # kept from before the sweep went past its edges
-                rows.remove(kept[0])
-                kept = []
-            if not kept:
+            mine = [r for r in rows if r["cell"] == cell]
+            if mine and not settled(mine[0]["sweep"], args):  # kept from before the sweep went past its edges
+                rows.remove(mine[0])
+                mine = []
+            if not mine:
                 rows.append(race_cell(cell, budget, args, plan, swept, save))
                 swept.pop(cell)  # the row carries it
             save()
-        print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of --preset "
-              f"{race_preset(budget)}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma {args.sigma}:\n")
+        print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of "
+              f"{shape_text(race_shape(budget))}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma "
+              f"{args.sigma}:\n")
         shown = [r for r in rows if r["cell"] in (args.cells or RACE_CELLS)]
         print(race_table(shown), flush=True)
         race_plot(shown, out / f"race-{budget:g}.png")

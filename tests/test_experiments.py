@@ -149,6 +149,27 @@ def test_compare_cells_keeps_a_sweep_this_command_would_end_with(losses: dict, e
     assert cc.settled([{"lr": lr, "val_loss": {"mean": v}} for lr, v in losses.items()], args) is want
 
 
+def test_compare_cells_sets_aside_a_budget_raced_in_another_shape() -> None:
+    """A race.json from before shapes were kept raced each budget in its preset alone: the budgets whose shape
+    has settings over the preset since are set aside whole (rows and sweeps, nothing lost) and run in their own
+    directory; the others stay as they are."""
+    cc = load_module(EXPERIMENTS / "compare_cells.py")
+    short, long = {"preset": "shakespeare-cpu"}, cc.race_shape(600)
+    assert cc.race_shape(100) == short and long["preset"] == "shakespeare-10min" and len(long) > 1
+    assert cc.race_dir(100, short) == "100s" and cc.race_dir(600, long) != "600s"
+    rows = {"100": [{"cell": "gru"}], "600": [{"cell": "gru"}]}
+    kept = {"plan": {}, "budgets": json.loads(json.dumps(rows)), "sweeps": {"600": {"lstm": [{"lr": 0.01}]}}}
+    assert cc.set_aside(kept, [100, 600]) == ["600"]
+    assert kept["budgets"] == {"100": rows["100"]} and kept["sweeps"] == {}
+    assert kept["superseded"] == [{"budget_s": 600, "shape": {"preset": "shakespeare-10min"}, "rows": rows["600"],
+                                   "sweeps": {"lstm": [{"lr": 0.01}]}}]
+    assert kept["shapes"] == {"100": short, "600": long}
+    assert cc.set_aside(kept, [100, 600]) == [] and len(kept["superseded"]) == 1  # the same shape again: kept
+    base = cc.race_base("lstm", long, cc.parse_args(["--race", "600"]))
+    assert (base.cell, base.impl, base.layers, base.optimizer) == ("lstm", "scratch", 2, "adamw")
+    assert base.weight_decay == long["weight_decay"] > 0
+
+
 @pytest.mark.slow
 def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -> None:
     """`--race`: each cell's steps are its measured solo rate times the budget, its rate the best of its sweep,
