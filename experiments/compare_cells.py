@@ -139,7 +139,7 @@ def race_base(cell: str, shape: dict[str, Any], args: argparse.Namespace) -> jax
 
 def race_dir(budget: float, shape: dict[str, Any]) -> str:
     """A budget's runs' directory under --out: `600s`, then the settings' values over its preset
-    (`600s-adamw-0.04`), so a budget raced again in another shape never meets the runs of the one before."""
+    (`600s-adamw-0.16`), so a budget raced again in another shape never meets the runs of the one before."""
     return f"{budget:g}s" + "".join(f"-{v}" for k, v in shape.items() if k != "preset")
 
 
