@@ -119,6 +119,11 @@ def race_shape(budget: float) -> dict[str, Any]:
     return {"preset": "shakespeare-cpu"} if budget < 300 else {"preset": "shakespeare-10min", **LONG_RACE}
 
 
+def over_preset(shape: dict[str, Any]) -> dict[str, Any]:
+    """A shape's settings over its preset."""
+    return {k: v for k, v in shape.items() if k != "preset"}
+
+
 def shape_text(shape: dict[str, Any]) -> str:
     """A shape as flags: `--preset P --optimizer adamw --weight-decay W`."""
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in shape.items())
@@ -132,15 +137,14 @@ def rate_key(cell: str, preset: str) -> str:
 
 def race_base(cell: str, shape: dict[str, Any], args: argparse.Namespace) -> jaxrnn.Config:
     """A cell's config in a race's shape, as scratch cells with one init scale."""
-    settings = {k: v for k, v in shape.items() if k != "preset"}
-    base = PRESETS[shape["preset"]].replace(cell=cell, impl="scratch", sigma=args.sigma, **settings)
+    base = PRESETS[shape["preset"]].replace(cell=cell, impl="scratch", sigma=args.sigma, **over_preset(shape))
     return base.replace(data=args.data) if args.data else base
 
 
 def race_dir(budget: float, shape: dict[str, Any]) -> str:
     """A budget's runs' directory under --out: `600s`, then the settings' values over its preset
     (`600s-adamw-0.16`), so a budget raced again in another shape never meets the runs of the one before."""
-    return f"{budget:g}s" + "".join(f"-{v}" for k, v in shape.items() if k != "preset")
+    return f"{budget:g}s" + "".join(f"-{v}" for v in over_preset(shape).values())
 
 
 def steps_per_s(cfg: jaxrnn.Config, corpus: jaxrnn.data.Corpus, steps: int) -> float:
@@ -274,16 +278,15 @@ def set_aside(kept: dict[str, Any], budgets: list[float]) -> list[str]:
     its 'superseded' list, so a new shape starts anew and nothing is lost, and records each budget's shape; the
     budgets set aside. A race.json from before shapes were kept raced each budget in its preset alone."""
     moved = []
+    shapes, rows, sweeps = kept.setdefault("shapes", {}), kept["budgets"], kept.setdefault("sweeps", {})
     for budget in budgets:
         key, shape = f"{budget:g}", race_shape(budget)
-        was = kept.setdefault("shapes", {}).get(key, {"preset": shape["preset"]})
-        if was != shape and (kept["budgets"].get(key) or kept.get("sweeps", {}).get(key)):
-            kept.setdefault("superseded", []).append({"budget_s": budget, "shape": was,
-                                                      "rows": kept["budgets"].pop(key, []),
-                                                      "sweeps": kept.get("sweeps", {}).pop(key, {})})
+        was = shapes.get(key, {"preset": shape["preset"]})
+        if was != shape and (rows.get(key) or sweeps.get(key)):
+            kept.setdefault("superseded", []).append({"budget_s": budget, "shape": was, "rows": rows.pop(key, []),
+                                                      "sweeps": sweeps.pop(key, {})})
             moved.append(key)
-        kept["shapes"][key] = shape
-    kept.setdefault("sweeps", {})
+        shapes[key] = shape
     return moved
 
 
