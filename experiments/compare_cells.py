@@ -14,17 +14,17 @@ schedule; from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0
 weight decay) as scratch cells with one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
 optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
 steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
-(`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program; a best at the sweep's edge
-goes one factor further that way, up to `--extend` times), then `--seeds` seeds train
-at the best one (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the same command; a cell
-whose row DIR/race.json holds is not trained again, nor the sweep of a cell whose seeds are not yet done,
-so a race.json kept elsewhere carries a comparison over to another machine or session with its plan; a budget's
-rows of another shape than this command's are set aside in it, and the budget races anew). Prints a
-markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95%
-interval on the whole validation part; the sweep and the curves read the runs' own sampled validation; the
-median seed's sample), says which cell is best and whether the next one's interval overlaps,
-writes DIR/race.json and draws DIR/race-SECONDS.png (val loss against the solo run's wall time, bands over
-the seeds). Progress goes to stderr. Run from the repo root:
+(`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program; a best at the sweep's edge goes one
+factor further that way, up to `--extend` times), then `--seeds` seeds at the best one: the sweep's runs there (the
+same seeds' runs) and the rest as one program (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the
+same command; a cell whose row DIR/race.json holds is not trained again, nor the sweep of a cell whose seeds are
+not yet done, so a race.json kept elsewhere carries a comparison over to another machine or session with its plan;
+a budget's rows of another shape than this command's are set aside in it, and the budget races anew). Prints a
+markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95% interval
+on the whole validation part; the sweep and the curves read the runs' own sampled validation; the median seed's
+sample), says which cell is best and whether the next one's interval overlaps, writes DIR/race.json and draws
+DIR/race-SECONDS.png (val loss against the solo run's wall time, bands over the seeds). Progress goes to stderr.
+Run from the repo root:
 
     python experiments/compare_cells.py [--budget-hidden 256] [--epochs 20] [--lr 0.005] [--batch-size 256]
         [--impl scratch] [--seeds 5] [--plot cells.png] [--json-out FILE]
@@ -45,7 +45,7 @@ from typing import Any
 import jax
 
 import jaxrnn
-from jaxrnn import cells, rundir, sweep
+from jaxrnn import cells, run, rundir, sweep
 from jaxrnn.config import PRESETS
 from jaxrnn.errors import Stopped
 from jaxrnn.parallel import use_cpu_cores
@@ -176,13 +176,34 @@ def race_config(cell: str, budget: float, args: argparse.Namespace, plan: dict[s
     return cfg, rate, Path(args.out) / race_dir(budget, shape) / cell
 
 
-def race_seeds(cfg: jaxrnn.Config, lr: float, seeds: int, where: Path) -> tuple[dict[str, Any], list[Path]]:
-    """The seeds of a cell at one rate, as one program, in `where`/seeds-lrLR (a rate's own, so seeds begun at
-    a rate before its sweep ends are kept only if the sweep picks it): the sweep's row and the replicas' runs."""
-    out = where / f"seeds-lr{lr:g}"
-    row = sweep.run_sweep(cfg, {"lr": [lr]}, seeds, out, progress=False, say=say)[0]
-    point = out / row["dir"]
-    return row, [point / r for r in json.loads((point / "group.json").read_text())["replicas"]]
+def race_seeds(cfg: jaxrnn.Config, lr: float, seeds: int, where: Path) -> list[Path]:
+    """The runs of a cell's seeds at one rate: those its rate sweep trained there (a seed at a rate is the same run
+    in the sweep as among the seeds; training it again would add nothing), the rest as one program in
+    `where`/seeds-lrLR (a rate's own, so seeds begun at a rate before its sweep ends are kept only if the sweep
+    picks it; all the seeds found done there are kept as they are)."""
+    out, want = where / f"seeds-lr{lr:g}", run.seed_list(cfg, seeds)
+    begun = out / sweep.SWEEP
+    whole = begun.exists() and json.loads(begun.read_text())["plan"]["seeds"] == list(want)
+    runs = {} if whole else swept_runs(where, lr)
+    rest = tuple(s for s in want if s not in runs)
+    if rest:
+        runs.update(group_runs(out / sweep.run_sweep(cfg, {"lr": [lr]}, rest, out, progress=False, say=say)[0]["dir"]))
+    return [runs[s] for s in want]
+
+
+def swept_runs(where: Path, lr: float) -> dict[int, Path]:
+    """The runs (by seed) a cell's rate sweep trained at `lr`, in `where`/sweep*/; none if it did not."""
+    for saved in sorted(where.glob(f"sweep*/{sweep.SWEEP}")):
+        for row in json.loads(saved.read_text())["rows"]:
+            if row["settings"]["lr"] == lr:
+                return group_runs(saved.parent / row["dir"])
+    return {}
+
+
+def group_runs(point: Path) -> dict[int, Path]:
+    """A group's replicas' run directories, by seed (its group.json)."""
+    group = json.loads((point / rundir.GROUP).read_text())
+    return {s: point / r for s, r in zip(group["seeds"], group["replicas"], strict=True)}
 
 
 def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any],
@@ -198,12 +219,13 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
         save()
     best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["lr"]
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
-    row, replicas = race_seeds(cfg, best_lr, args.seeds, where)
+    replicas = race_seeds(cfg, best_lr, args.seeds, where)
     histories = [rundir.read_metrics(d) for d in replicas]
     losses, sample = whole_val(replicas, corpus.prompt, 60)
+    sampled = Spread.of([h[-1]["val_loss"] for h in histories]).to_dict()  # the runs' own last validation
     return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": cfg.steps,
             "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
-            "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": row["val_loss"], "sample": sample,
+            "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": sampled, "sample": sample,
             "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
 
 

@@ -173,7 +173,8 @@ def test_compare_cells_sets_aside_a_budget_raced_in_another_shape() -> None:
 @pytest.mark.slow
 def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -> None:
     """`--race`: each cell's steps are its measured solo rate times the budget, its rate the best of its sweep,
-    its row the spread of the seeds there; the same command again keeps the finished cells of race.json."""
+    its row the spread of the seeds there (seed 0 the sweep's run at that rate); the same command again keeps the
+    finished cells of race.json."""
     data = str(Path(__file__).parent / "data" / "timemachine.txt")
     argv = [str(EXPERIMENTS / "compare_cells.py"), "--race", "1.5", "--cells", "minlstm", "rnn", "--seeds", "2",
             "--lr-factors", "0.5,2", "--extend", "0", "--calibration-steps", "10", "--data", data, "--out", "race"]
@@ -186,19 +187,33 @@ def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -
         assert r["lr"] == min(r["sweep"], key=lambda s: s["val_loss"]["mean"])["lr"]
         assert {s["lr"] for s in r["sweep"]} == {0.006, 0.024} and r["val_loss"]["n"] == 2
         assert len(r["curves"]) == 2 and r["sample"].startswith("time traveller")  # the corpus' prompt
+        # seed 0 at the best rate is the sweep's run there: only seed 1 trained again
+        seeds = json.loads((tmp_path / "race" / "1.5s" / r["cell"] / f"seeds-lr{r['lr']:g}" / "sweep.json").read_text())
+        assert seeds["plan"]["seeds"] == [1]
     best = min(rows, key=lambda r: r["val_loss"]["mean"])
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(rows) and table[2].startswith(f"| {best['cell']} |")
     assert re.search(rf"best: {best['cell']} \(\d\.\d+-\d\.\d+\); next: \w+ .*, (apart|overlapping)", proc.stdout)
-    # race.json alone carries the comparison to another machine: its finished cells, and a cell swept whose
-    # seeds are not done (here the last cell's row taken out, its sweep kept): that cell trains its seeds only
+    # race.json carries the comparison to another session or machine: its finished cells, and a cell swept whose
+    # seeds are not done (here the last cell's row taken out, its sweep kept): that cell trains its seeds only,
+    # the same runs again where its sweep's runs are there
     last = rows.pop()
     saved["sweeps"] = {"1.5": {last["cell"]: last["sweep"]}}
     (tmp_path / "race" / "race.json").write_text(json.dumps(saved))
-    shutil.rmtree(tmp_path / "race" / "1.5s")
+    where = tmp_path / "race" / "1.5s" / last["cell"]
+    for d in where.glob("seeds-lr*"):
+        shutil.rmtree(d)
     again = run_python(argv, tmp_path, timeout=600)
     assert again.returncode == 0 and again.stdout == proc.stdout and "sweeping" not in again.stderr
     assert f"{last['cell']}, 1.5 s: lr {last['lr']} is best" in again.stderr
     resaved = json.loads((tmp_path / "race" / "race.json").read_text())
     assert resaved["sweeps"] == {"1.5": {}} and resaved["budgets"]["1.5"][-1]["sweep"] == last["sweep"]
+    # race.json alone (no runs beside it): every seed trains at the sweep's best rate
+    (tmp_path / "race" / "race.json").write_text(json.dumps(saved))
+    shutil.rmtree(tmp_path / "race" / "1.5s")
+    alone = run_python(argv, tmp_path, timeout=600)
+    assert alone.returncode == 0 and "sweeping" not in alone.stderr, alone.stderr
+    row = json.loads((tmp_path / "race" / "race.json").read_text())["budgets"]["1.5"][-1]
+    assert (row["cell"], row["lr"], row["val_loss"]["n"]) == (last["cell"], last["lr"], 2)
+    assert json.loads((where / f"seeds-lr{last['lr']:g}" / "sweep.json").read_text())["plan"]["seeds"] == [0, 1]
     assert (tmp_path / "race" / "race-1.5.png").stat().st_size > 0
