@@ -1,6 +1,6 @@
 """The `jaxrnn` command line, run as a user runs it: training and the bad inputs through `jaxrnn.cli.main`
-in this process (a fresh process each would add only JAX's import), sampling as `python -m jaxrnn.cli ...`
-in fresh processes, side by side, so each restores what another process saved.
+in this process (a fresh process each would add only JAX's import), sampling some runs as
+`python -m jaxrnn.cli ...` in fresh processes, side by side, so each restores what another process saved.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,8 @@ TINY_FLAGS = ["--epochs", "1", "--no-curves", "--hidden", "16", "--num-train", "
               "--batch-size", "128", "--num-steps", "8"]
 RESULT = re.compile(r"^perplexity (\d+\.\d), '(time traveller.{50})'$")
 # run name -> model flags: the chapters' two models, and each gated cell and each implementation at least
-# once (every cell in both implementations is tested in-process: test_gated_cells.py, test_sample.py)
+# once, the Flax LSTM and the GRU with -m slow (every cell in both implementations is tested in-process:
+# test_gated_cells.py, test_sample.py)
 MODEL_FLAGS = {
     "scratch": ["--model", "scratch"],
     "concise": ["--model", "concise"],
@@ -32,7 +34,8 @@ MODEL_FLAGS = {
     "deep-scratch": ["--cell", "lstm", "--layers", "2", "--embed", "16", "--tie", "--dropout", "0.2", "--optimizer",
                      "adamw", "--lr", "0.01", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup", "2"],
 }
-MODELS = list(MODEL_FLAGS)
+SLOW_MODELS = {"lstm-flax", "gru-scratch"}  # trained (on first use) only with -m slow
+MODELS = [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODELS else m for m in MODEL_FLAGS]
 
 
 def run_all(run_python, cwd: Path, commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
@@ -50,31 +53,50 @@ def work(tmp_path_factory) -> Path:
 RAW_PROMPT = "The Time Machine, by"  # the raw text's first line, cut at a space to at most 20 characters
 
 
+class OnFirstUse(dict):
+    """A dict whose missing entries `make(name)` makes when first asked for: what the selected tests use."""
+
+    def __init__(self, make: Callable[[str], subprocess.CompletedProcess], done: dict | None = None) -> None:
+        super().__init__(done or {})
+        self.make = make
+
+    def __missing__(self, name: str) -> subprocess.CompletedProcess:
+        self[name] = self.make(name)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
-def trained(call, work: Path) -> dict[str, subprocess.CompletedProcess]:
+def trained(call, work: Path) -> OnFirstUse:
     """Phase 1: train each model (fused), and a tanh model on a raw text (case, punctuation, newlines kept)."""
-    done = {m: call(["train", *flags, *TINY_FLAGS, "--out", str(work / m)], work) for m, flags in MODEL_FLAGS.items()}
     raw = (Path(os.environ["JAXRNN_DATA_DIR"]) / "timemachine.txt").read_text()[:12000]
     (work / "raw.txt").write_text(raw)
-    done["raw"] = call(["train", *TINY_FLAGS, "--data", "raw.txt", "--preprocessing", "none", "--out",
-                        str(work / "raw")], work)
-    return done
+    flags = {**MODEL_FLAGS, "raw": ["--data", "raw.txt", "--preprocessing", "none"]}
+    return OnFirstUse(lambda m: call(["train", *flags[m], *TINY_FLAGS, "--out", str(work / m)], work))
+
+
+FRESH = {"sample-scratch": "scratch", "sample-deep-scratch": "deep-scratch", "sample-many": "concise"}
 
 
 @pytest.fixture(scope="module")
-def used(run_python, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
-    """Phase 2: sample each trained run in a new process."""
+def used(run_python, call, work: Path, trained) -> OnFirstUse:
+    """Phase 2: sample the trained runs: the chapter's model, the deep one and a drawn sample in new processes
+    side by side (each restores what another process saved), the rest in this one when first asked for
+    (a process start and JAX's import fewer each)."""
     commands = {f"sample-{m}": ["sample", "--run", str(work / m), "--prefix", "time traveller", "--num-preds", "50"]
-                for m in MODELS}
+                for m in MODEL_FLAGS}
     commands["sample-raw"] = ["sample", "--run", str(work / "raw")]  # the run's own default prompt
-    commands["sample-many"] = ["sample", "--run", str(work / "lstm-flax"), "--num-samples", "3", "--temperature", "1",
+    commands["sample-many"] = ["sample", "--run", str(work / "concise"), "--num-samples", "3", "--temperature", "1",
                                "--top-k", "5", "--top-p", "0.9", "--num-preds", "40", "--seed", "7"]
-    return run_all(run_python, work, commands)
+    for run in FRESH.values():
+        assert trained[run].returncode == 0, trained[run].stderr
+    fresh = run_all(run_python, work, {k: commands[k] for k in FRESH})
+    return OnFirstUse(lambda k: call(commands[k], work), fresh)
 
 
 @pytest.fixture(scope="module")
 def bad(call, work: Path, trained) -> dict[str, subprocess.CompletedProcess]:
     """The bad inputs (they fail before any training)."""
+    assert trained["scratch"].returncode == 0  # the run some of them name
     (work / "empty").mkdir(exist_ok=True)
     run = str(work / "scratch")
     return {name: call([a.replace("{run}", run) for a in args], work) for name, (args, *_) in BAD_INPUTS.items()}
@@ -96,6 +118,7 @@ def test_train_prints_one_result_line(trained, model: str) -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
+    result = result_line(trained[model])
     run = work / model
     cfg = json.loads((run / "config.json").read_text())
     name = model
@@ -112,14 +135,15 @@ def test_train_writes_a_run_directory(trained, work: Path, model: str) -> None:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["epoch"] == 1
     assert {"epoch", "train_ppl", "val_ppl"} <= records[0].keys()
-    assert f"{records[0]['val_ppl']:.1f}" == result_line(trained[model]).group(1)
+    assert f"{records[0]['val_ppl']:.1f}" == result.group(1)
     assert checkpoint.steps(run) == [1]
 
 
 @pytest.mark.slow  # the per-step path itself is tested in-process (test_training.py)
 def test_per_step_trains_like_fused(trained, run_python, work: Path) -> None:
-    trained = {**trained, "per-step": run_python(["-m", "jaxrnn.cli", "train", "--model", "scratch", *TINY_FLAGS,
-                                                  "--per-step", "--out", str(work / "per-step")], work)}
+    proc = run_python(["-m", "jaxrnn.cli", "train", "--model", "scratch", *TINY_FLAGS, "--per-step", "--out",
+                       str(work / "per-step")], work)
+    trained = {"scratch": trained["scratch"], "per-step": proc}
     fused, stepped = ([json.loads(line) for line in (work / r / "metrics.jsonl").read_text().splitlines()][0]
                       for r in ("scratch", "per-step"))
     for k in ("train_ppl", "val_ppl"):

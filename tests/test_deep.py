@@ -19,8 +19,10 @@ from jaxrnn.steps import Steps, init_state, loss_sum
 from jaxrnn.training import fit, learning_rate, make_optimizer
 
 V, H, B, T = 11, 6, 4, 7
-# each cell in one stacked shape, and the tanh cell in all of them: every layer kind is covered
-CASES = [("rnn", dict(layers=2)), ("rnn", dict(layers=3, embed=5)), ("rnn", dict(layers=2, embed=H, tie=True)),
+# each cell in one stacked shape, and the tanh cell in all of them: every layer kind is covered by default,
+# the tanh cell's embedded and tied shapes again with -m slow
+CASES = [("rnn", dict(layers=2)), pytest.param("rnn", dict(layers=3, embed=5), marks=pytest.mark.slow),
+         pytest.param("rnn", dict(layers=2, embed=H, tie=True), marks=pytest.mark.slow),
          ("lstm", dict(layers=3, embed=5)), ("gru", dict(layers=2, embed=H, tie=True))]
 CASE_IDS = ["rnn-2-one-hot", "rnn-3-embed", "rnn-2-tied", "lstm-3-embed", "gru-2-tied"]
 

@@ -18,7 +18,7 @@ from jaxrnn.sample import predict
 H = 16
 
 
-@pytest.fixture(scope="module", params=["gru", "lstm"])
+@pytest.fixture(scope="module", params=["gru", pytest.param("lstm", marks=pytest.mark.slow)])
 def lm(request, tiny_corpus):
     """(model, params, vocab) with random weights large enough for varied greedy text; a GRU (one state
     array) and an LSTM (a pair)."""

@@ -21,7 +21,7 @@ from jaxrnn.export import export_run
 PROMPTS = ["time traveller", "The Time-Machine!", "a" * 37]  # shorter and longer than a chunk, one read as d2l's
 
 
-@pytest.fixture(scope="module", params=["gru-scratch", "lstm-flax"])
+@pytest.fixture(scope="module", params=["gru-scratch", pytest.param("lstm-flax", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory, call) -> tuple[Path, Path]:
     """(run directory, export directory) of a tiny model with large random weights (varied greedy text)."""
     cell, impl = request.param.split("-")

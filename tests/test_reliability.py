@@ -292,14 +292,12 @@ def check_scenario(sc: Scenario, ref: Reference) -> None:
     assert_same_as_reference(sc.run_dir, sc.final, ref)
 
 
-KILLS = {  # the default suite's three: before the first checkpoint, during a save, after the last checkpoint
+KILLS = {  # the default suite's two: before the first checkpoint, during a save
     "before-the-first-checkpoint": [Stop("save:2", expect=0)],
     "during-a-save": [Stop("saving:4", expect=2)],
-    "after-the-last-checkpoint": [Stop("saved:8", expect=8)],
 }
 SIGNALS = {  # a first SIGINT/SIGTERM lets the chunk finish and save; a run started from that resumes exactly
     "SIGINT": [Stop("save:2", expect=2, signals=(signal.SIGINT,))],  # as the chunk's save begins: it goes on
-    "SIGTERM": [Stop("save:4", expect=4, signals=(signal.SIGTERM,))],
 }
 
 
@@ -310,6 +308,7 @@ def random_stop(seed: int) -> Stop:
 
 
 SLOW_KILLS = {
+    "after-the-last-checkpoint": [Stop("saved:8", expect=8)],
     "at-start-up": [Stop("startup", expect=0)],
     "during-the-first-save": [Stop("saving:2", expect=0)],
     "right-after-the-first-checkpoint": [Stop("saved:2", expect=2)],
@@ -324,6 +323,7 @@ SLOW_KILLS = {
 }
 TWICE = [f"SIGINT-twice-{i}" for i in range(3)]  # a second SIGINT aborts at once
 SLOW_SIGNALS = {
+    "SIGTERM": [Stop("save:4", expect=4, signals=(signal.SIGTERM,))],
     **{name: [Stop("save:2", expect=0, signals=(signal.SIGINT, signal.SIGINT))] for name in TWICE},
     "SIGTERM-in-the-last-chunk": [Stop("save:8", expect=8, signals=(signal.SIGTERM,))],
 }
@@ -370,10 +370,10 @@ def check_signalled(sc: Scenario, ref: Reference, signum: int) -> None:
     check_scenario(sc, ref)
 
 
-@pytest.mark.parametrize("name", SIGNALS)
-def test_signal_saves_the_chunk_exits_128_plus_signum_and_resumes_exactly(stopped, reference, name: str) -> None:
+@pytest.mark.parametrize("name", [*SIGNALS, pytest.param("SIGTERM", marks=pytest.mark.slow)])
+def test_signal_saves_the_chunk_exits_128_plus_signum_and_resumes_exactly(request, reference, name: str) -> None:
     """SIGINT/SIGTERM: the chunk finishes and is saved, exit 130/143; resuming completes bitwise."""
-    sc = stopped[name]
+    sc = request.getfixturevalue("stopped" if name in SIGNALS else "slow_stopped")[name]
     check_signalled(sc, reference, signal.Signals[name])
     assert sc.stopped[0].complete[-1] < EPOCHS  # the signal came early enough to stop the run
 

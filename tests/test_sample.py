@@ -18,7 +18,7 @@ from jaxrnn.sample import Sampling, generate, predict, samples
 H = 16
 
 
-@pytest.fixture(scope="module", params=["scratch", "lstm-scratch", "gru-flax"])
+@pytest.fixture(scope="module", params=["scratch", "lstm-scratch", pytest.param("gru-flax", marks=pytest.mark.slow)])
 def lm(request, tiny_corpus):
     """(model, params, vocab) with weights big enough that greedy decoding has clear winners: a tanh,
     an LSTM (a pair as state) and a Flax model (the concise tanh model decodes in test_cli.py)."""
@@ -36,7 +36,8 @@ def lm(request, tiny_corpus):
 
 # The sampling rules (seeds, temperature, top-k, top-p, unknown characters) act on the head's logits
 # whatever the cell, and each test compiles its own decoding programs: they run on the tanh model;
-# what depends on the cell (its state through the prefix, a batch, many samples) runs on all three.
+# what depends on the cell (its state through the prefix, a batch, many samples) runs on all three (the
+# Flax GRU with -m slow; the concise tanh model decodes by default in test_cli.py).
 TANH = pytest.mark.parametrize("lm", ["scratch"], indirect=True)
 TANH_AND_LSTM = pytest.mark.parametrize("lm", ["scratch", "lstm-scratch"], indirect=True)
 
