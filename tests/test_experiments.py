@@ -25,10 +25,11 @@ RUNS = {
 }
 
 
-# The chapter scripts (tiny settings) and the sine experiment (no corpus) run by default, in this
+# The scratch chapter's script (tiny settings) and the sine experiment (no corpus) run by default, in this
 # process; overfit and compare_cells train for about a minute on 2 cores together, so they are `slow`
-# (python -m pytest -m slow tests/test_experiments.py) and run as child processes side by side.
-SLOW = {"overfit", "compare_cells"}
+# (python -m pytest -m slow tests/test_experiments.py) and run as child processes side by side, with the
+# concise chapter's script (its model trains by default through the CLI, test_cli.py).
+SLOW = {"overfit", "compare_cells", "rnn_concise"}
 
 
 def _argv(name: str, tmp: Path) -> list[str]:
@@ -56,9 +57,9 @@ def out(ran, name: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("name", ["rnn_scratch", "rnn_concise"])
-def test_chapter_scripts_end_with_perplexity_and_text(ran, name: str) -> None:
-    lines = out(ran, name).splitlines()
+@pytest.mark.parametrize("name", ["rnn_scratch", pytest.param("rnn_concise", marks=pytest.mark.slow)])
+def test_chapter_scripts_end_with_perplexity_and_text(request, name: str) -> None:
+    lines = out(request.getfixturevalue("ran_slow" if name in SLOW else "ran"), name).splitlines()
     assert re.fullmatch(r"epoch 1, train_ppl \d+\.\d\d, val_ppl \d+\.\d\d", lines[-3]), lines
     assert re.fullmatch(r"perplexity \d+\.\d", lines[-2]) and lines[-1].startswith("'time traveller"), lines
 

@@ -113,8 +113,9 @@ def test_optimized_lstm_cell_equals_lstm_cell(key) -> None:
 
 
 # The parallel forms' gradients equal the step loop's (test_the_parallel_form_equals_the_step_loop), whose are
-# checked here by default; the parallel forms' own and gru-d2l's (the GRU with its reset moved) run with -m slow.
-FD_SLOW = {"gru-d2l", *(f"{c}-parallel" for c in SEQUENCE[1:])}
+# checked here by default; the parallel forms' own, gru-d2l's (the GRU with its reset moved) and the tanh
+# cell's (against finite differences by default in test_training.py and test_kernels.py) run with -m slow.
+FD_SLOW = {"rnn", "gru-d2l", *(f"{c}-parallel" for c in SEQUENCE[1:])}
 
 
 @pytest.mark.parametrize(("cell", "run"), [pytest.param(*form, id=i, marks=[pytest.mark.slow] * (i in FD_SLOW))

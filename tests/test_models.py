@@ -90,7 +90,7 @@ def test_state_carries_across_calls(key, tokens, ref, kind: str) -> None:
     np.testing.assert_allclose(h2, h_whole, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["scratch", "concise"])
+@pytest.mark.parametrize("kind", ["scratch", pytest.param("concise", marks=pytest.mark.slow)])
 def test_bfloat16_compute_is_close_and_params_stay_float32(key, tokens, ref, kind: str) -> None:
     p = scratch_params(key)
     make, params = (ScratchRNNLM, p) if kind == "scratch" else (ConciseRNNLM, ref.as_flax("rnn", p))

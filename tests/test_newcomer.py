@@ -136,7 +136,8 @@ def test_what_cannot_fit_or_compile_is_refused_before_it_is_built(call, tmp_path
 
 
 @pytest.mark.parametrize("changes", [dict(hidden=256, batch_size=512), dict(cell="lstm", hidden=128, batch_size=512),
-                                     dict(cell="gru", impl="flax", hidden=128, batch_size=512, optimizer="adam")])
+                                     pytest.param(dict(cell="gru", impl="flax", hidden=128, batch_size=512,
+                                                       optimizer="adam"), marks=pytest.mark.slow)])
 def test_the_memory_estimate_is_near_what_xla_allocates(changes: dict) -> None:
     """The estimate against XLA's own memory analysis of the compiled training chunk (the independent figure,
     as tools/budget_report.py measures it): within a factor of 1.6 either way."""

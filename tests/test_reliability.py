@@ -111,25 +111,28 @@ class Reference:
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory, run_python) -> dict[str, Path]:
-    """Four runs at once: 'ref' (left alone), 'best' (--lr 10, whose best epoch is not its last), 'other'
-    (--hidden 8: another run's checkpoint) and 'reldata' (--data given relative to its own working directory)."""
+def runs(tmp_path_factory, run_python, call) -> dict[str, Path]:
+    """Four runs: 'ref' (left alone) in a child process, as the stopped runs below train, and while it
+    trains, in this process, 'best' (--lr 10, whose best epoch is not its last), 'other' (--hidden 8: another
+    run's checkpoint) and 'reldata' (--data given relative to its own working directory)."""
     work = tmp_path_factory.mktemp("runs")
     (work / "elsewhere").mkdir()
     corpus = Path(os.environ["JAXRNN_DATA_DIR"]) / "timemachine.txt"
     (work / "elsewhere" / "corpus.txt").write_text(corpus.read_text()[:60000])
     cmds = {
-        "ref": jx("train", *RUN_FLAGS, "--out", work / "ref"),
-        "best": jx("train", *FLAGS, "--lr", "10", "--save-every", "1", "--epochs", "5", "--out", work / "best"),
-        "other": jx("train", "--hidden", "8", *MODEL, "--save-every", "2", "--epochs", "2", "--out", work / "other"),
-        "reldata": jx("train", *FLAGS, "--epochs", "2", "--data", "corpus.txt", "--out", work / "reldata"),
+        "best": ["train", *FLAGS, "--lr", "10", "--save-every", "1", "--epochs", "5", "--out", work / "best"],
+        "other": ["train", "--hidden", "8", *MODEL, "--save-every", "2", "--epochs", "2", "--out", work / "other"],
+        "reldata": ["train", *FLAGS, "--epochs", "2", "--data", "corpus.txt", "--out", work / "reldata"],
     }
     cwd = {"reldata": work / "elsewhere"}
-    procs = parallel({k: partial(run_python, args, cwd.get(k, work)) for k, args in cmds.items()})
+    with ThreadPoolExecutor(1) as pool:
+        ref = pool.submit(run_python, jx("train", *RUN_FLAGS, "--out", work / "ref"), work)
+        procs = {k: call(args, cwd.get(k, work)) for k, args in cmds.items()}
+        procs["ref"] = ref.result()
     for k, proc in procs.items():
         assert proc.returncode == 0, (k, proc.stderr)
     (work / "ref.out").write_text(procs["ref"].stdout)
-    return {k: work / k for k in cmds}
+    return {k: work / k for k in procs}
 
 
 @pytest.fixture(scope="session")

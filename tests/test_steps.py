@@ -40,7 +40,7 @@ def test_round_plans_run_the_epochs_on_into_each_other(tiny_cfg, batching: str) 
     assert mask.shape == idx.shape and reset.tolist() == [(g % spe) == 0 for g in range(1, 8)]
 
 
-@pytest.mark.parametrize("batching", ["random", "sequential", "random-big"])
+@pytest.mark.parametrize("batching", [pytest.param("random", marks=pytest.mark.slow), "sequential", "random-big"])
 def test_steps_over_whole_epochs_train_as_epochs_do(monkeypatch, tiny_cfg, tiny_corpus, batching: str) -> None:
     """A run of 3 epochs' worth of steps, evaluated and saved at each epoch's end, ends with the params and
     the losses of the 3-epoch run: the same batches in the same order, the state reset alike; also with
