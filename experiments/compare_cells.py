@@ -9,20 +9,22 @@ interval, training seconds) to stdout and, with `--plot`, draws every model's me
 epoch with its band over the seeds.
 
 Equal time (`--race SECONDS ...`, e.g. `--race 100 600`): every cell on Tiny Shakespeare in the race's shape
-(`--preset shakespeare-cpu`: one layer of 192, 64-character windows, batch 64, Adam with a warmed-up cosine
-schedule; from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0.15, and AdamW's decoupled
-weight decay) as scratch cells with one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the
-optimizer steps its solo run makes in SECONDS on this machine (measured first, by a short solo run: its
-steps/s, kept in DIR so a resumed comparison keeps its plan). A small sweep picks each cell's learning rate
-(`--lr-factors` times the preset's, `--sweep-seeds` seeds each, as one program; a best at the sweep's edge goes one
-factor further that way, up to `--extend` times), then `--seeds` seeds at the best one: the sweep's runs there (the
-same seeds' runs) and the rest as one program (`jaxrnn sweep`'s programs, so a stopped comparison goes on with the
-same command; a cell whose row DIR/race.json holds is not trained again, nor the sweep of a cell whose seeds are
-not yet done, so a race.json kept elsewhere carries a comparison over to another machine or session with its plan;
-a budget's rows of another shape than this command's are set aside in it, and the budget races anew). Prints a
-markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its 95% interval
-on the whole validation part; the sweep and the curves read the runs' own sampled validation; the median seed's
-sample), says which cell is best and whether the next one's interval overlaps, writes DIR/race.json and draws
+(`--preset shakespeare-cpu`: one layer of 192, 64-character windows, batch 64, Adam with a warmed-up cosine schedule;
+from 5 minutes the 10-minute recipe's two layers of 224 with dropout 0.15, and AdamW's decoupled weight decay) as
+scratch cells with one init scale (`--sigma`, default 0.1, about Flax's); each cell gets the optimizer steps its solo
+run makes in SECONDS on this machine (measured first, by a short solo run: its steps/s, kept in DIR so a resumed
+comparison keeps its plan). A small sweep picks each cell's learning rate (`--lr-factors` times the preset's,
+`--sweep-seeds` seeds each; a best at the sweep's edge goes one factor further that way, up to `--extend` times), then
+`--seeds` seeds at the best one: the sweep's runs there (the same seeds' runs) and the rest. Runs train as programs of
+`--per-program` replicas (`jaxrnn sweep`'s; default the device count on CPUs, where a bigger program trains each
+replica no faster), and race.json (in DIR) keeps each program's results as it ends: the sweep's rates, and each seed's
+whole validation loss, curve and sample. So the same command goes on where a stopped comparison stopped: a kept cell's
+row, rate or seed is not trained again, and a race.json carried to another machine or session carries the comparison
+with its plan (a program cut short resumes from its checkpoints on the machine that ran it, and trains anew
+elsewhere). A budget's rows of another shape than this command's are set aside in race.json, and the budget races
+anew. Prints a markdown table per budget (cell, parameters, characters/s, steps, best lr, val loss mean ± std and its
+95% interval on the whole validation part; the sweep and the curves read the runs' own sampled validation; the median
+seed's sample), says which cell is best and whether the next one's interval overlaps, writes DIR/race.json and draws
 DIR/race-SECONDS.png (val loss against the solo run's wall time, bands over the seeds). Progress goes to stderr.
 Run from the repo root:
 
@@ -76,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "goes one factor further that way (default 2)")
     race.add_argument("--sigma", type=float, default=0.1, help="every cell's init scale (default 0.1)")
     race.add_argument("--data", help="the corpus file (default Tiny Shakespeare, downloaded or $JAXRNN_DATA_DIR)")
+    race.add_argument("--per-program", type=int, metavar="N", help="replicas (rates or seeds) trained as one program "
+                      "(default: the device count on CPUs, all of a sweep's or a cell's seeds on an accelerator)")
     race.add_argument("--calibration-steps", type=int, default=100, help="the solo run that measures steps/s")
     return p.parse_args(argv)
 
@@ -156,12 +160,21 @@ def steps_per_s(cfg: jaxrnn.Config, corpus: jaxrnn.data.Corpus, steps: int) -> f
     return steps / timings["train_s"]
 
 
-def whole_val(replicas: list[Path], prompt: str, n: int) -> tuple[list[float], str]:
-    """Each replica of a group on the whole validation part (as `jaxrnn eval` reads it; the runs' own
-    validation is a sample of batches), and the greedy sample of the replica with the median."""
-    trained = [jaxrnn.load(d) for d in replicas]
-    losses = [jaxrnn.evaluate(t) for t in trained]
-    return losses, trained[median_index(losses)].predict(prompt, n)
+def seed_record(run_dir: Path, prompt: str, rate: float) -> dict[str, Any]:
+    """One finished seed of a cell, as race.json keeps it: its loss on the whole validation part (as `jaxrnn
+    eval` reads it; the run's own validation is a sample of batches), its last sampled validation loss, its
+    curve (val loss against the solo run's seconds) and its greedy sample."""
+    trained, history = jaxrnn.load(run_dir), rundir.read_metrics(run_dir)
+    return {"val_loss": jaxrnn.evaluate(trained), "val_loss_sampled": history[-1]["val_loss"],
+            "curve": [(r["step"] / rate, r["val_loss"]) for r in history], "sample": trained.predict(prompt, 60)}
+
+
+def in_programs(items: list[Any], args: argparse.Namespace, each: int = 1) -> list[list[Any]]:
+    """`items` (rates with `each` replicas, or seeds) in the programs they train as: `--per-program` replicas,
+    by default the device count on CPUs and all at once on an accelerator."""
+    size = args.per_program or (len(jax.devices()) if jax.devices()[0].platform == "cpu" else len(items) * each)
+    n = max(size // each, 1)
+    return [items[i:i + n] for i in range(0, len(items), n)]
 
 
 def race_config(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any]
@@ -176,19 +189,24 @@ def race_config(cell: str, budget: float, args: argparse.Namespace, plan: dict[s
     return cfg, rate, Path(args.out) / race_dir(budget, shape) / cell
 
 
-def race_seeds(cfg: jaxrnn.Config, lr: float, seeds: int, where: Path) -> list[Path]:
-    """The runs of a cell's seeds at one rate: those its rate sweep trained there (a seed at a rate is the same run
-    in the sweep as among the seeds; training it again would add nothing), the rest as one program in
-    `where`/seeds-lrLR (a rate's own, so seeds begun at a rate before its sweep ends are kept only if the sweep
-    picks it; all the seeds found done there are kept as they are)."""
-    out, want = where / f"seeds-lr{lr:g}", run.seed_list(cfg, seeds)
-    begun = out / sweep.SWEEP
-    whole = begun.exists() and json.loads(begun.read_text())["plan"]["seeds"] == list(want)
-    runs = {} if whole else swept_runs(where, lr)
-    rest = tuple(s for s in want if s not in runs)
-    if rest:
-        runs.update(group_runs(out / sweep.run_sweep(cfg, {"lr": [lr]}, rest, out, progress=False, say=say)[0]["dir"]))
-    return [runs[s] for s in want]
+def race_seeds(cfg: jaxrnn.Config, lr: float, rate: float, args: argparse.Namespace, where: Path,
+               done: dict[str, Any], save: Callable[[], None]) -> list[dict[str, Any]]:
+    """The records (`seed_record`) of a cell's seeds at one rate, each kept in `done` (by seed) and saved as its
+    program ends: a seed its rate sweep trained there (a seed at a rate is the same run in the sweep as among
+    the seeds; training it again would add nothing), the rest in programs of `--per-program`, each in
+    `where`/seeds-lrLR/seeds-S-... (its own, so one stopped goes on from its checkpoints)."""
+    prompt, want = jaxrnn.corpus_for(cfg).prompt, run.seed_list(cfg, args.seeds)
+    for s, d in swept_runs(where, lr).items():
+        if s in want and str(s) not in done:
+            done[str(s)] = seed_record(d, prompt, rate)
+            save()
+    for part in in_programs([s for s in want if str(s) not in done], args):
+        out = where / f"seeds-lr{lr:g}" / ("seeds-" + "-".join(map(str, part)))
+        point = out / sweep.run_sweep(cfg, {"lr": [lr]}, tuple(part), out, progress=False, say=say)[0]["dir"]
+        for s, d in group_runs(point).items():
+            done[str(s)] = seed_record(d, prompt, rate)
+        save()
+    return [done[str(s)] for s in want]
 
 
 def swept_runs(where: Path, lr: float) -> dict[int, Path]:
@@ -207,43 +225,50 @@ def group_runs(point: Path) -> dict[int, Path]:
 
 
 def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str, Any],
-              sweeps: dict[str, list[dict[str, Any]]], save: Callable[[], None]) -> dict[str, Any]:
-    """One cell at one budget: the rate sweep, then the seeds at the best rate; its row. A finished sweep goes
-    into `sweeps` (the budget's, by cell) and is saved at once, so a comparison carried to another machine
-    trains only the seeds; one found there is not run again."""
+              sweeps: dict[str, list[dict[str, Any]]], seeds: dict[str, dict[str, Any]],
+              save: Callable[[], None]) -> dict[str, Any]:
+    """One cell at one budget: the rate sweep, then the seeds at the best rate; its row. The sweep's rates go
+    into `sweeps` (the budget's, by cell) and the seeds' records into `seeds` as each program ends, saved at
+    once, so a comparison carried to another machine trains only what is not there; the row takes both."""
     cfg, rate, where = race_config(cell, budget, args, plan)
-    corpus = jaxrnn.corpus_for(cfg)
-    swept = sweeps.get(cell)
-    if swept is None or not settled(swept, args):
-        sweeps[cell] = swept = sweep_rates(cfg, cell, budget, where, args)
-        save()
+    swept = sweep_rates(cfg, cell, budget, where, args, sweeps.setdefault(cell, []), save)
     best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["lr"]
+    if seeds.get(cell, {}).get("lr") != best_lr:  # (seeds kept at another rate: a sweep since extended)
+        seeds[cell] = {"lr": best_lr, "runs": {}}
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
-    replicas = race_seeds(cfg, best_lr, args.seeds, where)
-    histories = [rundir.read_metrics(d) for d in replicas]
-    losses, sample = whole_val(replicas, corpus.prompt, 60)
-    sampled = Spread.of([h[-1]["val_loss"] for h in histories]).to_dict()  # the runs' own last validation
-    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)), "steps": cfg.steps,
-            "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
-            "val_loss": Spread.of(losses).to_dict(), "val_loss_sampled": sampled, "sample": sample,
-            "curves": [[(r["step"] / rate, r["val_loss"]) for r in h] for h in histories]}
+    records = race_seeds(cfg, best_lr, rate, args, where, seeds[cell]["runs"], save)
+    losses = [r["val_loss"] for r in records]
+    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(jaxrnn.corpus_for(cfg).vocab)),
+            "steps": cfg.steps, "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
+            "val_loss": Spread.of(losses).to_dict(),
+            "val_loss_sampled": Spread.of([r["val_loss_sampled"] for r in records]).to_dict(),
+            "sample": records[median_index(losses)]["sample"], "curves": [r["curve"] for r in records],
+            "seeds": {s: {k: v for k, v in r.items() if k != "curve"} for s, r in seeds[cell]["runs"].items()}}
 
 
-def sweep_rates(cfg: jaxrnn.Config, cell: str, budget: float, where: Path, args: argparse.Namespace
-                ) -> list[dict[str, Any]]:
-    """A cell's rate sweep (`--lr-factors` times the preset's rate, `--sweep-seeds` each, as one program), one
-    factor further while its best is at an edge (`--extend` times at most): its {"lr", "val_loss"} rows."""
+def sweep_rates(cfg: jaxrnn.Config, cell: str, budget: float, where: Path, args: argparse.Namespace,
+                swept: list[dict[str, Any]], save: Callable[[], None]) -> list[dict[str, Any]]:
+    """A cell's rate sweep (`--lr-factors` times the preset's rate, `--sweep-seeds` each), one factor further
+    while its best is at an edge (`--extend` times at most): its {"lr", "val_loss"} rows in `swept`, each
+    program's added and saved as it ends (a rate found there is not trained again)."""
     lrs = [round(cfg.lr * float(f), 6) for f in args.lr_factors.split(",")]
-    say(f"{cell}, {budget:g} s: {cfg.steps} steps; sweeping lr {lrs}")
-    swept = sweep.run_sweep(cfg, {"lr": lrs}, args.sweep_seeds, where / "sweep", progress=False, say=say)
-    for _ in range(args.extend):  # a best at the sweep's edge may not be the best: one rate further that way
-        further = beyond([{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept], lr_step(args))
-        if further is None:
-            break
+    todo = [lr for lr in lrs if lr not in {r["lr"] for r in swept}]
+    if todo:
+        say(f"{cell}, {budget:g} s: {cfg.steps} steps; sweeping lr {todo}")
+
+    def train(part: list[float]) -> None:
+        out = where / ("sweep-lr" + "-".join(f"{lr:g}" for lr in part))
+        rows = sweep.run_sweep(cfg, {"lr": part}, args.sweep_seeds, out, progress=False, say=say)
+        swept.extend({"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in rows)
+        save()
+
+    for part in in_programs(todo, args, args.sweep_seeds):
+        train(part)
+    # a best at the sweep's edge may not be the best: one rate further that way
+    while len(swept) < len(lrs) + args.extend and (further := beyond(swept, lr_step(args))) is not None:
         say(f"{cell}, {budget:g} s: the best rate is the sweep's edge; trying lr {further}")
-        swept += sweep.run_sweep(cfg, {"lr": [further]}, args.sweep_seeds, where / f"sweep-lr{further:g}",
-                                 progress=False, say=say)
-    return [{"lr": r["settings"]["lr"], "val_loss": r["val_loss"]} for r in swept]
+        train([further])
+    return swept
 
 
 def settled(swept: list[dict[str, Any]], args: argparse.Namespace) -> bool:
@@ -330,22 +355,24 @@ def race(args: argparse.Namespace) -> int:
         say(f"{key} s: race.json's rows of another shape set aside under 'superseded'; it races anew in "
             f"{shape_text(kept['shapes'][key])}")
     results: dict[str, list[dict[str, Any]]] = kept["budgets"]  # a cell whose row is kept is not trained again
-    sweeps: dict[str, dict[str, Any]] = kept["sweeps"]  # a cell swept, its seeds not done: not swept again
+    sweeps: dict[str, dict[str, Any]] = kept["sweeps"]  # the rates swept of a cell not done: not swept again
+    seeds: dict[str, dict[str, Any]] = kept.setdefault("seeds", {})  # its seeds done at its best rate
 
     def save() -> None:
         saved.write_text(json.dumps(kept, indent=1))
 
     save()
     for budget in args.race:  # each budget's table as soon as its cells are done
-        rows, swept = results.setdefault(f"{budget:g}", []), sweeps.setdefault(f"{budget:g}", {})  # by cell
+        key = f"{budget:g}"
+        rows, swept, seeded = results.setdefault(key, []), sweeps.setdefault(key, {}), seeds.setdefault(key, {})
         for cell in args.cells or RACE_CELLS:
             mine = [r for r in rows if r["cell"] == cell]
             if mine and not settled(mine[0]["sweep"], args):  # kept from before the sweep went past its edges
                 rows.remove(mine[0])
                 mine = []
             if not mine:
-                rows.append(race_cell(cell, budget, args, plan, swept, save))
-                swept.pop(cell)  # the row carries it
+                rows.append(race_cell(cell, budget, args, plan, swept, seeded, save))
+                swept.pop(cell), seeded.pop(cell)  # the row carries them
             save()
         print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of "
               f"{shape_text(race_shape(budget))}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma "

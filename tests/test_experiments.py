@@ -150,6 +150,16 @@ def test_compare_cells_keeps_a_sweep_this_command_would_end_with(losses: dict, e
     assert cc.settled([{"lr": lr, "val_loss": {"mean": v}} for lr, v in losses.items()], args) is want
 
 
+@pytest.mark.parametrize("flags, each, want", [
+    (["--per-program", "2"], 1, [[0.1, 0.2], [0.3]]),  # rates (or seeds) two to a program, the last alone
+    (["--per-program", "2"], 2, [[0.1], [0.2], [0.3]]),  # each rate with two seeds fills a program
+    (["--per-program", "4"], 1, [[0.1, 0.2, 0.3]]),
+])
+def test_compare_cells_trains_runs_in_programs_of_per_program(flags: list, each: int, want: list) -> None:
+    cc = load_module(EXPERIMENTS / "compare_cells.py")
+    assert cc.in_programs([0.1, 0.2, 0.3], cc.parse_args(["--race", "100", *flags]), each) == want
+
+
 def test_compare_cells_sets_aside_a_budget_raced_in_another_shape() -> None:
     """A race.json from before shapes were kept raced each budget in its preset alone: the budgets whose shape
     has settings over the preset since are set aside whole (rows and sweeps, nothing lost) and run in their own
@@ -188,9 +198,13 @@ def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -
         assert r["lr"] == min(r["sweep"], key=lambda s: s["val_loss"]["mean"])["lr"]
         assert {s["lr"] for s in r["sweep"]} == {0.006, 0.024} and r["val_loss"]["n"] == 2
         assert len(r["curves"]) == 2 and r["sample"].startswith("time traveller")  # the corpus' prompt
-        # seed 0 at the best rate is the sweep's run there: only seed 1 trained again
-        seeds = json.loads((tmp_path / "race" / "1.5s" / r["cell"] / f"seeds-lr{r['lr']:g}" / "sweep.json").read_text())
-        assert seeds["plan"]["seeds"] == [1]
+        # the sweep's two rates one program (two devices), and seed 0 at the best rate is the sweep's run there:
+        # only seed 1 trained again
+        where = tmp_path / "race" / "1.5s" / r["cell"]
+        assert [d.name for d in where.glob("sweep*")] == ["sweep-lr0.006-0.024"]
+        seeds = json.loads((where / f"seeds-lr{r['lr']:g}" / "seeds-1" / "sweep.json").read_text())
+        assert seeds["plan"]["seeds"] == [1] and set(r["seeds"]) == {"0", "1"}
+        assert r["val_loss"]["mean"] == pytest.approx(sum(s["val_loss"] for s in r["seeds"].values()) / 2)
     best = min(rows, key=lambda r: r["val_loss"]["mean"])
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 2 + len(rows) and table[2].startswith(f"| {best['cell']} |")
@@ -216,5 +230,21 @@ def test_compare_cells_races_each_cell_for_its_solo_time(run_python, tmp_path) -
     assert alone.returncode == 0 and "sweeping" not in alone.stderr, alone.stderr
     row = json.loads((tmp_path / "race" / "race.json").read_text())["budgets"]["1.5"][-1]
     assert (row["cell"], row["lr"], row["val_loss"]["n"]) == (last["cell"], last["lr"], 2)
-    assert json.loads((where / f"seeds-lr{last['lr']:g}" / "sweep.json").read_text())["plan"]["seeds"] == [0, 1]
+    seeds = where / f"seeds-lr{last['lr']:g}"
+    assert json.loads((seeds / "seeds-0-1" / "sweep.json").read_text())["plan"]["seeds"] == [0, 1]
     assert (tmp_path / "race" / "race-1.5.png").stat().st_size > 0
+    # race.json keeps each program's results as it ends: a sweep with one rate done and a seed done at the best
+    # rate train the other rate and the other seed only (the kept seed's marked loss stays in the row)
+    kept_seed = {**row["seeds"]["0"], "val_loss": 9.0, "curve": row["curves"][0]}
+    saved["sweeps"] = {"1.5": {last["cell"]: [s for s in last["sweep"] if s["lr"] == last["lr"]]}}
+    saved["seeds"] = {"1.5": {last["cell"]: {"lr": last["lr"], "runs": {"0": kept_seed}}}}
+    (tmp_path / "race" / "race.json").write_text(json.dumps(saved))
+    shutil.rmtree(tmp_path / "race" / "1.5s")
+    part = run_python(argv, tmp_path, timeout=600)
+    assert part.returncode == 0, part.stderr
+    other = ({0.006, 0.024} - {last["lr"]}).pop()
+    assert f"sweeping lr [{other}]" in part.stderr
+    assert sorted(d.name for d in where.iterdir()) == [f"seeds-lr{last['lr']:g}", f"sweep-lr{other:g}"]
+    row = json.loads((tmp_path / "race" / "race.json").read_text())["budgets"]["1.5"][-1]
+    assert {s["lr"] for s in row["sweep"]} == {0.006, 0.024} and row["seeds"]["0"]["val_loss"] == 9.0
+    assert [d.name for d in seeds.iterdir()] == ["seeds-1"] and row["val_loss"]["n"] == 2
