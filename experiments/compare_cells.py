@@ -36,6 +36,7 @@ Run from the repo root:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -189,24 +190,24 @@ def race_config(cell: str, budget: float, args: argparse.Namespace, plan: dict[s
     return cfg, rate, Path(args.out) / race_dir(budget, shape) / cell
 
 
-def race_seeds(cfg: jaxrnn.Config, lr: float, rate: float, args: argparse.Namespace, where: Path,
-               done: dict[str, Any], save: Callable[[], None]) -> list[dict[str, Any]]:
-    """The records (`seed_record`) of a cell's seeds at one rate, each kept in `done` (by seed) and saved as its
-    program ends: a seed its rate sweep trained there (a seed at a rate is the same run in the sweep as among
-    the seeds; training it again would add nothing), the rest in programs of `--per-program`, each in
-    `where`/seeds-lrLR/seeds-S-... (its own, so one stopped goes on from its checkpoints)."""
-    prompt, want = jaxrnn.corpus_for(cfg).prompt, run.seed_list(cfg, args.seeds)
+def race_seeds(cfg: jaxrnn.Config, lr: float, args: argparse.Namespace, where: Path, done: dict[str, Any],
+               record: Callable[[Path], dict[str, Any]], save: Callable[[], None]) -> dict[str, dict[str, Any]]:
+    """The records (`record`: `seed_record`) of a cell's seeds at one rate, by seed, each kept in `done` and
+    saved as its program ends: a seed its rate sweep trained there (a seed at a rate is the same run in the
+    sweep as among the seeds; training it again would add nothing), the rest in programs of `--per-program`,
+    each in `where`/seeds-lrLR/seeds-S-... (its own, so one stopped goes on from its checkpoints)."""
+    want = run.seed_list(cfg, args.seeds)
     for s, d in swept_runs(where, lr).items():
         if s in want and str(s) not in done:
-            done[str(s)] = seed_record(d, prompt, rate)
+            done[str(s)] = record(d)
             save()
     for part in in_programs([s for s in want if str(s) not in done], args):
         out = where / f"seeds-lr{lr:g}" / ("seeds-" + "-".join(map(str, part)))
         point = out / sweep.run_sweep(cfg, {"lr": [lr]}, tuple(part), out, progress=False, say=say)[0]["dir"]
         for s, d in group_runs(point).items():
-            done[str(s)] = seed_record(d, prompt, rate)
+            done[str(s)] = record(d)
         save()
-    return [done[str(s)] for s in want]
+    return {str(s): done[str(s)] for s in want}
 
 
 def swept_runs(where: Path, lr: float) -> dict[int, Path]:
@@ -231,19 +232,22 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
     into `sweeps` (the budget's, by cell) and the seeds' records into `seeds` as each program ends, saved at
     once, so a comparison carried to another machine trains only what is not there; the row takes both."""
     cfg, rate, where = race_config(cell, budget, args, plan)
+    corpus = jaxrnn.corpus_for(cfg)
     swept = sweep_rates(cfg, cell, budget, where, args, sweeps.setdefault(cell, []), save)
     best_lr = min(swept, key=lambda r: r["val_loss"]["mean"])["lr"]
     if seeds.get(cell, {}).get("lr") != best_lr:  # (seeds kept at another rate: a sweep since extended)
         seeds[cell] = {"lr": best_lr, "runs": {}}
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
-    records = race_seeds(cfg, best_lr, rate, args, where, seeds[cell]["runs"], save)
-    losses = [r["val_loss"] for r in records]
-    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(jaxrnn.corpus_for(cfg).vocab)),
+    record = functools.partial(seed_record, prompt=corpus.prompt, rate=rate)
+    records = race_seeds(cfg, best_lr, args, where, seeds[cell]["runs"], record, save)
+    losses = [r["val_loss"] for r in records.values()]
+    return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)),
             "steps": cfg.steps, "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
             "val_loss": Spread.of(losses).to_dict(),
-            "val_loss_sampled": Spread.of([r["val_loss_sampled"] for r in records]).to_dict(),
-            "sample": records[median_index(losses)]["sample"], "curves": [r["curve"] for r in records],
-            "seeds": {s: {k: v for k, v in r.items() if k != "curve"} for s, r in seeds[cell]["runs"].items()}}
+            "val_loss_sampled": Spread.of([r["val_loss_sampled"] for r in records.values()]).to_dict(),
+            "sample": list(records.values())[median_index(losses)]["sample"],
+            "curves": [r["curve"] for r in records.values()],
+            "seeds": {s: {k: v for k, v in r.items() if k != "curve"} for s, r in records.items()}}
 
 
 def sweep_rates(cfg: jaxrnn.Config, cell: str, budget: float, where: Path, args: argparse.Namespace,
@@ -372,7 +376,8 @@ def race(args: argparse.Namespace) -> int:
                 mine = []
             if not mine:
                 rows.append(race_cell(cell, budget, args, plan, swept, seeded, save))
-                swept.pop(cell), seeded.pop(cell)  # the row carries them
+                swept.pop(cell)  # the row carries them
+                seeded.pop(cell)
             save()
         print(f"\n{budget:g} s a cell (its solo run's time on {jax.devices()[0].platform}) in the shape of "
               f"{shape_text(race_shape(budget))}, {args.seeds} seeds at the best of lr x {args.lr_factors}, sigma "
