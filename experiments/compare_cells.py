@@ -240,13 +240,13 @@ def race_cell(cell: str, budget: float, args: argparse.Namespace, plan: dict[str
     say(f"{cell}, {budget:g} s: lr {best_lr} is best; {args.seeds} seeds there")
     record = functools.partial(seed_record, prompt=corpus.prompt, rate=rate)
     records = race_seeds(cfg, best_lr, args, where, seeds[cell]["runs"], record, save)
-    losses = [r["val_loss"] for r in records.values()]
+    runs = list(records.values())
+    losses = [r["val_loss"] for r in runs]
     return {"cell": cell, "budget_s": budget, "params": count_params(cfg, len(corpus.vocab)),
             "steps": cfg.steps, "chars_per_s": rate * cfg.batch_size * cfg.num_steps, "lr": best_lr, "sweep": swept,
             "val_loss": Spread.of(losses).to_dict(),
-            "val_loss_sampled": Spread.of([r["val_loss_sampled"] for r in records.values()]).to_dict(),
-            "sample": list(records.values())[median_index(losses)]["sample"],
-            "curves": [r["curve"] for r in records.values()],
+            "val_loss_sampled": Spread.of([r["val_loss_sampled"] for r in runs]).to_dict(),
+            "sample": runs[median_index(losses)]["sample"], "curves": [r["curve"] for r in runs],
             "seeds": {s: {k: v for k, v in r.items() if k != "curve"} for s, r in records.items()}}
 
 
